@@ -1,0 +1,42 @@
+# Orchard: every entry point a person or CI needs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LEVEL ?= node
+export ORCHARD_CACHE ?= $(HOME)/.cache/orchard
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+# --- Python environment -------------------------------------------------------
+
+$(BIN)/orchard: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[operator,train,serve,dev]'
+	touch $@
+
+.PHONY: venv
+venv: $(BIN)/orchard ## create .venv with every extra installed
+
+# --- Checks -------------------------------------------------------------------
+
+.PHONY: lint
+lint: venv ## ruff, mypy (strict), import contracts, CRDs in step with the models
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/orchard crds --check
+
+.PHONY: crds
+crds: venv ## regenerate crds/ from the pydantic models
+	$(BIN)/orchard crds --output crds
+
+.PHONY: test-unit
+test-unit: venv ## unit tests: no cluster, seconds
+	$(BIN)/pytest tests/unit -q
