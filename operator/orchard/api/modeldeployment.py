@@ -1,0 +1,374 @@
+"""ModelDeployment: serve a ModelVersion, and roll a new one out as a canary with analysis.
+
+Changing `spec.modelVersion` starts a rollout: the new version serves a growing share of
+traffic, step by step, while its error rate, latency and predictions are compared with
+the stable version's; a failed analysis rolls it back.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from itertools import pairwise
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import ConfigDict, Field, model_validator
+
+from .common import (
+    AGE_COLUMN,
+    PHASE_COLUMN,
+    READY_COLUMN,
+    CamelModel,
+    Conditions,
+    DnsSubdomain,
+    Duration,
+    PrinterColumn,
+    Resource,
+    ResourceInfo,
+    cel,
+    validations,
+)
+
+RolloutAction = Literal["promote", "abort"]
+
+
+class Autoscaling(CamelModel):
+    """A HorizontalPodAutoscaler for the stable Deployment, instead of a fixed replica count."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.minReplicas <= self.maxReplicas",
+                "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+                field_path=".minReplicas",
+            )
+        )
+    )
+
+    min_replicas: int = Field(default=1, ge=1, le=100, description="Fewest replicas.")
+    max_replicas: int = Field(ge=1, le=100, description="Most replicas.")
+    target_cpu_utilization_percentage: int = Field(
+        default=80,
+        ge=1,
+        le=100,
+        alias="targetCPUUtilizationPercentage",
+        description="Average CPU use, in percent of requests, to scale at.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+        return self
+
+
+class Server(CamelModel):
+    """The model server in each serving pod."""
+
+    image: str | None = Field(
+        default=None, max_length=512, description="Server image; by default the operator's own."
+    )
+    port: int = Field(default=8080, ge=1, le=65535, description="HTTP port of the server.")
+    max_batch_size: int = Field(
+        default=32, ge=1, le=4096, description="Most requests batched into one prediction."
+    )
+    max_batch_wait_ms: float | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Longest a request waits for a batch to fill, in milliseconds.",
+    )
+
+
+class CanaryStep(CamelModel):
+    """One step of a rollout: send this share of traffic to the canary, then wait."""
+
+    weight: int = Field(ge=1, le=100, description="Percent of traffic to the canary (1..100).")
+    pause: Duration = Field(
+        default="15s", description="How long to hold this step while analysing, e.g. 30s, 2m."
+    )
+
+
+class Analysis(CamelModel):
+    """The checks that decide whether a canary may go on; any failure rolls it back."""
+
+    interval: Duration = Field(default="5s", description="How often the canary is analysed.")
+    min_requests: int = Field(
+        default=20,
+        ge=0,
+        description="Fewest canary requests in a step before a verdict is given.",
+    )
+    max_error_rate: float = Field(
+        default=0.05, ge=0, le=1, description="Highest canary error rate allowed (0..1)."
+    )
+    max_latency_p95: Duration = Field(
+        default="500ms", description="Highest canary 95th percentile latency, e.g. 150ms."
+    )
+    max_latency_ratio: float = Field(
+        default=2.0, gt=0, description="Highest canary p95 latency as a multiple of stable's."
+    )
+    max_prediction_shift: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Largest shift of the canary's predictions from the stable's (0..1).",
+    )
+    max_metric_drop: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Largest drop of the registered test metric against stable's, checked "
+        "before any traffic moves.",
+    )
+    metric: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Registered metric to compare; by default the first both versions have.",
+    )
+
+
+def _default_steps() -> list[CanaryStep]:
+    return [CanaryStep(weight=25, pause="15s"), CanaryStep(weight=50, pause="15s")]
+
+
+class Canary(CamelModel):
+    """How a new version is rolled out."""
+
+    steps: list[CanaryStep] = Field(
+        default_factory=_default_steps,
+        min_length=1,
+        max_length=10,
+        description="Traffic steps, weights strictly increasing; after the last the canary is "
+        "promoted.",
+        json_schema_extra=validations(
+            cel(
+                "self.map(s, s.weight).isSorted() && "
+                "self.all(a, self.exists_one(b, b.weight == a.weight))",
+                "canary.steps weights must be strictly increasing",
+            )
+        ),
+    )
+    analysis: Analysis = Field(
+        default_factory=Analysis, description="The checks run at every step."
+    )
+
+    @model_validator(mode="after")
+    def _increasing(self) -> Self:
+        weights = [s.weight for s in self.steps]
+        if any(b <= a for a, b in pairwise(weights)):
+            raise ValueError("canary.steps weights must be strictly increasing")
+        return self
+
+
+class HTTPRouteRef(CamelModel):
+    """A Gateway API HTTPRoute whose backend weights the operator sets."""
+
+    name: DnsSubdomain = Field(description="Name of the HTTPRoute.")
+    namespace: str | None = Field(
+        default=None, max_length=63, description="Its namespace; by default the deployment's."
+    )
+
+
+class Traffic(CamelModel):
+    """How traffic is split between stable and canary."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.mode != 'gatewayAPI' || has(self.httpRoute)",
+                "traffic.httpRoute is required when traffic.mode is gatewayAPI",
+                field_path=".httpRoute",
+                reason="FieldValueRequired",
+            )
+        )
+    )
+
+    mode: Literal["replicas", "gatewayAPI"] = Field(
+        default="replicas",
+        description="replicas: one Service over both Deployments, split by pod counts; "
+        "gatewayAPI: weights on an HTTPRoute.",
+    )
+    http_route: HTTPRouteRef | None = Field(
+        default=None, alias="httpRoute", description="The HTTPRoute, with mode gatewayAPI."
+    )
+
+    @model_validator(mode="after")
+    def _route(self) -> Self:
+        if self.mode == "gatewayAPI" and self.http_route is None:
+            raise ValueError("traffic.httpRoute is required when traffic.mode is gatewayAPI")
+        return self
+
+
+class ModelDeploymentSpec(CamelModel):
+    """Which ModelVersion to serve, how, and how to roll out the next one."""
+
+    model_version: DnsSubdomain = Field(description="Name of the ModelVersion to serve.")
+    replicas: int = Field(
+        default=2, ge=0, le=100, description="Serving pods of the stable version."
+    )
+    resources: dict[str, Any] | None = Field(
+        default=None, description="Resource requests and limits of the server container."
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None, description="Scale the stable version on CPU instead of replicas."
+    )
+    server: Server = Field(default_factory=Server, description="The model server.")
+    canary: Canary = Field(default_factory=Canary, description="How new versions roll out.")
+    traffic: Traffic = Field(default_factory=Traffic, description="How traffic is split.")
+
+
+DeploymentPhase = Literal["Pending", "Stable", "Progressing", "Paused", "RolledBack", "Degraded"]
+
+
+class CanaryWeight(CamelModel):
+    """The canary's share of traffic."""
+
+    desired: int = Field(default=0, ge=0, le=100, description="Percent the current step asks.")
+    effective: int = Field(
+        default=0, ge=0, le=100, description="Percent actually achieved (pod ratio or route)."
+    )
+
+
+class VersionSample(CamelModel):
+    """What one version's traffic looked like over an analysis window."""
+
+    requests: int = Field(default=0, ge=0, description="Requests in the window.")
+    error_rate: float = Field(default=0.0, ge=0, le=1, description="Share of failed requests.")
+    latency_p95_ms: float | None = Field(
+        default=None, ge=0, alias="latencyP95Ms", description="95th percentile latency, ms."
+    )
+
+
+class AnalysisResult(CamelModel):
+    """The last analysis of the canary."""
+
+    verdict: Literal["Pass", "Fail", "Inconclusive"] = Field(description="The outcome.")
+    reason: str | None = Field(default=None, description="Why, in a word or a sentence.")
+    at: datetime | None = Field(default=None, description="When it was made.")
+    canary: VersionSample | None = Field(default=None, description="The canary's traffic.")
+    stable: VersionSample | None = Field(default=None, description="The stable's traffic.")
+    prediction_shift: float | None = Field(
+        default=None, ge=0, description="Shift of the canary's predictions from stable's."
+    )
+
+
+class Rollback(CamelModel):
+    """A rollback the operator made."""
+
+    from_: str = Field(alias="from", description="The version rolled back (the canary).")
+    to: str = Field(description="The version kept (the stable).")
+    reason: str = Field(description="Why.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="The figures that failed the analysis."
+    )
+    at: datetime | None = Field(default=None, description="When.")
+
+
+class HistoryEntry(CamelModel):
+    """A version that served as stable."""
+
+    version: str = Field(description="ModelVersion name.")
+    from_: datetime | None = Field(default=None, alias="from", description="Stable since.")
+    to: datetime | None = Field(default=None, description="Stable until.")
+
+
+class ActionRecord(CamelModel):
+    """A manual rollout action the operator carried out."""
+
+    action: RolloutAction = Field(description="promote or abort.")
+    at: datetime | None = Field(default=None, description="When it was carried out.")
+    source: Literal["annotation", "status"] = Field(
+        default="annotation", description="Whether it came from the annotation or the status."
+    )
+
+
+class ModelDeploymentStatus(CamelModel):
+    """What serves now and where the rollout stands."""
+
+    phase: DeploymentPhase | None = Field(default=None, description="Where the rollout stands.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The .metadata.generation this status reflects."
+    )
+    conditions: Conditions = Field(
+        default_factory=list,
+        description="Ready, Progressing, Degraded and TrafficSplit conditions.",
+    )
+    stable_version: str | None = Field(default=None, description="ModelVersion serving stably.")
+    canary_version: str | None = Field(default=None, description="ModelVersion being rolled out.")
+    canary_weight: CanaryWeight | None = Field(
+        default=None, description="The canary's share of traffic."
+    )
+    current_step: int | None = Field(default=None, ge=0, description="Index of the canary step.")
+    step_started_at: datetime | None = Field(default=None, description="When the step began.")
+    rollout_started_at: datetime | None = Field(default=None, description="When the rollout began.")
+    analysis: AnalysisResult | None = Field(default=None, description="The last analysis.")
+    last_rollback: Rollback | None = Field(default=None, description="The last rollback.")
+    history: list[HistoryEntry] = Field(
+        default_factory=list, max_length=10, description="Versions that served, newest last."
+    )
+    url: str | None = Field(default=None, description="In-cluster URL of the model's Service.")
+    replicas: int | None = Field(default=None, ge=0, description="Serving pods.")
+    ready_replicas: int | None = Field(default=None, ge=0, description="Ready serving pods.")
+    requested_action: RolloutAction | None = Field(
+        default=None,
+        description="Set by a person (status patch) to promote or abort the rollout now.",
+    )
+    last_action: ActionRecord | None = Field(
+        default=None, description="The last manual action carried out."
+    )
+    reason: str | None = Field(default=None, description="Why the deployment is in its phase.")
+    message: str | None = Field(default=None, description="Details, for people.")
+
+
+class ModelDeployment(Resource):
+    """A ModelDeployment object."""
+
+    RESOURCE: ClassVar[ResourceInfo] = ResourceInfo(
+        kind="ModelDeployment",
+        plural="modeldeployments",
+        singular="modeldeployment",
+        short_names=["md"],
+        description="ModelDeployment serves a ModelVersion over HTTP and rolls new versions out "
+        "as canaries with automated analysis and rollback.",
+        printer_columns=[
+            PrinterColumn(
+                name="Version",
+                type="string",
+                json_path=".spec.modelVersion",
+                description="Desired ModelVersion.",
+            ),
+            PHASE_COLUMN,
+            READY_COLUMN,
+            PrinterColumn(
+                name="Stable",
+                type="string",
+                json_path=".status.stableVersion",
+                description="Stable version.",
+            ),
+            PrinterColumn(
+                name="Canary",
+                type="string",
+                json_path=".status.canaryVersion",
+                description="Canary version.",
+            ),
+            PrinterColumn(
+                name="Weight",
+                type="integer",
+                json_path=".status.canaryWeight.effective",
+                description="Canary traffic, percent.",
+            ),
+            PrinterColumn(
+                name="Replicas",
+                type="integer",
+                json_path=".status.readyReplicas",
+                description="Ready serving pods.",
+            ),
+            PrinterColumn(
+                name="URL", type="string", json_path=".status.url", description="URL.", priority=1
+            ),
+            AGE_COLUMN,
+        ],
+    )
+
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus = Field(default_factory=ModelDeploymentStatus)

@@ -1,0 +1,177 @@
+"""ModelVersion: one immutable, registered, trained model (an artifact with its lineage).
+
+The operator creates one when a TrainingJob succeeds; a person may create one by hand
+to import a model. Its spec never changes once created (the API server refuses).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import ConfigDict, Field
+
+from .common import (
+    AGE_COLUMN,
+    PHASE_COLUMN,
+    READY_COLUMN,
+    CamelModel,
+    Conditions,
+    Digest,
+    DnsLabel,
+    PrinterColumn,
+    Resource,
+    ResourceInfo,
+    cel,
+    validations,
+)
+
+Task = Literal["classification", "regression"]
+InputType = Literal["number", "integer", "string", "boolean"]
+
+
+class ModelArtifact(CamelModel):
+    """The artifact directory and the digest that pins it (see docs/artifact-format.md)."""
+
+    uri: str = Field(
+        pattern=r"^(file|pvc|s3|https?)://.+$",
+        max_length=2048,
+        description="Location of the artifact directory: pvc://<claim>/<path>, s3://<bucket>/"
+        "<prefix>, file:///<path> or https://...",
+    )
+    digest: Digest = Field(description="sha256:<64 hex> of the artifact's metadata.json.")
+    secret_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Name of a Secret in the same namespace with S3 credentials, if needed.",
+    )
+
+
+class Framework(CamelModel):
+    """The library the model was trained with."""
+
+    name: str = Field(min_length=1, max_length=64, description="Framework name, e.g. scikit-learn.")
+    version: str = Field(min_length=1, max_length=64, description="Framework version.")
+
+
+class ModelInput(CamelModel):
+    """One raw input column the model expects, in order."""
+
+    name: str = Field(min_length=1, max_length=256, description="Column name.")
+    type: InputType = Field(description="Column type: number, integer, string or boolean.")
+
+
+class DatasetRef(CamelModel):
+    """The dataset a model was trained on, pinned by digest."""
+
+    uri: str = Field(max_length=2048, description="Dataset location, or builtin:<name>.")
+    digest: Digest | None = Field(default=None, description="sha256 of the dataset's bytes.")
+
+
+class Source(CamelModel):
+    """Where the model came from."""
+
+    training_job: str | None = Field(
+        default=None, max_length=253, description="Name of the TrainingJob that produced it."
+    )
+    namespace: str | None = Field(
+        default=None, max_length=63, description="Namespace of that TrainingJob."
+    )
+    trial: int | None = Field(default=None, ge=0, description="Search trial that produced it.")
+    dataset: DatasetRef | None = Field(default=None, description="The training dataset.")
+
+
+class ModelVersionSpec(CamelModel):
+    """The registered model version; immutable once created."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("self == oldSelf", "spec is immutable: create a new ModelVersion instead")
+        )
+    )
+
+    model: DnsLabel = Field(description="Name of the registered model (a DNS-1123 label).")
+    version: int = Field(ge=1, description="Version number within the model, from 1.")
+    task: Task = Field(description="classification or regression.")
+    artifact: ModelArtifact = Field(description="The trained model's artifact.")
+    framework: Framework = Field(description="The library it was trained with.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="Test metrics recorded at training time."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Estimator parameters it was trained with."
+    )
+    inputs: list[ModelInput] = Field(
+        default_factory=list, max_length=1024, description="Input schema: raw columns, in order."
+    )
+    source: Source | None = Field(default=None, description="Lineage: job, trial and dataset.")
+
+
+ModelVersionPhase = Literal["Pending", "Verifying", "Ready", "Failed"]
+
+
+class ModelVersionStatus(CamelModel):
+    """What the operator verified about the version."""
+
+    phase: ModelVersionPhase | None = Field(default=None, description="Where the version stands.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The .metadata.generation this status reflects."
+    )
+    conditions: Conditions = Field(
+        default_factory=list, description="ArtifactVerified and Ready conditions."
+    )
+    verified_at: datetime | None = Field(
+        default=None, description="When the artifact's digest was last verified."
+    )
+    used_by: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="ModelDeployments serving this version.",
+    )
+    reason: str | None = Field(default=None, description="Why the version is in its phase.")
+    message: str | None = Field(default=None, description="Details, for people.")
+
+
+class ModelVersion(Resource):
+    """A ModelVersion object."""
+
+    RESOURCE: ClassVar[ResourceInfo] = ResourceInfo(
+        kind="ModelVersion",
+        plural="modelversions",
+        singular="modelversion",
+        short_names=["mv"],
+        description="ModelVersion is one immutable, registered trained model: its artifact, "
+        "digest, metrics and lineage.",
+        printer_columns=[
+            PrinterColumn(
+                name="Model", type="string", json_path=".spec.model", description="Model name."
+            ),
+            PrinterColumn(
+                name="Version",
+                type="integer",
+                json_path=".spec.version",
+                description="Version number.",
+            ),
+            PrinterColumn(name="Task", type="string", json_path=".spec.task", description="Task."),
+            PHASE_COLUMN,
+            READY_COLUMN,
+            PrinterColumn(
+                name="Used-By",
+                type="string",
+                json_path=".status.usedBy",
+                description="ModelDeployments serving it.",
+            ),
+            PrinterColumn(
+                name="Artifact",
+                type="string",
+                json_path=".spec.artifact.uri",
+                description="Artifact location.",
+                priority=1,
+            ),
+            AGE_COLUMN,
+        ],
+    )
+
+    kind: Literal["ModelVersion"] = "ModelVersion"
+    spec: ModelVersionSpec
+    status: ModelVersionStatus = Field(default_factory=ModelVersionStatus)

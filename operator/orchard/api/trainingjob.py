@@ -1,0 +1,473 @@
+"""TrainingJob: train (and optionally search over) one scikit-learn pipeline on one dataset.
+
+On success the operator registers the result as a ModelVersion.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import ConfigDict, Field, model_validator
+
+from .common import (
+    AGE_COLUMN,
+    PHASE_COLUMN,
+    READY_COLUMN,
+    CamelModel,
+    Conditions,
+    Digest,
+    DnsLabel,
+    PrinterColumn,
+    Resource,
+    ResourceInfo,
+    cel,
+    validations,
+)
+
+BuiltinDataset = Literal["iris", "wine", "breast_cancer", "diabetes", "digits"]
+ColumnType = Literal["number", "integer", "string", "boolean"]
+
+CLASSIFIERS = (
+    "LogisticRegression",
+    "RandomForestClassifier",
+    "GradientBoostingClassifier",
+    "HistGradientBoostingClassifier",
+    "DecisionTreeClassifier",
+    "KNeighborsClassifier",
+    "SVC",
+)
+REGRESSORS = (
+    "LinearRegression",
+    "Ridge",
+    "Lasso",
+    "RandomForestRegressor",
+    "GradientBoostingRegressor",
+    "HistGradientBoostingRegressor",
+    "DecisionTreeRegressor",
+    "KNeighborsRegressor",
+    "SVR",
+)
+EstimatorName = Literal[
+    "LogisticRegression",
+    "RandomForestClassifier",
+    "GradientBoostingClassifier",
+    "HistGradientBoostingClassifier",
+    "DecisionTreeClassifier",
+    "KNeighborsClassifier",
+    "SVC",
+    "LinearRegression",
+    "Ridge",
+    "Lasso",
+    "RandomForestRegressor",
+    "GradientBoostingRegressor",
+    "HistGradientBoostingRegressor",
+    "DecisionTreeRegressor",
+    "KNeighborsRegressor",
+    "SVR",
+]
+
+URI_PATTERN = r"^(file|pvc|https?|s3)://.+$"
+ARTIFACTS_URI_PATTERN = r"^(file|pvc|s3)://.+$"
+SECRET_NAME_DESC = "Name of a Secret in the same namespace"
+
+
+class RequiredColumn(CamelModel):
+    """A column the dataset must have, with its type."""
+
+    name: str = Field(description="Column name.", min_length=1, max_length=256)
+    type: ColumnType = Field(description="Column type: number, integer, string or boolean.")
+
+
+class DataChecks(CamelModel):
+    """Checks on the data before training; a failed check fails the job (DataCheckFailed)."""
+
+    min_rows: int | None = Field(
+        default=None, ge=0, description="Fewest rows the dataset must have."
+    )
+    max_missing_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Largest fraction of missing values allowed in any column (0..1).",
+    )
+    required_columns: list[RequiredColumn] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Columns that must be present, with their types.",
+    )
+    allowed_labels: list[str] | None = Field(
+        default=None,
+        max_length=1024,
+        description="For classification: the only target values allowed.",
+    )
+
+
+class Dataset(CamelModel):
+    """Where the training data comes from: a built-in dataset or a file at a URI."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.builtin) != has(self.uri)",
+                "dataset: set exactly one of builtin or uri",
+                reason="FieldValueInvalid",
+            ),
+            cel(
+                "!has(self.uri) || has(self.target)",
+                "dataset.target is required when dataset.uri is set",
+                field_path=".target",
+                reason="FieldValueRequired",
+            ),
+        )
+    )
+
+    builtin: BuiltinDataset | None = Field(
+        default=None,
+        description="A dataset shipped with scikit-learn: iris, wine, breast_cancer, diabetes "
+        "or digits. Its target column is named target.",
+    )
+    uri: str | None = Field(
+        default=None,
+        pattern=URI_PATTERN,
+        max_length=2048,
+        description="Location of a CSV or Parquet file: file://<path>, pvc://<claim>/<path>, "
+        "https://<host>/<path> or s3://<bucket>/<key>.",
+    )
+    format: Literal["csv", "parquet"] | None = Field(
+        default=None, description="File format; by default taken from the file extension."
+    )
+    target: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Name of the column to predict. Required with uri; built-in datasets use "
+        "target.",
+    )
+    features: list[str] | None = Field(
+        default=None,
+        max_length=1024,
+        description="Columns to train on; by default every column except the target.",
+    )
+    secret_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description=f"{SECRET_NAME_DESC} with S3 credentials: AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY and optionally AWS_ENDPOINT_URL, AWS_REGION.",
+    )
+    checks: DataChecks | None = Field(
+        default=None, description="Checks on the data before training."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.builtin is None) == (self.uri is None):
+            raise ValueError("dataset: set exactly one of builtin or uri")
+        if self.uri is not None and self.target is None:
+            raise ValueError("dataset.target is required when dataset.uri is set")
+        return self
+
+
+class NumericPreprocessing(CamelModel):
+    """How numeric columns are prepared."""
+
+    impute: Literal["mean", "median", "most_frequent", "none"] = Field(
+        default="median", description="How missing numbers are filled in."
+    )
+    scale: Literal["standard", "minmax", "robust", "none"] = Field(
+        default="standard", description="How numbers are scaled."
+    )
+
+
+class CategoricalPreprocessing(CamelModel):
+    """How categorical (string) columns are prepared."""
+
+    impute: Literal["most_frequent", "constant", "none"] = Field(
+        default="most_frequent", description="How missing categories are filled in."
+    )
+    encode: Literal["onehot", "ordinal"] = Field(
+        default="onehot", description="How categories are encoded."
+    )
+
+
+class Preprocessing(CamelModel):
+    """The preprocessing steps of the pipeline, per column type."""
+
+    numeric: NumericPreprocessing = Field(
+        default_factory=NumericPreprocessing, description="Numeric columns."
+    )
+    categorical: CategoricalPreprocessing = Field(
+        default_factory=CategoricalPreprocessing, description="Categorical columns."
+    )
+
+
+class Estimator(CamelModel):
+    """The scikit-learn estimator at the end of the pipeline."""
+
+    name: EstimatorName = Field(description="Class name of an allowed scikit-learn estimator.")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Constructor parameters of the estimator, e.g. {n_estimators: 200}.",
+    )
+
+    @property
+    def task(self) -> Literal["classification", "regression"]:
+        """Classification or regression, from the estimator's kind."""
+        return "classification" if self.name in CLASSIFIERS else "regression"
+
+
+class Evaluation(CamelModel):
+    """How the model is evaluated."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.cvFolds != 1",
+                "evaluation.cvFolds must be 0 (no cross-validation) or 2..20",
+                field_path=".cvFolds",
+            )
+        )
+    )
+
+    test_size: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="Fraction of rows held out for the test metrics, between 0 and 1.",
+    )
+    cv_folds: int = Field(
+        default=0,
+        ge=0,
+        le=20,
+        description="Cross-validation folds on the training rows: 0 for none, or 2..20.",
+    )
+    random_state: int = Field(
+        default=42, ge=0, description="Seed for the split and the estimator, for repeatability."
+    )
+
+    @model_validator(mode="after")
+    def _folds(self) -> Self:
+        if self.cv_folds == 1:
+            raise ValueError("evaluation.cvFolds must be 0 (no cross-validation) or 2..20")
+        return self
+
+
+class Gate(CamelModel):
+    """A quality bar: a model that misses it is not registered (GateFailed)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("has(self.min) || has(self.max)", "gate: set at least one of min or max")
+        )
+    )
+
+    metric: str = Field(
+        min_length=1, max_length=64, description="Test metric to check, e.g. f1_macro."
+    )
+    min: float | None = Field(default=None, description="Lowest acceptable value.")
+    max: float | None = Field(default=None, description="Highest acceptable value.")
+
+    @model_validator(mode="after")
+    def _bound(self) -> Self:
+        if self.min is None and self.max is None:
+            raise ValueError("gate: set at least one of min or max")
+        return self
+
+
+class Objective(CamelModel):
+    """What a search optimises."""
+
+    metric: str = Field(min_length=1, max_length=64, description="Test metric to optimise.")
+    direction: Literal["maximize", "minimize"] = Field(
+        default="maximize", description="Whether higher (maximize) or lower is better."
+    )
+
+
+class Search(CamelModel):
+    """A hyperparameter search: trials run in parallel as one Indexed Job; the best one wins."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.parallelism <= self.maxTrials",
+                "search.parallelism must not exceed search.maxTrials",
+                field_path=".parallelism",
+            )
+        )
+    )
+
+    parameters: dict[str, list[Any]] = Field(
+        min_length=1,
+        description="Values to try per estimator parameter, e.g. {max_depth: [4, 8, null]}.",
+    )
+    strategy: Literal["grid", "random"] = Field(
+        default="grid", description="grid tries combinations in order; random samples them."
+    )
+    max_trials: int = Field(ge=1, le=100, description="Most trials to run (1..100).")
+    parallelism: int = Field(default=1, ge=1, le=100, description="Trials run at the same time.")
+    objective: Objective = Field(description="The metric the best trial is chosen by.")
+
+    @model_validator(mode="after")
+    def _parallelism(self) -> Self:
+        if self.parallelism > self.max_trials:
+            raise ValueError("search.parallelism must not exceed search.maxTrials")
+        return self
+
+
+class Artifacts(CamelModel):
+    """Where trained models are written."""
+
+    uri: str = Field(
+        pattern=ARTIFACTS_URI_PATTERN,
+        max_length=2048,
+        description="Artifact store root: pvc://<claim>/<prefix>, s3://<bucket>/<prefix>, "
+        "or file:///<path> for local runs.",
+    )
+    secret_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description=f"{SECRET_NAME_DESC} with S3 credentials (see dataset.secretName).",
+    )
+
+
+class TrainingJobSpec(CamelModel):
+    """What to train, on what data, how to judge it and where to put it."""
+
+    model: DnsLabel = Field(
+        description="Name of the registered model this trains a version of (a DNS-1123 label)."
+    )
+    dataset: Dataset = Field(description="The training data.")
+    preprocessing: Preprocessing = Field(
+        default_factory=Preprocessing, description="Preprocessing steps before the estimator."
+    )
+    estimator: Estimator = Field(description="The estimator to fit.")
+    evaluation: Evaluation = Field(
+        default_factory=Evaluation, description="Held-out split and cross-validation."
+    )
+    gate: Gate | None = Field(default=None, description="Quality bar for registration.")
+    search: Search | None = Field(default=None, description="Optional hyperparameter search.")
+    artifacts: Artifacts = Field(description="Where the trained model is written.")
+    image: str | None = Field(
+        default=None, max_length=512, description="Trainer image; by default the operator's own."
+    )
+    resources: dict[str, Any] | None = Field(
+        default=None, description="Resource requests and limits of the trainer container."
+    )
+    backoff_limit: int = Field(
+        default=0, ge=0, le=10, description="Retries of a failed trainer pod."
+    )
+    active_deadline_seconds: int = Field(
+        default=3600, ge=1, le=604800, description="Longest a training run may take, in seconds."
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="Node labels the trainer pods must run on."
+    )
+    tolerations: list[dict[str, Any]] | None = Field(
+        default=None, max_length=64, description="Tolerations of the trainer pods."
+    )
+
+
+TrainingPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+
+
+class PrimaryMetric(CamelModel):
+    """The metric shown in `kubectl get`: the gate's, the search objective's, or the first."""
+
+    name: str = Field(description="Metric name.")
+    value: float = Field(description="Metric value on the test rows.")
+
+
+class ArtifactRef(CamelModel):
+    """A written artifact: its location and the digest of its metadata.json."""
+
+    uri: str = Field(max_length=2048, description="Location of the artifact directory.")
+    digest: Digest = Field(description="sha256:<hex> of the artifact's metadata.json.")
+
+
+class Trial(CamelModel):
+    """One trial of a search."""
+
+    index: int = Field(ge=0, description="Trial index (the Indexed Job's completion index).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Parameters it tried.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Test metrics it got.")
+    phase: TrainingPhase = Field(default="Pending", description="Where the trial stands.")
+
+
+class TrainingJobStatus(CamelModel):
+    """What the operator observed of the training run."""
+
+    phase: TrainingPhase | None = Field(default=None, description="Where the job stands.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The .metadata.generation this status reflects."
+    )
+    conditions: Conditions = Field(
+        default_factory=list, description="Ready, Complete and Failed conditions."
+    )
+    job_name: str | None = Field(default=None, description="Name of the batch/v1 Job it runs.")
+    start_time: datetime | None = Field(default=None, description="When training started.")
+    completion_time: datetime | None = Field(default=None, description="When training ended.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="Test metrics of the trained (best) model."
+    )
+    primary_metric: PrimaryMetric | None = Field(
+        default=None, description="The metric shown by kubectl get."
+    )
+    model_version: str | None = Field(
+        default=None, description="Name of the ModelVersion registered from this job."
+    )
+    artifact: ArtifactRef | None = Field(default=None, description="The written artifact.")
+    reason: str | None = Field(default=None, description="Why the job is in its phase.")
+    message: str | None = Field(default=None, description="Details, for people.")
+    trials: list[Trial] = Field(
+        default_factory=list, max_length=100, description="Trials of the search, if any."
+    )
+    best_trial: int | None = Field(default=None, ge=0, description="Index of the best trial.")
+
+
+class TrainingJob(Resource):
+    """A TrainingJob object."""
+
+    RESOURCE: ClassVar[ResourceInfo] = ResourceInfo(
+        kind="TrainingJob",
+        plural="trainingjobs",
+        singular="trainingjob",
+        short_names=["tj"],
+        description="TrainingJob trains a scikit-learn pipeline on a dataset and, when it passes "
+        "its gate, registers the result as a ModelVersion.",
+        printer_columns=[
+            PrinterColumn(
+                name="Model", type="string", json_path=".spec.model", description="Model name."
+            ),
+            PrinterColumn(
+                name="Estimator",
+                type="string",
+                json_path=".spec.estimator.name",
+                description="Estimator.",
+            ),
+            PHASE_COLUMN,
+            READY_COLUMN,
+            PrinterColumn(
+                name="Metric",
+                type="string",
+                json_path=".status.primaryMetric.name",
+                description="Primary metric.",
+            ),
+            PrinterColumn(
+                name="Value",
+                type="number",
+                json_path=".status.primaryMetric.value",
+                description="Its value.",
+            ),
+            PrinterColumn(
+                name="Version",
+                type="string",
+                json_path=".status.modelVersion",
+                description="ModelVersion registered.",
+            ),
+            AGE_COLUMN,
+        ],
+    )
+
+    kind: Literal["TrainingJob"] = "TrainingJob"
+    spec: TrainingJobSpec
+    status: TrainingJobStatus = Field(default_factory=TrainingJobStatus)
