@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
+
 from orchard.api import (
     Condition,
     ModelDeployment,
@@ -21,7 +23,6 @@ from orchard.api import (
     to_k8s,
 )
 from orchard.api.common import Resource
-from pydantic import ValidationError
 
 SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
 KIND_MODELS: dict[str, type[Resource]] = {
