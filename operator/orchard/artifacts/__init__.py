@@ -1,0 +1,59 @@
+"""The artifact store and its digests: where trained models live and how they are trusted.
+
+Importable with only the base and serve dependencies (boto3 is imported on first
+s3:// use). See docs/artifact-format.md for the contract.
+"""
+
+from orchard.artifacts.digest import is_digest, sha256_bytes, sha256_file
+from orchard.artifacts.errors import (
+    ArtifactError,
+    ArtifactNotFound,
+    UnsupportedURI,
+    VerificationError,
+)
+from orchard.artifacts.metadata import (
+    FORMAT_VERSION,
+    METADATA_FILE,
+    MODEL_FILE,
+    Metadata,
+    metadata_bytes,
+    parse_metadata,
+    verify_artifact,
+)
+from orchard.artifacts.store import (
+    ArtifactStore,
+    LocalStore,
+    S3Settings,
+    S3Store,
+    get_dir,
+    local_path,
+    put_dir,
+    read_bytes,
+    store_for,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "METADATA_FILE",
+    "MODEL_FILE",
+    "ArtifactError",
+    "ArtifactNotFound",
+    "ArtifactStore",
+    "LocalStore",
+    "Metadata",
+    "S3Settings",
+    "S3Store",
+    "UnsupportedURI",
+    "VerificationError",
+    "get_dir",
+    "is_digest",
+    "local_path",
+    "metadata_bytes",
+    "parse_metadata",
+    "put_dir",
+    "read_bytes",
+    "sha256_bytes",
+    "sha256_file",
+    "store_for",
+    "verify_artifact",
+]

@@ -1,0 +1,147 @@
+"""The typed shape of ``metadata.json`` (docs/artifact-format.md) and its verification.
+
+The server, the ModelVersion verification and the drift checks all read an artifact
+through `verify_artifact`, so none of them can load a model whose bytes were changed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from orchard.artifacts.digest import sha256_bytes, sha256_file
+from orchard.artifacts.errors import ArtifactNotFound, VerificationError
+
+FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+MODEL_FILE = "model.joblib"
+
+ColumnType = Literal["number", "integer", "string", "boolean"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class EstimatorInfo(_Model):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Framework(_Model):
+    name: str
+    version: str
+
+
+class DatasetInfo(_Model):
+    uri: str
+    digest: str
+    rows: int
+    target: str
+
+
+class Column(_Model):
+    name: str
+    type: ColumnType
+
+
+class Output(_Model):
+    name: str
+    type: ColumnType
+    classes: list[Any] | None = None
+
+
+class FeatureStats(_Model):
+    """Per-column statistics of the training data: the drift baseline."""
+
+    type: ColumnType
+    count: int
+    missing: int
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+    quantiles: list[float] | None = None
+    frequencies: dict[str, float] | None = None
+
+
+class Source(_Model):
+    training_job: str | None = None
+    namespace: str | None = None
+    trial: int | None = None
+
+
+class Metadata(_Model):
+    format_version: int
+    model: str
+    task: Literal["classification", "regression"]
+    estimator: EstimatorInfo
+    metrics: dict[str, float]
+    framework: Framework
+    libraries: dict[str, str] = Field(default_factory=dict)
+    dataset: DatasetInfo
+    inputs: list[Column]
+    output: Output
+    feature_stats: dict[str, FeatureStats] = Field(default_factory=dict)
+    prediction_stats: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, str]
+    created_at: str
+    source: Source = Field(default_factory=Source)
+
+
+def metadata_bytes(metadata: Metadata) -> bytes:
+    """The canonical bytes of metadata.json: the artifact's digest is their sha256."""
+    data = metadata.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return (json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n").encode()
+
+
+def parse_metadata(raw: bytes) -> Metadata:
+    """Parse metadata.json bytes, or say what is wrong with them."""
+    try:
+        return Metadata.model_validate_json(raw)
+    except ValidationError as exc:
+        raise VerificationError(f"metadata.json is not valid: {exc}") from exc
+
+
+def verify_artifact(directory: str | Path, digest: str | None = None) -> Metadata:
+    """Check a local artifact directory against its metadata.json, and optionally
+    metadata.json against a recorded digest; return the metadata only if all match.
+
+    Raises `ArtifactNotFound` when a file is missing and `VerificationError` on any
+    other mismatch, with a message naming the file and both digests.
+    """
+    root = Path(directory)
+    meta_path = root / METADATA_FILE
+    if not meta_path.is_file():
+        raise ArtifactNotFound(f"{meta_path} does not exist")
+    raw = meta_path.read_bytes()
+    actual = sha256_bytes(raw)
+    if digest is not None and actual != digest:
+        raise VerificationError(
+            f"{METADATA_FILE} has digest {actual}, but the recorded digest is {digest}"
+        )
+    metadata = parse_metadata(raw)
+    if metadata.format_version != FORMAT_VERSION:
+        raise VerificationError(
+            f"{METADATA_FILE} has formatVersion {metadata.format_version}; "
+            f"this version reads {FORMAT_VERSION}"
+        )
+    if MODEL_FILE not in metadata.files:
+        raise VerificationError(f"{METADATA_FILE} lists no digest for {MODEL_FILE}")
+    for name, expected in metadata.files.items():
+        path = root / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise VerificationError(f"{METADATA_FILE} lists a file outside the artifact: {name}")
+        if not path.is_file():
+            raise ArtifactNotFound(f"{path} is listed in {METADATA_FILE} but does not exist")
+        found = sha256_file(path)
+        if found != expected:
+            raise VerificationError(
+                f"{name} has digest {found}, but {METADATA_FILE} lists {expected}; "
+                "refusing the artifact"
+            )
+    return metadata

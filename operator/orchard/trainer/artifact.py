@@ -1,0 +1,120 @@
+"""Writing the artifact: model.joblib plus metadata.json, per docs/artifact-format.md."""
+
+from __future__ import annotations
+
+import math
+import platform
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+from sklearn.pipeline import Pipeline
+
+from orchard.artifacts import (
+    FORMAT_VERSION,
+    METADATA_FILE,
+    MODEL_FILE,
+    Metadata,
+    metadata_bytes,
+    sha256_bytes,
+    sha256_file,
+)
+
+TOP_FREQUENCIES = 20
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+_LIBRARIES = ("numpy", "pandas", "scipy", "joblib", "pyarrow")
+
+
+def _num(value: Any) -> float | None:
+    v = float(value)
+    return round(v, 6) if math.isfinite(v) else None
+
+
+def _key(value: Any) -> str:
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    return str(value)
+
+
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python value JSON can carry."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def feature_stats(frame: pd.DataFrame, schema: list[dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """Per-input statistics of the training data: the baseline for drift checks.
+
+    Numbers: mean, std, min, max and the 10/25/50/75/90th percentiles of the present
+    values. Strings and booleans: the share of each of the most frequent values among
+    the present values (booleans keyed "true"/"false").
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for col in schema:
+        series = frame[col["name"]]
+        present = series.dropna()
+        stats: dict[str, Any] = {
+            "type": col["type"],
+            "count": len(series),
+            "missing": int(series.isna().sum()),
+        }
+        if col["type"] in ("number", "integer") and len(present) > 0:
+            values = present.astype(float).to_numpy()
+            stats.update(
+                mean=_num(values.mean()),
+                std=_num(values.std(ddof=0)),
+                min=_num(values.min()),
+                max=_num(values.max()),
+                quantiles=[_num(q) for q in np.quantile(values, QUANTILES)],
+            )
+        elif len(present) > 0:
+            shares = present.map(_key).value_counts(normalize=True).head(TOP_FREQUENCIES)
+            stats["frequencies"] = {str(k): round(float(v), 6) for k, v in shares.items()}
+        out[col["name"]] = {k: v for k, v in stats.items() if v is not None}
+    return out
+
+
+def library_versions() -> dict[str, str]:
+    """The Python and library versions the model was trained with."""
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def sklearn_version() -> str:
+    return importlib_metadata.version("scikit-learn")
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def write_artifact(
+    directory: Path, pipeline: Pipeline, fields: dict[str, Any]
+) -> tuple[Metadata, str]:
+    """Dump the pipeline, then write metadata.json listing its sha256.
+
+    `fields` holds every metadata field but formatVersion, files and createdAt.
+    Returns the metadata and the artifact's digest (sha256 of metadata.json's bytes).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    model_path = directory / MODEL_FILE
+    joblib.dump(pipeline, model_path, compress=3)
+    metadata = Metadata.model_validate(
+        {
+            "formatVersion": FORMAT_VERSION,
+            **fields,
+            "files": {MODEL_FILE: sha256_file(model_path)},
+            "createdAt": utc_now(),
+        }
+    )
+    raw = metadata_bytes(metadata)
+    (directory / METADATA_FILE).write_bytes(raw)
+    return metadata, sha256_bytes(raw)

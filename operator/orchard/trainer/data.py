@@ -1,0 +1,146 @@
+"""Getting the training data: scikit-learn's bundled datasets by name, or a CSV or
+Parquet file at a URI, with the sha256 fingerprint that pins exactly which bytes trained
+the model.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd
+
+from orchard.api.trainingjob import Dataset
+from orchard.artifacts import ArtifactError, read_bytes, sha256_bytes
+from orchard.trainer.errors import DatasetUnavailable, InvalidSpec
+
+# Credentials for an s3:// dataset: ORCHARD_DATASET_AWS_* (envFrom with this prefix) win
+# over plain AWS_*, so the dataset's Secret and the artifact store's may differ.
+DATASET_ENV_PREFIX = "ORCHARD_DATASET_"
+BUILTIN_TARGET = "target"
+HTTP_TIMEOUT_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class LoadedDataset:
+    frame: pd.DataFrame
+    uri: str
+    digest: str
+    target: str
+
+
+def clean_name(name: str) -> str:
+    """A column name fit for a JSON key and a URL: 'sepal length (cm)' -> 'sepal_length'."""
+    name = re.sub(r"\s*\([^)]*\)", "", name).strip().lower()
+    return re.sub(r"[^a-z0-9]+", "_", name).strip("_")
+
+
+def _builtin_loader(name: str) -> Callable[..., Any]:
+    from sklearn import datasets
+
+    loaders: dict[str, Callable[..., Any]] = {
+        "iris": datasets.load_iris,
+        "wine": datasets.load_wine,
+        "breast_cancer": datasets.load_breast_cancer,
+        "diabetes": datasets.load_diabetes,
+        "digits": datasets.load_digits,
+    }
+    if name not in loaders:
+        raise InvalidSpec(f"unknown builtin dataset {name!r}; choose one of {sorted(loaders)}")
+    return loaders[name]
+
+
+def load_builtin(name: str) -> pd.DataFrame:
+    """A bundled dataset as one frame: clean feature names, a `target` column, and class
+    labels as strings where the dataset names its classes."""
+    bunch = _builtin_loader(name)(as_frame=True)
+    features: pd.DataFrame = bunch.data.copy()
+    features.columns = [clean_name(str(c)) for c in features.columns]
+    if len(set(features.columns)) != len(features.columns):  # pragma: no cover - a guard
+        raise DatasetUnavailable(f"builtin dataset {name!r} has clashing column names")
+    target = bunch.target
+    names = getattr(bunch, "target_names", None)
+    if names is not None and len(names) > 0:
+        labels = np.asarray([str(n) for n in names], dtype=object)
+        target = pd.Series(labels[np.asarray(target, dtype=int)], name=BUILTIN_TARGET, dtype=object)
+    features[BUILTIN_TARGET] = np.asarray(target)
+    return features
+
+
+def _frame_fingerprint(frame: pd.DataFrame) -> str:
+    """A builtin dataset has no file: fingerprint its canonical CSV text instead."""
+    return sha256_bytes(frame.to_csv(index=False, lineterminator="\n").encode())
+
+
+def fetch_bytes(uri: str) -> bytes:
+    """The raw bytes of a dataset file at file://, pvc://, http(s):// or s3://."""
+    scheme = urlsplit(uri).scheme
+    if scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(uri, timeout=HTTP_TIMEOUT_SECONDS) as resp:
+                data: bytes = resp.read()
+                return data
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise DatasetUnavailable(f"cannot download {uri}: {exc}") from exc
+    if scheme not in ("file", "pvc", "s3"):
+        raise InvalidSpec(f"unsupported dataset URI scheme {scheme!r}: {uri}")
+    try:
+        return read_bytes(uri, s3_env_prefix=DATASET_ENV_PREFIX)
+    except ArtifactError as exc:
+        raise DatasetUnavailable(f"cannot read dataset {uri}: {exc}") from exc
+
+
+def infer_format(uri: str, declared: str | None) -> str:
+    """csv or parquet: as declared, else from the file extension."""
+    if declared:
+        return declared
+    suffixes = [s.lower() for s in PurePosixPath(urlsplit(uri).path).suffixes]
+    if suffixes and suffixes[-1] in (".parquet", ".pq"):
+        return "parquet"
+    if ".csv" in suffixes or ".tsv" in suffixes:
+        return "csv"
+    raise InvalidSpec(
+        f"cannot tell the format of {uri} from its extension; set dataset.format (csv or parquet)"
+    )
+
+
+def parse_table(raw: bytes, fmt: str, uri: str = "") -> pd.DataFrame:
+    """A frame from CSV (optionally gzip-compressed) or Parquet bytes."""
+    try:
+        if fmt == "parquet":
+            return pd.read_parquet(io.BytesIO(raw))
+        compression = "gzip" if raw[:2] == b"\x1f\x8b" else None
+        sep = "\t" if uri.lower().removesuffix(".gz").endswith(".tsv") else ","
+        return pd.read_csv(io.BytesIO(raw), compression=compression, sep=sep)
+    except Exception as exc:
+        raise DatasetUnavailable(f"cannot parse {uri or 'the dataset'} as {fmt}: {exc}") from exc
+
+
+def load_dataset(spec: Dataset) -> LoadedDataset:
+    """The dataset a TrainingJob names, with its fingerprint."""
+    if spec.builtin is not None:
+        frame = load_builtin(spec.builtin)
+        return LoadedDataset(
+            frame=frame,
+            uri=f"builtin:{spec.builtin}",
+            digest=_frame_fingerprint(frame),
+            target=spec.target or BUILTIN_TARGET,
+        )
+    if spec.uri is None or spec.target is None:
+        raise InvalidSpec("dataset needs either builtin, or uri and target")
+    fmt = infer_format(spec.uri, spec.format)
+    raw = fetch_bytes(spec.uri)
+    return LoadedDataset(
+        frame=parse_table(raw, fmt, spec.uri),
+        uri=spec.uri,
+        digest=sha256_bytes(raw),
+        target=spec.target,
+    )
