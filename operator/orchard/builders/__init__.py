@@ -1,0 +1,1 @@
+"""Pure builders: a typed resource (and settings) in, the Kubernetes objects it should own out."""

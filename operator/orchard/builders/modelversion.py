@@ -1,0 +1,200 @@
+"""The ModelVersion a successful TrainingJob registers, and the Job that verifies one.
+
+A ModelVersion is a registry entry: it must outlive the TrainingJob that produced it
+(finished TrainingJobs get cleaned up, a GitOps tool may prune them, yet the model keeps
+serving). So it carries no ownerReference to the TrainingJob; its lineage is recorded
+in `spec.source` and in labels, which also let the operator find what a TrainingJob
+already registered.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from orchard.api.common import API_VERSION, GROUP, to_k8s
+from orchard.api.modelversion import (
+    DatasetRef,
+    Framework,
+    ModelArtifact,
+    ModelInput,
+    ModelVersion,
+    ModelVersionSpec,
+    Source,
+)
+from orchard.api.trainingjob import TrainingJob
+from orchard.builders.training import (
+    MANAGED_BY,
+    MODEL_LABEL,
+    PART_OF,
+    TRAININGJOB_LABEL,
+    TrainerSettings,
+    base_env,
+    bounded_name,
+    claim_volumes,
+    owner_reference,
+    pvc_claim,
+    restricted_container_security,
+    restricted_pod_security,
+    secret_env,
+)
+
+TRAININGJOB_UID_LABEL = f"{GROUP}/trainingjob-uid"
+MODELVERSION_LABEL = f"{GROUP}/modelversion"
+VERIFY_CONTAINER = "verify"
+VERIFY_DEADLINE_SECONDS = 300
+VERIFY_TTL_SECONDS = 3600
+DEFAULT_FRAMEWORK = {"name": "scikit-learn", "version": "unknown"}
+_INPUT_TYPES = {"number", "integer", "string", "boolean"}
+
+
+class TrainerResult(Protocol):
+    """What the trainer reported (orchard.decisions.training.TrainerResult has this shape)."""
+
+    @property
+    def artifact_uri(self) -> str: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def metrics(self) -> dict[str, float]: ...
+    @property
+    def framework(self) -> dict[str, str]: ...
+    @property
+    def inputs(self) -> list[dict[str, str]]: ...
+    @property
+    def dataset(self) -> dict[str, str]: ...
+    @property
+    def trial(self) -> int | None: ...
+    @property
+    def params(self) -> dict[str, Any]: ...
+    @property
+    def task(self) -> str | None: ...
+
+
+def version_name(model: str, version: int) -> str:
+    """`<model>-v<N>`: the name the version is known by everywhere."""
+    return f"{model}-v{version}"
+
+
+def model_version(tj: TrainingJob, result: TrainerResult, version: int) -> dict[str, Any]:
+    """The ModelVersion registering a TrainingJob's (best) result as version `version`.
+
+    Validated through the API model, so a malformed trainer report fails here with a
+    clear error instead of at the API server.
+    """
+    name = version_name(tj.spec.model, version)
+    inputs = [
+        ModelInput(name=str(i["name"]), type=i["type"])
+        for i in result.inputs
+        if i.get("name") and i.get("type") in _INPUT_TYPES
+    ]
+    dataset = None
+    if result.dataset.get("uri"):
+        dataset = DatasetRef(uri=result.dataset["uri"], digest=result.dataset.get("digest"))
+    task = (
+        result.task if result.task in ("classification", "regression") else tj.spec.estimator.task
+    )
+    spec = ModelVersionSpec(
+        model=tj.spec.model,
+        version=version,
+        task=task,
+        artifact=ModelArtifact(
+            uri=result.artifact_uri,
+            digest=result.digest,
+            secret_name=tj.spec.artifacts.secret_name,
+        ),
+        framework=Framework(**(result.framework or DEFAULT_FRAMEWORK)),
+        metrics=result.metrics,
+        params=result.params or dict(tj.spec.estimator.params),
+        inputs=inputs,
+        source=Source(
+            training_job=tj.metadata.name,
+            namespace=tj.metadata.namespace,
+            trial=result.trial if tj.spec.search is not None else None,
+            dataset=dataset,
+        ),
+    )
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ModelVersion",
+        "metadata": {
+            "name": name,
+            "namespace": tj.metadata.namespace,
+            "labels": {
+                "app.kubernetes.io/name": "orchard-model",
+                "app.kubernetes.io/instance": name,
+                "app.kubernetes.io/part-of": PART_OF,
+                "app.kubernetes.io/managed-by": MANAGED_BY,
+                MODEL_LABEL: tj.spec.model,
+                TRAININGJOB_LABEL: str(tj.metadata.name),
+                TRAININGJOB_UID_LABEL: str(tj.metadata.uid),
+            },
+        },
+        "spec": to_k8s(spec),
+    }
+
+
+def verify_job_name(mv: ModelVersion) -> str:
+    return bounded_name(str(mv.metadata.name), "-verify", limit=63)
+
+
+def verify_labels(mv: ModelVersion) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "orchard-verify",
+        "app.kubernetes.io/instance": str(mv.metadata.name),
+        "app.kubernetes.io/component": "verification",
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        MODELVERSION_LABEL: str(mv.metadata.name),
+        MODEL_LABEL: mv.spec.model,
+    }
+
+
+def verify_job(mv: ModelVersion, settings: TrainerSettings | None = None) -> dict[str, Any]:
+    """A short Job that fetches the artifact and checks every digest against the one the
+    ModelVersion records (`python -m orchard.artifacts.verify`), in the trainer image."""
+    settings = settings or TrainerSettings()
+    artifact = mv.spec.artifact
+    volumes, mounts = claim_volumes(read_write=[], read_only=[pvc_claim(artifact.uri)])
+    container: dict[str, Any] = {
+        "name": VERIFY_CONTAINER,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-m", "orchard.artifacts.verify"],
+        "args": [artifact.uri, artifact.digest],
+        "env": base_env(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
+        "securityContext": restricted_container_security(),
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+    }
+    if env_from := secret_env(artifact.secret_name, None):
+        container["envFrom"] = env_from
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": verify_job_name(mv),
+            "namespace": mv.metadata.namespace,
+            "labels": verify_labels(mv),
+            "ownerReferences": [
+                owner_reference("ModelVersion", str(mv.metadata.name), str(mv.metadata.uid))
+            ],
+        },
+        "spec": {
+            "backoffLimit": 1,
+            "activeDeadlineSeconds": VERIFY_DEADLINE_SECONDS,
+            "ttlSecondsAfterFinished": VERIFY_TTL_SECONDS,
+            "template": {
+                "metadata": {"labels": verify_labels(mv)},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": restricted_pod_security(),
+                    "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}, *volumes],
+                },
+            },
+        },
+    }

@@ -1,0 +1,182 @@
+"""What a ModelVersion's verification Job says, and who still uses a ModelVersion.
+
+Pure: the handlers pass in the Job, its pods and the ModelDeployments as dicts.
+The verifier (`python -m orchard.artifacts.verify`) reports through its pod's
+termination message: `{"verified": true, ...}` or `{"error": {"reason", "message"}}`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from orchard.api.common import ConditionStatus, set_condition
+from orchard.api.modelversion import ModelVersionPhase, ModelVersionStatus
+from orchard.decisions.training import IMAGE_PROBLEM, clip, parse_time, pod_report
+
+VERIFYING = "Verifying"
+VERIFIED = "Verified"
+VERIFICATION_FAILED = "VerificationFailed"
+DIGEST_MISMATCH = "DigestMismatch"
+ARTIFACT_NOT_FOUND = "ArtifactNotFound"
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Where the verification of a ModelVersion's artifact stands."""
+
+    phase: ModelVersionPhase
+    reason: str
+    message: str
+    at: datetime | None = None
+    stop_job: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in ("Ready", "Failed")
+
+
+def _report(message: str | None) -> Mapping[str, Any] | None:
+    if not message:
+        return None
+    for candidate in [message, *reversed(message.strip().splitlines())]:
+        candidate = candidate.strip()
+        if candidate.startswith("{"):
+            try:
+                data = json.loads(candidate)
+            except ValueError:
+                continue
+            if isinstance(data, Mapping):
+                return data
+    return None
+
+
+def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        terminated = (status.get("state") or {}).get("terminated")
+        if terminated:
+            return dict(terminated)
+    return None
+
+
+def verification_outcome(
+    job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]
+) -> Verification:
+    """Decide the verification's phase from its Job and pods."""
+    if job is None:
+        return Verification("Pending", VERIFYING, "the verification Job does not exist yet")
+    conditions = {
+        c.get("type"): c
+        for c in job.get("status", {}).get("conditions") or []
+        if c.get("status") == "True"
+    }
+    newest = sorted(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp", ""))
+    if "Complete" in conditions:
+        at = parse_time(job.get("status", {}).get("completionTime"))
+        for pod in reversed(newest):
+            terminated = _terminated(pod)
+            report = _report(terminated.get("message")) if terminated else None
+            if terminated and terminated.get("exitCode") == 0 and report and report.get("verified"):
+                return Verification("Ready", VERIFIED, _verified_message(report), at)
+        return Verification(
+            "Failed", VERIFICATION_FAILED, "the verifier exited 0 but did not report success", at
+        )
+    if "Failed" in conditions:
+        at = parse_time(conditions["Failed"].get("lastTransitionTime"))
+        for pod in reversed(newest):
+            terminated = _terminated(pod)
+            if not terminated:
+                continue
+            report = _report(terminated.get("message"))
+            error = report.get("error") if report else None
+            if isinstance(error, Mapping):
+                return Verification(
+                    "Failed",
+                    str(error.get("reason") or VERIFICATION_FAILED),
+                    clip(str(error.get("message") or "")),
+                    at,
+                )
+            tail = clip(terminated.get("message") or "", 512)
+            return Verification(
+                "Failed",
+                VERIFICATION_FAILED,
+                f"the verifier exited with code {terminated.get('exitCode')}: {tail}".rstrip(": "),
+                at,
+            )
+        return Verification(
+            "Failed",
+            str(conditions["Failed"].get("reason") or VERIFICATION_FAILED),
+            clip(str(conditions["Failed"].get("message") or "the verification Job failed")),
+            at,
+        )
+    for pod in newest:
+        waiting = pod_report(pod).waiting
+        if waiting and waiting.reason == IMAGE_PROBLEM:
+            return Verification("Failed", IMAGE_PROBLEM, waiting.message, stop_job=True)
+    return Verification("Verifying", VERIFYING, "checking the artifact's digests")
+
+
+def _verified_message(report: Mapping[str, Any]) -> str:
+    files = report.get("files")
+    count = f" and {len(files)} file(s) it lists" if isinstance(files, Mapping | list) else ""
+    return f"metadata.json matches the recorded digest{count}"
+
+
+def verification_status(
+    previous: ModelVersionStatus,
+    outcome: Verification,
+    *,
+    generation: int | None,
+    at: datetime | None = None,
+) -> ModelVersionStatus:
+    """The status from a verification outcome: phase, ArtifactVerified and Ready."""
+    conditions = list(previous.conditions)
+    verified: ConditionStatus
+    ready: ConditionStatus
+    if outcome.phase == "Ready":
+        verified, ready = "True", "True"
+    elif outcome.phase == "Failed":
+        verified, ready = "False", "False"
+    else:
+        verified, ready = "Unknown", "False"
+    conditions = set_condition(
+        conditions,
+        "ArtifactVerified",
+        verified,
+        outcome.reason,
+        outcome.message,
+        generation=generation,
+        at=at,
+    )
+    conditions = set_condition(
+        conditions, "Ready", ready, outcome.reason, outcome.message, generation=generation, at=at
+    )
+    return previous.model_copy(
+        update={
+            "phase": outcome.phase,
+            "observed_generation": generation,
+            "conditions": conditions,
+            "verified_at": outcome.at if outcome.phase == "Ready" else previous.verified_at,
+            "reason": outcome.reason,
+            "message": outcome.message,
+        }
+    )
+
+
+def deployments_using(name: str, deployments: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The ModelDeployments that serve or are about to serve a ModelVersion: named in
+    spec, or still serving it as stable or canary while a rollout moves on."""
+    users = []
+    for md in deployments:
+        spec = md.get("spec") or {}
+        status = md.get("status") or {}
+        if name in (
+            spec.get("modelVersion"),
+            status.get("stableVersion"),
+            status.get("canaryVersion"),
+        ):
+            users.append(str(md.get("metadata", {}).get("name")))
+    return sorted(users)

@@ -1,0 +1,371 @@
+"""The objects a TrainingJob owns, built from realistic specs (table tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from orchard.api.trainingjob import TrainingJob
+from orchard.builders.modelversion import (
+    TRAININGJOB_UID_LABEL,
+    model_version,
+    verify_job,
+    version_name,
+)
+from orchard.builders.training import (
+    TrainerSettings,
+    bounded_name,
+    config_map,
+    job_name,
+    pvc_claim,
+    training_job,
+    trial_count,
+)
+from orchard.decisions.training import TrainerResult
+
+UID = "6f1c1a1e-0000-4000-8000-000000000001"
+DIGEST = "sha256:" + "ab" * 32
+
+
+def make_tj(**spec: Any) -> TrainingJob:
+    base: dict[str, Any] = {
+        "model": "penguins",
+        "dataset": {"uri": "pvc://datasets/penguins.csv", "target": "species"},
+        "estimator": {"name": "RandomForestClassifier", "params": {"n_estimators": 50}},
+        "artifacts": {"uri": "pvc://orchard-artifacts/models"},
+    }
+    base.update(spec)
+    return TrainingJob.model_validate(
+        {
+            "metadata": {"name": "penguins-rf", "namespace": "ml", "uid": UID, "generation": 1},
+            "spec": base,
+        }
+    )
+
+
+def container(job: dict[str, Any]) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = job["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def test_job_is_owned_labelled_and_restricted() -> None:
+    job = training_job(make_tj())
+    meta = job["metadata"]
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+    assert meta["name"] == "penguins-rf" and meta["namespace"] == "ml"
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "orchard.dev/v1alpha1",
+            "kind": "TrainingJob",
+            "name": "penguins-rf",
+            "uid": UID,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    for labels in (meta["labels"], job["spec"]["template"]["metadata"]["labels"]):
+        assert labels["orchard.dev/trainingjob"] == "penguins-rf"
+        assert labels["app.kubernetes.io/instance"] == "penguins-rf"
+        assert labels["app.kubernetes.io/part-of"] == "orchard"
+        assert labels["app.kubernetes.io/managed-by"] == "orchard-operator"
+        assert {"app.kubernetes.io/name", "app.kubernetes.io/component"} <= set(labels)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container(job)["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    mounts = {m["mountPath"]: m for m in container(job)["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/tmp"]["name"]] == {"name": "tmp", "emptyDir": {}}
+
+
+def test_job_defaults_come_from_spec() -> None:
+    job = training_job(make_tj())
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["activeDeadlineSeconds"] == 3600
+    assert job["spec"]["completions"] == 1
+    assert "completionMode" not in job["spec"]
+    c = container(job)
+    assert c["image"] == "localhost/orchard/trainer:dev"
+    assert c["imagePullPolicy"] == "IfNotPresent"
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert "resources" not in c
+    assert "nodeSelector" not in job["spec"]["template"]["spec"]
+
+
+def test_job_passes_scheduling_and_resources_through() -> None:
+    tj = make_tj(
+        resources={"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}},
+        nodeSelector={"kubernetes.io/arch": "amd64"},
+        tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        backoffLimit=2,
+        activeDeadlineSeconds=600,
+    )
+    job = training_job(tj)
+    pod = job["spec"]["template"]["spec"]
+    assert container(job)["resources"] == {"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}}
+    assert pod["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
+    assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert job["spec"]["backoffLimit"] == 2
+    assert job["spec"]["activeDeadlineSeconds"] == 600
+
+
+@pytest.mark.parametrize(
+    ("spec_image", "env", "expected_image", "policy"),
+    [
+        (None, {}, "localhost/orchard/trainer:dev", "IfNotPresent"),
+        (
+            None,
+            {"ORCHARD_TRAINER_IMAGE": "example.test/trainer:1"},
+            "example.test/trainer:1",
+            "IfNotPresent",
+        ),
+        ("mine:2", {"ORCHARD_TRAINER_IMAGE": "example.test/trainer:1"}, "mine:2", "IfNotPresent"),
+        (
+            None,
+            {"ORCHARD_TRAINER_IMAGE_PULL_POLICY": "Never"},
+            "localhost/orchard/trainer:dev",
+            "Never",
+        ),
+    ],
+)
+def test_image_override_order(
+    spec_image: str | None, env: dict[str, str], expected_image: str, policy: str
+) -> None:
+    job = training_job(make_tj(image=spec_image), TrainerSettings.from_env(env))
+    assert container(job)["image"] == expected_image
+    assert container(job)["imagePullPolicy"] == policy
+
+
+@pytest.mark.parametrize(
+    ("dataset_uri", "artifacts_uri", "expected"),
+    [
+        # dataset and artifacts on different claims: dataset read-only
+        (
+            "pvc://datasets/penguins.csv",
+            "pvc://orchard-artifacts/models",
+            {"/mnt/pvc/datasets": True, "/mnt/pvc/orchard-artifacts": False},
+        ),
+        # the same claim for both: mounted once, writable
+        ("pvc://shared/data.csv", "pvc://shared/models", {"/mnt/pvc/shared": False}),
+        # no pvc at all
+        ("https://example.test/x.csv", "s3://bucket/models", {}),
+    ],
+)
+def test_claims_are_mounted_where_the_store_looks(
+    dataset_uri: str, artifacts_uri: str, expected: dict[str, bool]
+) -> None:
+    tj = make_tj(
+        dataset={"uri": dataset_uri, "target": "species"}, artifacts={"uri": artifacts_uri}
+    )
+    job = training_job(tj)
+    pod = job["spec"]["template"]["spec"]
+    mounts = {
+        m["mountPath"]: m
+        for m in container(job)["volumeMounts"]
+        if m["mountPath"].startswith("/mnt/pvc/")
+    }
+    assert {path: m["readOnly"] for path, m in mounts.items()} == expected
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for path, m in mounts.items():
+        claim = volumes[m["name"]]["persistentVolumeClaim"]
+        assert claim["claimName"] == path.removeprefix("/mnt/pvc/")
+        assert claim["readOnly"] == expected[path]
+
+
+def test_spec_reaches_the_trainer_through_a_config_map() -> None:
+    tj = make_tj()
+    cm = config_map(tj)
+    job = training_job(tj)
+    assert cm["immutable"] is True
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == UID
+    doc = yaml.safe_load(cm["data"]["trainingjob.yaml"])
+    assert doc["kind"] == "TrainingJob"
+    assert doc["metadata"]["name"] == "penguins-rf"
+    # The file parses back into the same spec the cluster holds.
+    assert TrainingJob.model_validate(doc).spec == tj.spec
+    c = container(job)
+    assert c["command"] == ["orchard", "train"]
+    assert c["args"] == [
+        "-f",
+        "/etc/orchard/trainingjob.yaml",
+        "--output",
+        "pvc://orchard-artifacts/models/penguins/penguins-rf-6f1c1a1e",
+    ]
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/etc/orchard")
+    assert volumes[mount["name"]]["configMap"]["name"] == cm["metadata"]["name"]
+
+
+def test_s3_credentials_come_from_secrets() -> None:
+    tj = make_tj(
+        dataset={"uri": "s3://data/penguins.csv", "target": "species", "secretName": "data-s3"},
+        artifacts={"uri": "s3://models/", "secretName": "models-s3"},
+    )
+    env_from = container(training_job(tj))["envFrom"]
+    assert env_from == [
+        {"secretRef": {"name": "models-s3"}},
+        {"prefix": "ORCHARD_DATASET_", "secretRef": {"name": "data-s3"}},
+    ]
+    assert "envFrom" not in container(training_job(make_tj()))
+
+
+@pytest.mark.parametrize(
+    ("parameters", "strategy", "max_trials", "parallelism", "completions", "expected_par"),
+    [
+        ({"max_depth": [2, 4], "n_estimators": [10, 50]}, "grid", 10, 2, 4, 2),
+        ({"max_depth": [2, 4, 8], "n_estimators": [10, 50]}, "grid", 4, 2, 4, 2),
+        ({"max_depth": [2, 4, 8, None]}, "random", 3, 3, 3, 3),
+        ({"max_depth": [2]}, "grid", 5, 5, 1, 1),
+    ],
+)
+def test_search_is_one_indexed_job(
+    parameters: dict[str, list[Any]],
+    strategy: str,
+    max_trials: int,
+    parallelism: int,
+    completions: int,
+    expected_par: int,
+) -> None:
+    search = {
+        "parameters": parameters,
+        "strategy": strategy,
+        "maxTrials": max_trials,
+        "parallelism": parallelism,
+        "objective": {"metric": "accuracy"},
+    }
+    tj = make_tj(search=search)
+    assert tj.spec.search is not None
+    assert trial_count(tj.spec.search) == completions
+    spec = training_job(tj)["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == completions
+    assert spec["parallelism"] == expected_par
+    assert spec["backoffLimitPerIndex"] == 0
+    assert "backoffLimit" not in spec
+
+
+def test_trial_count_agrees_with_the_trainer() -> None:
+    from orchard.trainer.search import trial_list
+
+    tj = make_tj(
+        search={
+            "parameters": {"max_depth": [2, 4, 8], "n_estimators": [10, 50]},
+            "strategy": "random",
+            "maxTrials": 5,
+            "parallelism": 2,
+            "objective": {"metric": "accuracy"},
+        }
+    )
+    assert tj.spec.search is not None
+    assert trial_count(tj.spec.search) == len(trial_list(tj.spec.search, 42)) == 5
+
+
+@pytest.mark.parametrize(
+    ("uri", "claim"),
+    [
+        ("pvc://orchard-artifacts/models", "orchard-artifacts"),
+        ("pvc://c", "c"),
+        ("s3://bucket/x", None),
+        ("file:///tmp/x", None),
+        (None, None),
+    ],
+)
+def test_pvc_claim(uri: str | None, claim: str | None) -> None:
+    assert pvc_claim(uri) == claim
+
+
+def test_names_stay_short_and_stable() -> None:
+    long = "a" * 80
+    assert bounded_name("short", "-spec") == "short-spec"
+    name = bounded_name(long, "-verify")
+    assert len(name) == 63 and name.endswith("-verify")
+    assert name == bounded_name(long, "-verify")
+    assert bounded_name(long + "b", "-verify") != name
+    tj = make_tj()
+    tj.metadata.name = "x" * 60
+    assert len(job_name(tj)) <= 52
+
+
+RESULT = TrainerResult(
+    artifact_uri="pvc://orchard-artifacts/models/penguins/penguins-rf-0/",
+    digest=DIGEST,
+    metrics={"accuracy": 0.97, "f1_macro": 0.96},
+    framework={"name": "scikit-learn", "version": "1.7.2"},
+    inputs=[{"name": "bill_length_mm", "type": "number"}, {"name": "island", "type": "string"}],
+    dataset={"uri": "pvc://datasets/penguins.csv", "digest": "sha256:" + "cd" * 32},
+    trial=3,
+    params={"n_estimators": 100, "max_depth": 8},
+    task="classification",
+)
+
+
+def test_model_version_records_result_and_lineage_without_owner() -> None:
+    mv = model_version(make_tj(), RESULT, 3)
+    assert mv["metadata"]["name"] == version_name("penguins", 3) == "penguins-v3"
+    assert "ownerReferences" not in mv["metadata"]
+    labels = mv["metadata"]["labels"]
+    assert labels["orchard.dev/model"] == "penguins"
+    assert labels["orchard.dev/trainingjob"] == "penguins-rf"
+    assert labels[TRAININGJOB_UID_LABEL] == UID
+    spec = mv["spec"]
+    assert spec["version"] == 3 and spec["model"] == "penguins"
+    assert spec["task"] == "classification"
+    assert spec["artifact"] == {"uri": RESULT.artifact_uri, "digest": DIGEST}
+    assert spec["metrics"] == {"accuracy": 0.97, "f1_macro": 0.96}
+    assert spec["inputs"][1] == {"name": "island", "type": "string"}
+    # a plain run records no trial; the dataset fingerprint is lineage
+    assert spec["source"] == {
+        "trainingJob": "penguins-rf",
+        "namespace": "ml",
+        "dataset": {"uri": "pvc://datasets/penguins.csv", "digest": "sha256:" + "cd" * 32},
+    }
+
+
+def test_model_version_of_a_search_records_the_trial() -> None:
+    tj = make_tj(
+        search={
+            "parameters": {"max_depth": [4, 8]},
+            "maxTrials": 2,
+            "objective": {"metric": "accuracy"},
+        }
+    )
+    spec = model_version(tj, RESULT, 1)["spec"]
+    assert spec["source"]["trial"] == 3
+
+
+def test_model_version_refuses_a_malformed_digest() -> None:
+    from dataclasses import replace
+
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        model_version(make_tj(), replace(RESULT, digest="md5:1234"), 1)
+
+
+def test_verify_job_checks_the_recorded_digest() -> None:
+    from orchard.api.modelversion import ModelVersion
+
+    body = model_version(make_tj(), RESULT, 2)
+    body["metadata"]["uid"] = "mv-uid"
+    mv = ModelVersion.model_validate(body)
+    job = verify_job(mv)
+    assert job["metadata"]["name"] == "penguins-v2-verify"
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "ModelVersion"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "mv-uid"
+    assert job["metadata"]["labels"]["orchard.dev/modelversion"] == "penguins-v2"
+    c = container(job)
+    assert c["command"] == ["python", "-m", "orchard.artifacts.verify"]
+    assert c["args"] == [RESULT.artifact_uri, DIGEST]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/mnt/pvc/orchard-artifacts"]["readOnly"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert job["spec"]["activeDeadlineSeconds"] > 0
