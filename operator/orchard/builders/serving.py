@@ -1,0 +1,426 @@
+"""The objects a ModelDeployment owns: a Deployment per track, Services, HTTPRoute, HPA.
+
+Two tracks, `stable` and `canary`, each a Deployment of the model server serving one
+ModelVersion. With traffic mode `replicas` one Service selects the ready pods of both
+tracks, so traffic splits by the ratio of ready pods; with `gatewayAPI` that Service
+selects the stable track only and an HTTPRoute splits by weights between two per-track
+Services. Pure functions from typed inputs to plain dicts; the handler only sends them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from orchard.api.common import GROUP
+from orchard.api.modeldeployment import ModelDeployment
+from orchard.api.modelversion import ModelVersion
+from orchard.builders.training import (
+    MANAGED_BY,
+    PART_OF,
+    PVC_ROOT,
+    bounded_name,
+    owner_reference,
+    pvc_claim,
+    restricted_container_security,
+    restricted_pod_security,
+)
+
+Track = Literal["stable", "canary"]
+
+DEFAULT_SERVER_IMAGE = "localhost/orchard/server:dev"
+SERVER_IMAGE_ENV = "ORCHARD_SERVER_IMAGE"
+SERVER_PULL_POLICY_ENV = "ORCHARD_SERVER_IMAGE_PULL_POLICY"
+
+MODELDEPLOYMENT_LABEL = f"{GROUP}/modeldeployment"
+TRACK_LABEL = f"{GROUP}/track"
+MODEL_VERSION_LABEL = f"{GROUP}/model-version"
+MODEL_LABEL = f"{GROUP}/model"
+
+SERVER_CONTAINER = "server"
+FETCH_CONTAINER = "fetch-model"
+MODEL_ROOT = "/models"
+FETCHED_DIR = f"{MODEL_ROOT}/artifact"
+DEFAULT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "50m", "memory": "128Mi"}}
+
+# The init container's whole program: copy an S3 prefix into the shared emptyDir with
+# the artifact store the trainer wrote it with. The server verifies the digests after.
+FETCH_PROGRAM = (
+    "import sys; from pathlib import Path; "
+    "from orchard.artifacts.store import get_dir; "
+    "get_dir(sys.argv[1], Path(sys.argv[2])); "
+    "print('fetched', sys.argv[1])"
+)
+
+
+class UnsupportedArtifact(ValueError):
+    """A ModelVersion's artifact URI that a serving pod cannot read."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Operator-wide settings of the serving pods."""
+
+    image: str = DEFAULT_SERVER_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
+        env = os.environ if env is None else env
+        return cls(
+            image=env.get(SERVER_IMAGE_ENV) or DEFAULT_SERVER_IMAGE,
+            image_pull_policy=env.get(SERVER_PULL_POLICY_ENV) or "IfNotPresent",
+        )
+
+
+# --- Names and labels -----------------------------------------------------------------------
+
+
+def deployment_name(md_name: str, track: Track) -> str:
+    return bounded_name(md_name, f"-{track}")
+
+
+def service_name(md_name: str) -> str:
+    """The Service clients use: the ModelDeployment's own name."""
+    return md_name
+
+
+def track_service_name(md_name: str, track: Track) -> str:
+    return bounded_name(md_name, f"-{track}")
+
+
+def hpa_name(md_name: str) -> str:
+    return md_name
+
+
+def selector(md_name: str, track: Track | None = None) -> dict[str, str]:
+    """Label selector of a track's pods, or of both tracks' pods."""
+    out = {MODELDEPLOYMENT_LABEL: md_name}
+    if track is not None:
+        out[TRACK_LABEL] = track
+    return out
+
+
+def labels(
+    md: ModelDeployment, track: Track | None = None, version: str | None = None
+) -> dict[str, str]:
+    name = str(md.metadata.name)
+    out = {
+        "app.kubernetes.io/name": "orchard-server",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "serving",
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        MODELDEPLOYMENT_LABEL: name,
+    }
+    if track is not None:
+        out[TRACK_LABEL] = track
+    if version is not None:
+        out[MODEL_VERSION_LABEL] = version
+        out["app.kubernetes.io/version"] = version[:63]
+    return out
+
+
+def _metadata(md: ModelDeployment, name: str, lab: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": md.metadata.namespace,
+        "labels": lab,
+        "ownerReferences": [
+            owner_reference("ModelDeployment", str(md.metadata.name), str(md.metadata.uid))
+        ],
+    }
+
+
+def url(md: ModelDeployment) -> str:
+    """The in-cluster URL of the model's Service."""
+    return (
+        f"http://{service_name(str(md.metadata.name))}.{md.metadata.namespace}.svc:"
+        f"{md.spec.server.port}"
+    )
+
+
+# --- The artifact in the pod --------------------------------------------------------------------
+
+
+def artifact_volumes(
+    mv: ModelVersion, image: str, pull_policy: str
+) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(model dir, volumes, server mounts, init containers) that put the artifact in the pod.
+
+    pvc://<claim>/<path>: the claim mounted read-only where the artifact store looks.
+    s3://<bucket>/<prefix>: an init container fetches it into an emptyDir.
+    file:///<path>: a path already inside the image (for local experiments).
+    """
+    uri = mv.spec.artifact.uri
+    parts = urlsplit(uri)
+    if parts.scheme == "pvc":
+        claim = pvc_claim(uri)
+        assert claim is not None
+        path = f"{PVC_ROOT}/{claim}/{parts.path.lstrip('/')}".rstrip("/")
+        if ".." in path.split("/"):
+            raise UnsupportedArtifact(f"artifact path leaves its claim: {uri}")
+        volume = {
+            "name": "artifact",
+            "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
+        }
+        mount = {"name": "artifact", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
+        return path, [volume], [mount], []
+    if parts.scheme == "s3":
+        env: list[dict[str, Any]] = [
+            {"name": "HOME", "value": "/tmp"},
+            {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+        ]
+        env_from: list[dict[str, Any]] = []
+        if mv.spec.artifact.secret_name:
+            env_from.append({"secretRef": {"name": mv.spec.artifact.secret_name}})
+        init = {
+            "name": FETCH_CONTAINER,
+            "image": image,
+            "imagePullPolicy": pull_policy,
+            "command": ["python", "-c", FETCH_PROGRAM, uri, FETCHED_DIR],
+            "env": env,
+            "envFrom": env_from,
+            "volumeMounts": [
+                {"name": "model", "mountPath": MODEL_ROOT},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+            "securityContext": restricted_container_security(),
+            "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},
+        }
+        volume = {"name": "model", "emptyDir": {"sizeLimit": "2Gi"}}
+        mount = {"name": "model", "mountPath": MODEL_ROOT, "readOnly": True}
+        return FETCHED_DIR, [volume], [mount], [init]
+    if parts.scheme == "file":
+        return parts.path.rstrip("/") or "/", [], [], []
+    raise UnsupportedArtifact(f"a serving pod cannot read artifact URI {uri!r} (pvc://, s3://)")
+
+
+# --- Children -------------------------------------------------------------------------------------
+
+
+def deployment(
+    md: ModelDeployment,
+    track: Track,
+    mv: ModelVersion,
+    replicas: int | None,
+    settings: ServerSettings | None = None,
+) -> dict[str, Any]:
+    """The Deployment of one track serving one ModelVersion.
+
+    `replicas` None leaves the count to an autoscaler. The rolling update never takes a
+    ready pod away before its replacement is ready, so promotion keeps full capacity.
+    """
+    settings = settings or ServerSettings()
+    name = str(md.metadata.name)
+    version = str(mv.metadata.name)
+    server = md.spec.server
+    image = server.image or settings.image
+    model_dir, volumes, mounts, inits = artifact_volumes(mv, image, settings.image_pull_policy)
+    pod_labels = labels(md, track, version) | {MODEL_LABEL: mv.spec.model}
+    args = [
+        "serve",
+        "--model-dir",
+        model_dir,
+        "--model-name",
+        name,
+        "--model-version",
+        version,
+        "--expected-digest",
+        mv.spec.artifact.digest,
+        "--port",
+        str(server.port),
+        "--max-batch-size",
+        str(server.max_batch_size),
+    ]
+    if server.max_batch_wait_ms is not None:
+        args += ["--max-batch-wait-ms", f"{server.max_batch_wait_ms:g}"]
+    container = {
+        "name": SERVER_CONTAINER,
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["orchard"],
+        "args": args,
+        "ports": [{"name": "http", "containerPort": server.port, "protocol": "TCP"}],
+        "env": [
+            {"name": "HOME", "value": "/tmp"},
+            {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/v2/health/ready", "port": "http"},
+            "periodSeconds": 2,
+            "timeoutSeconds": 2,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "initialDelaySeconds": 5,
+            "periodSeconds": 10,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        "resources": md.spec.resources or DEFAULT_RESOURCES,
+        "securityContext": restricted_container_security(),
+        "volumeMounts": [*mounts, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector(name, track)},
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+        },
+        "revisionHistoryLimit": 2,
+        "template": {
+            "metadata": {"labels": pod_labels},
+            "spec": {
+                "securityContext": restricted_pod_security(),
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+                "terminationGracePeriodSeconds": 10,
+                "initContainers": inits,
+                "containers": [container],
+                "volumes": [*volumes, {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+            },
+        },
+    }
+    if replicas is not None:
+        spec["replicas"] = replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(md, deployment_name(name, track), labels(md, track, version)),
+        "spec": spec,
+    }
+
+
+def _service(
+    md: ModelDeployment, name: str, sel: dict[str, str], track: Track | None
+) -> dict[str, Any]:
+    port = md.spec.server.port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(md, name, labels(md, track)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": sel,
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def service(md: ModelDeployment) -> dict[str, Any]:
+    """The Service clients use. By pod counts it selects both tracks, so the share of
+    ready pods is the share of traffic; with an HTTPRoute it selects the stable track."""
+    name = str(md.metadata.name)
+    track: Track | None = "stable" if md.spec.traffic.mode == "gatewayAPI" else None
+    return _service(md, service_name(name), selector(name, track), None)
+
+
+def track_service(md: ModelDeployment, track: Track) -> dict[str, Any]:
+    """A Service of one track: the HTTPRoute's backends."""
+    name = str(md.metadata.name)
+    return _service(md, track_service_name(name, track), selector(name, track), track)
+
+
+def services(md: ModelDeployment) -> list[dict[str, Any]]:
+    """Every Service the mode needs."""
+    out = [service(md)]
+    if md.spec.traffic.mode == "gatewayAPI":
+        out += [track_service(md, "stable"), track_service(md, "canary")]
+    return out
+
+
+def http_route_rules(
+    md: ModelDeployment, route: Mapping[str, Any], weight: int
+) -> list[dict[str, Any]]:
+    """The rules of the named HTTPRoute with each rule's backends set to the two tracks.
+
+    Matches, filters and everything else a person wrote stay; only `backendRefs` are the
+    operator's. Weights are (100 - w, w) in percent.
+    """
+    name = str(md.metadata.name)
+    port = md.spec.server.port
+    backends = [
+        {
+            "group": "",
+            "kind": "Service",
+            "name": track_service_name(name, "stable"),
+            "port": port,
+            "weight": 100 - weight,
+        },
+        {
+            "group": "",
+            "kind": "Service",
+            "name": track_service_name(name, "canary"),
+            "port": port,
+            "weight": weight,
+        },
+    ]
+    rules = list((route.get("spec") or {}).get("rules") or [{}])
+    return [{**dict(rule), "backendRefs": backends} for rule in rules]
+
+
+def http_route_weights(route: Mapping[str, Any], md_name: str) -> tuple[int, int] | None:
+    """(stable, canary) weights the route's first rule carries now, if it is ours."""
+    rules = (route.get("spec") or {}).get("rules") or []
+    if not rules:
+        return None
+    weights = {
+        ref.get("name"): int(ref.get("weight", 1)) for ref in rules[0].get("backendRefs") or []
+    }
+    stable = weights.get(track_service_name(md_name, "stable"))
+    canary = weights.get(track_service_name(md_name, "canary"))
+    if stable is None or canary is None:
+        return None
+    return stable, canary
+
+
+def http_route_accepted(route: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether a parent Gateway accepted the route, with the reason it gives."""
+    parents = (route.get("status") or {}).get("parents") or []
+    for parent in parents:
+        for cond in parent.get("conditions") or []:
+            if cond.get("type") == "Accepted":
+                if cond.get("status") == "True":
+                    return True, "Accepted"
+                return False, str(cond.get("reason") or "NotAccepted")
+    return False, "NoParentStatus"
+
+
+def hpa(md: ModelDeployment) -> dict[str, Any] | None:
+    """The autoscaler of the stable Deployment, when spec.autoscaling asks for one."""
+    auto = md.spec.autoscaling
+    if auto is None:
+        return None
+    name = str(md.metadata.name)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(md, hpa_name(name), labels(md, "stable")),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": deployment_name(name, "stable"),
+            },
+            "minReplicas": auto.min_replicas,
+            "maxReplicas": auto.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": auto.target_cpu_utilization_percentage,
+                        },
+                    },
+                }
+            ],
+        },
+    }

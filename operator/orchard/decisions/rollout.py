@@ -1,0 +1,567 @@
+"""The rollout state machine of a ModelDeployment, as one pure function.
+
+`decide(spec, status, now, obs)` takes what the resource asks for, where it stands (its
+status: all rollout state lives there, so a restarted operator resumes), the time, and
+what the operator observed (ready pods, ModelVersions, the canary analysis, a manual
+action); it returns the next status and the events to post. The children (Deployments,
+Service, HTTPRoute) are then a pure function of spec and status (`orchard.builders.serving`).
+
+Phases:
+  Pending      the first version is not serving yet
+  Stable       one version serves; no rollout
+  Progressing  a canary is being checked (registered metrics, then traffic steps) or
+               promoted (the stable Deployment moves to the new version; while it does,
+               `canaryVersion == stableVersion`)
+  Paused       a step's pause is over but its analysis is inconclusive (too little
+               traffic), or the traffic split cannot be made; waits for traffic or a person
+  RolledBack   a failed analysis (or a person) aborted; the stable version serves alone
+  Degraded     no stable pod is ready any more
+
+`currentStep` is unset during the pre-traffic check, then the index of the step walked.
+`stepStartedAt` is when the step's split took effect (the canary's pods were ready): a
+step's pause and its analysis window both count from there. While the pods come up
+(reason StepStarted or WaitingForCanary) it is when the step was entered, and a canary
+not ready within CANARY_READY_TIMEOUT is rolled back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from orchard.api.common import ConditionStatus, parse_duration, set_condition
+from orchard.api.modeldeployment import (
+    ActionRecord,
+    AnalysisResult,
+    CanaryWeight,
+    DeploymentPhase,
+    HistoryEntry,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+    Rollback,
+    RolloutAction,
+    VersionSample,
+)
+
+from . import analysis as an
+
+HISTORY_LIMIT = 10
+# A canary whose pods are not ready this long after its step began is rolled back.
+CANARY_READY_TIMEOUT = timedelta(seconds=180)
+# With traffic split by pod counts the stable keeps all its pods (so an abort is instant)
+# and the canary is added beside it, at most this many times the stable's count.
+MAX_CANARY_FACTOR = 3
+
+# Reasons under which a step waits for its canary pods; stepStartedAt then is when the
+# step was entered, and it moves to the moment the split took effect.
+WAITING_REASONS = ("StepStarted", "WaitingForCanary")
+
+EventType = Literal["Normal", "Warning"]
+
+
+@dataclass(frozen=True)
+class Event:
+    type: EventType
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What the operator read of one ModelVersion."""
+
+    name: str
+    found: bool = True
+    phase: str | None = "Ready"
+    metrics: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Observations:
+    """What the operator observed just before deciding."""
+
+    generation: int | None = None
+    # Ready pods of the stable Deployment that run status.stableVersion, and the replica
+    # count it asks for (the spec's, or the autoscaler's).
+    stable_ready: int = 0
+    stable_desired: int = 0
+    # Ready pods of the canary Deployment that run status.canaryVersion.
+    canary_ready: int = 0
+    candidate: VersionInfo | None = None  # spec.modelVersion
+    stable: VersionInfo | None = None  # status.stableVersion
+    analysis: an.Result | None = None  # verdict on the canary's window this step
+    traffic_ok: bool = True
+    traffic_reason: str = ""
+    traffic_message: str = ""
+    annotation_action: RolloutAction | None = None  # a changed rollout-action annotation
+    url: str | None = None
+
+
+@dataclass
+class Decision:
+    status: ModelDeploymentStatus
+    events: list[Event] = field(default_factory=list)
+
+
+# --- Traffic split ---------------------------------------------------------------------
+
+
+def replica_split(total: int, weight: int, mode: str = "replicas") -> tuple[int, int]:
+    """(stable, canary) pod counts for a canary weight in percent.
+
+    By pod counts, the stable keeps its `total` pods and the canary gets
+    total * w / (100 - w) beside it (at least one, at most MAX_CANARY_FACTOR x total);
+    at 100 % the stable is scaled away. With an HTTPRoute the weights split traffic,
+    so the canary needs only its share of pods.
+    """
+    if weight <= 0 or total <= 0:
+        return max(total, 0), 0
+    if mode == "gatewayAPI":
+        return total, max(1, math.ceil(total * weight / 100))
+    if weight >= 100:
+        return 0, total
+    canary = round(total * weight / (100 - weight))
+    return total, min(max(canary, 1), MAX_CANARY_FACTOR * total)
+
+
+def effective_weight(stable_ready: int, canary_ready: int) -> int:
+    """The canary's share of traffic when one Service selects both tracks' ready pods."""
+    if canary_ready <= 0:
+        return 0
+    return round(100 * canary_ready / (canary_ready + max(stable_ready, 0)))
+
+
+def canary_replicas(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, total: int) -> int:
+    """The canary pod count the current status asks for."""
+    if status.canary_version is None:
+        return 0
+    if status.canary_version == status.stable_version:  # promoting: hold until stable is up
+        return max(total, 1)
+    desired = status.canary_weight.desired if status.canary_weight else 0
+    return replica_split(total, desired, spec.traffic.mode)[1]
+
+
+def stable_replicas(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, total: int) -> int:
+    """The stable pod count the current status asks for."""
+    if status.canary_version is None or status.canary_version == status.stable_version:
+        return total
+    desired = status.canary_weight.desired if status.canary_weight else 0
+    return replica_split(total, desired, spec.traffic.mode)[0]
+
+
+# --- The state machine -------------------------------------------------------------------
+
+
+def _sample(window: an.TrackWindow | None) -> VersionSample | None:
+    if window is None:
+        return None
+    p95 = window.latency_p95()
+    return VersionSample(
+        requests=int(window.requests),
+        error_rate=min(max(round(window.error_rate, 6), 0.0), 1.0),
+        latency_p95_ms=None if p95 is None else round(p95 * 1000, 3),
+    )
+
+
+def analysis_status(result: an.Result, now: datetime) -> AnalysisResult:
+    """The analysis block of status: the verdict and the measured values of both tracks."""
+    return AnalysisResult(
+        verdict=result.verdict,
+        reason=f"{result.reason}: {result.message}",
+        at=now,
+        canary=_sample(result.canary),
+        stable=_sample(result.stable),
+        prediction_shift=None
+        if result.prediction_shift is None
+        else round(result.prediction_shift, 4),
+    )
+
+
+class _Machine:
+    """One decision: the status being built and the events gathered."""
+
+    def __init__(
+        self,
+        spec: ModelDeploymentSpec,
+        status: ModelDeploymentStatus,
+        now: datetime,
+        obs: Observations,
+    ) -> None:
+        self.spec = spec
+        self.st = status.model_copy(deep=True)
+        self.now = now
+        self.obs = obs
+        self.events: list[Event] = []
+
+    # helpers
+    def event(self, type_: EventType, reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, message))
+
+    def cond(self, type_: str, status: ConditionStatus, reason: str, message: str = "") -> None:
+        self.st.conditions = set_condition(
+            self.st.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            generation=self.obs.generation,
+            at=self.now,
+        )
+
+    def set_phase(self, phase: DeploymentPhase, reason: str, message: str) -> None:
+        self.st.phase = phase
+        self.st.reason = reason
+        self.st.message = message
+
+    def weight(self, desired: int) -> None:
+        self.st.canary_weight = CanaryWeight(desired=desired, effective=self.st_effective())
+
+    def st_effective(self) -> int:
+        if self.st.canary_version is None:
+            return 0
+        if self.spec.traffic.mode == "gatewayAPI":
+            desired = self.st.canary_weight.desired if self.st.canary_weight else 0
+            return desired if self.obs.traffic_ok and self.obs.canary_ready > 0 else 0
+        return effective_weight(self.obs.stable_ready, self.obs.canary_ready)
+
+    def push_history(self, version: str) -> None:
+        history = list(self.st.history)
+        if history and history[-1].to is None:
+            history[-1] = history[-1].model_copy(update={"to": self.now})
+        history.append(HistoryEntry(version=version, from_=self.now))
+        self.st.history = history[-HISTORY_LIMIT:]
+
+    def end_rollout(self) -> None:
+        self.st.canary_version = None
+        self.st.current_step = None
+        self.st.step_started_at = None
+        self.st.canary_weight = CanaryWeight(desired=0, effective=0)
+
+    # transitions
+    def start(self, version: str) -> None:
+        if self.st.canary_version is not None:
+            self.event(
+                "Normal",
+                "RolloutRestarted",
+                f"rollout of {self.st.canary_version} replaced by a rollout of {version}",
+            )
+        self.st.canary_version = version
+        self.st.current_step = None
+        self.st.rollout_started_at = self.now
+        self.st.step_started_at = None
+        self.st.analysis = None
+        self.st.canary_weight = CanaryWeight(desired=0, effective=0)
+        self.event(
+            "Normal", "RolloutStarted", f"rolling out {version} over {self.st.stable_version}"
+        )
+
+    def rollback(self, reason: str, message: str, metrics: dict[str, float]) -> None:
+        canary = self.st.canary_version or self.spec.model_version
+        stable = self.st.stable_version or ""
+        self.st.last_rollback = Rollback(
+            from_=canary, to=stable, reason=reason, metrics=dict(metrics), at=self.now
+        )
+        self.end_rollout()
+        text = f"rolled back {canary} to {stable}: {message}"
+        self.set_phase("RolledBack", reason, text)
+        self.cond("Degraded", "True", "RolledBack", text)
+        self.cond("Progressing", "False", "RolledBack", text)
+        self.event("Warning", "RolledBack", text)
+
+    def promote(self, manual: bool) -> None:
+        version = self.st.canary_version or self.spec.model_version
+        old = self.st.stable_version
+        self.st.stable_version = version
+        self.st.canary_version = version  # promoting: canary pods serve until stable is up
+        self.st.current_step = None
+        self.st.step_started_at = None
+        self.push_history(version)
+        how = "by request" if manual else "after every step passed"
+        text = f"promoting {version} over {old} {how}"
+        self.set_phase("Progressing", "Promoting", text)
+        self.cond("Progressing", "True", "Promoting", text)
+        self.event("Normal", "Promoted", text)
+
+    def start_step(self, index: int) -> None:
+        step = self.spec.canary.steps[index]
+        self.st.current_step = index
+        self.st.step_started_at = self.now  # moved again when the canary's pods are ready
+        self.weight(step.weight)
+        n = len(self.spec.canary.steps)
+        text = f"step {index + 1}/{n}: {step.weight}% to {self.st.canary_version}"
+        self.set_phase("Progressing", "StepStarted", text)
+        self.cond("Progressing", "True", "StepStarted", text)
+        self.event("Normal", "StepStarted", text)
+
+    # the decision
+    def run(self, action: tuple[RolloutAction, str] | None) -> None:
+        st, spec = self.st, self.spec
+        target = spec.model_version
+
+        if st.stable_version is None:  # first version: no canary, nothing to compare
+            st.stable_version = target
+            self.push_history(target)
+            self.set_phase("Pending", "Deploying", f"deploying {target}")
+            self.event("Normal", "Deploying", f"deploying {target}")
+
+        in_rollout = st.canary_version is not None
+        promoting = in_rollout and st.canary_version == st.stable_version
+
+        if action is not None:
+            verb, source = action
+            acted = self.manual(verb, source, in_rollout and not promoting, target)
+            if acted:
+                return
+
+        if promoting:
+            self.promoting()
+        elif target == st.stable_version:
+            if in_rollout:
+                self.event(
+                    "Normal",
+                    "RolloutCancelled",
+                    f"spec names the stable version {target} again; "
+                    f"the canary {st.canary_version} is removed",
+                )
+                self.end_rollout()
+            self.settled()
+        elif (
+            not in_rollout
+            and st.phase == "RolledBack"
+            and st.last_rollback is not None
+            and st.last_rollback.from_ == target
+        ):
+            self.rolled_back()
+        else:
+            if st.canary_version != target:
+                self.start(target)
+            self.rollout()
+
+    def manual(self, verb: RolloutAction, source: str, in_rollout: bool, target: str) -> bool:
+        """Carry out promote or abort once; return whether the decision is made."""
+        st = self.st
+        st.last_action = ActionRecord(action=verb, at=self.now, source=source)
+        rolled_back = (
+            st.phase == "RolledBack"
+            and st.canary_version is None
+            and st.last_rollback is not None
+            and st.last_rollback.from_ == target
+            and target != st.stable_version
+        )
+        if verb == "promote" and (in_rollout or rolled_back):
+            if rolled_back:
+                st.canary_version = target
+            self.promote(manual=True)
+            self.cond("Degraded", "False", "Promoted", f"{target} promoted by request")
+            return True
+        if verb == "abort" and in_rollout:
+            self.rollback("ManualAbort", f"aborted by request ({source})", {})
+            return True
+        self.event("Normal", "ActionIgnored", f"{verb} requested with no rollout to act on")
+        return False
+
+    def promoting(self) -> None:
+        st, obs = self.st, self.obs
+        want = max(obs.stable_desired, 1) if self.spec.replicas > 0 else 0
+        if obs.stable_ready >= want:
+            version = st.stable_version
+            self.end_rollout()
+            text = f"{version} is stable"
+            self.set_phase("Stable", "Promoted", text)
+            self.cond("Progressing", "False", "Promoted", text)
+            self.cond("Degraded", "False", "Promoted", text)
+            self.event("Normal", "RolloutComplete", text)
+        else:
+            text = (
+                f"stable Deployment moving to {st.stable_version}: {obs.stable_ready}/{want} ready"
+            )
+            self.set_phase("Progressing", "Promoting", text)
+            self.weight(st.canary_weight.desired if st.canary_weight else 0)
+
+    def settled(self) -> None:
+        """No rollout: the stable version serves (or should)."""
+        st, obs = self.st, self.obs
+        self.cond("Progressing", "False", "Stable", f"{st.stable_version} serves")
+        if obs.stable_ready > 0 or self.spec.replicas == 0:
+            self.set_phase("Stable", "Serving", f"{st.stable_version} serves")
+            self.cond("Degraded", "False", "Serving", f"{st.stable_version} serves")
+        elif st.phase in (None, "Pending"):
+            self.set_phase("Pending", "Deploying", f"waiting for {st.stable_version} to be ready")
+            self.cond("Degraded", "False", "Deploying", f"waiting for {st.stable_version}")
+        else:
+            text = f"no ready pod serves {st.stable_version}"
+            if st.phase != "Degraded":
+                self.event("Warning", "StableUnavailable", text)
+            self.set_phase("Degraded", "StableUnavailable", text)
+            self.cond("Degraded", "True", "StableUnavailable", text)
+
+    def rolled_back(self) -> None:
+        """Spec still names the version that was rolled back: keep serving the stable one."""
+        st = self.st
+        if st.phase != "RolledBack":
+            self.set_phase("RolledBack", st.last_rollback.reason if st.last_rollback else "", "")
+
+    def rollout(self) -> None:
+        st, spec, obs = self.st, self.spec, self.obs
+        steps = spec.canary.steps
+        settings = spec.canary.analysis
+
+        if not obs.traffic_ok:
+            text = f"traffic split cannot be made: {obs.traffic_message}"
+            if st.phase != "Paused" or st.reason != obs.traffic_reason:
+                self.event("Warning", obs.traffic_reason or "TrafficSplitUnavailable", text)
+            self.set_phase("Paused", obs.traffic_reason or "TrafficSplitUnavailable", text)
+            self.cond("Progressing", "True", "Paused", text)
+            self.weight(st.canary_weight.desired if st.canary_weight else 0)
+            return
+
+        if st.current_step is None:  # pre-traffic check of registered metrics
+            cand = obs.candidate
+            if cand is None or not cand.found:
+                text = f"ModelVersion {st.canary_version} not found"
+                self.set_phase("Progressing", "WaitingForModelVersion", text)
+                self.cond("Progressing", "True", "WaitingForModelVersion", text)
+                return
+            if cand.phase == "Failed":
+                self.rollback("ModelVersionFailed", cand.message or f"{cand.name} failed", {})
+                return
+            if cand.phase != "Ready":
+                text = f"ModelVersion {cand.name} is {cand.phase or 'not verified yet'}"
+                self.set_phase("Progressing", "WaitingForModelVersion", text)
+                self.cond("Progressing", "True", "WaitingForModelVersion", text)
+                return
+            stable_metrics = obs.stable.metrics if obs.stable is not None else {}
+            check = an.registered_metric_check(
+                cand.metrics, stable_metrics, settings.max_metric_drop, settings.metric
+            )
+            if check.verdict == "Fail":
+                figures = {
+                    "candidate": check.candidate or 0.0,
+                    "stable": check.stable or 0.0,
+                    "drop": round(check.drop or 0.0, 6),
+                }
+                self.rollback("MetricDrop", check.message, figures)
+                return
+            self.event("Normal", "MetricCheckPassed", check.message)
+            self.start_step(0)
+            return
+
+        index = min(st.current_step, len(steps) - 1)
+        step = steps[index]
+        result = obs.analysis
+        if result is not None:
+            st.analysis = analysis_status(result, self.now)
+            if result.verdict == "Fail":
+                self.rollback(result.reason, result.message, dict(result.metrics))
+                return
+
+        _, want = replica_split(self.total(), step.weight, spec.traffic.mode)
+        if st.step_started_at is None or st.reason in WAITING_REASONS:  # canary pods coming up
+            if obs.canary_ready >= want:
+                st.step_started_at = self.now
+                self.weight(step.weight)
+                text = (
+                    f"step {index + 1}/{len(steps)}: {self.st_effective()}% of traffic on "
+                    f"{st.canary_version} (asked {step.weight}%)"
+                )
+                self.set_phase("Progressing", "Analysing", text)
+                self.cond("Progressing", "True", "Analysing", text)
+                self.cond("TrafficSplit", "True", self.split_reason(), text)
+                return
+            if st.step_started_at is None:
+                st.step_started_at = self.now
+            waited = self.now - st.step_started_at
+            if waited > CANARY_READY_TIMEOUT:
+                self.rollback(
+                    "CanaryNotReady",
+                    f"{obs.canary_ready}/{want} canary pods ready after "
+                    f"{int(waited.total_seconds())}s",
+                    {"canaryReady": float(obs.canary_ready)},
+                )
+                return
+            text = f"waiting for {st.canary_version} pods: {obs.canary_ready}/{want} ready"
+            self.set_phase("Progressing", "WaitingForCanary", text)
+            self.weight(step.weight)
+            return
+
+        self.weight(step.weight)
+        self.cond("TrafficSplit", "True", self.split_reason(), self.split_message(step.weight))
+        elapsed = (self.now - st.step_started_at).total_seconds()
+        if elapsed < parse_duration(step.pause) and st.phase != "Paused":
+            text = f"step {index + 1}/{len(steps)}: analysing, {int(elapsed)}s of {step.pause}"
+            self.set_phase("Progressing", "Analysing", text)
+            return
+        if result is not None and result.verdict == "Pass":
+            if index + 1 < len(steps):
+                self.start_step(index + 1)
+            else:
+                self.promote(manual=False)
+            return
+        reason = result.reason if result is not None else "NoAnalysis"
+        message = result.message if result is not None else "no analysis of the canary yet"
+        text = f"step {index + 1}/{len(steps)} paused: {message}"
+        if st.phase != "Paused":
+            self.event("Warning", "RolloutPaused", text)
+        self.set_phase("Paused", reason, text)
+        self.cond("Progressing", "True", "Paused", text)
+
+    def total(self) -> int:
+        return self.obs.stable_desired if self.spec.autoscaling else self.spec.replicas
+
+    def split_reason(self) -> str:
+        return "HTTPRoute" if self.spec.traffic.mode == "gatewayAPI" else "ReplicaRatio"
+
+    def split_message(self, desired: int) -> str:
+        how = "HTTPRoute weights" if self.spec.traffic.mode == "gatewayAPI" else "ready pod ratio"
+        return f"canary {self.st_effective()}% by {how} (asked {desired}%)"
+
+    def finish(self) -> None:
+        st, obs = self.st, self.obs
+        st.observed_generation = obs.generation
+        if obs.url is not None:
+            st.url = obs.url
+        st.ready_replicas = obs.stable_ready + (obs.canary_ready if st.canary_version else 0)
+        st.replicas = self.total() + canary_replicas(self.spec, st, self.total())
+        if st.canary_weight is not None:
+            st.canary_weight = CanaryWeight(
+                desired=st.canary_weight.desired, effective=self.st_effective()
+            )
+        if obs.stable_ready > 0:
+            self.cond("Ready", "True", "Serving", f"{obs.stable_ready} stable pods ready")
+        elif self.spec.replicas == 0:
+            self.cond("Ready", "True", "ScaledToZero", "spec.replicas is 0")
+        else:
+            self.cond("Ready", "False", "NoReadyPods", f"no ready pod serves {st.stable_version}")
+        if not obs.traffic_ok:
+            self.cond("TrafficSplit", "False", obs.traffic_reason, obs.traffic_message)
+        elif st.canary_version is None:
+            self.cond(
+                "TrafficSplit", "True", self.split_reason(), "all traffic on the stable version"
+            )
+
+
+def decide(
+    spec: ModelDeploymentSpec,
+    status: ModelDeploymentStatus,
+    now: datetime,
+    obs: Observations,
+) -> Decision:
+    """The next status and the events, from the spec, the current status and observations.
+
+    A manual action comes from `status.requestedAction` (consumed here) or from a
+    changed rollout-action annotation (`obs.annotation_action`); each is acted on once
+    and recorded in `status.lastAction`.
+    """
+    machine = _Machine(spec, status, now, obs)
+    action: tuple[RolloutAction, str] | None = None
+    if status.requested_action is not None:
+        action = (status.requested_action, "status")
+        machine.st.requested_action = None
+    elif obs.annotation_action is not None:
+        action = (obs.annotation_action, "annotation")
+    machine.run(action)
+    machine.finish()
+    return Decision(machine.st, machine.events)

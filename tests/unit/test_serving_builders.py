@@ -1,0 +1,194 @@
+"""The objects a ModelDeployment owns: Deployments per track, Services, HTTPRoute, HPA."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orchard.api.modeldeployment import ModelDeployment
+from orchard.api.modelversion import ModelVersion
+from orchard.builders import serving as sv
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def md(**spec: Any) -> ModelDeployment:
+    return ModelDeployment.model_validate(
+        {
+            "metadata": {"name": "iris", "namespace": "ml", "uid": "uid-1", "generation": 1},
+            "spec": {"modelVersion": "iris-v2", **spec},
+        }
+    )
+
+
+def mv(uri: str = "pvc://orchard-artifacts/iris/run-2/", **artifact: Any) -> ModelVersion:
+    return ModelVersion.model_validate(
+        {
+            "metadata": {"name": "iris-v2", "namespace": "ml"},
+            "spec": {
+                "model": "iris",
+                "version": 2,
+                "task": "classification",
+                "artifact": {"uri": uri, "digest": DIGEST, **artifact},
+                "framework": {"name": "scikit-learn", "version": "1.5"},
+            },
+        }
+    )
+
+
+def container(dep: dict[str, Any]) -> dict[str, Any]:
+    c: dict[str, Any] = dep["spec"]["template"]["spec"]["containers"][0]
+    return c
+
+
+def test_stable_deployment_from_pvc() -> None:
+    dep = sv.deployment(md(), "stable", mv(), 2, sv.ServerSettings(image="img:1"))
+    assert dep["metadata"]["name"] == "iris-stable"
+    assert dep["metadata"]["namespace"] == "ml"
+    owner = dep["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "ModelDeployment",
+        "iris",
+        "uid-1",
+        True,
+    )
+    spec = dep["spec"]
+    assert spec["replicas"] == 2
+    assert spec["selector"]["matchLabels"] == {
+        "orchard.dev/modeldeployment": "iris",
+        "orchard.dev/track": "stable",
+    }
+    pod_labels = spec["template"]["metadata"]["labels"]
+    assert pod_labels["orchard.dev/model-version"] == "iris-v2"
+    assert pod_labels["orchard.dev/track"] == "stable"
+    assert pod_labels["app.kubernetes.io/instance"] == "iris"
+    assert set(spec["selector"]["matchLabels"].items()) <= set(pod_labels.items())
+    assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    c = container(dep)
+    assert c["image"] == "img:1"
+    args = c["args"]
+    assert args[0] == "serve"
+    assert args[args.index("--model-dir") + 1] == "/mnt/pvc/orchard-artifacts/iris/run-2"
+    assert args[args.index("--expected-digest") + 1] == DIGEST
+    assert args[args.index("--model-name") + 1] == "iris"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    claim = next(v for v in pod["volumes"] if "persistentVolumeClaim" in v)
+    assert claim["persistentVolumeClaim"] == {"claimName": "orchard-artifacts", "readOnly": True}
+    mount = next(m for m in c["volumeMounts"] if m["name"] == claim["name"])
+    assert mount == {
+        "name": "artifact",
+        "mountPath": "/mnt/pvc/orchard-artifacts",
+        "readOnly": True,
+    }
+    assert pod["initContainers"] == []
+
+
+def test_canary_deployment_differs_only_by_track() -> None:
+    stable = sv.deployment(md(), "stable", mv(), 2)
+    canary = sv.deployment(md(), "canary", mv(), 1)
+    assert canary["metadata"]["name"] == "iris-canary"
+    assert canary["spec"]["selector"]["matchLabels"]["orchard.dev/track"] == "canary"
+    assert container(canary)["args"] == container(stable)["args"]
+
+
+def test_autoscaled_deployment_leaves_replicas_to_the_hpa() -> None:
+    m = md(autoscaling={"minReplicas": 2, "maxReplicas": 5})
+    assert "replicas" not in sv.deployment(m, "stable", mv(), None)["spec"]
+    hpa = sv.hpa(m)
+    assert hpa is not None
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "iris-stable"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
+    assert sv.hpa(md()) is None
+
+
+def test_s3_artifact_is_fetched_by_an_init_container() -> None:
+    dep = sv.deployment(md(), "canary", mv("s3://models/iris/2/", secretName="s3-creds"), 1)
+    pod = dep["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["command"][:2] == ["python", "-c"]
+    assert init["command"][-2:] == ["s3://models/iris/2/", sv.FETCHED_DIR]
+    assert init["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert init["securityContext"]["allowPrivilegeEscalation"] is False
+    assert {"name": "model", "emptyDir": {"sizeLimit": "2Gi"}} in pod["volumes"]
+    args = container(dep)["args"]
+    assert args[args.index("--model-dir") + 1] == sv.FETCHED_DIR
+    mount = next(m for m in container(dep)["volumeMounts"] if m["name"] == "model")
+    assert mount["readOnly"] is True
+
+
+def test_fetch_program_really_copies_an_artifact(tmp_path: Any) -> None:
+    """The init container's program, run here against a file:// source."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "metadata.json").write_text("{}")
+    dest = tmp_path / "dest"
+    subprocess.run([sys.executable, "-c", sv.FETCH_PROGRAM, f"file://{src}", str(dest)], check=True)
+    assert (dest / "metadata.json").read_text() == "{}"
+
+
+def test_unsupported_artifact_uri() -> None:
+    with pytest.raises(sv.UnsupportedArtifact):
+        sv.deployment(md(), "stable", mv("https://example.invalid/m/"), 1)
+
+
+def test_service_selects_both_tracks_by_default() -> None:
+    (svc,) = sv.services(md())
+    assert svc["metadata"]["name"] == "iris"
+    assert svc["spec"]["selector"] == {"orchard.dev/modeldeployment": "iris"}
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    assert sv.url(md()) == "http://iris.ml.svc:8080"
+
+
+def test_gateway_mode_has_per_track_services_and_route_weights() -> None:
+    m = md(traffic={"mode": "gatewayAPI", "httpRoute": {"name": "web"}})
+    main, stable, canary = sv.services(m)
+    assert main["spec"]["selector"]["orchard.dev/track"] == "stable"
+    assert stable["spec"]["selector"]["orchard.dev/track"] == "stable"
+    assert canary["metadata"]["name"] == "iris-canary"
+    route = {
+        "spec": {
+            "parentRefs": [{"name": "gw"}],
+            "rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}], "backendRefs": []}
+            ],
+        }
+    }
+    rules = sv.http_route_rules(m, route, 25)
+    assert rules[0]["matches"] == route["spec"]["rules"][0]["matches"]  # kept
+    refs = {r["name"]: r["weight"] for r in rules[0]["backendRefs"]}
+    assert refs == {"iris-stable": 75, "iris-canary": 25}
+    assert sv.http_route_weights({"spec": {"rules": rules}}, "iris") == (75, 25)
+    assert sv.http_route_weights(route, "iris") is None
+
+
+def _accepted(status: str, reason: str = "") -> dict[str, Any]:
+    cond = {"type": "Accepted", "status": status, "reason": reason}
+    return {"parents": [{"conditions": [cond]}]}
+
+
+@pytest.mark.parametrize(
+    ("status", "accepted"),
+    [
+        (_accepted("True"), (True, "Accepted")),
+        (_accepted("False", "NoMatchingParent"), (False, "NoMatchingParent")),
+        ({}, (False, "NoParentStatus")),
+    ],
+)
+def test_http_route_accepted(status: dict[str, Any], accepted: tuple[bool, str]) -> None:
+    assert sv.http_route_accepted({"status": status}) == accepted
+
+
+def test_settings_from_env() -> None:
+    s = sv.ServerSettings.from_env({"ORCHARD_SERVER_IMAGE": "x/y:z"})
+    assert s.image == "x/y:z" and s.image_pull_policy == "IfNotPresent"
+    assert sv.ServerSettings.from_env({}).image == sv.DEFAULT_SERVER_IMAGE
