@@ -32,10 +32,14 @@ lint: venv ## ruff, mypy (strict), import contracts, CRDs in step with the model
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/orchard crds --check
+	$(BIN)/orchard crds --check --output manifests/crds
+	$(BIN)/orchard operator --check-rbac manifests/rbac/role.yaml
 
 .PHONY: crds
-crds: venv ## regenerate crds/ from the pydantic models
+crds: venv ## regenerate crds/ from the models and the RBAC role from the handlers
 	$(BIN)/orchard crds --output crds
+	$(BIN)/orchard crds --output manifests/crds
+	$(BIN)/orchard operator --write-rbac manifests/rbac/role.yaml
 
 .PHONY: test-unit
 test-unit: venv ## unit tests: no cluster, seconds

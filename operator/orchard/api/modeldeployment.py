@@ -65,7 +65,9 @@ class Server(CamelModel):
     """The model server in each serving pod."""
 
     image: str | None = Field(
-        default=None, max_length=512, description="Server image; by default the operator's own."
+        default=None,
+        max_length=512,
+        description="Server image; by default the one the operator is configured with.",
     )
     port: int = Field(default=8080, ge=1, le=65535, description="HTTP port of the server.")
     max_batch_size: int = Field(

@@ -348,7 +348,9 @@ class TrainingJobSpec(CamelModel):
     search: Search | None = Field(default=None, description="Optional hyperparameter search.")
     artifacts: Artifacts = Field(description="Where the trained model is written.")
     image: str | None = Field(
-        default=None, max_length=512, description="Trainer image; by default the operator's own."
+        default=None,
+        max_length=512,
+        description="Trainer image; by default the one the operator is configured with.",
     )
     resources: dict[str, Any] | None = Field(
         default=None, description="Resource requests and limits of the trainer container."

@@ -1,0 +1,26 @@
+"""Kopf handlers: the thin wiring of read -> decide -> ensure -> write status.
+
+The only package that imports kopf. `controller_modules()` imports the controller of
+each kind, which registers its handlers with Kopf; each module also declares the
+RBAC verbs it uses in a module-level `RBAC_RULES` list (see `orchard operator --write-rbac`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from types import ModuleType
+
+# One module per kind, in this package.
+CONTROLLERS = ("trainingjob", "modelversion", "modeldeployment")
+
+
+def controller_modules() -> list[ModuleType]:
+    """The controller modules, imported (so their handlers are registered)."""
+    modules = []
+    for name in CONTROLLERS:
+        qualified = f"{__name__}.{name}"
+        if importlib.util.find_spec(qualified) is None:
+            continue  # not part of this build (yet)
+        modules.append(importlib.import_module(qualified))
+    return modules

@@ -1,0 +1,172 @@
+"""The operator's skeleton: settings, command line, RBAC generation, import rules."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import kopf
+import pytest
+
+from orchard.handlers import main
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "operator" / "orchard"
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    main.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_settings_use_orchard_names_and_bounded_watches() -> None:
+    settings = kopf.OperatorSettings()
+    main.configure(settings, main.Options())
+    assert settings.persistence.finalizer == "orchard.dev/finalizer"
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    assert settings.persistence.progress_storage.prefix == "orchard.dev"
+    assert isinstance(settings.persistence.diffbase_storage, kopf.AnnotationsDiffBaseStorage)
+    assert settings.persistence.diffbase_storage.prefix == "orchard.dev"
+    watching = settings.watching
+    assert watching.server_timeout and watching.client_timeout
+    assert watching.server_timeout < watching.client_timeout
+    assert 0 < watching.inactivity_timeout <= 120
+    assert settings.posting.level == logging.INFO
+    assert settings.peering.standalone
+
+
+def test_command_line() -> None:
+    options = main.options_from(parse())
+    assert options.all_namespaces and options.namespaces == ()
+    assert options.liveness == "http://0.0.0.0:8080/healthz" and options.metrics_port == 9090
+    options = main.options_from(parse("-n", "ml", "--namespace", "team-*", "--verbose"))
+    assert not options.all_namespaces and options.namespaces == ("ml", "team-*")
+    assert options.verbose
+    assert main.options_from(parse("--all-namespaces")).all_namespaces
+    with pytest.raises(SystemExit):
+        parse("--all-namespaces", "-n", "ml")
+
+
+def _module(name: str, rules: list[dict[str, list[str]]]) -> ModuleType:
+    module = ModuleType(name)
+    module.RBAC_RULES = rules  # type: ignore[attr-defined]
+    return module
+
+
+def test_rbac_rules_merge_verbs_per_resource() -> None:
+    a = _module("a", [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "create"]}])
+    b = _module(
+        "b",
+        [
+            {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list"]},
+            {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": ["get"]},
+        ],
+    )
+    assert main.rbac_rules([a, b, ModuleType("no_rules")]) == [
+        {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": ["get"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list"]},
+    ]
+
+
+def test_kopf_needs_are_in_the_role() -> None:
+    rules = main.rbac_rules([main])
+    verbs = {
+        (g, r): set(rule["verbs"])
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
+    assert {"list", "watch"} <= verbs[("apiextensions.k8s.io", "customresourcedefinitions")]
+    assert {"list", "watch"} <= verbs[("", "namespaces")]
+    assert "create" in verbs[("", "events")]
+    for plural in ("trainingjobs", "modelversions", "modeldeployments"):
+        assert {"list", "watch", "patch"} <= verbs[("orchard.dev", plural)]
+        assert "patch" in verbs[("orchard.dev", f"{plural}/status")]
+    # Least privilege: no wildcards, nothing on secrets from the skeleton itself.
+    assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in rules)
+
+
+def test_committed_role_is_in_step(capsys: pytest.CaptureFixture[str]) -> None:
+    path = ROOT / "manifests" / "rbac" / "role.yaml"
+    assert main.run(parse("--check-rbac", str(path))) == 0
+
+
+def test_role_drift_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "role.yaml"
+    assert main.run(parse("--write-rbac", str(path))) == 0
+    assert main.run(parse("--check-rbac", str(path))) == 0
+    path.write_text(path.read_text().replace("- watch\n", "", 1))
+    capsys.readouterr()
+    assert main.run(parse("--check-rbac", str(path))) == 1
+    assert "+  - watch" in capsys.readouterr().out
+
+
+def test_only_handlers_import_kopf() -> None:
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if "handlers" in path.relative_to(PACKAGE).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(n == "kopf" or n.startswith("kopf.") for n in names):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
+
+
+def test_crds_command_does_not_need_kopf() -> None:
+    # The api package (and so `orchard crds`) stays importable without the operator extra.
+    code = "import sys; sys.modules['kopf'] = None; import orchard.api.crdgen, orchard.kube"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+OWNER = {
+    "apiVersion": "orchard.dev/v1alpha1",
+    "kind": "TrainingJob",
+    "metadata": {"name": "iris", "namespace": "ml", "uid": "u-1"},
+}
+
+
+def test_owned_child_carries_one_owner_reference_in_the_owner_namespace() -> None:
+    from orchard import kube
+
+    child = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "iris-train"}}
+    out = kube.owned(kube.owned(child, OWNER), OWNER)
+    assert out["metadata"]["namespace"] == "ml"
+    assert out["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "orchard.dev/v1alpha1",
+            "kind": "TrainingJob",
+            "name": "iris",
+            "uid": "u-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert "namespace" not in child["metadata"]  # the input is left alone
+
+
+def test_event_body() -> None:
+    from datetime import UTC, datetime
+
+    from orchard import kube
+
+    body = kube.event_body(
+        OWNER, "Registered", "x" * 2000, type_="Warning", now=datetime(2026, 1, 1, tzinfo=UTC)
+    )
+    assert body["involvedObject"]["uid"] == "u-1" and body["type"] == "Warning"
+    assert body["metadata"] == {"generateName": "iris.", "namespace": "ml"}
+    assert len(body["message"]) == 1024 and body["firstTimestamp"] == "2026-01-01T00:00:00Z"
+    assert kube.resource("orchard.dev/v1alpha1", "TrainingJob").__name__ == "TrainingJob"
+    assert kube.resource("batch/v1", "Job").__name__ == "Job"
