@@ -157,3 +157,44 @@ def test_importable_without_boto3_until_s3_is_used() -> None:
         "a.store_for('s3://bucket/key'); assert 'boto3' not in sys.modules, 'boto3 imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def run_verifier(tmp_path: Path, *args: str) -> tuple[int, dict[str, object]]:
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "termination-log"
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchard.artifacts.verify", *args],
+        env={**os.environ, "ORCHARD_TERMINATION_LOG": str(log)},
+        capture_output=True,
+        text=True,
+    )
+    assert "RuntimeWarning" not in proc.stderr
+    report = json.loads(proc.stdout)
+    assert json.loads(log.read_text()) == report
+    return proc.returncode, report
+
+
+def test_the_verifier_job_command(tmp_path: Path) -> None:
+    digest = make_artifact(tmp_path / "a")
+    code, report = run_verifier(tmp_path, f"file://{tmp_path}/a/", digest)
+    assert code == 0
+    assert report["verified"] is True
+    assert report["files"] == {MODEL_FILE: sha256_bytes(b"pickled bytes")}
+
+    code, report = run_verifier(tmp_path, f"file://{tmp_path}/a/", "sha256:" + "1" * 64)
+    assert code == 1
+    assert report["error"] == {
+        "reason": "DigestMismatch",
+        "message": f"metadata.json has digest {digest}, but the recorded digest is "
+        f"sha256:{'1' * 64}",
+    }
+
+    (tmp_path / "a" / MODEL_FILE).write_bytes(b"tampered")
+    code, report = run_verifier(tmp_path, f"file://{tmp_path}/a/", digest)
+    assert (code, report["error"]["reason"]) == (1, "DigestMismatch")  # type: ignore[index]
+
+    code, report = run_verifier(tmp_path, f"file://{tmp_path}/none/", digest)
+    assert (code, report["error"]["reason"]) == (1, "ArtifactNotFound")  # type: ignore[index]

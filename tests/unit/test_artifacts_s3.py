@@ -23,8 +23,10 @@ from orchard.artifacts import (
     MODEL_FILE,
     ArtifactError,
     ArtifactNotFound,
+    DigestMismatch,
     S3Settings,
     S3Store,
+    fetch_artifact,
     get_dir,
     metadata_bytes,
     parse_metadata,
@@ -132,7 +134,13 @@ def test_s3_round_trip(s3_env: dict[str, str], tmp_path: Path) -> None:
     assert read_bytes("s3://models/iris/run-1/model.joblib") == b"pickled bytes"
     fetched = get_dir("s3://models/iris/run-1", tmp_path / "dst")
     assert verify_artifact(fetched, digest).model == "m"
+    path, meta = fetch_artifact("s3://models/iris/run-1/", digest, tmp_path / "work")
+    assert path == tmp_path / "work" and meta.model == "m"
+    client.put_object(Bucket="models", Key="iris/run-1/model.joblib", Body=b"swapped")
+    with pytest.raises(DigestMismatch, match=r"model\.joblib has digest"):
+        fetch_artifact("s3://models/iris/run-1/", digest, tmp_path / "work2")
     # A prefix that merely starts like another is not mixed in.
+    put_dir(tmp_path / "src", "s3://models/iris/run-1/")
     put_dir(tmp_path / "src", "s3://models/iris/run-10/")
     assert sorted(
         p.name for p in get_dir("s3://models/iris/run-1/", tmp_path / "d2").iterdir()

@@ -8,9 +8,11 @@ from orchard.artifacts.digest import is_digest, sha256_bytes, sha256_file
 from orchard.artifacts.errors import (
     ArtifactError,
     ArtifactNotFound,
+    DigestMismatch,
     UnsupportedURI,
     VerificationError,
 )
+from orchard.artifacts.fetch import fetch_artifact, reason_of
 from orchard.artifacts.metadata import (
     FORMAT_VERSION,
     METADATA_FILE,
@@ -39,12 +41,14 @@ __all__ = [
     "ArtifactError",
     "ArtifactNotFound",
     "ArtifactStore",
+    "DigestMismatch",
     "LocalStore",
     "Metadata",
     "S3Settings",
     "S3Store",
     "UnsupportedURI",
     "VerificationError",
+    "fetch_artifact",
     "get_dir",
     "is_digest",
     "local_path",
@@ -52,6 +56,7 @@ __all__ = [
     "parse_metadata",
     "put_dir",
     "read_bytes",
+    "reason_of",
     "sha256_bytes",
     "sha256_file",
     "store_for",

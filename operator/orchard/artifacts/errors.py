@@ -21,3 +21,7 @@ class ArtifactNotFound(ArtifactError):
 
 class VerificationError(ArtifactError):
     """The artifact's bytes do not match what its metadata (or a recorded digest) says."""
+
+
+class DigestMismatch(VerificationError):
+    """A file's sha256, or metadata.json's, differs from the one recorded."""

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from orchard.artifacts.digest import sha256_bytes, sha256_file
-from orchard.artifacts.errors import ArtifactNotFound, VerificationError
+from orchard.artifacts.errors import ArtifactNotFound, DigestMismatch, VerificationError
 
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
@@ -121,7 +121,7 @@ def verify_artifact(directory: str | Path, digest: str | None = None) -> Metadat
     raw = meta_path.read_bytes()
     actual = sha256_bytes(raw)
     if digest is not None and actual != digest:
-        raise VerificationError(
+        raise DigestMismatch(
             f"{METADATA_FILE} has digest {actual}, but the recorded digest is {digest}"
         )
     metadata = parse_metadata(raw)
@@ -140,7 +140,7 @@ def verify_artifact(directory: str | Path, digest: str | None = None) -> Metadat
             raise ArtifactNotFound(f"{path} is listed in {METADATA_FILE} but does not exist")
         found = sha256_file(path)
         if found != expected:
-            raise VerificationError(
+            raise DigestMismatch(
                 f"{name} has digest {found}, but {METADATA_FILE} lists {expected}; "
                 "refusing the artifact"
             )
