@@ -1,0 +1,341 @@
+"""The ASGI app: a hand-written router for the Open Inference Protocol V1 and V2 over REST.
+
+Routes (`{m}` is the served model's name; `/versions/{v}` may follow it in V2 paths):
+
+    GET  /v2/health/live   /v2/health/ready   /v2   /v2/models/{m}   /v2/models/{m}/ready
+    POST /v2/models/{m}/infer
+    GET  /v1/models   /v1/models/{m}          POST /v1/models/{m}:predict
+    GET  /metrics
+
+Errors are `{"error": "..."}`: 400 for a body that cannot be read as rows for this model,
+404 for an unknown model or path, 405 for a wrong method, 413 for a body over the limit,
+503 until the model is loaded, and 500 only when the model itself raises on the rows
+(`prediction failed`) or on a fault of the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from orchard.serving.batching import Batcher, PredictionFailed
+from orchard.serving.inputs import BadRequest
+from orchard.serving.metrics import Metrics
+from orchard.serving.model import ModelRunner, output_data, output_datatype
+
+log = logging.getLogger("orchard.serving")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+MAX_BODY = 32 * 1024 * 1024
+JSON = [(b"content-type", b"application/json")]
+_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_PLATFORM = "sklearn"
+
+
+class HTTPError(Exception):
+    """An error answer: status, reason (for metrics) and a one-line message."""
+
+    def __init__(self, status: int, reason: str, message: str, allow: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message, self.allow = status, reason, message, allow
+
+
+class App:
+    """Serves one model. `load` (run on a thread at startup) returns the model's runner."""
+
+    def __init__(
+        self,
+        name: str,
+        load: Callable[[], ModelRunner] | None = None,
+        *,
+        version: str | None = None,
+        max_batch_size: int = 32,
+        max_batch_wait: float = 0.002,
+        info: dict[str, str] | None = None,
+        on_load_failed: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.load = load
+        self.info = info or {}
+        self.on_load_failed = on_load_failed
+        self.runner: ModelRunner | None = None
+        self.metrics = Metrics(name)
+        self.batcher = Batcher(
+            self._predict, max_batch_size, max_batch_wait, self.metrics.observe_batch
+        )
+        self.loading: asyncio.Task[None] | None = None
+        self.load_error: BaseException | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def set_runner(self, runner: ModelRunner) -> None:
+        """Make the model live (the app answers 503 on model routes until then)."""
+        buckets = None
+        self.metrics.set_model(
+            runner.schema.names, [c.numeric for c in runner.schema.columns],
+            not runner.classification, self.info, buckets,
+        )  # fmt: skip
+        self.runner = runner
+
+    def _predict(self, parts: list[Any], sizes: list[int]) -> Any:
+        assert self.runner is not None
+        return self.runner.predict_batch(parts, sizes)
+
+    async def _load(self) -> None:
+        assert self.load is not None
+        try:
+            runner = await asyncio.get_running_loop().run_in_executor(None, self.load)
+        except Exception as exc:
+            log.error("cannot load model %r: %s: %s", self.name, type(exc).__name__, exc)
+            self.load_error = exc
+            if self.on_load_failed is not None:
+                self.on_load_failed(exc)
+            return
+        self.set_runner(runner)
+        log.info("model %r is ready", self.name)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.batcher.start()
+                if self.load is not None and self.runner is None:
+                    self.loading = asyncio.get_running_loop().create_task(self._load())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.runner = None  # not ready while draining
+                await self.batcher.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # --- HTTP ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        method: str = scope["method"]
+        endpoint = "unknown"
+        status = 200
+        try:
+            endpoint, handler, allowed = self._route(scope["path"])
+            if method not in allowed:
+                raise HTTPError(
+                    405, "method_not_allowed", f"{method} is not allowed here", ", ".join(allowed)
+                )
+            if handler is None:
+                body = await _read_body(receive)
+                if body is None:
+                    return
+                payload = await self._infer(endpoint, body)
+            else:
+                payload = handler()
+            if isinstance(payload, bytes):  # /metrics
+                await _send(send, 200, payload, [(b"content-type", b"text/plain; version=0.0.4")])
+            else:
+                await _send(send, 200, orjson.dumps(payload, option=_DUMPS_OPTIONS))
+        except HTTPError as err:
+            status = err.status
+            self.metrics.observe_error(endpoint, err.reason)
+            extra = [(b"allow", err.allow.encode())] if err.allow else []
+            await _send(send, status, orjson.dumps({"error": err.message}), extra)
+        except Exception as exc:
+            log.exception("internal error on %s %s", method, scope["path"])
+            status = 500
+            self.metrics.observe_error(endpoint, "internal")
+            await _send(send, 500, orjson.dumps({"error": f"internal error: {type(exc).__name__}"}))
+        timed = endpoint in ("v2_infer", "v1_predict")
+        self.metrics.observe_request(
+            endpoint, status, time.perf_counter() - start if timed else None
+        )
+
+    def _route(self, path: str) -> tuple[str, Callable[[], Any] | None, tuple[str, ...]]:
+        """(endpoint label, handler or None for inference, allowed methods)."""
+        get = ("GET",)
+        if path.startswith("/v2/models/"):
+            rest = path[11:]
+            name, _, action = rest.partition("/")
+            if action.startswith("versions/"):
+                version, _, action = action[9:].partition("/")
+                self._model(name)
+                if version != (self.version or ""):
+                    raise HTTPError(404, "not_found", f"model {name!r} has no version {version!r}")
+            if action == "infer":
+                self._model(name)
+                return "v2_infer", None, ("POST",)
+            if action == "ready":
+                self._model(name)
+                return "v2_model_ready", self._model_ready, get
+            if action == "":
+                self._model(name)
+                return "v2_model_metadata", self._model_metadata, get
+        elif path.startswith("/v1/models/"):
+            rest = path[11:]
+            if rest.endswith(":predict"):
+                self._model(rest[:-8])
+                return "v1_predict", None, ("POST",)
+            if "/" not in rest and ":" not in rest:
+                self._model(rest)
+                return "v1_model", self._v1_model, get
+        else:
+            fixed = self._fixed.get(path)
+            if fixed is not None:
+                return fixed[0], getattr(self, fixed[1]), get
+        raise HTTPError(404, "not_found", f"no route for {path}")
+
+    _fixed = {
+        "/v2/health/live": ("v2_health_live", "_live"),
+        "/v2/health/ready": ("v2_health_ready", "_ready"),
+        "/v2": ("v2_server_metadata", "_server_metadata"),
+        "/v1/models": ("v1_models", "_v1_models"),
+        "/metrics": ("metrics", "_render_metrics"),
+    }
+
+    def _model(self, name: str) -> None:
+        if name != self.name:
+            raise HTTPError(
+                404, "not_found", f"model {name!r} is not served here (this serves {self.name!r})"
+            )
+
+    def _runner(self) -> ModelRunner:
+        if self.runner is None:
+            raise HTTPError(503, "not_ready", f"model {self.name!r} is not ready")
+        return self.runner
+
+    # --- handlers -----------------------------------------------------------------------
+
+    def _live(self) -> dict[str, Any]:
+        return {"live": True}
+
+    def _ready(self) -> dict[str, Any]:
+        self._runner()
+        return {"ready": True}
+
+    def _model_ready(self) -> dict[str, Any]:
+        self._runner()
+        return {"name": self.name, "ready": True}
+
+    def _server_metadata(self) -> dict[str, Any]:
+        from orchard import __version__
+
+        return {"name": "orchard", "version": __version__, "extensions": []}
+
+    def _model_metadata(self) -> dict[str, Any]:
+        runner = self._runner()
+        schema = runner.schema
+        if schema.columns:
+            inputs = [
+                {"name": c.name, "datatype": "FP64" if c.numeric else "BYTES", "shape": [-1]}
+                for c in schema.columns
+            ]
+        else:
+            inputs = [{"name": "input-0", "datatype": "FP64", "shape": [-1, schema.width or -1]}]
+        meta: dict[str, Any] = {
+            "name": self.name,
+            "versions": [self.version] if self.version else [],
+            "platform": _PLATFORM,
+            "inputs": inputs,
+            "outputs": [
+                {
+                    "name": "output-0",
+                    "datatype": runner.output_datatype,
+                    "shape": [-1],
+                }
+            ],
+        }
+        return meta
+
+    def _v1_model(self) -> dict[str, Any]:
+        return {"name": self.name, "ready": self.runner is not None}
+
+    def _v1_models(self) -> dict[str, Any]:
+        return {"models": [self.name]}
+
+    def _render_metrics(self) -> bytes:
+        return self.metrics.render()
+
+    async def _infer(self, endpoint: str, body: bytes) -> dict[str, Any]:
+        runner = self._runner()
+        try:
+            request = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise HTTPError(400, "bad_request", f"malformed JSON: {exc}") from None
+        v2 = endpoint == "v2_infer"
+        try:
+            rows, n = runner.schema.parse_v2(request) if v2 else runner.schema.parse_v1(request)
+        except BadRequest as exc:
+            raise HTTPError(400, "bad_request", str(exc)) from None
+        try:
+            predictions = await self.batcher.submit(rows, n)
+        except PredictionFailed as exc:
+            raise HTTPError(500, "prediction_failed", f"prediction failed: {exc}") from None
+        if not v2:
+            return {"predictions": output_data(predictions)}
+        request_id = request.get("id")
+        response: dict[str, Any] = {
+            "model_name": self.name,
+            "id": request_id if isinstance(request_id, str) else str(uuid.uuid4()),
+            "parameters": {},
+            "outputs": [
+                {
+                    "name": "output-0",
+                    "shape": [len(predictions)],
+                    "datatype": output_datatype(predictions),
+                    "parameters": {},
+                    "data": output_data(predictions),
+                }
+            ],
+        }
+        if self.version:
+            response["model_version"] = self.version
+        return response
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None if the client went away."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        return None
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise HTTPError(413, "too_large", f"body larger than {MAX_BODY} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    head = (
+        [*JSON, (b"content-length", str(len(body)).encode())]
+        if headers is None or not any(k == b"content-type" for k, _ in headers)
+        else [(b"content-length", str(len(body)).encode())]
+    )
+    await send({"type": "http.response.start", "status": status, "headers": head + (headers or [])})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,154 @@
+"""Adaptive batching: concurrent requests share one `predict` call on one inference thread.
+
+A request puts its rows on a queue and awaits a future. One coroutine takes from the
+queue: while a batch is in the model, new requests pile up and go together next time.
+When the thread is idle and the recent concurrency says more requests are on their
+way, it waits at most `max_wait` seconds for them (never when requests come one at a
+time, so a lone caller pays no wait). A batch holds at most `max_rows` rows, except a
+single request larger than that, which goes alone.
+
+The model runs on one worker thread, never on the event loop, so HTTP keeps flowing
+while it computes; `ModelRunner.predict_batch` retries a failed batch request by
+request, so a request the model cannot handle fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from orchard.serving.inputs import Array, Rows
+from orchard.serving.model import BatchResult
+
+
+class PredictionFailed(Exception):
+    """The model raised on this request's rows (HTTP 500: the model failed, not the caller)."""
+
+
+@dataclass(slots=True)
+class _Item:
+    rows: Rows
+    n: int
+    future: asyncio.Future[Array]
+
+
+PredictFn = Callable[[list[Rows], list[int]], BatchResult]
+BatchObserver = Callable[[BatchResult, int, int], None]
+
+
+class Batcher:
+    """Groups queued requests into batches and runs them on one worker thread."""
+
+    def __init__(
+        self,
+        predict: PredictFn,
+        max_rows: int = 32,
+        max_wait: float = 0.002,
+        observe: BatchObserver | None = None,
+    ) -> None:
+        self.predict = predict
+        self.max_rows = max(1, max_rows)
+        self.max_wait = max(0.0, max_wait)
+        self.observe = observe
+        self._queue: deque[_Item] = deque()
+        self._queued_rows = 0
+        self._wakeup: asyncio.Future[None] | None = None
+        self._want = 1  # requests to wait for before an idle thread starts a batch
+        self._concurrency = 1.0  # smoothed number of requests seen per batch cycle
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="orchard-predict")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="orchard-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, rows: Rows, n: int) -> Array:
+        """The predictions for these rows, once their batch has run."""
+        future: asyncio.Future[Array] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(rows, n, future))
+        self._queued_rows += n
+        self._wake()
+        return await future
+
+    def _wake(self) -> None:
+        w = self._wakeup
+        if (
+            w is not None
+            and not w.done()
+            and (len(self._queue) >= self._want or self._queued_rows >= self.max_rows)
+        ):
+            w.set_result(None)
+
+    async def _sleep(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> None:
+        self._wakeup = loop.create_future()
+        handle = None
+        if timeout is not None:
+            handle = loop.call_later(timeout, _release, self._wakeup)
+        try:
+            await self._wakeup
+        finally:
+            self._wakeup = None
+            if handle is not None:
+                handle.cancel()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._want = 1
+                await self._sleep(loop, None)
+            # Requests seem to come in groups: give the rest of the group a moment.
+            self._want = min(int(self._concurrency + 0.5), self.max_rows)
+            if (
+                self.max_wait > 0
+                and len(self._queue) < self._want
+                and self._queued_rows < self.max_rows
+            ):
+                await self._sleep(loop, self.max_wait)
+            batch: list[_Item] = []
+            rows = 0
+            while self._queue and (not batch or rows + self._queue[0].n <= self.max_rows):
+                item = self._queue.popleft()
+                self._queued_rows -= item.n
+                if item.future.done():  # the caller went away
+                    continue
+                batch.append(item)
+                rows += item.n
+            if not batch:
+                continue
+            parts = [item.rows for item in batch]
+            sizes = [item.n for item in batch]
+            try:
+                result = await loop.run_in_executor(self._executor, self.predict, parts, sizes)
+            except Exception as exc:  # the batch machinery itself failed: fail its requests
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(PredictionFailed(f"{type(exc).__name__}: {exc}"))
+                continue
+            # Everyone who arrived while the model ran belongs to the same wave of callers.
+            seen = len(batch) + len(self._queue)
+            self._concurrency = 0.7 * self._concurrency + 0.3 * seen
+            for item, out in zip(batch, result.outputs, strict=True):
+                if item.future.done():
+                    continue
+                if isinstance(out, BaseException):
+                    item.future.set_exception(PredictionFailed(f"{type(out).__name__}: {out}"))
+                else:
+                    item.future.set_result(out)
+            if self.observe is not None:
+                self.observe(result, rows, len(batch))
+
+
+def _release(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,232 @@
+"""Request bodies (Open Inference Protocol V1 and V2) to model rows, and the errors for bad ones.
+
+Pure functions over already-decoded JSON. Every problem with what the caller sent is a
+`BadRequest`, which the app turns into a 400 with a one-line message.
+
+The rows of a request take one of two forms, fixed per model by its input schema:
+- all columns numeric (or no schema): one float64 array of shape (n, d), NaN for missing;
+- some string columns: a list of d one-dimensional arrays of length n, float64 for numeric
+  columns and object (str or NaN) for string columns.
+Both request styles (one 2-D tensor in schema order, or one named input per column) give
+the same form, so requests of either style share a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from orchard.serving.artifact import Column
+
+Array: TypeAlias = npt.NDArray[Any]
+Rows: TypeAlias = Array | list[Array]
+
+NUMERIC_DATATYPES = frozenset(
+    {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+     "FP16", "FP32", "FP64"}
+)  # fmt: skip
+DATATYPES = NUMERIC_DATATYPES | {"BYTES"}
+
+
+class BadRequest(Exception):
+    """What the caller sent cannot be read as rows for this model (HTTP 400)."""
+
+
+class Schema:
+    """The model's raw input columns, and how requests map onto them."""
+
+    def __init__(self, columns: Sequence[Column], n_features: int | None = None) -> None:
+        self.columns = list(columns)
+        self.names = [c.name for c in self.columns]
+        self.index = {c.name: i for i, c in enumerate(self.columns)}
+        self.numeric = all(c.numeric for c in self.columns)
+        self.width: int | None = len(self.columns) if self.columns else n_features
+
+    # --- V2 -----------------------------------------------------------------------------
+
+    def parse_v2(self, body: Any) -> tuple[Rows, int]:
+        """Rows from a V2 inference request: one 2-D tensor, or one named input per column."""
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object with 'inputs'")
+        inputs = body.get("inputs")
+        if not isinstance(inputs, list) or not inputs:
+            raise BadRequest("'inputs' must be a non-empty list of tensors")
+        tensors = [_tensor(t, i) for i, t in enumerate(inputs)]
+        if self.columns and all(name in self.index for name, _, _, _ in tensors):
+            return self._named_v2(tensors)
+        if len(tensors) == 1:
+            name, shape, datatype, data = tensors[0]
+            return self._tensor_v2(name, shape, datatype, data)
+        unknown = [t[0] for t in tensors if t[0] not in self.index]
+        raise BadRequest(
+            f"unknown input(s) {', '.join(map(repr, unknown))}: send one 2-D tensor, "
+            f"or one input per column of {self.names}"
+        )
+
+    def _tensor_v2(self, name: str, shape: list[int], datatype: str, data: Any) -> tuple[Rows, int]:
+        if len(shape) != 2:
+            raise BadRequest(f"input {name!r}: shape {shape} is not 2-D [rows, columns]")
+        n, d = shape
+        if self.width is not None and d != self.width:
+            raise BadRequest(
+                f"input {name!r}: shape {shape} has {d} columns, the model takes {self.width}"
+            )
+        if self.numeric:
+            if datatype == "BYTES":
+                raise BadRequest(f"input {name!r}: datatype BYTES, the model takes numbers")
+            arr = _floats(data, name)
+            if arr.size != n * d:
+                raise BadRequest(f"input {name!r}: {arr.size} values do not fill shape {shape}")
+            return arr.reshape(n, d), n
+        flat = _flatten(data, name)
+        if len(flat) != n * d:
+            raise BadRequest(f"input {name!r}: {len(flat)} values do not fill shape {shape}")
+        cols = [self._column(c, flat[j::d], name) for j, c in enumerate(self.columns)]
+        return cols, n
+
+    def _named_v2(self, tensors: list[tuple[str, list[int], str, Any]]) -> tuple[Rows, int]:
+        given: dict[str, Array] = {}
+        n_rows: int | None = None
+        for name, shape, datatype, data in tensors:
+            if name in given:
+                raise BadRequest(f"input {name!r} is given twice")
+            if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+                raise BadRequest(f"input {name!r}: shape {shape} is not [rows] or [rows, 1]")
+            column = self.columns[self.index[name]]
+            if column.numeric and datatype == "BYTES":
+                raise BadRequest(f"input {name!r}: datatype BYTES, the column is a {column.type}")
+            if not column.numeric and datatype != "BYTES":
+                raise BadRequest(
+                    f"input {name!r}: datatype {datatype}, the column is a string (BYTES)"
+                )
+            values = _flatten(data, name)
+            if len(values) != shape[0]:
+                raise BadRequest(f"input {name!r}: {len(values)} values for shape {shape}")
+            if n_rows is not None and shape[0] != n_rows:
+                raise BadRequest(f"input {name!r} has {shape[0]} rows, other inputs have {n_rows}")
+            n_rows = shape[0]
+            given[name] = self._column(column, values, name)
+        missing = [c for c in self.names if c not in given]
+        if missing:
+            raise BadRequest(f"missing feature(s): {', '.join(missing)}")
+        assert n_rows is not None
+        return self._assemble([given[c] for c in self.names]), n_rows
+
+    # --- V1 -----------------------------------------------------------------------------
+
+    def parse_v1(self, body: Any) -> tuple[Rows, int]:
+        """Rows from a V1 predict request: `instances` as lists in schema order, or objects."""
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object with 'instances'")
+        instances = body.get("instances", body.get("inputs"))
+        if not isinstance(instances, list) or not instances:
+            raise BadRequest("'instances' must be a non-empty list")
+        n = len(instances)
+        if all(isinstance(row, dict) for row in instances):
+            if not self.columns:
+                raise BadRequest("this model has no input schema: send instances as lists")
+            for i, row in enumerate(instances):
+                if len(row) != len(self.columns) or not all(k in self.index for k in row):
+                    missing = [c for c in self.names if c not in row]
+                    if missing:
+                        raise BadRequest(f"instance {i}: missing feature(s): {', '.join(missing)}")
+                    extra = [k for k in row if k not in self.index]
+                    raise BadRequest(f"instance {i}: unknown feature(s): {', '.join(extra)}")
+            cols = [
+                self._column(c, [row[c.name] for row in instances], c.name) for c in self.columns
+            ]
+            return self._assemble(cols), n
+        if all(isinstance(row, list) for row in instances):
+            for i, row in enumerate(instances):
+                if self.width is not None and len(row) != self.width:
+                    raise BadRequest(
+                        f"instance {i} has {len(row)} values, the model takes {self.width}"
+                    )
+            if self.numeric:
+                arr = _floats(instances, "instances")
+                if arr.ndim != 2:
+                    raise BadRequest("instances must be rows of scalars")
+                return arr, n
+            cols = [
+                self._column(c, [row[j] for row in instances], "instances")
+                for j, c in enumerate(self.columns)
+            ]
+            return cols, n
+        raise BadRequest("instances must all be lists (in schema order) or all be objects")
+
+    # --- columns ------------------------------------------------------------------------
+
+    def _column(self, column: Column, values: Sequence[Any], where: str) -> Array:
+        """One column's values as float64 (numeric) or object (string) with NaN for missing."""
+        if column.numeric:
+            arr = _floats(values, where)
+            if arr.ndim != 1:
+                raise BadRequest(f"{where}: column {column.name!r} must hold scalars")
+            return arr
+        out = np.empty(len(values), dtype=object)
+        for i, v in enumerate(values):
+            if v is None:
+                out[i] = np.nan
+            elif isinstance(v, str):
+                out[i] = v
+            else:
+                raise BadRequest(f"{where}: column {column.name!r} takes strings, got {v!r}")
+        return out
+
+    def _assemble(self, cols: list[Array]) -> Rows:
+        return np.column_stack(cols) if self.numeric else cols
+
+
+def _tensor(t: Any, i: int) -> tuple[str, list[int], str, Any]:
+    if not isinstance(t, dict):
+        raise BadRequest(f"inputs[{i}] must be an object with name, shape, datatype, data")
+    name, shape, datatype, data = t.get("name"), t.get("shape"), t.get("datatype"), t.get("data")
+    if not isinstance(name, str):
+        raise BadRequest(f"inputs[{i}]: 'name' must be a string")
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
+    ):
+        raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    if datatype not in DATATYPES:
+        raise BadRequest(f"input {name!r}: unknown datatype {datatype!r}")
+    if not isinstance(data, list):
+        raise BadRequest(f"input {name!r}: 'data' must be a list")
+    if any(s == 0 for s in shape):
+        raise BadRequest(f"input {name!r}: shape {shape} holds no rows")
+    return name, shape, datatype, data
+
+
+def _flatten(data: list[Any], where: str) -> list[Any]:
+    """Row-major values of a flat or nested list."""
+    if not any(isinstance(v, list) for v in data):
+        return data
+    out: list[Any] = []
+    for v in data:
+        if isinstance(v, list):
+            out.extend(_flatten(v, where))
+        else:
+            out.append(v)
+    return out
+
+
+def _floats(values: Any, where: str) -> Array:
+    """Numbers (null for missing) as float64; strings, objects or ragged rows are refused."""
+    try:
+        arr = np.asarray(values)
+    except (ValueError, TypeError):
+        raise BadRequest(f"{where}: rows of unequal length") from None
+    kind = arr.dtype.kind
+    if kind in "fiub":
+        return arr.astype(np.float64, copy=False)
+    if kind == "O":
+        for v in arr.flat:
+            if v is not None and not isinstance(v, int | float):
+                raise BadRequest(f"{where}: expected numbers or null, got {v!r}")
+        return arr.astype(np.float64)
+    got = "strings" if kind == "U" else str(arr.dtype)
+    raise BadRequest(f"{where}: expected numbers, got {got}")

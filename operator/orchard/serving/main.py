@@ -1,0 +1,101 @@
+"""`orchard serve`: verify an artifact, then serve it over the Open Inference Protocol.
+
+The digests are checked before anything is unpickled; a mismatch prints one line and
+exits with status 2 without opening a port. The model then loads on a thread while
+the server already answers liveness (and 503 on model routes until it is ready).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+EXIT_REFUSED = 2
+EXIT_LOAD_FAILED = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    add = parser.add_argument
+    add(
+        "--model-dir",
+        default=env("ORCHARD_MODEL_DIR"),
+        required=not env("ORCHARD_MODEL_DIR"),
+        help="artifact directory with model.joblib and metadata.json [ORCHARD_MODEL_DIR]",
+    )
+    add(
+        "--model-name",
+        default=env("ORCHARD_MODEL_NAME"),
+        required=not env("ORCHARD_MODEL_NAME"),
+        help="the name in /v2/models/{name} [ORCHARD_MODEL_NAME]",
+    )
+    add(
+        "--model-version",
+        default=env("ORCHARD_MODEL_VERSION"),
+        help="version reported in V2 metadata and responses [ORCHARD_MODEL_VERSION]",
+    )
+    add(
+        "--expected-digest",
+        default=env("ORCHARD_MODEL_DIGEST"),
+        help="insist metadata.json has this sha256:<hex> digest [ORCHARD_MODEL_DIGEST]",
+    )
+    add("--host", default="0.0.0.0")
+    add("--port", type=int, default=int(env("ORCHARD_PORT", "8080")))
+    add("--max-batch-size", type=int, default=32, help="rows per predict call")
+    add("--max-batch-wait-ms", type=float, default=2.0, help="longest wait to fill a batch")
+    add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def build_runner(artifact: Any) -> Any:
+    """Unpickle a verified artifact into a ModelRunner (runs on a thread)."""
+    from orchard.serving.artifact import unpickle
+    from orchard.serving.model import ModelRunner
+
+    return ModelRunner(unpickle(artifact), artifact.columns, artifact.metadata)
+
+
+def run(args: argparse.Namespace) -> int:
+    from orchard.serving.artifact import ArtifactRefused, verify
+
+    try:
+        artifact = verify(args.model_dir, args.expected_digest)
+    except ArtifactRefused as exc:
+        print(f"orchard serve: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+
+    import uvicorn
+
+    from orchard.serving.app import App
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    meta = artifact.metadata
+    framework = meta.get("framework") or {}
+    info = {
+        "digest": artifact.digest,
+        "framework": f"{framework.get('name', '')} {framework.get('version', '')}".strip(),
+    }
+    server: uvicorn.Server | None = None
+
+    def load_failed(_: BaseException) -> None:
+        if server is not None:
+            server.should_exit = True
+
+    app = App(
+        args.model_name,
+        lambda: build_runner(artifact),
+        version=args.model_version,
+        max_batch_size=args.max_batch_size,
+        max_batch_wait=args.max_batch_wait_ms / 1000.0,
+        info=info,
+        on_load_failed=load_failed,
+    )
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, loop="uvloop", http="httptools", lifespan="on",
+        access_log=False, server_header=False, log_level=args.log_level,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    server.run()
+    return EXIT_LOAD_FAILED if app.load_error is not None else 0

@@ -1,0 +1,232 @@
+"""Prometheus metrics of one server process, written by hand to stay off the request path.
+
+Every update happens on the event loop thread, so there are no locks; `/metrics`
+renders the text exposition format (version 0.0.4) on demand.
+
+The ModelDeployment controller scrapes each pod's `/metrics` to judge a canary:
+request and error counts give the error rate, the latency buckets give p95, and the
+prediction counts (or value histogram) give the prediction shift against the stable
+version and against the artifact's `predictionStats`.
+
+=========================================  =========  ======================================
+metric                                     type       meaning (labels)
+=========================================  =========  ======================================
+orchard_requests_total                     counter    HTTP requests (endpoint, code)
+orchard_request_errors_total               counter    requests answered >= 400 (endpoint,
+                                                      reason: bad_request, not_found,
+                                                      method_not_allowed, too_large,
+                                                      not_ready, prediction_failed, internal)
+orchard_request_duration_seconds           histogram  latency of inference requests, from
+                                                      request start to response (endpoint:
+                                                      v1_predict, v2_infer)
+orchard_batch_rows                         histogram  rows per `predict` call
+orchard_batch_requests                     histogram  requests grouped into one batch
+orchard_predict_duration_seconds           histogram  time in the model per batch (retries
+                                                      included)
+orchard_predictions_total                  counter    predicted rows per class (class);
+                                                      classification only
+orchard_prediction_value                   histogram  predicted values; regression only
+orchard_feature_observations_total         counter    non-missing input values (feature)
+orchard_feature_missing_total              counter    missing input values (feature)
+orchard_feature_value_sum                  gauge      sum of numeric input values (feature)
+orchard_feature_value_sum_squares          gauge      sum of squares of numeric inputs (feature)
+orchard_feature_category_total             counter    string input values (feature, category;
+                                                      at most 50 per feature, then __other__)
+orchard_model_ready                        gauge      1 once the model is loaded
+orchard_model_info                         gauge      1, labelled (model, digest, framework)
+=========================================  =========  ======================================
+
+Endpoints: v2_infer, v1_predict, v2_model_metadata, v2_model_ready, v2_server_metadata,
+v2_health_live, v2_health_ready, v1_model, v1_models, metrics, unknown (any other path).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+
+from orchard.serving.model import MAX_CATEGORIES, BatchResult
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+OTHER = "__other__"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(pairs: Iterable[tuple[str, str]]) -> str:
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+    return "{" + inner + "}" if inner else ""
+
+
+def _num(value: float) -> str:
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value))
+
+
+class Histogram:
+    """Bucket counts (non-cumulative inside, cumulative when rendered), sum and count."""
+
+    __slots__ = ("bounds", "count", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float, times: int = 1) -> None:
+        self.counts[bisect_left(self.bounds, value)] += times
+        self.total += value * times
+        self.count += times
+
+    def render(self, name: str, labels: tuple[tuple[str, str], ...], out: list[str]) -> None:
+        running = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += n
+            le = "+Inf" if bound == float("inf") else _num(bound)
+            out.append(f"{name}_bucket{_labels((*labels, ('le', le)))} {running}")
+        out.append(f"{name}_sum{_labels(labels)} {_num(self.total)}")
+        out.append(f"{name}_count{_labels(labels)} {self.count}")
+
+
+class Metrics:
+    """All metrics of the server; feature names come from the model's schema."""
+
+    def __init__(self, model: str, value_buckets: Sequence[float] | None = None) -> None:
+        self.model = model
+        self.requests: dict[tuple[str, int], int] = {}
+        self.errors: dict[tuple[str, str], int] = {}
+        self.latency: dict[str, Histogram] = {}
+        self.batch_rows = Histogram(BATCH_BUCKETS)
+        self.batch_requests = Histogram(BATCH_BUCKETS)
+        self.predict_seconds = Histogram(LATENCY_BUCKETS)
+        self.classes: dict[str, int] = {}
+        self.values = Histogram(value_buckets or (-1000, -100, -10, -1, 0, 1, 10, 100, 1000))
+        self.regression = False
+        self.features: list[str] = []
+        self.f_numeric: list[bool] = []
+        self.f_count: list[int] = []
+        self.f_missing: list[int] = []
+        self.f_sum: list[float] = []
+        self.f_squares: list[float] = []
+        self.f_categories: dict[str, dict[str, int]] = {}
+        self.ready = False
+        self.info: tuple[tuple[str, str], ...] = (("model", model),)
+
+    def set_model(
+        self, features: list[str], numeric: list[bool], regression: bool, info: dict[str, str],
+        value_buckets: Sequence[float] | None = None,
+    ) -> None:  # fmt: skip
+        """Called once the model is loaded: its feature names and what it predicts."""
+        self.features = list(features)
+        self.f_numeric = list(numeric)
+        n = len(features)
+        self.f_count, self.f_missing = [0] * n, [0] * n
+        self.f_sum, self.f_squares = [0.0] * n, [0.0] * n
+        self.regression = regression
+        if value_buckets:
+            self.values = Histogram(value_buckets)
+        self.info = (("model", self.model), *sorted(info.items()))
+        self.ready = True
+
+    def observe_request(self, endpoint: str, code: int, seconds: float | None) -> None:
+        key = (endpoint, code)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if seconds is not None:
+            hist = self.latency.get(endpoint)
+            if hist is None:
+                hist = self.latency[endpoint] = Histogram(LATENCY_BUCKETS)
+            hist.observe(seconds)
+
+    def observe_error(self, endpoint: str, reason: str) -> None:
+        key = (endpoint, reason)
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+    def observe_batch(self, result: BatchResult, rows: int, requests: int) -> None:
+        self.batch_rows.observe(rows)
+        self.batch_requests.observe(requests)
+        self.predict_seconds.observe(result.predict_seconds)
+        f = result.features
+        if not self.features and f.count:  # no schema: name columns by position
+            n = len(f.count)
+            self.set_model(
+                [f"x{i}" for i in range(n)], [True] * n, self.regression, dict(self.info[1:])
+            )
+        for j in range(min(len(self.features), len(f.count))):
+            self.f_count[j] += f.count[j]
+            self.f_missing[j] += f.missing[j]
+            self.f_sum[j] += f.total[j]
+            self.f_squares[j] += f.squares[j]
+        for name, counts in f.categories.items():
+            seen = self.f_categories.setdefault(name, {})
+            for value, n in counts.items():
+                key = value if value in seen or len(seen) < MAX_CATEGORIES else OTHER
+                seen[key] = seen.get(key, 0) + n
+        p = result.predictions
+        for cls, n in p.classes.items():
+            self.classes[cls] = self.classes.get(cls, 0) + n
+        for v in p.values:
+            self.values.observe(v)
+
+    def render(self) -> bytes:
+        out: list[str] = []
+
+        def head(name: str, kind: str, text: str) -> None:
+            out.append(f"# HELP {name} {text}")
+            out.append(f"# TYPE {name} {kind}")
+
+        head("orchard_requests_total", "counter", "HTTP requests by endpoint and status code.")
+        for (endpoint, code), n in sorted(self.requests.items()):
+            labels = _labels((("endpoint", endpoint), ("code", str(code))))
+            out.append(f"orchard_requests_total{labels} {n}")
+        head(
+            "orchard_request_errors_total",
+            "counter",
+            "Requests answered with a status >= 400, by reason.",
+        )
+        for (endpoint, reason), n in sorted(self.errors.items()):
+            labels = _labels((("endpoint", endpoint), ("reason", reason)))
+            out.append(f"orchard_request_errors_total{labels} {n}")
+        head("orchard_request_duration_seconds", "histogram", "Latency of inference requests.")
+        for endpoint, hist in sorted(self.latency.items()):
+            hist.render("orchard_request_duration_seconds", (("endpoint", endpoint),), out)
+        head("orchard_batch_rows", "histogram", "Rows per predict call.")
+        self.batch_rows.render("orchard_batch_rows", (), out)
+        head("orchard_batch_requests", "histogram", "Requests grouped into one predict call.")
+        self.batch_requests.render("orchard_batch_requests", (), out)
+        head("orchard_predict_duration_seconds", "histogram", "Time in the model per batch.")
+        self.predict_seconds.render("orchard_predict_duration_seconds", (), out)
+        if self.regression:
+            head("orchard_prediction_value", "histogram", "Predicted values.")
+            self.values.render("orchard_prediction_value", (), out)
+        else:
+            head("orchard_predictions_total", "counter", "Predicted rows by class.")
+            for cls, n in sorted(self.classes.items()):
+                out.append(f"orchard_predictions_total{_labels((('class', cls),))} {n}")
+        series = (
+            ("orchard_feature_observations_total", "counter", "Non-missing inputs.", self.f_count),
+            ("orchard_feature_missing_total", "counter", "Missing inputs.", self.f_missing),
+            ("orchard_feature_value_sum", "gauge", "Sum of numeric inputs.", self.f_sum),
+            ("orchard_feature_value_sum_squares", "gauge", "Sum of squares.", self.f_squares),
+        )
+        for name, kind, text, values in series:
+            head(name, kind, text)
+            for feature, numeric, v in zip(self.features, self.f_numeric, values, strict=True):
+                if name.startswith("orchard_feature_value") and not numeric:
+                    continue
+                out.append(f"{name}{_labels((('feature', feature),))} {_num(v)}")
+        head("orchard_feature_category_total", "counter", "String input values by category.")
+        for feature, counts in sorted(self.f_categories.items()):
+            for category, n in sorted(counts.items()):
+                labels = _labels((("feature", feature), ("category", category)))
+                out.append(f"orchard_feature_category_total{labels} {n}")
+        head("orchard_model_ready", "gauge", "1 once the model is loaded and serving.")
+        out.append(f"orchard_model_ready {int(self.ready)}")
+        head("orchard_model_info", "gauge", "The served model, as labels.")
+        out.append(f"orchard_model_info{_labels(self.info)} 1")
+        out.append("")
+        return "\n".join(out).encode()

@@ -1,0 +1,196 @@
+"""The loaded model: rows of many requests in, one `predict` call, each request's rows out.
+
+`ModelRunner.predict_batch` runs on the single inference thread. It also summarises the
+batch's inputs and predictions (a few vectorised numpy calls) so that the event loop only
+adds numbers into the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from orchard.serving.artifact import Column
+from orchard.serving.inputs import Array, Rows, Schema
+
+log = logging.getLogger("orchard.serving")
+
+MAX_CATEGORIES = 50  # distinct values tracked per string column; the rest count as "__other__"
+
+
+@dataclass
+class FeatureSummary:
+    """Per-batch input statistics, in schema order."""
+
+    count: list[int] = field(default_factory=list)  # non-missing values (numeric columns)
+    missing: list[int] = field(default_factory=list)
+    total: list[float] = field(default_factory=list)
+    squares: list[float] = field(default_factory=list)
+    categories: dict[str, Counter[str]] = field(default_factory=dict)  # string columns
+
+
+@dataclass
+class PredictionSummary:
+    """Per-batch prediction statistics: class counts, or values for regression."""
+
+    classes: Counter[str] = field(default_factory=Counter)
+    values: list[float] = field(default_factory=list)
+
+
+@dataclass
+class BatchResult:
+    """What one trip to the inference thread gives back."""
+
+    outputs: list[Array | BaseException]  # one per request, in order
+    features: FeatureSummary
+    predictions: PredictionSummary
+    predict_calls: int
+    predict_seconds: float
+
+
+class ModelRunner:
+    """A fitted scikit-learn estimator and the schema its rows follow."""
+
+    def __init__(self, model: Any, columns: list[Column], metadata: dict[str, Any]) -> None:
+        self.model = model
+        n_features = getattr(model, "n_features_in_", None)
+        self.schema = Schema(columns, int(n_features) if n_features is not None else None)
+        # Fitted on a DataFrame (ColumnTransformer by name, say): it needs one back.
+        self.needs_frame = hasattr(model, "feature_names_in_") and bool(columns)
+        task = metadata.get("task")
+        self.classification = task == "classification" if task else hasattr(model, "classes_")
+        classes = getattr(model, "classes_", None)
+        self.output_datatype = (
+            output_datatype(np.asarray(classes)) if self.classification and classes is not None
+            else "FP64" if not self.classification else "BYTES"
+        )  # fmt: skip
+        self._frame_type: Any = None
+        if self.needs_frame:
+            import pandas as pd  # only for models that were fitted on a DataFrame
+
+            self._frame_type = pd.DataFrame
+
+    # --- inference thread ---------------------------------------------------------------
+
+    def to_model_input(self, rows: Rows) -> Any:
+        if self.needs_frame:
+            names = self.schema.names
+            if isinstance(rows, list):
+                return self._frame_type(dict(zip(names, rows, strict=True)), copy=False)
+            return self._frame_type(rows, columns=names, copy=False)
+        if isinstance(rows, list):
+            return np.column_stack(rows)
+        return rows
+
+    def predict(self, rows: Rows) -> Array:
+        out = np.asarray(self.model.predict(self.to_model_input(rows)))
+        return out.reshape(len(out), -1)[:, 0] if out.ndim > 1 and out.shape[1] == 1 else out
+
+    def predict_batch(self, parts: list[Rows], sizes: list[int]) -> BatchResult:
+        """Predict all parts in one call; if that fails, each part alone so one bad part fails."""
+        import time
+
+        rows = concat(parts)
+        features = self.summarise_inputs(rows)
+        start = time.perf_counter()
+        calls = 1
+        outputs: list[Array | BaseException]
+        try:
+            whole = self.predict(rows)
+            if len(whole) != sum(sizes):
+                raise ValueError(f"model returned {len(whole)} predictions for {sum(sizes)} rows")
+            bounds = np.cumsum(sizes)[:-1]
+            outputs = list(np.split(whole, bounds)) if len(parts) > 1 else [whole]
+        except Exception as exc:
+            if len(parts) == 1:
+                log.warning("predict failed: %s: %s", type(exc).__name__, exc)
+                outputs = [exc]
+            else:
+                outputs = []
+                for part in parts:  # retry alone, so only the request that breaks it fails
+                    calls += 1
+                    try:
+                        outputs.append(self.predict(part))
+                    except Exception as one:
+                        log.warning("predict failed: %s: %s", type(one).__name__, one)
+                        outputs.append(one)
+        seconds = time.perf_counter() - start
+        return BatchResult(outputs, features, self.summarise_outputs(outputs), calls, seconds)
+
+    def summarise_inputs(self, rows: Rows) -> FeatureSummary:
+        s = FeatureSummary()
+        cols: list[Array] = list(rows.T) if isinstance(rows, np.ndarray) else rows
+        numeric = [c.numeric for c in self.schema.columns] or [True] * len(cols)
+        for j, col in enumerate(cols):
+            if numeric[j]:
+                finite = col[~np.isnan(col)]
+                s.count.append(int(finite.size))
+                s.missing.append(int(col.size - finite.size))
+                s.total.append(float(finite.sum()))
+                s.squares.append(float(np.dot(finite, finite)))
+            else:
+                counts: Counter[str] = Counter()
+                missing = 0
+                for v in col:
+                    if isinstance(v, str):
+                        counts[v] += 1
+                    else:
+                        missing += 1
+                s.count.append(int(col.size - missing))
+                s.missing.append(missing)
+                s.total.append(0.0)
+                s.squares.append(0.0)
+                s.categories[self.schema.names[j]] = counts
+        return s
+
+    def summarise_outputs(self, outputs: list[Array | BaseException]) -> PredictionSummary:
+        s = PredictionSummary()
+        for out in outputs:
+            if isinstance(out, BaseException):
+                continue
+            if self.classification:
+                values, counts = np.unique(out, return_counts=True)
+                for v, c in zip(values.tolist(), counts.tolist(), strict=True):
+                    s.classes[str(v)] += int(c)
+            else:
+                s.values.extend(float(v) for v in out.tolist() if math.isfinite(float(v)))
+        return s
+
+
+def concat(parts: list[Rows]) -> Rows:
+    """One batch from many requests' rows (all in the same form)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if isinstance(first, np.ndarray):
+        return np.concatenate(parts, axis=0)
+    return [np.concatenate([p[j] for p in parts]) for j in range(len(first))]
+
+
+def output_datatype(values: Array) -> str:
+    """The V2 datatype of a prediction array."""
+    kind = values.dtype.kind
+    if kind == "b":
+        return "BOOL"
+    if kind in "iu":
+        return "INT64"
+    if kind == "f":
+        return "FP64"
+    return "BYTES"
+
+
+def output_data(values: Array) -> Any:
+    """Predictions in a form orjson writes directly (numeric arrays) or as plain lists."""
+    kind = values.dtype.kind
+    if kind in "iu":
+        return values.astype(np.int64, copy=False)
+    if kind == "f":
+        return values.astype(np.float64, copy=False)
+    if kind == "b":
+        return values
+    return [v if isinstance(v, str) else str(v) for v in values.tolist()]

@@ -1,0 +1,350 @@
+"""The server over real HTTP on loopback: V1 and V2 bodies, metadata, and every error path."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import joblib
+import numpy as np
+import pytest
+from test_serving_support import (
+    app_for,
+    iris_artifact,
+    mixed_artifact,
+    mixed_frame,
+    regression_artifact,
+    running_server,
+)
+
+from orchard.serving.app import App
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("artifacts")
+    return {
+        "iris": iris_artifact(root / "iris"),
+        "mixed": mixed_artifact(root / "mixed"),
+        "diabetes": regression_artifact(root / "diabetes"),
+    }
+
+
+@pytest.fixture(scope="module")
+def iris(artifacts: dict[str, Path]) -> Iterator[tuple[str, Any]]:
+    with running_server(app_for(artifacts["iris"], "iris", version="3")) as base:
+        yield base, joblib.load(artifacts["iris"] / "model.joblib")
+
+
+@pytest.fixture(scope="module")
+def penguins(artifacts: dict[str, Path]) -> Iterator[tuple[str, Any]]:
+    with running_server(app_for(artifacts["mixed"], "penguins")) as base:
+        yield base, joblib.load(artifacts["mixed"] / "model.joblib")
+
+
+IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3]]
+
+
+def tensor(
+    data: Any, shape: list[int], name: str = "input-0", datatype: str = "FP32"
+) -> dict[str, Any]:
+    return {"name": name, "shape": shape, "datatype": datatype, "data": data}
+
+
+# --- V2 -------------------------------------------------------------------------------------
+
+
+def test_v2_two_d_tensor_flat_and_nested(iris: tuple[str, Any]) -> None:
+    base, model = iris
+    want = model.predict(np.array(IRIS_ROWS)).tolist()
+    flat = [v for row in IRIS_ROWS for v in row]
+    for data in (flat, IRIS_ROWS):
+        r = httpx.post(
+            f"{base}/v2/models/iris/infer", json={"id": "r-1", "inputs": [tensor(data, [3, 4])]}
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model_name"] == "iris"
+        assert body["model_version"] == "3"
+        assert body["id"] == "r-1"
+        (out,) = body["outputs"]
+        assert out["name"] == "output-0"
+        assert out["shape"] == [3]
+        assert out["datatype"] == "INT64"
+        assert out["data"] == want
+    assert want == [0, 1, 2]
+
+
+def test_v2_versioned_path(iris: tuple[str, Any]) -> None:
+    base, _ = iris
+    body = {"inputs": [tensor(IRIS_ROWS[0], [1, 4])]}
+    assert httpx.post(f"{base}/v2/models/iris/versions/3/infer", json=body).status_code == 200
+    assert httpx.post(f"{base}/v2/models/iris/versions/9/infer", json=body).status_code == 404
+
+
+def test_v2_named_inputs_with_categories_and_missing_values(penguins: tuple[str, Any]) -> None:
+    base, model = penguins
+    frame, _ = mixed_frame(n=12, seed=3)
+    frame = frame.iloc[:12]
+    assert frame.isna().any().any()  # the rows carry missing numbers and strings
+
+    def column(name: str) -> list[Any]:
+        return [
+            None if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in frame[name]
+        ]
+
+    inputs = [
+        tensor(column("bill_length_mm"), [12], "bill_length_mm", "FP64"),
+        tensor([[v] for v in column("flipper_length_mm")], [12, 1], "flipper_length_mm", "FP64"),
+        tensor(column("island"), [12], "island", "BYTES"),
+        tensor(column("sex"), [12], "sex", "BYTES"),
+    ]
+    r = httpx.post(f"{base}/v2/models/penguins/infer", json={"inputs": inputs[::-1]})
+    assert r.status_code == 200, r.text
+    (out,) = r.json()["outputs"]
+    assert out["datatype"] == "BYTES"
+    assert out["data"] == model.predict(frame).tolist()
+
+
+def test_v2_one_tensor_of_mixed_columns(penguins: tuple[str, Any]) -> None:
+    base, model = penguins
+    rows = [[40.1, 190.0, "Dream", None], [None, 220.0, "Biscoe", "male"]]
+    r = httpx.post(
+        f"{base}/v2/models/penguins/infer",
+        json={"inputs": [tensor(rows, [2, 4], datatype="BYTES")]},
+    )
+    assert r.status_code == 200, r.text
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=["bill_length_mm", "flipper_length_mm", "island", "sex"])
+    frame = frame.astype({"bill_length_mm": float, "sex": object}).fillna({"sex": np.nan})
+    assert r.json()["outputs"][0]["data"] == model.predict(frame).tolist()
+
+
+def test_regression_outputs_fp64(artifacts: dict[str, Path]) -> None:
+    model = joblib.load(artifacts["diabetes"] / "model.joblib")
+    x = np.linspace(-0.05, 0.05, 20).reshape(2, 10)
+    with running_server(app_for(artifacts["diabetes"], "diabetes")) as base:
+        r = httpx.post(
+            f"{base}/v2/models/diabetes/infer", json={"inputs": [tensor(x.tolist(), [2, 10])]}
+        )
+        assert r.status_code == 200, r.text
+        out = r.json()["outputs"][0]
+        assert out["datatype"] == "FP64"
+        assert out["data"] == pytest.approx(model.predict(x).tolist())
+        metrics = httpx.get(f"{base}/metrics").text
+        assert "orchard_prediction_value_count 2" in metrics
+        assert "orchard_predictions_total" not in metrics
+
+
+# --- V1 -------------------------------------------------------------------------------------
+
+
+def test_v1_lists_in_schema_order(iris: tuple[str, Any]) -> None:
+    base, model = iris
+    r = httpx.post(f"{base}/v1/models/iris:predict", json={"instances": IRIS_ROWS})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"predictions": model.predict(np.array(IRIS_ROWS)).tolist()}
+
+
+def test_v1_objects_by_column_name(penguins: tuple[str, Any]) -> None:
+    base, model = penguins
+    instances = [
+        {"island": "Dream", "sex": None, "bill_length_mm": 50.0, "flipper_length_mm": 195},
+        {"island": "Torgersen", "sex": "female", "bill_length_mm": None, "flipper_length_mm": 180},
+    ]
+    r = httpx.post(f"{base}/v1/models/penguins:predict", json={"instances": instances})
+    assert r.status_code == 200, r.text
+    import pandas as pd
+
+    frame = pd.DataFrame(instances)[["bill_length_mm", "flipper_length_mm", "island", "sex"]]
+    frame = frame.astype({"bill_length_mm": float}).fillna({"sex": np.nan})
+    assert r.json()["predictions"] == model.predict(frame).tolist()
+
+
+# --- metadata and health ----------------------------------------------------------------------
+
+
+def test_metadata_and_health(iris: tuple[str, Any]) -> None:
+    base, _ = iris
+    assert httpx.get(f"{base}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{base}/v2/health/ready").json() == {"ready": True}
+    assert httpx.get(f"{base}/v2/models/iris/ready").json() == {"name": "iris", "ready": True}
+    assert httpx.get(f"{base}/v2").json()["name"] == "orchard"
+    meta = httpx.get(f"{base}/v2/models/iris").json()
+    assert meta["name"] == "iris"
+    assert meta["versions"] == ["3"]
+    assert [i["name"] for i in meta["inputs"]] == [
+        "sepal_length",
+        "sepal_width",
+        "petal_length",
+        "petal_width",
+    ]
+    assert meta["outputs"] == [{"name": "output-0", "datatype": "INT64", "shape": [-1]}]
+    assert httpx.get(f"{base}/v1/models/iris").json() == {"name": "iris", "ready": True}
+    assert httpx.get(f"{base}/v1/models").json() == {"models": ["iris"]}
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def one(shape: Any, data: Any, datatype: str = "FP32", name: str = "x") -> bytes:
+    """A V2 body with one tensor."""
+    return json.dumps({"inputs": [tensor(data, shape, name, datatype)]}).encode()
+
+
+QUAD = [1, 2, 3, 4]
+BAD_V2 = [
+    ("not json", b"{nope", "malformed JSON"),
+    ("not an object", b"[1, 2]", "JSON object"),
+    ("no inputs", b'{"inputs": []}', "non-empty"),
+    ("tensor not an object", b'{"inputs": [3]}', "must be an object"),
+    ("no name", b'{"inputs": [{"shape": [1, 4], "datatype": "FP32", "data": [1]}]}', "'name'"),
+    ("bad shape", one("1x4", QUAD), "shape"),
+    ("1-D shape", one([4], QUAD), "2-D"),
+    ("wrong width", one([1, 3], [1, 2, 3]), "3 columns"),
+    ("short data", one([2, 4], QUAD), "do not fill"),
+    ("unknown datatype", one([1, 4], QUAD, "FP99"), "datatype"),
+    ("strings", one([1, 4], ["a", "b", "c", "d"]), "expected numbers"),
+    ("bytes for numbers", one([1, 4], QUAD, "BYTES"), "BYTES"),
+    ("ragged rows", one([2, 4], [QUAD, [1, 2]]), "unequal"),
+    ("object values", one([1, 4], [1, 2, 3, {"a": 1}]), "numbers or null"),
+    ("missing feature", one([1], [1], name="sepal_length"), "missing feature(s): sepal_width"),
+    ("zero rows", one([0, 4], []), "no rows"),
+    (
+        "two unknown tensors",
+        json.dumps({"inputs": [tensor(QUAD, [1, 4], "a"), tensor(QUAD, [1, 4], "b")]}).encode(),
+        "unknown input",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "message"), BAD_V2, ids=[c[0] for c in BAD_V2])
+def test_v2_bad_bodies_are_400(iris: tuple[str, Any], case: str, body: bytes, message: str) -> None:
+    base, _ = iris
+    r = httpx.post(f"{base}/v2/models/iris/infer", content=body)
+    assert r.status_code == 400, (case, r.text)
+    assert r.headers["content-type"] == "application/json"
+    assert message in r.json()["error"]
+
+
+IRIS_NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+BAD_V1 = [
+    ("no instances", {"rows": [QUAD]}, "'instances'"),
+    ("empty", {"instances": []}, "non-empty"),
+    ("wrong length", {"instances": [[1, 2, 3]]}, "has 3 values"),
+    ("strings", {"instances": [["a", "b", "c", "d"]]}, "expected numbers"),
+    ("mixed row kinds", {"instances": [QUAD, {"sepal_length": 1}]}, "all be lists"),
+    (
+        "missing feature",
+        {"instances": [dict(zip(IRIS_NAMES[:3], QUAD, strict=False))]},
+        "missing feature(s): petal_width",
+    ),
+    (
+        "unknown feature",
+        {"instances": [dict(zip(IRIS_NAMES, QUAD, strict=True)) | {"x": 1}]},
+        "unknown feature(s): x",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "message"), BAD_V1, ids=[c[0] for c in BAD_V1])
+def test_v1_bad_bodies_are_400(iris: tuple[str, Any], case: str, body: Any, message: str) -> None:
+    base, _ = iris
+    r = httpx.post(f"{base}/v1/models/iris:predict", json=body)
+    assert r.status_code == 400, (case, r.text)
+    assert message in r.json()["error"]
+
+
+def test_string_column_type_errors(penguins: tuple[str, Any]) -> None:
+    base, _ = penguins
+    row = {"island": 3, "sex": "male", "bill_length_mm": 50.0, "flipper_length_mm": 195}
+    r = httpx.post(f"{base}/v1/models/penguins:predict", json={"instances": [row]})
+    assert r.status_code == 400
+    assert "takes strings" in r.json()["error"]
+    inputs = [
+        tensor([1.0], [1], "bill_length_mm", "FP64"),
+        tensor([1.0], [1], "flipper_length_mm", "FP64"),
+        tensor(["Dream"], [1], "island", "FP64"),
+        tensor(["male"], [1], "sex", "BYTES"),
+    ]
+    r = httpx.post(f"{base}/v2/models/penguins/infer", json={"inputs": inputs})
+    assert r.status_code == 400
+    assert "string (BYTES)" in r.json()["error"]
+
+
+def test_unknown_model_and_path_are_404(iris: tuple[str, Any]) -> None:
+    base, _ = iris
+    for method, path in [
+        ("POST", "/v2/models/nope/infer"),
+        ("GET", "/v2/models/nope"),
+        ("GET", "/v2/models/nope/ready"),
+        ("POST", "/v1/models/nope:predict"),
+        ("GET", "/v1/models/nope"),
+        ("GET", "/v3/whatever"),
+        ("GET", "/v2/models/iris/explain"),
+    ]:
+        r = httpx.request(method, f"{base}{path}", json={"instances": [[1, 2, 3, 4]]})
+        assert r.status_code == 404, path
+        assert "error" in r.json()
+
+
+def test_wrong_method_is_405(iris: tuple[str, Any]) -> None:
+    base, _ = iris
+    r = httpx.get(f"{base}/v2/models/iris/infer")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "POST"
+    assert "not allowed" in r.json()["error"]
+    r = httpx.post(f"{base}/v2/health/ready")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "GET"
+
+
+def test_model_raising_is_500_prediction_failed(penguins: tuple[str, Any]) -> None:
+    base, _ = penguins
+    row = {"island": "Mars", "sex": "male", "bill_length_mm": 50.0, "flipper_length_mm": 195}
+    r = httpx.post(f"{base}/v1/models/penguins:predict", json={"instances": [row]})
+    assert r.status_code == 500
+    assert r.json()["error"].startswith("prediction failed: ValueError")
+    metrics = httpx.get(f"{base}/metrics").text
+    assert (
+        'orchard_request_errors_total{endpoint="v1_predict",reason="prediction_failed"}' in metrics
+    )
+
+
+def test_503_until_the_model_is_loaded(artifacts: dict[str, Path]) -> None:
+    gate = threading.Event()
+    loaded = app_for(artifacts["iris"], "iris")
+    assert loaded.load is not None
+    real_load = loaded.load
+
+    def slow_load() -> Any:
+        assert gate.wait(20)
+        return real_load()
+
+    app = App("iris", slow_load)
+    with running_server(app, wait_ready=False) as base:
+        assert httpx.get(f"{base}/v2/health/live").status_code == 200
+        for method, path in [
+            ("GET", "/v2/health/ready"),
+            ("GET", "/v2/models/iris/ready"),
+            ("GET", "/v2/models/iris"),
+            ("POST", "/v2/models/iris/infer"),
+            ("POST", "/v1/models/iris:predict"),
+        ]:
+            r = httpx.request(method, f"{base}{path}", json={"instances": IRIS_ROWS})
+            assert r.status_code == 503, path
+            assert "not ready" in r.json()["error"]
+        assert "orchard_model_ready 0" in httpx.get(f"{base}/metrics").text
+        gate.set()
+        for _ in range(200):
+            if httpx.get(f"{base}/v2/health/ready").status_code == 200:
+                break
+            threading.Event().wait(0.02)
+        r = httpx.post(f"{base}/v1/models/iris:predict", json={"instances": IRIS_ROWS})
+        assert r.status_code == 200
+        assert "orchard_model_ready 1" in httpx.get(f"{base}/metrics").text

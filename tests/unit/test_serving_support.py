@@ -1,0 +1,187 @@
+"""Shared pieces of the serving tests: real trained artifacts and a real server on loopback.
+
+Artifacts are small scikit-learn pipelines trained here and written in the artifact
+format (docs/artifact-format.md). `running_server` starts uvicorn with the app on a free
+port of 127.0.0.1 in a thread of this process, so tests can reach the app's state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+from orchard.serving.app import App
+from orchard.serving.artifact import verify
+from orchard.serving.main import build_runner
+
+
+def write_artifact(
+    root: Path, model: Any, inputs: list[dict[str, str]], task: str = "classification",
+    name: str = "model",
+) -> Path:  # fmt: skip
+    """model.joblib plus a metadata.json listing its sha256, as the trainer writes them."""
+    root.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, root / "model.joblib")
+    digest = "sha256:" + hashlib.sha256((root / "model.joblib").read_bytes()).hexdigest()
+    metadata = {
+        "formatVersion": 1,
+        "model": name,
+        "task": task,
+        "estimator": {"name": type(model).__name__, "params": {}},
+        "inputs": inputs,
+        "files": {"model.joblib": digest},
+    }
+    if hasattr(model, "classes_"):
+        metadata["output"] = {
+            "name": "y",
+            "type": "string",
+            "classes": [str(c) for c in model.classes_],
+        }
+    (root / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    return root
+
+
+def iris_artifact(root: Path) -> Path:
+    """Logistic regression on iris, fitted on a plain array (integer classes)."""
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    data = load_iris()
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(
+        data.data, data.target
+    )
+    cols = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    return write_artifact(root, model, [{"name": c, "type": "number"} for c in cols], name="iris")
+
+
+def forest_artifact(root: Path, n_estimators: int = 100) -> Path:
+    """A random forest on breast_cancer, fitted on a plain array."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import RandomForestClassifier
+
+    data = load_breast_cancer()
+    model = RandomForestClassifier(n_estimators=n_estimators, random_state=0).fit(
+        data.data, data.target
+    )
+    inputs = [{"name": f"f{i}", "type": "number"} for i in range(data.data.shape[1])]
+    return write_artifact(root, model, inputs, name="cancer")
+
+
+MIXED_INPUTS = [
+    {"name": "bill_length_mm", "type": "number"},
+    {"name": "flipper_length_mm", "type": "number"},
+    {"name": "island", "type": "string"},
+    {"name": "sex", "type": "string"},
+]
+
+
+def mixed_frame(n: int = 120, seed: int = 0) -> tuple[Any, Any]:
+    """Penguin-like rows with categorical columns and missing values, and their labels."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    island = rng.choice(["Biscoe", "Dream", "Torgersen"], n)
+    sex = rng.choice(["male", "female"], n).astype(object)
+    bill = rng.normal(44, 5, n) + (island == "Dream") * 4
+    flipper = rng.normal(200, 14, n)
+    bill[::11] = np.nan
+    sex[::7] = np.nan
+    frame = pd.DataFrame(
+        {"bill_length_mm": bill, "flipper_length_mm": flipper, "island": island, "sex": sex}
+    )
+    species = np.where(island == "Dream", "Chinstrap", np.where(bill > 45, "Gentoo", "Adelie"))
+    return frame, species
+
+
+def mixed_artifact(root: Path) -> Path:
+    """A ColumnTransformer pipeline fitted on a DataFrame: imputers, one-hot, a tree."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+    from sklearn.tree import DecisionTreeClassifier
+
+    frame, species = mixed_frame()
+    pre = ColumnTransformer(
+        [
+            ("num", SimpleImputer(strategy="median"), ["bill_length_mm", "flipper_length_mm"]),
+            (
+                "cat",
+                make_pipeline(
+                    SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="error")
+                ),
+                ["island", "sex"],
+            ),
+        ]
+    )
+    model = make_pipeline(pre, DecisionTreeClassifier(random_state=0)).fit(frame, species)
+    return write_artifact(root, model, MIXED_INPUTS, name="penguins")
+
+
+def regression_artifact(root: Path) -> Path:
+    """A linear regression on diabetes (value histogram instead of class counts)."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import Ridge
+
+    data = load_diabetes()
+    model = Ridge().fit(data.data, data.target)
+    inputs = [{"name": f"x{i}", "type": "number"} for i in range(data.data.shape[1])]
+    return write_artifact(root, model, inputs, task="regression", name="diabetes")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def running_server(app: App, wait_ready: bool = True) -> Iterator[str]:
+    """uvicorn (uvloop + httptools) serving `app` on 127.0.0.1; yields the base URL."""
+    import httpx
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", lifespan="on",
+        access_log=False, log_level="warning",
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            r = httpx.get(f"{base}/v2/health/ready" if wait_ready else f"{base}/v2/health/live")
+            if r.status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("server did not come up")
+        time.sleep(0.02)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def app_for(model_dir: Path, name: str, **kwargs: Any) -> App:
+    """The app `orchard serve` would build for an artifact directory."""
+    artifact = verify(model_dir)
+    return App(name, lambda: build_runner(artifact), **kwargs)
