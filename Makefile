@@ -44,3 +44,9 @@ crds: venv ## regenerate crds/ from the models and the RBAC role from the handle
 .PHONY: test-unit
 test-unit: venv ## unit tests: no cluster, seconds
 	$(BIN)/pytest tests/unit -q
+
+# --- Benchmarks ---------------------------------------------------------------
+
+.PHONY: bench-serving
+bench-serving: venv ## Orchard's server vs KServe and MLServer (envs in bench/envs; QUICK=1 for a smoke run)
+	$(BIN)/python bench/serving.py $(if $(QUICK),--quick)
