@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import joblib
 import pytest
@@ -14,7 +15,19 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from orchard.artifacts import FORMAT_VERSION, Metadata, metadata_bytes, sha256_bytes, sha256_file
-from orchard.artifacts.verify import report
+from orchard.artifacts.verify import main
+
+
+def report(uri: str, digest: str) -> tuple[int, dict[str, Any]]:
+    """Run the entry point in-process; its report is the JSON line it prints."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main([uri, digest])
+    body: dict[str, Any] = json.loads(out.getvalue())
+    return code, body
 
 
 @pytest.fixture

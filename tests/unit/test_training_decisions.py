@@ -471,6 +471,7 @@ def test_search_where_every_trial_failed_says_why() -> None:
     outcome = training_outcome(the_job, pods, SEARCH)
     assert (outcome.phase, outcome.reason) == ("Failed", "GateFailed")
     assert outcome.message.startswith("trial 0: ")
+    assert outcome.message.endswith("nothing was registered")
     assert outcome.result is None
 
 

@@ -466,6 +466,12 @@ class TrainingJob(Resource):
                 json_path=".status.modelVersion",
                 description="ModelVersion registered.",
             ),
+            PrinterColumn(
+                name="Reason",
+                type="string",
+                json_path=".status.reason",
+                description="Why the job is in its phase (e.g. DataCheckFailed, GateFailed).",
+            ),
             AGE_COLUMN,
         ],
     )

@@ -52,6 +52,7 @@ NO_RESULT = "NoResult"
 TRAINING_ERROR = "TrainingError"
 BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 JOB_MISSING = "JobMissing"
+GATE_FAILED = "GateFailed"
 UNSCHEDULABLE = "Unschedulable"
 
 
@@ -484,9 +485,12 @@ def _job_failure(
     if failures:
         first = failures[0]
         assert first.failure is not None
+        message = first.failure.message
+        if first.failure.reason == GATE_FAILED:
+            message += "; nothing was registered"
         if len(reports) > 1:
-            return first.failure.reason, clip(f"trial {first.index}: {first.failure.message}")
-        return first.failure.reason, first.failure.message
+            message = f"trial {first.index}: {message}"
+        return first.failure.reason, clip(message)
     return (
         str(failed.get("reason") or BACKOFF_LIMIT_EXCEEDED),
         clip(str(failed.get("message") or "the training Job failed")),

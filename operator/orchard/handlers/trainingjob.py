@@ -1,0 +1,255 @@
+"""TrainingJob controller: run the trainer as a batch/v1 Job, mirror it into status, and
+register the (best) result as a ModelVersion exactly once.
+
+How the Job is watched: an event handler on Jobs carrying the TrainingJob label reacts
+the moment the Job's status changes (pods started, finished, failed); a timer, active
+only while a TrainingJob is unfinished, catches what never changes the Job (a pod that
+cannot pull its image) and anything a silent watch missed. Both run the same `sync`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from lightkube import ApiError
+from pydantic import ValidationError
+
+from orchard import kube
+from orchard.api.common import API_VERSION, GROUP, VERSION, to_k8s
+from orchard.api.trainingjob import TrainingJob
+from orchard.builders.modelversion import TRAININGJOB_UID_LABEL, model_version, version_name
+from orchard.builders.training import (
+    PART_OF,
+    TRAININGJOB_LABEL,
+    TrainerSettings,
+    config_map,
+    job_name,
+    training_job,
+)
+from orchard.decisions.training import (
+    Outcome,
+    TrainerResult,
+    next_version,
+    registered_version,
+    training_outcome,
+    training_status,
+)
+
+RBAC_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [GROUP], "resources": ["trainingjobs"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [GROUP], "resources": ["trainingjobs/status"], "verbs": ["get", "patch"]},
+    # blockOwnerDeletion on the children's ownerReferences needs this.
+    {"apiGroups": [GROUP], "resources": ["trainingjobs/finalizers"], "verbs": ["update"]},
+    {"apiGroups": [GROUP], "resources": ["modelversions"], "verbs": ["get", "list", "create"]},
+    {
+        "apiGroups": ["batch"],
+        "resources": ["jobs"],
+        "verbs": ["get", "list", "watch", "create", "patch"],
+    },
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]},
+]
+
+POLL_SECONDS = 10.0
+ORCHARD_JOBS = f"app.kubernetes.io/part-of={PART_OF}"
+MAX_VERSION_ATTEMPTS = 5
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
+
+_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+
+
+def unfinished(status: Mapping[str, Any], **_: Any) -> bool:
+    """Still needs watching: not finished, or finished but not yet registered."""
+    phase = status.get("phase")
+    return phase not in ("Succeeded", "Failed") or (
+        phase == "Succeeded" and not status.get("modelVersion")
+    )
+
+
+def _parse(body: kopf.Body | dict[str, Any]) -> TrainingJob:
+    try:
+        return TrainingJob.model_validate(dict(body))
+    except ValidationError as exc:
+        # The API server validates the same schema, so this is an operator/CRD skew.
+        raise kopf.PermanentError(
+            f"TrainingJob does not match the operator's schema: {exc}"
+        ) from exc
+
+
+async def _create_once(obj: dict[str, Any]) -> None:
+    try:
+        await kube.create(obj)
+    except ApiError as err:
+        if not kube.is_conflict(err):
+            raise
+
+
+@kopf.on.startup()
+def watch_only_orchard_jobs(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Filter the Job watch on the server: Orchard follows only the Jobs it made."""
+    settings.watching.label_selectors["batch", "jobs"] = ORCHARD_JOBS
+
+
+@kopf.on.resume(GROUP, VERSION, "trainingjobs")
+@kopf.on.create(GROUP, VERSION, "trainingjobs")
+async def start(
+    body: kopf.Body, namespace: str | None, name: str, logger: kopf.Logger, **_: Any
+) -> None:
+    """Create the spec ConfigMap and the Job (once; a 409 means they exist), then sync."""
+    tj = _parse(body)
+    if not unfinished(body.status):
+        return
+    settings = TrainerSettings.from_env()
+    await _create_once(config_map(tj))
+    await _create_once(training_job(tj, settings))
+    await sync(str(namespace), name, logger)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={TRAININGJOB_LABEL: kopf.PRESENT})
+async def job_changed(
+    body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
+) -> None:
+    """A training Job changed: mirror it into its TrainingJob."""
+    owner = body.get("metadata", {}).get("labels", {}).get(TRAININGJOB_LABEL)
+    if owner:
+        await sync(str(namespace), owner, logger)
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "trainingjobs",
+    interval=POLL_SECONDS,
+    initial_delay=POLL_SECONDS,
+    when=unfinished,
+)
+async def poll(namespace: str | None, name: str, logger: kopf.Logger, **_: Any) -> None:
+    """Only while unfinished: what does not change the Job (image pulls) still shows."""
+    await sync(str(namespace), name, logger)
+
+
+async def sync(namespace: str, name: str, logger: kopf.Logger) -> None:
+    """Read the TrainingJob, its Job and pods; decide; register; write status; tell."""
+    async with _locks[(namespace, name)]:
+        body = await kube.get(API_VERSION, "TrainingJob", name, namespace)
+        if body is None:
+            _locks.pop((namespace, name), None)
+            return
+        tj = _parse(body)
+        if not unfinished(body.get("status") or {}):
+            return
+        outcome = await _observe(tj)
+        if outcome.stop_job:
+            # The run is over (its pod can never start): stop the Job's pods, keep the Job.
+            await kube.merge_patch(
+                "batch/v1", "Job", job_name(tj), namespace, {"spec": {"suspend": True}}
+            )
+        registered = None
+        if outcome.phase == "Succeeded" and outcome.result is not None:
+            try:
+                registered = await register(tj, outcome.result)
+            except (ValidationError, ApiError) as exc:
+                if isinstance(exc, ApiError) and exc.status.code not in (400, 403, 422):
+                    raise
+                outcome = Outcome(
+                    "Failed",
+                    "RegistrationFailed",
+                    f"cannot register the ModelVersion: {exc}",
+                    outcome.start_time,
+                    outcome.completion_time,
+                    trials=outcome.trials,
+                )
+        new = training_status(
+            tj.status,
+            outcome,
+            tj.spec,
+            generation=tj.metadata.generation,
+            job_name=job_name(tj),
+            model_version=registered,
+        )
+        old_status = to_k8s(tj.status)
+        new_status = to_k8s(new)
+        if new_status == old_status:
+            return
+        await kube.patch_status("TrainingJob", name, namespace, new_status)
+        await _tell(body, tj, new.phase, new.reason or "", new.message or "", registered, logger)
+
+
+async def _observe(tj: TrainingJob) -> Outcome:
+    namespace = str(tj.metadata.namespace)
+    job = await kube.get("batch/v1", "Job", job_name(tj), namespace)
+    if job is not None:
+        owners = job.get("metadata", {}).get("ownerReferences") or []
+        if not any(ref.get("uid") == tj.metadata.uid for ref in owners):
+            return Outcome(
+                "Failed",
+                "JobConflict",
+                f"a Job named {job_name(tj)} exists and does not belong to this TrainingJob",
+            )
+    pods: list[dict[str, Any]] = []
+    if job is not None:
+        pods = await kube.list_objects(
+            "v1", "Pod", namespace, labels={JOB_UID_LABEL: job["metadata"]["uid"]}
+        )
+    return training_outcome(
+        job, pods, tj.spec.search, deadline_seconds=tj.spec.active_deadline_seconds
+    )
+
+
+async def register(tj: TrainingJob, result: TrainerResult) -> str:
+    """Register the result as `<model>-v<N>`, exactly once per TrainingJob.
+
+    A ModelVersion already labelled with this TrainingJob's uid is the registration
+    (a retry after a crash); otherwise create the next version, and on a name conflict
+    re-read: ours means done, another's means the next number.
+    """
+    namespace = str(tj.metadata.namespace)
+    uid = str(tj.metadata.uid)
+    for _attempt in range(MAX_VERSION_ATTEMPTS):
+        versions = await kube.list_objects(API_VERSION, "ModelVersion", namespace)
+        if (existing := registered_version(versions, uid, TRAININGJOB_UID_LABEL)) is not None:
+            return existing
+        number = next_version(versions, tj.spec.model)
+        name = version_name(tj.spec.model, number)
+        try:
+            await kube.create(model_version(tj, result, number))
+            return name
+        except ApiError as err:
+            if not kube.is_conflict(err):
+                raise
+            found = await kube.get(API_VERSION, "ModelVersion", name, namespace)
+            labels = (found or {}).get("metadata", {}).get("labels") or {}
+            if labels.get(TRAININGJOB_UID_LABEL) == uid:
+                return name
+    raise kopf.TemporaryError("could not claim a free ModelVersion number; retrying", delay=5)
+
+
+async def _tell(
+    body: dict[str, Any],
+    tj: TrainingJob,
+    phase: str | None,
+    reason: str,
+    message: str,
+    registered: str | None,
+    logger: kopf.Logger,
+) -> None:
+    """An event per transition, as `kubectl describe tj` shows them."""
+    before = tj.status.phase
+    events: list[tuple[str, str, str]] = []
+    if registered and not tj.status.model_version:
+        events.append(("Normal", "Registered", f"registered ModelVersion {registered}"))
+    if phase != before:
+        if phase == "Failed":
+            events.append(("Warning", reason, message))
+        else:
+            events.append(("Normal", phase or "Pending", message))
+        logger.info("phase %s -> %s (%s): %s", before, phase, reason, message)
+    for type_, why, text in events:
+        try:
+            await kube.post_event(body, why, text, type_=type_)
+        except ApiError as err:  # an event is worth a log line, never a failed sync
+            logger.warning("cannot post event %s: %s", why, err)

@@ -1,0 +1,609 @@
+"""The TrainingJob and ModelVersion controllers against a real kube-apiserver.
+
+The Jobs are built by the builders and stored by the API server (which validates them);
+no pods run at this level, so the tests write Job and pod status through the status
+subresources, as the Job controller and the kubelet would. The Jobs are created
+suspended and their pods bound to a node that does not exist, so that a cluster that
+does run controllers (the node level) leaves them as the test wrote them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+from lightkube import ApiError
+
+from orchard import kube
+from orchard.api.common import API_VERSION
+from orchard.api.modelversion import ModelVersion
+from orchard.api.trainingjob import TrainingJob
+from orchard.builders.modelversion import verify_job, verify_job_name
+from orchard.builders.training import config_map, job_name, training_job
+from orchard.handlers import modelversion as mv_handlers
+from orchard.handlers import trainingjob as tj_handlers
+
+pytestmark = pytest.mark.api
+
+REPO = Path(__file__).resolve().parents[2]
+DIGEST = "sha256:" + "ab" * 32
+DATASET_DIGEST = "sha256:" + "cd" * 32
+NOWHERE = "orchard-api-test-no-such-node"
+T0 = "2026-11-27T10:00:00Z"
+T1 = "2026-11-27T10:01:00Z"
+log = logging.getLogger("test")
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
+    proc = subprocess.run(
+        ["kubectl", *args], input=input, capture_output=True, text=True, timeout=60, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def api_server() -> Iterator[str]:
+    """The API server of the local cluster (any level), with Orchard's CRDs installed."""
+    config = os.environ.get("KUBECONFIG") or str(REPO / ".cluster" / "kubeconfig")
+    if not Path(config).exists():
+        pytest.skip("no cluster: run `make cluster-up LEVEL=api` (or set KUBECONFIG)")
+    os.environ["KUBECONFIG"] = config
+    if (
+        subprocess.run(
+            ["kubectl", "get", "--raw", "/readyz"], capture_output=True, timeout=20
+        ).returncode
+        != 0
+    ):
+        pytest.skip("the cluster's API server is not answering")
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
+    yield config
+
+
+@pytest.fixture
+def namespace(api_server: str) -> Iterator[str]:
+    name = f"tj-api-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(autouse=True)
+async def fresh_client() -> AsyncIterator[None]:
+    """lightkube's async client is bound to the event loop it was made on."""
+    yield
+    await kube.close()
+
+
+def tj_body(namespace: str, name: str = "iris-rf", **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "model": "iris",
+        "dataset": {"builtin": "iris"},
+        "estimator": {"name": "RandomForestClassifier", "params": {"n_estimators": 20}},
+        "gate": {"metric": "accuracy", "min": 0.8},
+        "artifacts": {"uri": "pvc://orchard-artifacts/models"},
+    }
+    base.update(spec)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": base,
+    }
+
+
+async def create_tj(namespace: str, name: str = "iris-rf", **spec: Any) -> TrainingJob:
+    return TrainingJob.model_validate(await kube.create(tj_body(namespace, name, **spec)))
+
+
+async def create_job(tj: TrainingJob) -> dict[str, Any]:
+    """The Job exactly as the controller builds it, but suspended (see module doc)."""
+    await tj_handlers._create_once(config_map(tj))
+    job = training_job(tj)
+    job["spec"]["suspend"] = True
+    return await kube.create(job)
+
+
+async def write_job_status(job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    meta = job["metadata"]
+    res = kube.resource("batch/v1", "Job")
+    out = await kube.client().patch(
+        res.Status,
+        meta["name"],
+        {"status": status},
+        namespace=meta["namespace"],
+        patch_type=kube.PatchType.MERGE,
+    )
+    return kube._as_dict(out)
+
+
+async def make_pod(
+    job: dict[str, Any],
+    index: int | None,
+    phase: str,
+    container: dict[str, Any],
+    name: str = "trainer",
+) -> dict[str, Any]:
+    """A pod of `job` as the Job controller would label it, with the status a kubelet
+    would write."""
+    meta = job["metadata"]
+    labels = {
+        "batch.kubernetes.io/controller-uid": meta["uid"],
+        "batch.kubernetes.io/job-name": meta["name"],
+    }
+    annotations = {}
+    if index is not None:
+        labels["batch.kubernetes.io/job-completion-index"] = str(index)
+        annotations["batch.kubernetes.io/job-completion-index"] = str(index)
+    suffix = f"-{index}" if index is not None else ""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{meta['name']}{suffix}-{uuid.uuid4().hex[:5]}",
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": {
+            "nodeName": NOWHERE,
+            "restartPolicy": "Never",
+            "containers": [{"name": name, "image": "localhost/orchard/trainer:dev"}],
+        },
+    }
+    created = await kube.create(pod)
+    res = kube.resource("v1", "Pod")
+    status = {
+        "phase": phase,
+        "containerStatuses": [
+            {
+                "name": name,
+                "image": "localhost/orchard/trainer:dev",
+                "imageID": "",
+                "ready": phase == "Running",
+                "restartCount": 0,
+                "state": container,
+            }
+        ],
+    }
+    out = await kube.client().patch(
+        res.Status,
+        created["metadata"]["name"],
+        {"status": status},
+        namespace=meta["namespace"],
+        patch_type=kube.PatchType.MERGE,
+    )
+    return kube._as_dict(out)
+
+
+def result(trial: int | None = None, accuracy: float = 0.95) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "artifactUri": f"pvc://orchard-artifacts/models/iris/iris-rf/trial-{trial}/",
+        "digest": DIGEST,
+        "metrics": {"accuracy": accuracy, "f1_macro": accuracy - 0.01},
+        "framework": {"name": "scikit-learn", "version": "1.7.2"},
+        "inputs": [{"name": "sepal_length", "type": "number"}],
+        "dataset": {"uri": "builtin:iris", "digest": DATASET_DIGEST},
+        "task": "classification",
+        "params": {"max_depth": trial},
+    }
+    if trial is not None:
+        body["trial"] = trial
+    return body
+
+
+def terminated(
+    code: int, message: dict[str, Any] | str, reason: str | None = None
+) -> dict[str, Any]:
+    return {
+        "terminated": {
+            "exitCode": code,
+            "reason": reason or ("Completed" if code == 0 else "Error"),
+            "message": message if isinstance(message, str) else json.dumps(message),
+            "startedAt": T0,
+            "finishedAt": T1,
+        }
+    }
+
+
+def complete(succeeded: int = 1, **extra: Any) -> dict[str, Any]:
+    return {
+        "startTime": T0,
+        "completionTime": T1,
+        "succeeded": succeeded,
+        "active": 0,
+        "conditions": [
+            {
+                "type": "SuccessCriteriaMet",
+                "status": "True",
+                "reason": "CompletionsReached",
+                "lastProbeTime": T1,
+                "lastTransitionTime": T1,
+            },
+            {
+                "type": "Complete",
+                "status": "True",
+                "reason": "CompletionsReached",
+                "lastProbeTime": T1,
+                "lastTransitionTime": T1,
+            },
+        ],
+        **extra,
+    }
+
+
+def failed(reason: str, failed_count: int = 1, **extra: Any) -> dict[str, Any]:
+    return {
+        "startTime": T0,
+        "failed": failed_count,
+        "active": 0,
+        "conditions": [
+            {
+                "type": "FailureTarget",
+                "status": "True",
+                "reason": reason,
+                "lastProbeTime": T1,
+                "lastTransitionTime": T1,
+            },
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": reason,
+                "lastProbeTime": T1,
+                "lastTransitionTime": T1,
+            },
+        ],
+        **extra,
+    }
+
+
+async def get_tj(namespace: str, name: str = "iris-rf") -> dict[str, Any]:
+    body = await kube.get(API_VERSION, "TrainingJob", name, namespace)
+    assert body is not None
+    return body
+
+
+async def model_versions(namespace: str) -> list[dict[str, Any]]:
+    return await kube.list_objects(API_VERSION, "ModelVersion", namespace)
+
+
+# --- the Job ---------------------------------------------------------------------
+
+
+async def test_built_job_is_accepted_owned_and_created_once(namespace: str) -> None:
+    tj = await create_tj(namespace)
+    assert tj.metadata.uid
+    await create_job(tj)
+    again = training_job(tj)
+    with pytest.raises(ApiError) as err:
+        await kube.create(again)
+    assert kube.is_conflict(err.value)
+    await tj_handlers._create_once(again)  # the handler's path: 409 is fine
+    await tj_handlers._create_once(config_map(tj))
+
+    stored = await kube.get("batch/v1", "Job", job_name(tj), namespace)
+    assert stored is not None
+    assert stored["metadata"]["ownerReferences"][0]["uid"] == tj.metadata.uid
+    assert stored["metadata"]["labels"]["orchard.dev/trainingjob"] == "iris-rf"
+    pod = stored["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 10001
+    container = pod["containers"][0]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # The API server chose the selector from the Job's own uid.
+    assert (
+        stored["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"]
+        == (stored["metadata"]["uid"])
+    )
+    cm = await kube.get("v1", "ConfigMap", f"{tj.metadata.name}-spec", namespace)
+    assert cm is not None and "trainingjob.yaml" in cm["data"]
+
+
+async def test_search_is_accepted_as_an_indexed_job(namespace: str) -> None:
+    tj = await create_tj(
+        namespace,
+        search={
+            "parameters": {"max_depth": [2, 4, 8, 16]},
+            "maxTrials": 4,
+            "parallelism": 2,
+            "objective": {"metric": "accuracy"},
+        },
+    )
+    job = await create_job(tj)
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 4, 2)
+    assert spec["backoffLimitPerIndex"] == 0
+
+
+# --- status mapped from the Job ----------------------------------------------------
+
+
+async def test_success_registers_one_model_version(namespace: str) -> None:
+    tj = await create_tj(namespace)
+    job = await create_job(tj)
+    await tj_handlers.sync(namespace, "iris-rf", log)
+    assert (await get_tj(namespace))["status"]["phase"] == "Pending"
+
+    job = await write_job_status(job, complete())
+    await make_pod(job, None, "Succeeded", terminated(0, result()))
+    await tj_handlers.sync(namespace, "iris-rf", log)
+    await tj_handlers.sync(namespace, "iris-rf", log)  # idempotent
+
+    status = (await get_tj(namespace))["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["modelVersion"] == "iris-v1"
+    assert status["primaryMetric"] == {"name": "accuracy", "value": 0.95}
+    assert status["artifact"]["digest"] == DIGEST
+    assert status["completionTime"] == T1
+    ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+    assert (ready["status"], ready["reason"]) == ("True", "Registered")
+
+    versions = await model_versions(namespace)
+    assert [v["metadata"]["name"] for v in versions] == ["iris-v1"]
+    mv = versions[0]
+    assert "ownerReferences" not in mv["metadata"]
+    assert mv["spec"]["source"]["trainingJob"] == "iris-rf"
+    assert mv["spec"]["source"]["dataset"]["digest"] == DATASET_DIGEST
+    assert mv["spec"]["metrics"]["accuracy"] == 0.95
+
+    events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json"))["items"]
+    reasons = {e["reason"] for e in events if e["involvedObject"]["name"] == "iris-rf"}
+    assert {"Registered", "Succeeded"} <= reasons
+
+    # kubectl get tj shows phase, model, metric and version
+    table = kubectl("get", "tj", "iris-rf", "-n", namespace)
+    assert "Succeeded" in table and "accuracy" in table and "iris-v1" in table
+
+
+async def test_concurrent_registrations_take_distinct_versions(namespace: str) -> None:
+    first = await create_tj(namespace, "iris-a")
+    second = await create_tj(namespace, "iris-b")
+    from orchard.decisions.training import parse_termination_message
+
+    res = parse_termination_message(json.dumps(result()))
+    assert res is not None and not hasattr(res, "reason")
+    names = await asyncio.gather(
+        tj_handlers.register(first, res),
+        tj_handlers.register(second, res),  # type: ignore[arg-type]
+    )
+    assert sorted(names) == ["iris-v1", "iris-v2"]
+    # registering again finds the existing one: exactly once per TrainingJob
+    assert await tj_handlers.register(first, res) == names[0]  # type: ignore[arg-type]
+    assert len(await model_versions(namespace)) == 2
+
+
+@pytest.mark.parametrize(
+    ("job_status", "container", "reason", "in_message"),
+    [
+        (
+            failed("BackoffLimitExceeded"),
+            terminated(
+                1,
+                {
+                    "error": {
+                        "reason": "DataCheckFailed",
+                        "message": "target column 'species' is not in the dataset",
+                    }
+                },
+            ),
+            "DataCheckFailed",
+            "species",
+        ),
+        (
+            failed("BackoffLimitExceeded"),
+            terminated(
+                1,
+                {
+                    "error": {
+                        "reason": "GateFailed",
+                        "message": "accuracy=0.41 is below the gate's min 0.8",
+                    }
+                },
+            ),
+            "GateFailed",
+            "nothing was registered",
+        ),
+        (failed("BackoffLimitExceeded"), terminated(137, "", "OOMKilled"), "OutOfMemory", "memory"),
+        (failed("DeadlineExceeded"), terminated(143, "", "Error"), "DeadlineExceeded", "deadline"),
+    ],
+)
+async def test_failure_reasons_reach_status(
+    namespace: str,
+    job_status: dict[str, Any],
+    container: dict[str, Any],
+    reason: str,
+    in_message: str,
+) -> None:
+    tj = await create_tj(namespace)
+    job = await create_job(tj)
+    job = await write_job_status(job, job_status)
+    await make_pod(job, None, "Failed", container)
+    await tj_handlers.sync(namespace, "iris-rf", log)
+    status = (await get_tj(namespace))["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", reason)
+    assert in_message in status["message"]
+    assert "modelVersion" not in status
+    assert await model_versions(namespace) == []
+    table = kubectl("get", "tj", "iris-rf", "-n", namespace)
+    assert "Failed" in table and reason in table
+
+
+async def test_image_problem_fails_and_stops_the_job(namespace: str) -> None:
+    tj = await create_tj(namespace)
+    job = await create_job(tj)
+    # (The Job stays suspended from creation: a Job controller, if the cluster runs one,
+    # would otherwise start a real pod beside the one written here.)
+    job = await write_job_status(job, {"startTime": T0, "active": 1, "ready": 0})
+    await make_pod(
+        job,
+        None,
+        "Pending",
+        {
+            "waiting": {
+                "reason": "ErrImageNeverPull",
+                "message": 'Container image "localhost/orchard/trainer:dev" is not present',
+            }
+        },
+    )
+    await tj_handlers.sync(namespace, "iris-rf", log)
+    status = (await get_tj(namespace))["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "ImageProblem")
+    stored = await kube.get("batch/v1", "Job", job_name(tj), namespace)
+    assert stored is not None and stored["spec"]["suspend"] is True
+
+
+async def test_search_registers_the_best_trial(namespace: str) -> None:
+    tj = await create_tj(
+        namespace,
+        search={
+            "parameters": {"max_depth": [2, 4, 8, 16]},
+            "maxTrials": 4,
+            "parallelism": 2,
+            "objective": {"metric": "accuracy"},
+        },
+    )
+    job = await create_job(tj)
+    job = await write_job_status(job, complete(4, completedIndexes="0-3"))
+    for index, accuracy in enumerate([0.90, 0.97, 0.93, 0.95]):
+        await make_pod(job, index, "Succeeded", terminated(0, result(index, accuracy)))
+    await tj_handlers.sync(namespace, "iris-rf", log)
+    status = (await get_tj(namespace))["status"]
+    assert (status["phase"], status["bestTrial"]) == ("Succeeded", 1)
+    assert [t["index"] for t in status["trials"]] == [0, 1, 2, 3]
+    assert status["trials"][1]["metrics"]["accuracy"] == 0.97
+    (mv,) = await model_versions(namespace)
+    assert mv["spec"]["source"]["trial"] == 1
+    assert mv["spec"]["artifact"]["uri"].endswith("trial-1/")
+
+
+# --- ModelVersion ----------------------------------------------------------------
+
+
+async def registered(namespace: str) -> ModelVersion:
+    tj = await create_tj(namespace)
+    from orchard.decisions.training import TrainerResult, parse_termination_message
+
+    res = parse_termination_message(json.dumps(result()))
+    assert isinstance(res, TrainerResult)
+    name = await tj_handlers.register(tj, res)
+    body = await kube.get(API_VERSION, "ModelVersion", name, namespace)
+    assert body is not None
+    return ModelVersion.model_validate(body)
+
+
+async def test_model_version_spec_is_immutable(namespace: str) -> None:
+    mv = await registered(namespace)
+    with pytest.raises(ApiError) as err:
+        await kube.merge_patch(
+            API_VERSION,
+            "ModelVersion",
+            str(mv.metadata.name),
+            namespace,
+            {"spec": {"metrics": {"accuracy": 1.0}}},
+        )
+    assert err.value.status.code == 422
+    assert "immutable" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("job_status", "container", "phase", "verified"),
+    [
+        (
+            complete(),
+            terminated(
+                0, {"verified": True, "digest": DIGEST, "files": {"model.joblib": "sha256:x"}}
+            ),
+            "Ready",
+            "True",
+        ),
+        (
+            failed("BackoffLimitExceeded"),
+            terminated(
+                1,
+                {
+                    "error": {
+                        "reason": "DigestMismatch",
+                        "message": "metadata.json has "
+                        "digest sha256:00, but the recorded digest is ...",
+                    }
+                },
+            ),
+            "Failed",
+            "False",
+        ),
+    ],
+)
+async def test_verification_sets_artifact_verified_and_ready(
+    namespace: str,
+    job_status: dict[str, Any],
+    container: dict[str, Any],
+    phase: str,
+    verified: str,
+) -> None:
+    mv = await registered(namespace)
+    job = verify_job(mv)
+    job["spec"]["suspend"] = True
+    job = await kube.create(job)
+    await mv_handlers.sync(namespace, str(mv.metadata.name), log)
+    status = (await kube.get(API_VERSION, "ModelVersion", str(mv.metadata.name), namespace) or {})[
+        "status"
+    ]
+    assert status["phase"] == "Verifying"
+
+    job = await write_job_status(job, job_status)
+    await make_pod(
+        job, None, "Succeeded" if phase == "Ready" else "Failed", container, name="verify"
+    )
+    await mv_handlers.sync(namespace, str(mv.metadata.name), log)
+    status = (await kube.get(API_VERSION, "ModelVersion", str(mv.metadata.name), namespace) or {})[
+        "status"
+    ]
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert status["phase"] == phase
+    assert conditions == {"ArtifactVerified": verified, "Ready": verified}
+    assert verify_job_name(mv) == job["metadata"]["name"]
+
+
+async def test_deletion_guard_holds_while_a_deployment_uses_the_version(namespace: str) -> None:
+    mv = await registered(namespace)
+    body = await kube.get(API_VERSION, "ModelVersion", str(mv.metadata.name), namespace)
+    assert body is not None
+    # Nothing uses it: deletion goes ahead at once.
+    await mv_handlers.guard_deletion(
+        body=body,
+        namespace=namespace,  # type: ignore[arg-type]
+        name="iris-v1",
+        retry=0,
+        logger=log,
+    )
+    await kube.create(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ModelDeployment",
+            "metadata": {"name": "iris", "namespace": namespace},
+            "spec": {"modelVersion": "iris-v1", "replicas": 1},
+        }
+    )
+    with pytest.raises(kopf.TemporaryError) as err:
+        await mv_handlers.guard_deletion(
+            body=body,
+            namespace=namespace,  # type: ignore[arg-type]
+            name="iris-v1",
+            retry=0,
+            logger=log,
+        )
+    assert "ModelDeployment(s) iris" in str(err.value)
+    assert err.value.delay == mv_handlers.IN_USE_RETRY_SECONDS
+    events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json"))["items"]
+    assert any(e["reason"] == "InUse" and e["type"] == "Warning" for e in events)
