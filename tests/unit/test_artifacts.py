@@ -135,6 +135,7 @@ def test_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scheme: str
     put_dir(tmp_path / "src", uri)
     assert read_bytes(uri + MODEL_FILE) == b"retrained"
     assert not [p for p in local_path(uri).iterdir() if p.name.startswith(".")]
+    assert (local_path(uri) / MODEL_FILE).stat().st_mode & 0o777 == 0o644
 
 
 def test_missing_objects_and_unwritable_places(tmp_path: Path) -> None:

@@ -86,6 +86,7 @@ class LocalStore:
                 fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
                 os.close(fd)
                 shutil.copyfile(src, tmp)
+                os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from other readers
                 os.replace(tmp, target)
         except OSError as exc:
             raise ArtifactError(f"cannot write {uri} ({dest}): {exc}") from exc
