@@ -44,6 +44,7 @@ SERVER_CONTAINER = "server"
 FETCH_CONTAINER = "fetch-model"
 MODEL_ROOT = "/models"
 FETCHED_DIR = f"{MODEL_ROOT}/artifact"
+PRESTOP_SECONDS = 3
 DEFAULT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "50m", "memory": "128Mi"}}
 
 # The init container's whole program: copy an S3 prefix into the shared emptyDir with
@@ -263,6 +264,8 @@ def deployment(
             "timeoutSeconds": 3,
             "failureThreshold": 3,
         },
+        # Leave the Service's endpoints before stopping, so no request meets a closed port.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
         "resources": md.spec.resources or DEFAULT_RESOURCES,
         "securityContext": restricted_container_security(),
         "volumeMounts": [*mounts, {"name": "tmp", "mountPath": "/tmp"}],

@@ -494,18 +494,18 @@ class _Machine:
             text = f"step {index + 1}/{len(steps)}: analysing, {int(elapsed)}s of {step.pause}"
             self.set_phase("Progressing", "Analysing", text)
             return
-        if result is not None and result.verdict == "Pass":
+        if result is None:  # decided without a fresh analysis (an event): hold the step
+            return
+        if result.verdict == "Pass":
             if index + 1 < len(steps):
                 self.start_step(index + 1)
             else:
                 self.promote(manual=False)
             return
-        reason = result.reason if result is not None else "NoAnalysis"
-        message = result.message if result is not None else "no analysis of the canary yet"
-        text = f"step {index + 1}/{len(steps)} paused: {message}"
+        text = f"step {index + 1}/{len(steps)} paused: {result.message}"
         if st.phase != "Paused":
             self.event("Warning", "RolloutPaused", text)
-        self.set_phase("Paused", reason, text)
+        self.set_phase("Paused", result.reason, text)
         self.cond("Progressing", "True", "Paused", text)
 
     def total(self) -> int:

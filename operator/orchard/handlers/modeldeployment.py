@@ -1,0 +1,501 @@
+"""ModelDeployment controller: serve a version; roll the next one out as an analysed canary.
+
+Every trigger runs the same `reconcile`: read the object, its pods and ModelVersions,
+scrape the serving pods' own /metrics while a canary step is live, `decide` (pure, in
+`orchard.decisions.rollout`), apply the children the new status asks for, write the
+status, post the events. All rollout state lives in status, so a restarted operator
+resumes where it was. Triggers:
+
+- create / update / resume of the ModelDeployment;
+- a change of the `orchard.dev/rollout-action` annotation (promote | abort), acted on once;
+- a daemon, only while the phase is Pending, Progressing or Paused, every analysis
+  interval (it stops by itself when the rollout ends);
+- events of the Deployments it owns (pods becoming ready, or going away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import kopf
+from lightkube import ApiError
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.types import PatchType
+from pydantic import ValidationError
+
+from orchard import kube
+from orchard.api.common import (
+    API_VERSION,
+    GROUP,
+    ROLLOUT_ACTION_ANNOTATION,
+    VERSION,
+    parse_duration,
+    to_k8s,
+)
+from orchard.api.modeldeployment import ModelDeployment, ModelDeploymentStatus, RolloutAction
+from orchard.api.modelversion import ModelVersion
+from orchard.builders import serving as sv
+from orchard.decisions import analysis as an
+from orchard.decisions import metrics_text as mt
+from orchard.decisions import rollout as ro
+from orchard.decisions.modelversion import deployments_using
+
+RBAC_RULES: list[dict[str, Any]] = [
+    {
+        "apiGroups": [GROUP],
+        "resources": ["modeldeployments"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
+    {"apiGroups": [GROUP], "resources": ["modeldeployments/status"], "verbs": ["get", "patch"]},
+    # blockOwnerDeletion on the children's ownerReferences needs this.
+    {"apiGroups": [GROUP], "resources": ["modeldeployments/finalizers"], "verbs": ["update"]},
+    {"apiGroups": [GROUP], "resources": ["modelversions"], "verbs": ["get", "list"]},
+    {"apiGroups": [GROUP], "resources": ["modelversions/status"], "verbs": ["get", "patch"]},
+    {
+        "apiGroups": ["apps"],
+        "resources": ["deployments"],
+        "verbs": ["get", "list", "watch", "create", "patch"],
+    },
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {
+        "apiGroups": ["autoscaling"],
+        "resources": ["horizontalpodautoscalers"],
+        "verbs": ["get", "create", "patch"],
+    },
+    {
+        "apiGroups": ["gateway.networking.k8s.io"],
+        "resources": ["httproutes"],
+        "verbs": ["get", "patch"],
+    },
+]
+
+IN_PROGRESS = ("Pending", "Progressing", "Paused")
+ACTIONS: dict[str, RolloutAction] = {"promote": "promote", "abort": "abort"}
+SCRAPE_TIMEOUT = 2.0
+GATEWAY_API = "gateway.networking.k8s.io/v1"
+
+HTTPRoute = create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+
+_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+
+
+@dataclass
+class Window:
+    """The scrapes the current analysis window counts from, per pod."""
+
+    key: tuple[str | None, str | None]
+    baseline: dict[str, mt.Scrape] = field(default_factory=dict)
+
+
+# Per ModelDeployment: the baseline of its current step's window. Lost on restart: the
+# window then counts from each pod's start (canary pods start with the rollout).
+_windows: dict[tuple[str, str], Window] = {}
+
+
+def in_progress(status: Mapping[str, Any], **_: Any) -> bool:
+    """Only these need polling: a first version coming up, or a rollout under way."""
+    return status.get("phase") in (None, *IN_PROGRESS)
+
+
+def _parse(body: Mapping[str, Any]) -> ModelDeployment:
+    try:
+        return ModelDeployment.model_validate(dict(body))
+    except ValidationError as exc:
+        raise kopf.PermanentError(
+            f"ModelDeployment does not match the operator's schema: {exc}"
+        ) from exc
+
+
+# --- Triggers --------------------------------------------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, "modeldeployments")
+@kopf.on.create(GROUP, VERSION, "modeldeployments")
+@kopf.on.update(GROUP, VERSION, "modeldeployments", field="spec")
+async def changed(namespace: str | None, name: str, logger: kopf.Logger, **_: Any) -> None:
+    await reconcile(str(namespace), name, logger)
+
+
+@kopf.on.field(
+    GROUP, VERSION, "modeldeployments", field=("metadata", "annotations", ROLLOUT_ACTION_ANNOTATION)
+)
+async def action_annotated(
+    namespace: str | None, name: str, new: Any, logger: kopf.Logger, **_: Any
+) -> None:
+    """A person set (or changed) the rollout-action annotation: act on it once."""
+    value = str(new or "").strip().lower()
+    if value not in ACTIONS:
+        if value:
+            logger.warning("ignoring %s=%r (promote or abort)", ROLLOUT_ACTION_ANNOTATION, new)
+        return
+    await reconcile(str(namespace), name, logger, annotation_action=value)
+
+
+@kopf.daemon(GROUP, VERSION, "modeldeployments", when=in_progress, cancellation_timeout=5.0)
+async def analyse(
+    stopped: kopf.DaemonStopped,
+    namespace: str | None,
+    name: str,
+    spec: Mapping[str, Any],
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """While a rollout is under way: analyse and decide every analysis interval."""
+    interval = parse_duration(
+        str(((spec.get("canary") or {}).get("analysis") or {}).get("interval") or "5s")
+    )
+    while not stopped:
+        try:
+            await reconcile(str(namespace), name, logger)
+        except Exception as exc:  # keep analysing; the next tick retries
+            logger.warning("reconcile failed: %s", exc)
+        await stopped.wait(max(interval, 1.0))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={sv.MODELDEPLOYMENT_LABEL: kopf.PRESENT})
+async def deployment_changed(
+    body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
+) -> None:
+    """A serving Deployment changed (pods ready or gone): bring the owner in step."""
+    owner = body.get("metadata", {}).get("labels", {}).get(sv.MODELDEPLOYMENT_LABEL)
+    if owner and namespace:
+        try:
+            await reconcile(str(namespace), owner, logger)
+        except Exception as exc:  # events are not retried; the next one or the daemon will
+            logger.warning("reconcile of %s failed: %s", owner, exc)
+
+
+@kopf.on.delete(GROUP, VERSION, "modeldeployments", optional=True)
+async def deleted(namespace: str | None, name: str, status: Mapping[str, Any], **_: Any) -> None:
+    """Children go by garbage collection; the versions it used lose it from usedBy."""
+    _windows.pop((str(namespace), name), None)
+    _locks.pop((str(namespace), name), None)
+    versions = {status.get("stableVersion"), status.get("canaryVersion")}
+    await update_used_by(str(namespace), {v for v in versions if v}, exclude=name)
+
+
+# --- Reading -------------------------------------------------------------------------------
+
+
+async def _version(
+    name: str | None, namespace: str
+) -> tuple[ModelVersion | None, ro.VersionInfo | None]:
+    if not name:
+        return None, None
+    body = await kube.get(API_VERSION, "ModelVersion", name, namespace)
+    if body is None:
+        return None, ro.VersionInfo(name, found=False, phase=None)
+    try:
+        mv = ModelVersion.model_validate(body)
+    except ValidationError as exc:
+        return None, ro.VersionInfo(name, phase="Failed", message=f"invalid ModelVersion: {exc}")
+    return mv, ro.VersionInfo(
+        name,
+        phase=mv.status.phase,
+        metrics=dict(mv.spec.metrics),
+        message=mv.status.message or "",
+    )
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
+def _pods_of(pods: list[dict[str, Any]], track: str, version: str | None) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in pods
+        if version is not None
+        and (p.get("metadata", {}).get("labels") or {}).get(sv.TRACK_LABEL) == track
+        and (p.get("metadata", {}).get("labels") or {}).get(sv.MODEL_VERSION_LABEL) == version
+    ]
+
+
+async def _scrape(client: httpx.AsyncClient, pod: Mapping[str, Any], port: int) -> mt.Scrape | None:
+    ip = (pod.get("status") or {}).get("podIP")
+    if not ip or pod.get("metadata", {}).get("deletionTimestamp"):
+        return None
+    try:
+        resp = await client.get(f"http://{ip}:{port}/metrics")
+        resp.raise_for_status()
+        return mt.parse_scrape(resp.text)
+    except (httpx.HTTPError, mt.MetricsTextError):
+        return None
+
+
+async def scrape_tracks(
+    pods: list[dict[str, Any]], status: ModelDeploymentStatus, port: int
+) -> dict[str, mt.Scrape]:
+    """Each live serving pod's metrics, by pod name (pods that do not answer are left out)."""
+    wanted = _pods_of(pods, "stable", status.stable_version) + _pods_of(
+        pods, "canary", status.canary_version
+    )
+    async with httpx.AsyncClient(timeout=SCRAPE_TIMEOUT, trust_env=False) as client:
+        results = await asyncio.gather(*(_scrape(client, p, port) for p in wanted))
+    return {
+        str(p["metadata"]["name"]): r for p, r in zip(wanted, results, strict=True) if r is not None
+    }
+
+
+def analysis_settings(md: ModelDeployment) -> an.Settings:
+    a = md.spec.canary.analysis
+    return an.Settings(
+        min_requests=a.min_requests,
+        max_error_rate=a.max_error_rate,
+        max_latency_p95_s=parse_duration(a.max_latency_p95),
+        max_latency_ratio=a.max_latency_ratio,
+        max_prediction_shift=a.max_prediction_shift,
+    )
+
+
+def _window_key(status: ModelDeploymentStatus) -> tuple[str | None, str | None]:
+    started = status.step_started_at.isoformat() if status.step_started_at else None
+    return status.canary_version, started
+
+
+def analyse_window(
+    md: ModelDeployment,
+    pods: list[dict[str, Any]],
+    scrapes: dict[str, mt.Scrape],
+    window: Window | None,
+) -> an.Result:
+    """The verdict on the current step: each track's counters since the step began."""
+    baseline = window.baseline if window is not None else {}
+    st = md.status
+
+    def track(name: str, version: str | None) -> an.TrackWindow:
+        names = [str(p["metadata"]["name"]) for p in _pods_of(pods, name, version)]
+        deltas = [mt.delta(baseline.get(n), scrapes[n]) for n in names if n in scrapes]
+        return an.track_window(mt.merge(deltas))
+
+    return an.evaluate(
+        track("canary", st.canary_version),
+        track("stable", st.stable_version),
+        analysis_settings(md),
+    )
+
+
+async def traffic_state(md: ModelDeployment) -> tuple[bool, str, str, dict[str, Any] | None]:
+    """Whether the traffic mode can be honoured: (ok, reason, message, the HTTPRoute)."""
+    if md.spec.traffic.mode != "gatewayAPI":
+        return True, "ReplicaRatio", "", None
+    ref = md.spec.traffic.http_route
+    assert ref is not None
+    namespace = ref.namespace or str(md.metadata.namespace)
+    try:
+        route = await kube.client().get(HTTPRoute, ref.name, namespace=namespace)
+    except ApiError as err:
+        if err.status.code == 404:
+            return (
+                False,
+                "HTTPRouteNotFound",
+                f"HTTPRoute {namespace}/{ref.name} not found (or the Gateway API is not "
+                "installed); traffic cannot be split by weights",
+                None,
+            )
+        raise
+    body: dict[str, Any] = dict(route)  # a generic resource is a dict
+    accepted, reason = sv.http_route_accepted(body)
+    if not accepted:
+        return (
+            False,
+            f"HTTPRoute{reason}",
+            f"HTTPRoute {namespace}/{ref.name} is not accepted by a Gateway ({reason})",
+            body,
+        )
+    return True, "HTTPRoute", "", body
+
+
+# --- Acting -------------------------------------------------------------------------------
+
+
+async def ensure_children(
+    md: ModelDeployment,
+    status: ModelDeploymentStatus,
+    versions: dict[str, ModelVersion],
+    stable_desired: int,
+    canary_exists: bool,
+    route: dict[str, Any] | None,
+    logger: kopf.Logger,
+) -> None:
+    """Apply what the status asks for: Deployments, Services, HPA, HTTPRoute weights."""
+    settings = sv.ServerSettings.from_env()
+    spec = md.spec
+    total = stable_desired if spec.autoscaling else spec.replicas
+    stable_mv = versions.get(status.stable_version or "")
+    if stable_mv is not None:
+        replicas = None if spec.autoscaling else ro.stable_replicas(spec, status, total)
+        await kube.apply(sv.deployment(md, "stable", stable_mv, replicas, settings))
+    else:
+        logger.info("stable version %s not found yet", status.stable_version)
+    canary_mv = versions.get(status.canary_version or "")
+    if status.canary_version and canary_mv is not None:
+        replicas = ro.canary_replicas(spec, status, total)
+        await kube.apply(sv.deployment(md, "canary", canary_mv, replicas, settings))
+    elif canary_exists:  # scale the canary away (its Deployment stays, at zero pods)
+        await kube.merge_patch(
+            "apps/v1",
+            "Deployment",
+            sv.deployment_name(str(md.metadata.name), "canary"),
+            str(md.metadata.namespace),
+            {"spec": {"replicas": 0}},
+        )
+    for svc in sv.services(md):
+        await kube.apply(svc)
+    hpa = sv.hpa(md)
+    if hpa is not None:
+        await kube.apply(hpa)
+    if route is not None:
+        weight = (
+            status.canary_weight.desired if status.canary_weight and status.canary_version else 0
+        )
+        if status.canary_version == status.stable_version:
+            weight = 0  # promoting: the stable Deployment already runs the new version
+        if sv.http_route_weights(route, str(md.metadata.name)) != (100 - weight, weight):
+            ref = spec.traffic.http_route
+            assert ref is not None
+            await kube.client().patch(
+                HTTPRoute,
+                ref.name,
+                {"spec": {"rules": sv.http_route_rules(md, route, weight)}},
+                namespace=ref.namespace or str(md.metadata.namespace),
+                patch_type=PatchType.MERGE,
+            )
+
+
+def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch from one status to another: changed keys, null for removed ones.
+
+    Keys not changed are left out, so a person's status.requestedAction written meanwhile
+    is not overwritten.
+    """
+    return {k: new.get(k) for k in set(old) | set(new) if old.get(k) != new.get(k)}
+
+
+async def update_used_by(namespace: str, versions: set[str], exclude: str | None = None) -> None:
+    """Keep ModelVersion status.usedBy in step with the ModelDeployments that use them."""
+    if not versions:
+        return
+    mds = await kube.list_objects(API_VERSION, "ModelDeployment", namespace)
+    mds = [m for m in mds if m.get("metadata", {}).get("name") != exclude]
+    for version in sorted(versions):
+        body = await kube.get(API_VERSION, "ModelVersion", version, namespace)
+        if body is None:
+            continue
+        users = deployments_using(version, mds)
+        if sorted((body.get("status") or {}).get("usedBy") or []) != users:
+            await kube.patch_status("ModelVersion", version, namespace, {"usedBy": users})
+
+
+async def reconcile(
+    namespace: str,
+    name: str,
+    logger: kopf.Logger,
+    *,
+    annotation_action: str | None = None,
+) -> None:
+    """Read, decide, apply, write status, tell: one step of the ModelDeployment's life."""
+    async with _locks[(namespace, name)]:
+        body = await kube.get(API_VERSION, "ModelDeployment", name, namespace)
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            return
+        md = _parse(body)
+        st = md.status
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+        stable_mv, stable_info = await _version(
+            st.stable_version or md.spec.model_version, namespace
+        )
+        cand_mv, cand_info = await _version(md.spec.model_version, namespace)
+        pods = await kube.list_objects("v1", "Pod", namespace, labels=sv.selector(name))
+        stable_dep = await kube.get(
+            "apps/v1", "Deployment", sv.deployment_name(name, "stable"), namespace
+        )
+        canary_dep = await kube.get(
+            "apps/v1", "Deployment", sv.deployment_name(name, "canary"), namespace
+        )
+        stable_desired = int(
+            ((stable_dep or {}).get("spec") or {}).get("replicas")
+            or (md.spec.autoscaling.min_replicas if md.spec.autoscaling else md.spec.replicas)
+        )
+        traffic_ok, traffic_reason, traffic_message, route = await traffic_state(md)
+
+        # The canary analysis: only while a step's traffic is live.
+        result: an.Result | None = None
+        scrapes: dict[str, mt.Scrape] = {}
+        live_step = (
+            st.canary_version is not None
+            and st.canary_version != st.stable_version
+            and st.current_step is not None
+        )
+        window = _windows.get((namespace, name))
+        if live_step:
+            scrapes = await scrape_tracks(pods, st, md.spec.server.port)
+            if window is None or window.key != _window_key(st):
+                window = Window(_window_key(st), {})  # no baseline: count from pod start
+                _windows[(namespace, name)] = window
+            result = analyse_window(md, pods, scrapes, window)
+
+        stable_ready = sum(1 for p in _pods_of(pods, "stable", st.stable_version) if _pod_ready(p))
+        canary_ready = sum(1 for p in _pods_of(pods, "canary", st.canary_version) if _pod_ready(p))
+        obs = ro.Observations(
+            generation=md.metadata.generation,
+            stable_ready=stable_ready,
+            stable_desired=stable_desired,
+            canary_ready=canary_ready,
+            candidate=cand_info,
+            stable=stable_info,
+            analysis=result,
+            traffic_ok=traffic_ok,
+            traffic_reason=traffic_reason,
+            traffic_message=traffic_message,
+            annotation_action=ACTIONS.get(annotation_action or ""),
+            url=sv.url(md),
+        )
+        decision = ro.decide(md.spec, st, now, obs)
+        new = decision.status
+
+        # A new step (or rollout): its window starts now, from these scrapes.
+        if _window_key(new) != _window_key(st):
+            _windows[(namespace, name)] = Window(_window_key(new), dict(scrapes))
+
+        versions = {v.metadata.name: v for v in (stable_mv, cand_mv) if v is not None}
+        for wanted in (new.stable_version, new.canary_version):
+            if wanted and wanted not in versions:
+                mv, _ = await _version(wanted, namespace)
+                if mv is not None:
+                    versions[wanted] = mv
+        try:
+            await ensure_children(
+                md, new, {str(k): v for k, v in versions.items()},
+                stable_desired, canary_dep is not None, route, logger,
+            )  # fmt: skip
+        except sv.UnsupportedArtifact as exc:
+            raise kopf.PermanentError(str(exc)) from exc
+
+        old_status, new_status = to_k8s(st), to_k8s(new)
+        patch = status_patch(old_status, new_status)
+        if patch:
+            await kube.patch_status("ModelDeployment", name, namespace, patch)
+        for event in decision.events:
+            logger.info("%s: %s", event.reason, event.message)
+            try:
+                await kube.post_event(body, event.reason, event.message, type_=event.type)
+            except ApiError as err:
+                logger.warning("cannot post event %s: %s", event.reason, err)
+        used = {st.stable_version, st.canary_version, new.stable_version, new.canary_version}
+        if (st.stable_version, st.canary_version) != (new.stable_version, new.canary_version):
+            await update_used_by(namespace, {v for v in used if v})

@@ -1,0 +1,88 @@
+"""The handler's own small pieces: status patches, the analysis window over pods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchard.api.modeldeployment import ModelDeployment
+from orchard.decisions import metrics_text as mt
+from orchard.handlers import modeldeployment as h
+from orchard.serving.metrics import Metrics
+
+
+def test_status_patch_sends_changes_and_nulls_only() -> None:
+    old = {"phase": "Progressing", "canaryVersion": "v2", "requestedAction": "abort", "url": "u"}
+    new = {"phase": "RolledBack", "url": "u", "lastRollback": {"from": "v2"}}
+    assert h.status_patch(old, new) == {
+        "phase": "RolledBack",
+        "canaryVersion": None,
+        "requestedAction": None,
+        "lastRollback": {"from": "v2"},
+    }
+    # untouched keys (a person's requestedAction written meanwhile) are left out
+    assert "requestedAction" not in h.status_patch({"phase": "Paused"}, {"phase": "Stable"})
+
+
+def pod(name: str, track: str, version: str, ready: bool = True) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {"orchard.dev/track": track, "orchard.dev/model-version": version},
+        },
+        "status": {
+            "podIP": "10.244.0.9",
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def scrape(ok: int, errors: int, classes: dict[str, int]) -> mt.Scrape:
+    m = Metrics("iris")
+    for _ in range(ok):
+        m.observe_request("v2_infer", 200, 0.003)
+    for _ in range(errors):
+        m.observe_request("v2_infer", 500, 0.003)
+    m.classes.update(classes)
+    return mt.parse_scrape(m.render().decode())
+
+
+def test_window_sums_pods_of_each_track_since_the_baseline() -> None:
+    md = ModelDeployment.model_validate(
+        {
+            "metadata": {"name": "iris", "namespace": "ml"},
+            "spec": {"modelVersion": "v2"},
+            "status": {"stableVersion": "v1", "canaryVersion": "v2", "currentStep": 0},
+        }
+    )
+    pods = [
+        pod("s1", "stable", "v1"),
+        pod("s2", "stable", "v1"),
+        pod("c1", "canary", "v2"),
+        pod("old", "canary", "v0"),  # a previous canary's pod: not this version
+    ]
+    scrapes = {
+        "s1": scrape(100, 0, {"a": 100}),
+        "s2": scrape(80, 0, {"a": 80}),
+        "c1": scrape(50, 10, {"a": 50}),
+        "old": scrape(0, 999, {}),
+    }
+    window = h.Window(("v2", None), baseline={"c1": scrape(20, 0, {"a": 20})})
+    result = h.analyse_window(md, pods, scrapes, window)
+    assert result.canary.requests == 40 and result.canary.errors == 10  # since the baseline
+    assert result.stable is not None and result.stable.requests == 180
+    assert result.verdict == "Fail" and result.reason == "ErrorRate"
+
+
+def test_pod_readiness() -> None:
+    assert h._pod_ready(pod("a", "stable", "v1"))
+    assert not h._pod_ready(pod("a", "stable", "v1", ready=False))
+    terminating = pod("a", "stable", "v1")
+    terminating["metadata"]["deletionTimestamp"] = "2026-11-27T12:00:00Z"
+    assert not h._pod_ready(terminating)
+
+
+def test_daemon_runs_only_while_a_rollout_needs_it() -> None:
+    assert h.in_progress({})
+    assert h.in_progress({"phase": "Progressing"}) and h.in_progress({"phase": "Paused"})
+    assert not h.in_progress({"phase": "Stable"})
+    assert not h.in_progress({"phase": "RolledBack"})
