@@ -77,15 +77,23 @@ def test_concurrent_requests_share_one_predict_call(iris_server: tuple[str, App,
     assert "orchard_batch_rows_sum 24" in metrics
 
 
-def test_batches_hold_at_most_max_rows(iris_server: tuple[str, App, Counting]) -> None:
-    base, _, counting = iris_server
+def test_batches_hold_at_most_max_requests_and_rows(tmp_path: Path) -> None:
+    app = app_for(iris_artifact(tmp_path / "iris"), "iris", max_batch_size=3, max_batch_rows=25)
     row = [5.1, 3.5, 1.4, 0.2]
-    bodies = [{"instances": [row] * 10} for _ in range(7)]
-    replies = asyncio.run(_post_all(f"{base}/v1/models/iris:predict", bodies))
-    assert all(r.status_code == 200 and len(r.json()["predictions"]) == 10 for r in replies)
-    assert sum(counting.calls) == 70
-    assert max(counting.calls) <= 32
-    assert len(counting.calls) < 7
+    with running_server(app) as base:
+        assert app.runner is not None
+        counting = Counting(app.runner.model, hold=0.05)
+        app.runner.model = counting
+        bodies = [{"instances": [row] * 10} for _ in range(7)] + [{"instances": [row]}] * 6
+        replies = asyncio.run(_post_all(f"{base}/v1/models/iris:predict", bodies))
+        sizes = [len(r.json()["predictions"]) for r in replies]
+        assert sizes == [10] * 7 + [1] * 6
+        assert sum(counting.calls) == 76
+        assert max(counting.calls) <= 25  # at most two 10-row requests, or three small ones
+        assert len(counting.calls) < 13
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'orchard_batch_requests_bucket{le="2"}' in metrics
+        assert 'orchard_batch_requests_bucket{le="4"} ' + str(len(counting.calls)) in metrics
 
 
 def test_a_request_that_breaks_the_model_fails_alone(tmp_path: Path) -> None:

@@ -61,6 +61,7 @@ class App:
         version: str | None = None,
         max_batch_size: int = 32,
         max_batch_wait: float = 0.002,
+        max_batch_rows: int = 2048,
         info: dict[str, str] | None = None,
         on_load_failed: Callable[[BaseException], None] | None = None,
     ) -> None:
@@ -72,7 +73,11 @@ class App:
         self.runner: ModelRunner | None = None
         self.metrics = Metrics(name)
         self.batcher = Batcher(
-            self._predict, max_batch_size, max_batch_wait, self.metrics.observe_batch
+            self._predict,
+            max_batch_size,
+            max_batch_wait,
+            self.metrics.observe_batch,
+            max_rows=max_batch_rows,
         )
         self.loading: asyncio.Task[None] | None = None
         self.load_error: BaseException | None = None

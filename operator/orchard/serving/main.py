@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--host", default="0.0.0.0")
     add("--port", type=int, default=int(env("ORCHARD_PORT", "8080")))
-    add("--max-batch-size", type=int, default=32, help="rows per predict call")
+    add("--max-batch-size", type=int, default=32, help="most requests in one predict call")
+    add("--max-batch-rows", type=int, default=2048, help="most rows in one predict call")
     add("--max-batch-wait-ms", type=float, default=2.0, help="longest wait to fill a batch")
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         version=args.model_version,
         max_batch_size=args.max_batch_size,
         max_batch_wait=args.max_batch_wait_ms / 1000.0,
+        max_batch_rows=args.max_batch_rows,
         info=info,
         on_load_failed=load_failed,
     )
