@@ -185,3 +185,29 @@ def test_the_widest_builtin_result_fits(tmp_path: Path) -> None:
     assert result["digest"].startswith("sha256:")
     meta = verify_artifact(tmp_path / "out", result["digest"])
     assert len(meta.inputs) == 64
+
+
+@pytest.mark.parametrize(
+    ("content", "text"),
+    [
+        (None, "cannot read the TrainingJob"),
+        ("spec: [unclosed", "not valid YAML"),
+        ("kind: ModelVersion\n", "expected one TrainingJob"),
+        ("spec: {model: Not_A_Label}\n", "spec.model"),
+    ],
+)
+def test_unreadable_specs(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    content: str | None,
+    text: str,
+) -> None:
+    path = tmp_path / "tj.yaml"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("ORCHARD_TERMINATION_LOG", str(tmp_path / "log"))
+    assert main(["train", "-f", str(path)]) == 1
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["reason"] == "InvalidSpec"
+    assert text in error["message"]

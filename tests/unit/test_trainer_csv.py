@@ -4,6 +4,9 @@ file://, pvc:// and http:// (a real HTTP server on loopback)."""
 from __future__ import annotations
 
 import http.server
+import shutil
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,6 +166,69 @@ def http_root(tmp_path: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def https_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An HTTPS server on loopback with a self-signed certificate, trusted through
+    SSL_CERT_FILE (how a pod would trust a private CA)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "penguins.csv").write_bytes(PENGUINS.read_bytes())
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(tmp_path / "www"), **kwargs)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_https_dataset(tmp_path: Path, https_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = train(make_job(f"{https_root}/penguins.csv"), f"file://{tmp_path}/out")
+    assert result["dataset"]["digest"] == sha256_file(PENGUINS)
+    # Without trusting the certificate the download is refused, not silently accepted.
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-ca.pem"))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-such-dir"))
+    with pytest.raises(DatasetUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+        train(make_job(f"{https_root}/penguins.csv"), f"file://{tmp_path}/out2")
 
 
 def test_http_dataset(tmp_path: Path, http_root: str) -> None:
