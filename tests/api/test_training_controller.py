@@ -53,30 +53,23 @@ def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
 
 
 @pytest.fixture(scope="module")
-def api_server() -> Iterator[str]:
-    """The API server of the local cluster (any level), with Orchard's CRDs installed."""
-    config = os.environ.get("KUBECONFIG") or str(REPO / ".cluster" / "kubeconfig")
-    if not Path(config).exists():
-        pytest.skip("no cluster: run `make cluster-up LEVEL=api` (or set KUBECONFIG)")
-    os.environ["KUBECONFIG"] = config
-    if (
-        subprocess.run(
-            ["kubectl", "get", "--raw", "/readyz"], capture_output=True, timeout=20
-        ).returncode
-        != 0
-    ):
-        pytest.skip("the cluster's API server is not answering")
+def api_server(kubeconfig_api: Path) -> Iterator[str]:
+    """The API server of the local cluster (the api level, or more), with Orchard's CRDs;
+    KUBECONFIG is set for the operator's client and for kubectl."""
+    saved = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(kubeconfig_api)
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
-    yield config
+    yield str(kubeconfig_api)
+    if saved is None:
+        os.environ.pop("KUBECONFIG", None)
+    else:
+        os.environ["KUBECONFIG"] = saved
 
 
 @pytest.fixture
-def namespace(api_server: str) -> Iterator[str]:
-    name = f"tj-api-{uuid.uuid4().hex[:6]}"
-    kubectl("create", "namespace", name)
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false", check=False)
+def namespace(api_server: str, api_namespace: str) -> str:
+    return api_namespace
 
 
 @pytest.fixture(autouse=True)
