@@ -108,3 +108,21 @@ def test_cross_validation_metrics(tmp_path: Path) -> None:
     metrics = train(reg, f"file://{tmp_path}/reg")["metrics"]
     assert metrics["cv_rmse"] > 0  # an error, reported positive
     assert metrics["cv_mae"] > 0
+
+
+def test_load_model_unpickles_only_verified_bytes(tmp_path: Path) -> None:
+    from orchard.artifacts import DigestMismatch, load_model
+
+    result = train(make_job(), f"file://{tmp_path}/out")
+    model, meta = load_model(tmp_path / "out", result["digest"])
+    assert meta.model == "m"
+    assert len(model.predict(load_builtin("iris").drop(columns="target").head(3))) == 3
+    with pytest.raises(DigestMismatch, match="recorded digest"):
+        load_model(tmp_path / "out", "sha256:" + "0" * 64)
+    other = train(make_job(estimator={"name": "SVC"}), f"file://{tmp_path}/other")
+    (tmp_path / "out" / "model.joblib").write_bytes(
+        (tmp_path / "other" / "model.joblib").read_bytes()
+    )  # a valid pickle, but not the one the metadata pins
+    assert other["digest"] != result["digest"]
+    with pytest.raises(DigestMismatch, match="refusing to unpickle"):
+        load_model(tmp_path / "out", result["digest"])

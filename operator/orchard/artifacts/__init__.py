@@ -13,6 +13,7 @@ from orchard.artifacts.errors import (
     VerificationError,
 )
 from orchard.artifacts.fetch import fetch_artifact, reason_of
+from orchard.artifacts.load import load_model
 from orchard.artifacts.metadata import (
     FORMAT_VERSION,
     METADATA_FILE,
@@ -51,6 +52,7 @@ __all__ = [
     "fetch_artifact",
     "get_dir",
     "is_digest",
+    "load_model",
     "local_path",
     "metadata_bytes",
     "parse_metadata",
