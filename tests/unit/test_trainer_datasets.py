@@ -6,12 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import pandas as pd
 import pytest
 
 from orchard.api.trainingjob import TrainingJob
 from orchard.artifacts import local_path, verify_artifact
 from orchard.trainer.data import load_builtin
 from orchard.trainer.train import train
+
+PENGUINS = Path(__file__).parent.parent / "data" / "penguins.csv"
 
 
 def make_job(**spec: Any) -> TrainingJob:
@@ -126,3 +129,19 @@ def test_load_model_unpickles_only_verified_bytes(tmp_path: Path) -> None:
     assert other["digest"] != result["digest"]
     with pytest.raises(DigestMismatch, match="refusing to unpickle"):
         load_model(tmp_path / "out", result["digest"])
+
+
+def test_the_server_accepts_what_the_trainer_writes(tmp_path: Path) -> None:
+    """The contract across the two halves: the serving code's own reader loads it."""
+    serving = pytest.importorskip("orchard.serving.artifact")
+    result = train(
+        make_job(dataset={"uri": f"file://{PENGUINS}", "target": "species"}),
+        f"file://{tmp_path}/out",
+    )
+    artifact = serving.verify(tmp_path / "out", result["digest"])
+    assert [(c.name, c.type) for c in artifact.columns] == [
+        (i["name"], i["type"]) for i in result["inputs"]
+    ]
+    model = serving.unpickle(artifact)
+    frame = pd.read_csv(PENGUINS).drop(columns="species").head(5)
+    assert len(model.predict(frame)) == 5
