@@ -1,0 +1,268 @@
+"""`orchard operator` against a real API server: starts, reports alive, serves metrics,
+runs with nothing more than its generated ClusterRole, and stops cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.api
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
+    proc = subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, f"kubectl {' '.join(args)}:\n{proc.stdout}{proc.stderr}"
+    return proc.stdout
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.status, resp.read().decode()
+
+
+@dataclass
+class Operator:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    liveness: str
+    metrics: str
+
+    def lines(self) -> list[str]:
+        return self.log.read_text().splitlines()
+
+    def wait_alive(self, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "operator exited:\n" + self.log.read_text()[-4000:]
+            with contextlib.suppress(OSError):
+                status, body = http_get(self.liveness)
+                if status == 200:
+                    return body
+            time.sleep(0.3)
+        raise AssertionError("no liveness answer:\n" + self.log.read_text()[-4000:])
+
+    def stop(self, timeout: float = 30) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+@contextlib.contextmanager
+def operator(kubeconfig: Path, tmp_path: Path, *args: str) -> Iterator[Operator]:
+    live, metrics = free_port(), free_port()
+    log = tmp_path / "operator.log"
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "orchard.cli",
+                "operator",
+                f"--liveness=http://127.0.0.1:{live}/healthz",
+                f"--metrics-port={metrics}",
+                *args,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
+    op = Operator(
+        proc, log, f"http://127.0.0.1:{live}/healthz", f"http://127.0.0.1:{metrics}/metrics"
+    )
+    try:
+        yield op
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def crds(kubeconfig_api: Path) -> Path:
+    kubectl(kubeconfig_api, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    kubectl(
+        kubeconfig_api,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd",
+        "-l",
+        "app.kubernetes.io/part-of=orchard",
+    )
+    return kubeconfig_api
+
+
+def test_operator_starts_is_alive_serves_metrics_and_stops(
+    crds: Path, api_namespace: str, tmp_path: Path
+) -> None:
+    with operator(crds, tmp_path, "--namespace", api_namespace) as op:
+        body = op.wait_alive()
+        assert json.loads(body)["version"]  # the probe handler's answer
+        status, text = http_get(op.metrics)
+        assert status == 200
+        assert 'orchard_operator_info{namespaces="' + api_namespace in text
+        assert "orchard_operator_start_time_seconds " in text
+        assert "process_resident_memory_bytes" in text or "python_info" in text
+        started = time.monotonic()
+        assert op.stop() == 0
+        assert time.monotonic() - started < 15
+    lines = op.lines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert records and len(records) >= len(lines) - 2, lines  # structured JSON logs
+    messages = [r.get("message", "") for r in records]
+    assert any("Orchard operator started" in m for m in messages)
+    assert any("Orchard operator stopped" in m for m in messages)
+    assert not [r for r in records if r.get("severity") == "error"], lines
+    with pytest.raises(OSError):
+        http_get(op.liveness, timeout=1)
+
+
+def _token_kubeconfig(admin: Path, token: str, path: Path) -> Path:
+    config = yaml.safe_load(admin.read_text())
+    context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
+    cluster = next(c for c in config["clusters"] if c["name"] == context["context"]["cluster"])
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster],
+                "users": [{"name": "orchard", "user": {"token": token}}],
+                "contexts": [
+                    {"name": "orchard", "context": {"cluster": cluster["name"], "user": "orchard"}}
+                ],
+                "current-context": "orchard",
+            }
+        )
+    )
+    return path
+
+
+def test_operator_runs_with_only_its_generated_role(
+    crds: Path, api_namespace: str, tmp_path: Path
+) -> None:
+    """The ClusterRole from manifests/rbac/role.yaml is enough for every watch Kopf starts."""
+    role = yaml.safe_load((REPO / "manifests" / "rbac" / "role.yaml").read_text())
+    name = f"orchard-{api_namespace}"  # a private copy, so parallel installs are untouched
+    role["metadata"]["name"] = name
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": "orchard", "namespace": api_namespace}],
+    }
+    kubectl(crds, "create", "serviceaccount", "orchard", "-n", api_namespace)
+    kubectl(crds, "apply", "-f", "-", stdin=yaml.safe_dump_all([role, binding]))
+    try:
+        token = kubectl(crds, "create", "token", "orchard", "-n", api_namespace).strip()
+        config = _token_kubeconfig(crds, token, tmp_path / "kubeconfig")
+        # The server's RBAC answers as the declared rules say, no more.
+        for verb, resource in PROBES:
+            group = resource.partition(".")[2]
+            plural = resource.partition(".")[0]
+            expected = "yes" if (group, plural, verb) in granted(role) else "no"
+            answer = subprocess.run(
+                [
+                    "kubectl",
+                    "--kubeconfig",
+                    str(config),
+                    "auth",
+                    "can-i",
+                    verb,
+                    resource,
+                    "-n",
+                    api_namespace,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
+            assert answer == expected, (verb, resource, answer)
+        with operator(config, tmp_path, "--namespace", api_namespace, "--verbose") as op:
+            op.wait_alive()
+            time.sleep(3)  # let every watch stream start (or be refused)
+            assert op.stop() == 0
+        text = "\n".join(op.lines())
+        refused = [line for line in op.lines() if "forbidden" in line.lower()]
+        assert refused == [], refused[:3]
+        watches = [line for line in op.lines() if "Starting the watch-stream" in line]
+        from orchard.handlers import controller_modules
+
+        if controller_modules():
+            assert watches, text[-4000:]
+    finally:
+        subprocess.run(
+            [
+                "kubectl",
+                "--kubeconfig",
+                str(crds),
+                "delete",
+                "--ignore-not-found",
+                f"clusterrolebinding/{name}",
+                f"clusterrole/{name}",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+
+
+PROBES = [
+    ("watch", "trainingjobs.orchard.dev"),
+    ("patch", "modeldeployments.orchard.dev"),
+    ("delete", "modelversions.orchard.dev"),
+    ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("create", "events"),
+    ("get", "secrets"),
+    ("delete", "namespaces"),
+    ("create", "clusterroles.rbac.authorization.k8s.io"),
+]
+
+
+def granted(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (group, res, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for res in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_the_role_has_no_wildcards_and_cannot_escalate() -> None:
+    role = yaml.safe_load((REPO / "manifests" / "rbac" / "role.yaml").read_text())
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+    have = granted(role)
+    assert not {(g, r, v) for g, r, v in have if g == "rbac.authorization.k8s.io"}
+    assert ("orchard.dev", "modelversions", "delete") not in have
