@@ -330,3 +330,47 @@ def test_replica_split(total: int, weight: int, mode: str, split: tuple[int, int
 )
 def test_effective_weight(stable: int, canary: int, effective: int) -> None:
     assert ro.effective_weight(stable, canary) == effective
+
+
+def _managed(time: str, key: str = "orchard.dev/rollout-action") -> dict[str, Any]:
+    return {
+        "manager": "kubectl-annotate",
+        "operation": "Update",
+        "time": time,
+        "fieldsV1": {"f:metadata": {"f:annotations": {f"f:{key}": {}}}},
+    }
+
+
+def test_annotation_set_at_reads_managed_fields() -> None:
+    meta = {
+        "managedFields": [
+            _managed("2026-11-27T11:59:00Z", key="other"),
+            _managed("2026-11-27T11:59:30Z"),
+            {"manager": "orchard", "time": "2026-11-27T12:00:00Z", "fieldsV1": {"f:spec": {}}},
+        ]
+    }
+    assert ro.annotation_set_at(meta, "orchard.dev/rollout-action") == T0 - timedelta(seconds=30)
+    assert ro.annotation_set_at({}, "orchard.dev/rollout-action") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "set_after_start", "last", "expected"),
+    [
+        ("promote", 5, None, "promote"),
+        (" Abort ", 5, None, "abort"),
+        ("resume", 5, None, None),  # not an action
+        ("promote", -5, None, None),  # written before this rollout began: a leftover
+        ("promote", 5, {"action": "promote", "source": "annotation", "at": 10}, None),  # done
+        ("abort", 5, {"action": "promote", "source": "status", "at": 10}, None),  # superseded
+        ("abort", 20, {"action": "promote", "source": "status", "at": 10}, "abort"),  # newer
+    ],
+)
+def test_annotation_action_is_acted_on_once(
+    value: str, set_after_start: int, last: dict[str, Any] | None, expected: str | None
+) -> None:
+    started = T0 - timedelta(seconds=60)
+    fields: dict[str, Any] = {**at_step(0), "rolloutStartedAt": started.isoformat()}
+    if last is not None:
+        fields["lastAction"] = {**last, "at": (started + timedelta(seconds=last["at"])).isoformat()}
+    set_at = started + timedelta(seconds=set_after_start)
+    assert ro.annotation_action(value, set_at, status(**fields)) == expected

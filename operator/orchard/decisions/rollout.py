@@ -27,9 +27,10 @@ not ready within CANARY_READY_TIMEOUT is rolled back.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from orchard.api.common import ConditionStatus, parse_duration, set_condition
 from orchard.api.modeldeployment import (
@@ -96,7 +97,7 @@ class Observations:
     traffic_ok: bool = True
     traffic_reason: str = ""
     traffic_message: str = ""
-    annotation_action: RolloutAction | None = None  # a changed rollout-action annotation
+    annotation_action: RolloutAction | None = None  # see `annotation_action`
     url: str | None = None
 
 
@@ -541,6 +542,48 @@ class _Machine:
             self.cond(
                 "TrafficSplit", "True", self.split_reason(), "all traffic on the stable version"
             )
+
+
+# --- Manual actions by annotation ------------------------------------------------------------
+
+
+def annotation_set_at(metadata: Mapping[str, Any], key: str) -> datetime | None:
+    """When the annotation `key` was last written, from the object's managedFields.
+
+    The entry of the field manager that owns the annotation carries the time of its
+    last write (a person's `kubectl annotate`, a GitOps tool's apply).
+    """
+    latest: datetime | None = None
+    for entry in metadata.get("managedFields") or []:
+        owned = ((entry.get("fieldsV1") or {}).get("f:metadata") or {}).get("f:annotations") or {}
+        if f"f:{key}" not in owned or not entry.get("time"):
+            continue
+        at = datetime.fromisoformat(str(entry["time"]).replace("Z", "+00:00"))
+        latest = at if latest is None or at > latest else latest
+    return latest
+
+
+def annotation_action(
+    value: str | None, set_at: datetime | None, status: ModelDeploymentStatus
+) -> RolloutAction | None:
+    """The rollout-action annotation's action if it still has to be carried out.
+
+    Acted on once: not when status.lastAction records an action carried out at or after
+    the annotation was written (this one, or a later request that supersedes it), and
+    not when it was written before the current rollout began (a leftover).
+    """
+    action = (value or "").strip().lower()
+    if action not in ("promote", "abort"):
+        return None
+    last = status.last_action
+    if last is not None and last.at is not None and set_at is not None and last.at >= set_at:
+        return None  # carried out, or superseded by a later request
+    if set_at is None and last is not None and (last.source, last.action) == ("annotation", action):
+        return None
+    started = status.rollout_started_at
+    if set_at is not None and started is not None and set_at < started:
+        return None
+    return "promote" if action == "promote" else "abort"
 
 
 def decide(

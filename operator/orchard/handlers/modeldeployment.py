@@ -78,7 +78,6 @@ RBAC_RULES: list[dict[str, Any]] = [
 ]
 
 IN_PROGRESS = ("Pending", "Progressing", "Paused")
-ACTIONS: dict[str, RolloutAction] = {"promote": "promote", "abort": "abort"}
 SCRAPE_TIMEOUT = 2.0
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 
@@ -124,19 +123,38 @@ async def changed(namespace: str | None, name: str, logger: kopf.Logger, **_: An
     await reconcile(str(namespace), name, logger)
 
 
-@kopf.on.field(
-    GROUP, VERSION, "modeldeployments", field=("metadata", "annotations", ROLLOUT_ACTION_ANNOTATION)
-)
-async def action_annotated(
-    namespace: str | None, name: str, new: Any, logger: kopf.Logger, **_: Any
-) -> None:
-    """A person set (or changed) the rollout-action annotation: act on it once."""
-    value = str(new or "").strip().lower()
-    if value not in ACTIONS:
-        if value:
-            logger.warning("ignoring %s=%r (promote or abort)", ROLLOUT_ACTION_ANNOTATION, new)
-        return
-    await reconcile(str(namespace), name, logger, annotation_action=value)
+def wants_action(body: kopf.Body, **_: Any) -> bool:
+    """A manual action is waiting: status.requestedAction, or an unhandled annotation."""
+    return bool((body.get("status") or {}).get("requestedAction")) or (
+        _pending_action(body) is not None
+    )
+
+
+@kopf.on.event(GROUP, VERSION, "modeldeployments", when=wants_action)
+async def manual_action(namespace: str | None, name: str, logger: kopf.Logger, **_: Any) -> None:
+    """A person asked to promote or abort (status patch or annotation): act on it once.
+
+    Kopf's own change tracking ignores annotations under Orchard's prefix and status,
+    so this watches events; `wants_action` lets through only what is still to be done.
+    """
+    try:
+        await reconcile(str(namespace), name, logger)
+    except Exception as exc:  # events are not retried; the daemon or the next event will
+        logger.warning("acting on a manual action failed: %s", exc)
+
+
+def _pending_action(body: Mapping[str, Any]) -> RolloutAction | None:
+    meta = body.get("metadata") or {}
+    value = (meta.get("annotations") or {}).get(ROLLOUT_ACTION_ANNOTATION)
+    if not value:
+        return None
+    try:
+        status = ModelDeploymentStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        return None
+    return ro.annotation_action(
+        value, ro.annotation_set_at(meta, ROLLOUT_ACTION_ANNOTATION), status
+    )
 
 
 @kopf.daemon(GROUP, VERSION, "modeldeployments", when=in_progress, cancellation_timeout=5.0)
@@ -327,7 +345,7 @@ async def ensure_children(
     status: ModelDeploymentStatus,
     versions: dict[str, ModelVersion],
     stable_desired: int,
-    canary_exists: bool,
+    canary_replicas_now: int | None,
     route: dict[str, Any] | None,
     logger: kopf.Logger,
 ) -> None:
@@ -345,7 +363,7 @@ async def ensure_children(
     if status.canary_version and canary_mv is not None:
         replicas = ro.canary_replicas(spec, status, total)
         await kube.apply(sv.deployment(md, "canary", canary_mv, replicas, settings))
-    elif canary_exists:  # scale the canary away (its Deployment stays, at zero pods)
+    elif canary_replicas_now:  # scale the canary away (its Deployment stays, at zero pods)
         await kube.merge_patch(
             "apps/v1",
             "Deployment",
@@ -404,8 +422,6 @@ async def reconcile(
     namespace: str,
     name: str,
     logger: kopf.Logger,
-    *,
-    annotation_action: str | None = None,
 ) -> None:
     """Read, decide, apply, write status, tell: one step of the ModelDeployment's life."""
     async with _locks[(namespace, name)]:
@@ -462,7 +478,7 @@ async def reconcile(
             traffic_ok=traffic_ok,
             traffic_reason=traffic_reason,
             traffic_message=traffic_message,
-            annotation_action=ACTIONS.get(annotation_action or ""),
+            annotation_action=_pending_action(body),
             url=sv.url(md),
         )
         decision = ro.decide(md.spec, st, now, obs)
@@ -481,7 +497,9 @@ async def reconcile(
         try:
             await ensure_children(
                 md, new, {str(k): v for k, v in versions.items()},
-                stable_desired, canary_dep is not None, route, logger,
+                stable_desired,
+                None if canary_dep is None else int(canary_dep["spec"].get("replicas") or 0),
+                route, logger,
             )  # fmt: skip
         except sv.UnsupportedArtifact as exc:
             raise kopf.PermanentError(str(exc)) from exc
