@@ -266,3 +266,53 @@ def test_the_role_has_no_wildcards_and_cannot_escalate() -> None:
     have = granted(role)
     assert not {(g, r, v) for g, r, v in have if g == "rbac.authorization.k8s.io"}
     assert ("orchard.dev", "modelversions", "delete") not in have
+
+
+def test_install_manifests_pass_the_restricted_pod_security_standard(
+    crds: Path, api_namespace: str
+) -> None:
+    """manifests/default, as the API server sees it (server-side dry run, strict fields),
+    in a namespace that enforces and warns on the restricted Pod Security Standard."""
+    kubectl(
+        crds,
+        "label",
+        "namespace",
+        api_namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+    )
+    rendered = kubectl(crds, "kustomize", str(REPO / "manifests" / "default"))
+    docs = []
+    for doc in yaml.safe_load_all(rendered):
+        if not doc or doc["kind"] in ("Namespace", "CustomResourceDefinition"):
+            continue
+        meta = doc["metadata"]
+        if "namespace" in meta:
+            meta["namespace"] = api_namespace
+        else:  # cluster-scoped: a private name, so a real install is untouched
+            meta["name"] = f"{meta['name']}-{api_namespace}"
+        if doc["kind"] == "ClusterRoleBinding":
+            doc["roleRef"]["name"] = f"orchard-{api_namespace}"
+            for subject in doc["subjects"]:
+                subject["namespace"] = api_namespace
+        docs.append(doc)
+    assert {d["kind"] for d in docs} >= {"Deployment", "ServiceAccount", "ClusterRole", "Service"}
+    proc = subprocess.run(
+        [
+            "kubectl",
+            "--kubeconfig",
+            str(crds),
+            "apply",
+            "--dry-run=server",
+            "--validate=strict",
+            "-f",
+            "-",
+        ],
+        input=yaml.safe_dump_all(docs),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr, proc.stderr
+    assert proc.stdout.count("(server dry run)") == len(docs)

@@ -1,0 +1,96 @@
+"""The kustomize manifests: what `kubectl apply -k manifests/...` would install."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from orchard.api import KINDS
+from orchard.api.crdgen import crd
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "manifests"
+
+pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders kustomize")
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(MANIFESTS / overlay)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+@pytest.mark.parametrize("overlay", ["default", "overlays/local"])
+def test_install_has_everything(overlay: str) -> None:
+    objs = by_kind(render(overlay))
+    for kind in KINDS:
+        assert objs[("CustomResourceDefinition", kind.RESOURCE.crd_name)] == crd(kind)
+    assert ("Namespace", "orchard-system") in objs
+    sa = objs[("ServiceAccount", "orchard")]
+    assert sa["metadata"]["namespace"] == "orchard-system"
+    binding = objs[("ClusterRoleBinding", "orchard")]
+    assert binding["roleRef"]["name"] == "orchard"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "orchard", "namespace": "orchard-system"}
+    ]
+    role = objs[("ClusterRole", "orchard")]
+    assert role == yaml.safe_load((MANIFESTS / "rbac" / "role.yaml").read_text())
+    assert ("Service", "orchard-operator-metrics") in objs
+
+
+@pytest.mark.parametrize("overlay", ["default", "overlays/local"])
+def test_operator_deployment_is_restricted_and_probed(overlay: str) -> None:
+    deploy = by_kind(render(overlay))[("Deployment", "orchard-operator")]
+    spec = deploy["spec"]
+    assert deploy["metadata"]["namespace"] == "orchard-system"
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == "orchard"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["image"] == "localhost/orchard/operator:dev"
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["runAsNonRoot"] is True
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": 8080, "metrics": 9090}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
+    assert "--metrics-port=9090" in container["args"]
+    assert "--all-namespaces" in container["args"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    # A read-only root needs a writable /tmp.
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    expected_policy = "Never" if overlay == "overlays/local" else "IfNotPresent"
+    assert container["imagePullPolicy"] == expected_policy
+
+
+def test_samples_kustomization_lists_one_of_each_kind() -> None:
+    kinds = sorted(d["kind"] for d in render("samples"))
+    assert kinds == ["ModelDeployment", "ModelVersion", "TrainingJob"]
+
+
+def test_operator_image_builds_offline_as_non_root() -> None:
+    text = (ROOT / "images" / "operator" / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE" in text and "FROM ${BASE_IMAGE}" in text
+    assert "COPY wheels /wheels" in text and "--no-index --find-links /wheels" in text
+    assert "'orchard[operator]'" in text
+    assert "USER 10001" in text
+    assert 'ENTRYPOINT ["orchard", "operator"]' in text
