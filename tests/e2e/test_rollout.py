@@ -1,0 +1,503 @@
+"""Canary rollouts on a real node: real pods serving real models, real HTTP through the
+Service IP, the operator scraping the pods' own metrics.
+
+One story, in order, on one ModelDeployment:
+  1. v1 serves and answers predictions;
+  2. a good v2 walks every step under traffic and is promoted;
+  3. a bad v3 (its pipeline takes the square root of its inputs, so it raises on the
+     15 % of requests that carry a negative value) is rolled back by itself; v2 keeps
+     serving; the reason is in status;
+  4. the operator is killed in the middle of a good v4's rollout; a new operator process
+     resumes from status and completes it.
+
+The operator runs on the host (`orchard operator -n <ns>`), as a process this test
+starts and kills by its PID; pod IPs on the node's bridge are reachable from the host.
+The ModelVersions are made by the test: real scikit-learn pipelines trained here and
+written in the artifact format to the PVC's host directory; the ModelVersion
+controller verifies them with its Job as usual.
+
+Figures (printed, and written to .cluster/figures/rollout.json): time from a good
+version's apply to its promotion, and from a bad version's first answered request to the
+last one (all traffic back on stable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from lightkube import Client
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.core_v1 import PersistentVolume, PersistentVolumeClaim, Service
+from lightkube.types import PatchType
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+HARNESS = REPO / "tests" / "cluster" / "harness.py"
+ORCHARD = Path(sys.executable).parent / "orchard"
+FIGURES = Path(os.environ.get("ORCHARD_CLUSTER_DIR", REPO / ".cluster")) / "figures"
+
+MD = create_namespaced_resource("orchard.dev", "v1alpha1", "ModelDeployment", "modeldeployments")
+MV = create_namespaced_resource("orchard.dev", "v1alpha1", "ModelVersion", "modelversions")
+
+FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+CLASSES = ["setosa", "versicolor", "virginica"]
+POISON_SHARE = 0.15  # requests with a negative width, which only the sqrt-taking v3 cannot score
+STEPS = [{"weight": 25, "pause": "5s"}, {"weight": 50, "pause": "5s"}]
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+def train_artifacts(root: Path) -> dict[str, dict[str, Any]]:
+    """Train four real pipelines on iris and write each in the artifact format."""
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    from orchard.trainer.artifact import library_versions, sklearn_version, write_artifact
+
+    iris = load_iris(as_frame=True)
+    x = iris.data.set_axis(FEATURES, axis=1)
+    y = iris.target.map(dict(enumerate(CLASSES)))
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=1)
+
+    def lr(c: float) -> Pipeline:
+        return Pipeline([("scale", StandardScaler()), ("model", LogisticRegression(C=c))])
+
+    pipelines = {
+        "iris-v1": lr(1.0),
+        "iris-v2": lr(0.7),
+        # the same kind of model behind sqrt(x): NaN on a negative input, and it raises
+        "iris-v3": Pipeline([("sqrt", FunctionTransformer(np.sqrt)), ("scale", StandardScaler()),
+                             ("model", LogisticRegression(C=1.0))]),
+        "iris-v4": lr(1.5),
+    }  # fmt: skip
+    dataset_digest = "sha256:" + hashlib.sha256(x.to_csv(index=False).encode()).hexdigest()
+    out: dict[str, dict[str, Any]] = {}
+    for name, pipe in pipelines.items():
+        pipe.fit(x_train, y_train)
+        accuracy = float(accuracy_score(y_test, pipe.predict(x_test)))
+        predicted = pd_counts(pipe.predict(x_test))
+        directory = root / "iris" / name
+        fields = {
+            "model": "iris",
+            "task": "classification",
+            "estimator": {"name": "LogisticRegression", "params": {}},
+            "metrics": {"accuracy": accuracy},
+            "framework": {"name": "scikit-learn", "version": sklearn_version()},
+            "libraries": library_versions(),
+            "dataset": {
+                "uri": "builtin:iris",
+                "digest": dataset_digest,
+                "rows": len(x),
+                "target": "species",
+            },
+            "inputs": [{"name": f, "type": "number"} for f in FEATURES],
+            "output": {"name": "species", "type": "string", "classes": CLASSES},
+            "predictionStats": {"classes": predicted},
+            "source": {"trainingJob": "e2e-rollout"},
+        }
+        _, digest = write_artifact(directory, pipe, fields)
+        out[name] = {"digest": digest, "accuracy": accuracy, "path": f"iris/{name}/"}
+    for path in [root, *root.rglob("*")]:  # the server runs as an unprivileged user
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return out
+
+
+def pd_counts(values: Any) -> dict[str, float]:
+    labels, counts = np.unique(np.asarray(values), return_counts=True)
+    total = counts.sum()
+    return {str(k): round(float(v / total), 4) for k, v in zip(labels, counts, strict=True)}
+
+
+# --- traffic ------------------------------------------------------------------------------
+
+
+@dataclass
+class Traffic:
+    """Clients sending V2 inference requests through the Service IP, recording answers."""
+
+    url: str
+    rows: list[list[float]]
+    threads: int = 3
+    pause: float = 0.03
+    log: list[tuple[float, int, str | None]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def _run(self, seed: int) -> None:
+        rnd = random.Random(seed)
+        # A new connection per request, like many independent clients: kube-proxy
+        # balances connections, so a kept-alive one would stay on the pod it met first.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(timeout=5.0, trust_env=False, limits=limits) as client:
+            while not self._stop.is_set():
+                row = list(rnd.choice(self.rows))
+                if rnd.random() < POISON_SHARE:
+                    row[1] = -1.0  # a negative sepal width
+                body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
+                                    "data": row}]}  # fmt: skip
+                try:
+                    resp = client.post(self.url, json=body)
+                    version = resp.json().get("model_version") if resp.status_code == 200 else None
+                    self.log.append((time.monotonic(), resp.status_code, version))
+                except (httpx.HTTPError, ValueError):
+                    self.log.append((time.monotonic(), 0, None))
+                time.sleep(self.pause)
+
+    def start(self) -> None:
+        for i in range(self.threads):
+            worker = threading.Thread(target=self._run, args=(i,), daemon=True)
+            worker.start()
+            self._workers.append(worker)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=10)
+
+    def since(self, t: float) -> list[tuple[float, int, str | None]]:
+        return [entry for entry in list(self.log) if entry[0] >= t]
+
+
+# --- the operator ---------------------------------------------------------------------------
+
+
+@dataclass
+class Operator:
+    """`orchard operator` for one namespace, as a child process of this test."""
+
+    namespace: str
+    kubeconfig: Path
+    logs: Path
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "ORCHARD_SERVER_IMAGE": "localhost/orchard/server:dev",
+            "ORCHARD_TRAINER_IMAGE": "localhost/orchard/trainer:dev",
+        }
+        out = (self.logs / f"operator-{self.starts}.log").open("wb")
+        self.proc = subprocess.Popen(
+            [str(ORCHARD), "operator", "-n", self.namespace, "--metrics-port", "0",
+             "--liveness", ""],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, like a node losing the pod."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+def _harness(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(HARNESS), *args], capture_output=True, text=True,
+                          cwd=REPO)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def orchard_images(kubeconfig_node: Path) -> None:
+    """The server and trainer images, built from images/ and loaded into the node
+    (ORCHARD_E2E_REUSE_IMAGES=1 takes the ones already loaded)."""
+    if os.environ.get("ORCHARD_E2E_REUSE_IMAGES") == "1":
+        return
+    proc = _harness("images", "server", "trainer")
+    if proc.returncode != 0:
+        pytest.fail(f"could not build the server and trainer images:\n{proc.stdout}{proc.stderr}")
+
+
+@pytest.fixture(scope="module")
+def crds(kubeconfig_node: Path) -> None:
+    subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig_node), "apply", "--server-side", "-f",
+         str(REPO / "crds")], check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig_node), "wait", "--for=condition=Established",
+         "--timeout=60s", "-f", str(REPO / "crds")], check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+@pytest.fixture
+def artifacts(node_client: Client, node_namespace: str) -> dict[str, dict[str, Any]]:
+    """A PVC of the default class, holding four trained models; their ModelVersions."""
+    ns = node_namespace
+    node_client.create(
+        PersistentVolumeClaim.from_dict(
+            {"metadata": {"name": "orchard-artifacts"},
+             "spec": {"accessModes": ["ReadWriteOnce"],
+                      "resources": {"requests": {"storage": "64Mi"}}}}
+        ),
+        namespace=ns,
+    )  # fmt: skip
+
+    def bound() -> str | None:
+        pvc = node_client.get(PersistentVolumeClaim, "orchard-artifacts", namespace=ns)
+        ok = pvc.status is not None and pvc.status.phase == "Bound" and pvc.spec is not None
+        return pvc.spec.volumeName if ok and pvc.spec is not None else None
+
+    volume = node_client.get(PersistentVolume, wait_for("the PVC to bind", bound, 60))
+    assert volume.spec is not None and volume.spec.hostPath is not None
+    models = train_artifacts(Path(volume.spec.hostPath.path))
+    for name, info in models.items():
+        node_client.create(
+            MV.from_dict(
+                {
+                    "metadata": {"name": name},
+                    "spec": {
+                        "model": "iris",
+                        "version": int(name.rsplit("v", 1)[1]),
+                        "task": "classification",
+                        "artifact": {"uri": f"pvc://orchard-artifacts/{info['path']}",
+                                     "digest": info["digest"]},
+                        "framework": {"name": "scikit-learn", "version": "1"},
+                        "metrics": {"accuracy": info["accuracy"]},
+                        "inputs": [{"name": f, "type": "number"} for f in FEATURES],
+                    },
+                }
+            ),
+            namespace=ns,
+        )  # fmt: skip
+    return models
+
+
+@pytest.fixture
+def operator(
+    kubeconfig_node: Path,
+    node_client: Client,
+    node_namespace: str,
+    crds: None,
+    orchard_images: None,
+    tmp_path: Path,
+) -> Iterator[Operator]:
+    op = Operator(node_namespace, kubeconfig_node, tmp_path)
+    op.start()
+    try:
+        yield op
+    finally:
+        # Delete Orchard's objects while an operator runs: the ModelVersions' deletion
+        # guard (a finalizer) needs it, or the namespace would wait for it forever.
+        if op.proc is None or op.proc.poll() is not None:
+            op.start()
+        for kind in (MD, MV):
+            for obj in node_client.list(kind, namespace=node_namespace):
+                with contextlib.suppress(Exception):
+                    node_client.delete(kind, obj["metadata"]["name"], namespace=node_namespace)
+        with contextlib.suppress(AssertionError):
+            wait_for("Orchard's objects to go", lambda: not list(
+                node_client.list(MV, namespace=node_namespace)), 60)  # fmt: skip
+        op.stop()
+        for log in sorted(tmp_path.glob("operator-*.log")):
+            dest = FIGURES / "logs" / f"{node_namespace}-{log.name}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(log.read_bytes())
+
+
+# --- the story ------------------------------------------------------------------------------
+
+
+def md_status(client: Client, ns: str) -> dict[str, Any]:
+    obj = client.get(MD, "iris", namespace=ns)
+    return dict(obj.get("status") or {})
+
+
+def set_version(client: Client, ns: str, version: str) -> float:
+    client.patch(MD, "iris", {"spec": {"modelVersion": version}}, namespace=ns,
+                 patch_type=PatchType.MERGE)  # fmt: skip
+    return time.monotonic()
+
+
+@dataclass
+class Watcher:
+    """Polls the ModelDeployment's status in the background; keeps what it saw."""
+
+    client: Client
+    namespace: str
+    seen: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):  # the API server answers again next time
+                self.seen.append((time.monotonic(), md_status(self.client, self.namespace)))
+            time.sleep(0.5)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def since(self, t: float) -> list[dict[str, Any]]:
+        return [s for at, s in list(self.seen) if at >= t]
+
+
+def test_canary_rollouts(
+    node_client: Client,
+    node_namespace: str,
+    artifacts: dict[str, dict[str, Any]],
+    operator: Operator,
+) -> None:
+    ns, client = node_namespace, node_client
+    figures: dict[str, Any] = {
+        "steps": STEPS,
+        "analysis": "defaults: interval 5s, minRequests 20, maxErrorRate 0.05, "
+        "maxLatencyP95 500ms, maxLatencyRatio 2, maxPredictionShift 0.2",
+    }
+
+    # 1. v1 serves and answers predictions
+    client.create(
+        MD.from_dict({"metadata": {"name": "iris"},
+                      "spec": {"modelVersion": "iris-v1", "replicas": 2,
+                               "canary": {"steps": STEPS}}}),
+        namespace=ns,
+    )  # fmt: skip
+    wait_for("v1 to be stable",
+             lambda: md_status(client, ns).get("phase") == "Stable", 240)  # fmt: skip
+    status = md_status(client, ns)
+    assert status["stableVersion"] == "iris-v1"
+    assert status["url"] == f"http://iris.{ns}.svc:8080"
+    ip = client.get(Service, "iris", namespace=ns).spec.clusterIP  # type: ignore[union-attr]
+    from sklearn.datasets import load_iris
+
+    rows = [list(map(float, r)) for r in load_iris().data]
+    traffic = Traffic(f"http://{ip}:8080/v2/models/iris/infer", rows)
+    traffic.start()
+    watcher = Watcher(client, ns)
+    watcher.start()
+    try:
+        time.sleep(3)
+        answered = traffic.since(0)
+        assert answered and all(v == "iris-v1" for _, code, v in answered if code == 200)
+        assert sum(1 for _, code, _ in answered if code == 200) >= 20
+
+        # 2. a good v2 walks every step under traffic and is promoted
+        t_apply = set_version(client, ns, "iris-v2")
+
+        def promoted(version: str) -> bool:
+            s = md_status(client, ns)
+            return s.get("phase") == "Stable" and s.get("stableVersion") == version
+
+        wait_for("v2 to be promoted", lambda: promoted("iris-v2"), 300)
+        figures["good_apply_to_promotion_s"] = round(time.monotonic() - t_apply, 1)
+        seen = watcher.since(t_apply)
+        assert {s.get("currentStep") for s in seen if s.get("canaryVersion") == "iris-v2"} >= {0, 1}
+        assert any(s.get("phase") == "Progressing" and (s.get("analysis") or {}).get("verdict")
+                   == "Pass" for s in seen)  # fmt: skip
+        weights = {(s.get("canaryWeight") or {}).get("desired") for s in seen}
+        assert {25, 50} <= weights
+        status = md_status(client, ns)
+        assert status.get("lastRollback") is None
+        assert [h["version"] for h in status["history"]] == ["iris-v1", "iris-v2"]
+        v2_answers = [v for t, code, v in traffic.since(t_apply) if code == 200]
+        assert "iris-v2" in v2_answers
+
+        # 3. a bad v3 is rolled back by itself; v2 keeps serving
+        t_bad = set_version(client, ns, "iris-v3")
+        wait_for("v3 to be rolled back",
+                 lambda: md_status(client, ns).get("phase") == "RolledBack", 240)  # fmt: skip
+        t_rolled_back = time.monotonic()
+        status = md_status(client, ns)
+        rollback = status["lastRollback"]
+        assert rollback["from"] == "iris-v3" and rollback["to"] == "iris-v2"
+        assert rollback["reason"] == "ErrorRate", rollback
+        assert rollback["metrics"]["canaryErrorRate"] > 0.05
+        assert status["stableVersion"] == "iris-v2" and status.get("canaryVersion") is None
+        degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+        assert degraded["status"] == "True"
+        time.sleep(8)  # endpoints settle; then only v2 answers
+        bad = [(t, code, v) for t, code, v in traffic.since(t_bad)]
+        v3_times = [t for t, code, v in bad if v == "iris-v3"]
+        v3_errors = [t for t, code, v in bad if code >= 500]
+        first_v3 = min(v3_times + v3_errors)
+        last_v3 = max(v3_times + v3_errors)
+        figures["bad_first_traffic_to_rollback_decision_s"] = round(t_rolled_back - first_v3, 1)
+        figures["bad_first_traffic_to_all_stable_s"] = round(last_v3 - first_v3, 1)
+        figures["bad_requests_failed"] = len(v3_errors)
+        after = traffic.since(time.monotonic() - 4)
+        assert after and all(code == 200 and v == "iris-v2" for _, code, v in after)
+
+        # 4. the operator dies mid-rollout of v4; a new one resumes and completes it
+        t_v4 = set_version(client, ns, "iris-v4")
+        wait_for("v4's first step to take effect", lambda: (
+            lambda s: s.get("canaryVersion") == "iris-v4" and s.get("currentStep") == 0
+            and s.get("reason") == "Analysing")(md_status(client, ns)), 180)  # fmt: skip
+        operator.kill()
+        t_killed = time.monotonic()
+        time.sleep(3)
+        operator.start()
+        wait_for("v4 to be promoted after the restart", lambda: promoted("iris-v4"), 300)
+        figures["restart_apply_to_promotion_s"] = round(time.monotonic() - t_v4, 1)
+        after_restart = watcher.since(t_killed)
+        assert any(s.get("currentStep") == 1 for s in after_restart)
+        status = md_status(client, ns)
+        assert status["lastRollback"]["from"] == "iris-v3"  # no new rollback
+        assert [h["version"] for h in status["history"]] == ["iris-v1", "iris-v2", "iris-v4"]
+        time.sleep(6)  # the last v2 pods leave the endpoints (kube-proxy syncs)
+        final = traffic.since(time.monotonic() - 3)
+        assert final and all(code == 200 and v == "iris-v4" for _, code, v in final), [
+            (code, v) for _, code, v in final if (code, v) != (200, "iris-v4")
+        ]
+        figures["requests_sent"] = len(traffic.log)
+        figures["requests_failed_outside_v3"] = sum(
+            1 for t, code, _ in traffic.log if code != 200 and not (t_bad <= t <= t_rolled_back + 8)
+        )
+    finally:
+        traffic.stop()
+        watcher.stop()
+        FIGURES.mkdir(parents=True, exist_ok=True)
+        (FIGURES / "rollout.json").write_text(json.dumps(figures, indent=2) + "\n")
+        print("\nrollout figures:", json.dumps(figures, indent=2))
+    assert figures["bad_first_traffic_to_all_stable_s"] <= 30
+    assert figures["requests_failed_outside_v3"] == 0
