@@ -16,6 +16,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,11 @@ REPO = Path(__file__).resolve().parents[2]
 DIGEST = "sha256:" + "ab" * 32
 DATASET_DIGEST = "sha256:" + "cd" * 32
 NOWHERE = "orchard-api-test-no-such-node"
-T0 = "2026-11-27T10:00:00Z"
-T1 = "2026-11-27T10:01:00Z"
+# Recent times: a finished Job with a ttlSecondsAfterFinished is deleted by the TTL
+# controller (where one runs) once its finish time is that old.
+_NOW = datetime.now(UTC).replace(microsecond=0)
+T0 = (_NOW - timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
+T1 = _NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
 log = logging.getLogger("test")
 
 

@@ -180,3 +180,13 @@ def test_deployments_using() -> None:
     assert deployments_using("penguins-v3", mds) == ["fresh"]
     assert deployments_using("penguins-v9", mds) == []
     assert deployments_using("penguins-v1", []) == []
+
+
+def test_a_verifier_that_exited_0_decides_before_the_job_completes() -> None:
+    outcome = verification_outcome(job(), [pod(terminated(0, OK), "Succeeded")])
+    assert (outcome.phase, outcome.reason) == ("Ready", "Verified")
+    failing = verification_outcome(
+        job(),
+        [pod(terminated(1, {"error": {"reason": "DigestMismatch", "message": "m"}}), "Failed")],
+    )
+    assert failing.phase == "Verifying"  # a retry (backoffLimit 1) may still come

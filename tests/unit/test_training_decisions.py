@@ -596,3 +596,27 @@ def test_next_version_and_registered_version() -> None:
     assert next_version(existing, "wine") == 1
     assert registered_version(existing, "me", "orchard.dev/trainingjob-uid") == "penguins-v7"
     assert registered_version(existing, "nobody", "orchard.dev/trainingjob-uid") is None
+
+
+def test_a_succeeded_pod_decides_before_the_job_says_complete() -> None:
+    # The Job controller takes a few seconds to count a finished pod; the pod's own
+    # exit 0 and result already decide a run of one completion.
+    the_job = job(active=1, ready=0)
+    done = succeeded_pod(accuracy=0.9)
+    done["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = T1
+    outcome = training_outcome(the_job, [done])
+    assert (outcome.phase, outcome.reason) == ("Succeeded", "Trained")
+    assert outcome.completion_time == datetime(2026, 11, 27, 10, 1, 30, tzinfo=UTC)
+    # ...but not a failed pod: retries (backoffLimit) are the Job's to decide
+    failed = training_outcome(job(active=0), [failed_pod(error_message("GateFailed", "low"))])
+    assert failed.phase != "Failed"
+
+
+def test_a_search_decides_early_only_when_every_trial_succeeded() -> None:
+    pods = [succeeded_pod(i, accuracy=0.9 + i / 100) for i in range(3)]
+    the_job = job(indexed=True, completions=4, active=1, succeeded=3)
+    running = training_outcome(the_job, pods, SEARCH)
+    assert (running.phase, running.message) == ("Running", "3 of 4 trials done, 0 running")
+    pods.append(succeeded_pod(3, accuracy=0.91))
+    outcome = training_outcome(the_job, pods, SEARCH)
+    assert (outcome.phase, outcome.best_trial) == ("Succeeded", 2)

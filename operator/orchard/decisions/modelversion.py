@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from orchard.api.common import ConditionStatus, set_condition
+from orchard.api.common import ConditionStatus, now, set_condition
 from orchard.api.modelversion import ModelVersionPhase, ModelVersionStatus
 from orchard.decisions.training import IMAGE_PROBLEM, clip, parse_time, pod_report
 
@@ -74,6 +74,14 @@ def verification_outcome(
         if c.get("status") == "True"
     }
     newest = sorted(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp", ""))
+    if "Failed" not in conditions:
+        # A verifier that exited 0 and said so decides at once (the Job completes after).
+        for pod in newest:
+            terminated = _terminated(pod)
+            report = _report(terminated.get("message")) if terminated else None
+            if terminated and terminated.get("exitCode") == 0 and report and report.get("verified"):
+                at = parse_time(terminated.get("finishedAt"))
+                return Verification("Ready", VERIFIED, _verified_message(report), at)
     if "Complete" in conditions:
         at = parse_time(job.get("status", {}).get("completionTime"))
         for pod in reversed(newest):
@@ -159,7 +167,9 @@ def verification_status(
             "phase": outcome.phase,
             "observed_generation": generation,
             "conditions": conditions,
-            "verified_at": outcome.at if outcome.phase == "Ready" else previous.verified_at,
+            "verified_at": (outcome.at or at or now())
+            if outcome.phase == "Ready"
+            else previous.verified_at,
             "reason": outcome.reason,
             "message": outcome.message,
         }

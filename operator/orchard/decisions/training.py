@@ -163,6 +163,7 @@ class PodReport:
     index: int
     phase: PodPhase
     created: str = ""
+    finished: str = ""
     result: TrainerResult | None = None
     failure: TrainerFailure | None = None
     waiting: TrainerFailure | None = None
@@ -206,6 +207,7 @@ def pod_report(pod: Mapping[str, Any]) -> PodReport:
         "created": meta.get("creationTimestamp", ""),
     }
     if terminated:
+        base["finished"] = terminated.get("finishedAt") or ""
         parsed = parse_termination_message(terminated.get("message"))
         exit_code = terminated.get("exitCode", 0)
         if exit_code == 0 and isinstance(parsed, TrainerResult):
@@ -380,6 +382,13 @@ def training_outcome(
             (complete or failed or {}).get("lastTransitionTime")
         )
         return _finished(results, reports, search, trials, start, end, total)
+    if not failed and all(i in results for i in range(total)):
+        # Every completion index has a pod that exited 0 with its result: the Job is
+        # bound to complete, and the operator need not wait the seconds its controller
+        # takes to say so.
+        finished = [t for r in reports.values() if (t := parse_time(r.finished))]
+        end = max(finished) if finished else None
+        return _finished(results, reports, search, trials, start, end, total)
     if failed:
         end = parse_time(failed.get("lastTransitionTime"))
         reason, message = _job_failure(failed, reports, deadline_seconds)
@@ -398,14 +407,15 @@ def training_outcome(
                 stop_job=True,
             )
     running = [r for r in reports.values() if r.phase == "Running"]
+    done = len([r for r in reports.values() if r.phase in ("Succeeded", "Failed")])
     active = int(status.get("active") or 0)
-    if running or int(status.get("ready") or 0) > 0:
-        done = len([r for r in reports.values() if r.phase == "Succeeded"])
-        message = (
-            f"{done} of {total} trials done, {len(running)} running"
-            if search
-            else f"pod {running[0].name if running else ''} is training".replace("pod  ", "pod ")
-        )
+    if running or int(status.get("ready") or 0) > 0 or (search and done):
+        if search:
+            message = f"{done} of {total} trials done, {len(running)} running"
+        elif running:
+            message = f"pod {running[0].name} is training"
+        else:
+            message = "the trainer is running"
         return Outcome("Running", TRAINING, message, start, trials=trials)
     for report in sorted(reports.values(), key=lambda r: r.index):
         if report.waiting:

@@ -3,8 +3,8 @@ and Ready, and refuse deletion while a ModelDeployment uses the version.
 
 The verification is a real check, not trust: a pod in the trainer image fetches the
 artifact and compares every digest with the one the ModelVersion records. Its Job is
-watched like the training Jobs: an event handler on the Job, and a timer only while
-the verification is unfinished.
+watched like the training Jobs: event handlers on the Job and its pod, and a slow timer
+only while the verification is unfinished.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ RBAC_RULES: list[dict[str, Any]] = [
         "resources": ["jobs"],
         "verbs": ["get", "list", "watch", "create", "patch"],
     },
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
 ]
 
-POLL_SECONDS = 10.0
+POLL_SECONDS = 20.0
 IN_USE_RETRY_SECONDS = 15.0
 IN_USE_EVENT_EVERY = 8  # retries between two InUse events (about two minutes)
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
@@ -86,6 +86,16 @@ async def job_changed(
     body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
 ) -> None:
     """A verification Job changed: mirror it into its ModelVersion."""
+    owner = body.get("metadata", {}).get("labels", {}).get(MODELVERSION_LABEL)
+    if owner:
+        await sync(str(namespace), owner, logger)
+
+
+@kopf.on.event("v1", "pods", labels={MODELVERSION_LABEL: kopf.PRESENT})
+async def pod_changed(
+    body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
+) -> None:
+    """A verifier pod changed: its exit decides before its Job says so."""
     owner = body.get("metadata", {}).get("labels", {}).get(MODELVERSION_LABEL)
     if owner:
         await sync(str(namespace), owner, logger)

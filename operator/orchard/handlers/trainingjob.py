@@ -1,10 +1,11 @@
 """TrainingJob controller: run the trainer as a batch/v1 Job, mirror it into status, and
 register the (best) result as a ModelVersion exactly once.
 
-How the Job is watched: an event handler on Jobs carrying the TrainingJob label reacts
-the moment the Job's status changes (pods started, finished, failed); a timer, active
-only while a TrainingJob is unfinished, catches what never changes the Job (a pod that
-cannot pull its image) and anything a silent watch missed. Both run the same `sync`.
+How the Job is watched: event handlers on the Jobs and pods carrying the TrainingJob
+label (filtered on the server by label selectors) react the moment a pod starts, exits
+or cannot pull its image, and when the Job's own status changes; a slow timer, active
+only while a TrainingJob is unfinished, is the safety net for a watch that went silent.
+All run the same `sync`, serialised per TrainingJob.
 """
 
 from __future__ import annotations
@@ -50,12 +51,15 @@ RBAC_RULES: list[dict[str, Any]] = [
         "resources": ["jobs"],
         "verbs": ["get", "list", "watch", "create", "patch"],
     },
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]},
 ]
 
-POLL_SECONDS = 10.0
+POLL_SECONDS = 20.0
 ORCHARD_JOBS = f"app.kubernetes.io/part-of={PART_OF}"
+ORCHARD_BATCH_PODS = (
+    f"app.kubernetes.io/part-of={PART_OF},app.kubernetes.io/component in (training,verification)"
+)
 MAX_VERSION_ATTEMPTS = 5
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 
@@ -89,9 +93,12 @@ async def _create_once(obj: dict[str, Any]) -> None:
 
 
 @kopf.on.startup()
-def watch_only_orchard_jobs(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Filter the Job watch on the server: Orchard follows only the Jobs it made."""
+def watch_only_orchard_batch(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Filter the Job and pod watches on the server: Orchard follows only the Jobs it made
+    and their pods, never every pod of the cluster. (A controller that needs other pods
+    must widen the pod selector here.)"""
     settings.watching.label_selectors["batch", "jobs"] = ORCHARD_JOBS
+    settings.watching.label_selectors["v1", "pods"] = ORCHARD_BATCH_PODS
 
 
 @kopf.on.resume(GROUP, VERSION, "trainingjobs")
@@ -114,6 +121,17 @@ async def job_changed(
     body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
 ) -> None:
     """A training Job changed: mirror it into its TrainingJob."""
+    owner = body.get("metadata", {}).get("labels", {}).get(TRAININGJOB_LABEL)
+    if owner:
+        await sync(str(namespace), owner, logger)
+
+
+@kopf.on.event("v1", "pods", labels={TRAININGJOB_LABEL: kopf.PRESENT})
+async def pod_changed(
+    body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
+) -> None:
+    """A trainer pod changed: its exit (and result) decides before the Job says so, and a
+    pod that cannot pull its image shows at once."""
     owner = body.get("metadata", {}).get("labels", {}).get(TRAININGJOB_LABEL)
     if owner:
         await sync(str(namespace), owner, logger)
