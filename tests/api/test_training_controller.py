@@ -604,3 +604,16 @@ async def test_deletion_guard_holds_while_a_deployment_uses_the_version(namespac
     assert err.value.delay == mv_handlers.IN_USE_RETRY_SECONDS
     events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json"))["items"]
     assert any(e["reason"] == "InUse" and e["type"] == "Warning" for e in events)
+
+
+async def test_a_job_the_api_server_refuses_fails_the_trainingjob(namespace: str) -> None:
+    # The CRD keeps resources free-form; the Job's own validation refuses the quantity.
+    tj = await create_tj(namespace, resources={"limits": {"memory": "lots"}})
+    body = await get_tj(namespace)
+    with pytest.raises(kopf.PermanentError):
+        await tj_handlers.start(body=kopf.Body(body), namespace=namespace, name="iris-rf",
+                                logger=log)  # fmt: skip
+    status = (await get_tj(namespace))["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "InvalidJob")
+    assert "quantities must match" in status["message"]
+    assert await kube.get("batch/v1", "Job", job_name(tj), namespace) is None

@@ -111,9 +111,42 @@ async def start(
     if not unfinished(body.status):
         return
     settings = TrainerSettings.from_env()
-    await _create_once(config_map(tj))
-    await _create_once(training_job(tj, settings))
+    try:
+        await _create_once(config_map(tj))
+        await _create_once(training_job(tj, settings))
+    except ApiError as err:
+        if err.status.code not in (400, 422):
+            raise  # retried (Kopf's backoff): the API server or RBAC may recover
+        # The API server refused what the spec asks for (e.g. malformed resources): no
+        # retry can help, so say why in status and stop.
+        await _fail(dict(body), tj, "InvalidJob", f"the API server refused the Job: {err}")
+        raise kopf.PermanentError(f"the API server refused the Job: {err}") from err
     await sync(str(namespace), name, logger)
+
+
+@kopf.on.update(GROUP, VERSION, "trainingjobs", field="spec")
+async def spec_changed(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+    """A run cannot change under way (a Job's pod template is immutable): say so."""
+    message = (
+        "spec changed after training started; the change does not apply to this run "
+        "(create a new TrainingJob to train with it)"
+    )
+    logger.warning(message)
+    try:
+        await kube.post_event(dict(body), "SpecChangeIgnored", message, type_="Warning")
+    except ApiError as err:
+        logger.warning("cannot post event SpecChangeIgnored: %s", err)
+
+
+async def _fail(body: dict[str, Any], tj: TrainingJob, reason: str, message: str) -> None:
+    outcome = Outcome("Failed", reason, message)
+    new = training_status(
+        tj.status, outcome, tj.spec, generation=tj.metadata.generation, job_name=job_name(tj)
+    )
+    await kube.patch_status(
+        "TrainingJob", str(tj.metadata.name), str(tj.metadata.namespace), to_k8s(new)
+    )
+    await kube.post_event(body, reason, message, type_="Warning")
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={TRAININGJOB_LABEL: kopf.PRESENT})
