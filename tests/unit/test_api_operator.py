@@ -170,3 +170,38 @@ def test_event_body() -> None:
     assert len(body["message"]) == 1024 and body["firstTimestamp"] == "2026-01-01T00:00:00Z"
     assert kube.resource("orchard.dev/v1alpha1", "TrainingJob").__name__ == "TrainingJob"
     assert kube.resource("batch/v1", "Job").__name__ == "Job"
+
+
+def test_in_cluster_login_uses_the_service_address_not_dns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "token").write_text("tok\n")
+    (tmp_path / "namespace").write_text("orchard-system")
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setattr(main, "SERVICE_ACCOUNT", tmp_path)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    info = main.login(settings=kopf.OperatorSettings())
+    assert info is not None
+    assert info.server == "https://10.96.0.1:443" and info.token == "tok"
+    assert info.default_namespace == "orchard-system" and info.ca_path == str(tmp_path / "ca.crt")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
+    info = main.login(settings=kopf.OperatorSettings())
+    assert info is not None and info.server == "https://[fd00::1]:443"
+
+
+def test_outside_a_pod_login_reads_the_kubeconfig(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443'}}]\n"
+        "users: [{name: u, user: {token: abc}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u, namespace: ml}}]\n"
+    )
+    monkeypatch.setattr(main, "SERVICE_ACCOUNT", tmp_path / "absent")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(config))
+    info = main.login(settings=kopf.OperatorSettings(), logger=logging.getLogger("test"))
+    assert info is not None and info.server == "https://127.0.0.1:6443" and info.token == "abc"

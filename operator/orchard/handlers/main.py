@@ -126,6 +126,32 @@ def startup(
     )
 
 
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: the API server at the address in the environment, not by its DNS name.
+
+    Kopf's own in-cluster login names https://kubernetes.default.svc, which needs cluster
+    DNS; KUBERNETES_SERVICE_HOST works on every cluster. Elsewhere: the kubeconfig.
+    """
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    token = SERVICE_ACCOUNT / "token"
+    if host and token.exists():
+        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        namespace = SERVICE_ACCOUNT / "namespace"
+        ca = SERVICE_ACCOUNT / "ca.crt"
+        return kopf.ConnectionInfo(
+            server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}",
+            ca_path=str(ca) if ca.exists() else None,
+            token=token.read_text().strip() or None,
+            default_namespace=namespace.read_text().strip() if namespace.exists() else None,
+            trust_env=False,
+        )
+    return kopf.login_with_kubeconfig(settings=settings, **kwargs)
+
+
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Stop the metrics endpoint and close the API client."""
