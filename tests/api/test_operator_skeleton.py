@@ -414,3 +414,60 @@ def test_operator_image_runs_in_the_cluster_restricted_with_its_role(
             capture_output=True,
             timeout=60,
         )
+
+
+@API
+async def test_kube_helpers_against_the_api_server(
+    crds: Path, api_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """orchard.kube: get, server-side apply of an owned child, status patch, events."""
+    from orchard import kube
+
+    monkeypatch.setenv("KUBECONFIG", str(crds))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    await kube.close()
+    ns = api_namespace
+    try:
+        assert await kube.get("orchard.dev/v1alpha1", "TrainingJob", "absent", ns) is None
+        kubectl(
+            crds, "apply", "-n", ns, "-f", str(REPO / "manifests" / "samples" / "trainingjob.yaml")
+        )
+        tj = await kube.get("orchard.dev/v1alpha1", "TrainingJob", "iris", ns)
+        assert tj is not None and tj["spec"]["model"] == "iris"
+
+        child = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "iris-spec"},
+            "data": {"a": "1"},
+        }
+        made = await kube.ensure_owned(child, tj)
+        assert made["metadata"]["namespace"] == ns
+        assert made["metadata"]["ownerReferences"][0]["uid"] == tj["metadata"]["uid"]
+        # Applying again is idempotent; a changed field is brought in step.
+        again = await kube.ensure_owned({**child, "data": {"a": "2"}}, tj)
+        assert again["data"] == {"a": "2"}
+        assert again["metadata"]["uid"] == made["metadata"]["uid"]
+
+        out = await kube.patch_status("TrainingJob", "iris", ns, {"phase": "Running"})
+        assert out["status"]["phase"] == "Running"
+        assert out["metadata"]["generation"] == tj["metadata"]["generation"]
+
+        await kube.post_event(tj, "Started", "training began", type_="Normal")
+        events = json.loads(
+            kubectl(
+                crds,
+                "get",
+                "events",
+                "-n",
+                ns,
+                "--field-selector",
+                "involvedObject.name=iris,reason=Started",
+                "-o",
+                "json",
+            )
+        )["items"]
+        assert [e["message"] for e in events] == ["training began"]
+        assert events[0]["involvedObject"]["uid"] == tj["metadata"]["uid"]
+    finally:
+        await kube.close()
