@@ -84,7 +84,7 @@ def test_operator_deployment_is_restricted_and_probed(overlay: str) -> None:
 
 def test_samples_kustomization_lists_one_of_each_kind() -> None:
     kinds = sorted(d["kind"] for d in render("samples"))
-    assert kinds == ["ModelDeployment", "ModelVersion", "TrainingJob"]
+    assert kinds == ["ModelDeployment", "ModelVersion", "PersistentVolumeClaim", "TrainingJob"]
 
 
 def test_operator_image_builds_offline_as_non_root() -> None:
