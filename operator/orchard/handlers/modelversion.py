@@ -139,9 +139,13 @@ async def sync(namespace: str, name: str, logger: kopf.Logger) -> None:
         )
         outcome = verification_outcome(job, pods)
         if outcome.stop_job and job is not None:
-            await kube.merge_patch(
-                "batch/v1", "Job", verify_job_name(mv), namespace, {"spec": {"suspend": True}}
-            )
+            try:
+                await kube.merge_patch(
+                    "batch/v1", "Job", verify_job_name(mv), namespace, {"spec": {"suspend": True}}
+                )
+            except ApiError as err:
+                if not kube.is_not_found(err):
+                    raise
         new = verification_status(mv.status, outcome, generation=mv.metadata.generation)
         new_status = to_k8s(new)
         if new_status == to_k8s(mv.status):

@@ -196,9 +196,7 @@ async def sync(namespace: str, name: str, logger: kopf.Logger) -> None:
         outcome = await _observe(tj)
         if outcome.stop_job:
             # The run is over (its pod can never start): stop the Job's pods, keep the Job.
-            await kube.merge_patch(
-                "batch/v1", "Job", job_name(tj), namespace, {"spec": {"suspend": True}}
-            )
+            await _suspend(job_name(tj), namespace)
         registered = None
         if outcome.phase == "Succeeded" and outcome.result is not None:
             try:
@@ -228,6 +226,14 @@ async def sync(namespace: str, name: str, logger: kopf.Logger) -> None:
             return
         await kube.patch_status("TrainingJob", name, namespace, new_status)
         await _tell(body, tj, new.phase, new.reason or "", new.message or "", registered, logger)
+
+
+async def _suspend(job: str, namespace: str) -> None:
+    try:
+        await kube.merge_patch("batch/v1", "Job", job, namespace, {"spec": {"suspend": True}})
+    except ApiError as err:
+        if not kube.is_not_found(err):
+            raise
 
 
 async def _observe(tj: TrainingJob) -> Outcome:
