@@ -50,3 +50,7 @@ test-unit: venv ## unit tests: no cluster, seconds
 .PHONY: bench-serving
 bench-serving: venv ## Orchard's server vs KServe and MLServer (envs in bench/envs; QUICK=1 for a smoke run)
 	$(BIN)/python bench/serving.py $(if $(QUICK),--quick)
+
+.PHONY: bench-training
+bench-training: venv ## kubectl apply -> ModelVersion Ready beside a local `orchard train` (needs the node level)
+	$(BIN)/python bench/training.py $(if $(ROUNDS),--rounds $(ROUNDS))
