@@ -348,3 +348,64 @@ def test_503_until_the_model_is_loaded(artifacts: dict[str, Path]) -> None:
         r = httpx.post(f"{base}/v1/models/iris:predict", json={"instances": IRIS_ROWS})
         assert r.status_code == 200
         assert "orchard_model_ready 1" in httpx.get(f"{base}/metrics").text
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+def scrape(base: str) -> dict[str, float]:
+    """Prometheus text to {'name{labels}': value}; also checks every family is typed."""
+    text = httpx.get(f"{base}/metrics").text
+    typed = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, value = line.rsplit(" ", 1)
+        family = key.split("{")[0]
+        assert any(family == t or family.startswith(t + "_") for t in typed), family
+        out[key] = float(value)
+    return out
+
+
+def test_metrics_move_with_traffic(penguins: tuple[str, Any]) -> None:
+    base, model = penguins
+    before = scrape(base)
+    rows = [
+        {"island": "Dream", "sex": None, "bill_length_mm": 50.0, "flipper_length_mm": 195},
+        {"island": "Biscoe", "sex": "male", "bill_length_mm": None, "flipper_length_mm": 181},
+        {"island": "Dream", "sex": "female", "bill_length_mm": 42.0, "flipper_length_mm": 200},
+    ]
+    assert (
+        httpx.post(f"{base}/v1/models/penguins:predict", json={"instances": rows}).status_code
+        == 200
+    )
+    assert httpx.post(f"{base}/v1/models/penguins:predict", json={"rows": rows}).status_code == 400
+    after = scrape(base)
+
+    def moved(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert moved('orchard_requests_total{endpoint="v1_predict",code="200"}') == 1
+    assert moved('orchard_requests_total{endpoint="v1_predict",code="400"}') == 1
+    assert moved('orchard_request_errors_total{endpoint="v1_predict",reason="bad_request"}') == 1
+    assert moved('orchard_request_duration_seconds_count{endpoint="v1_predict"}') == 2
+    assert moved('orchard_request_duration_seconds_bucket{endpoint="v1_predict",le="+Inf"}') == 2
+    assert moved('orchard_request_duration_seconds_sum{endpoint="v1_predict"}') > 0
+    assert moved("orchard_batch_rows_sum") == 3
+    import pandas as pd
+
+    frame = pd.DataFrame(rows).astype({"bill_length_mm": float}).fillna({"sex": np.nan})
+    for cls in set(model.predict(frame)):
+        expected = float(sum(model.predict(frame) == cls))
+        assert moved(f'orchard_predictions_total{{class="{cls}"}}') == expected
+    assert moved('orchard_feature_observations_total{feature="bill_length_mm"}') == 2
+    assert moved('orchard_feature_missing_total{feature="bill_length_mm"}') == 1
+    assert moved('orchard_feature_value_sum{feature="bill_length_mm"}') == pytest.approx(92.0)
+    assert moved('orchard_feature_value_sum_squares{feature="flipper_length_mm"}') == pytest.approx(
+        195**2 + 181**2 + 200**2
+    )
+    assert moved('orchard_feature_category_total{feature="island",category="Dream"}') == 2
+    assert moved('orchard_feature_missing_total{feature="sex"}') == 1
+    assert 'orchard_feature_value_sum{feature="island"}' not in after
+    assert after["orchard_model_ready"] == 1

@@ -37,9 +37,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 MAX_BODY = 32 * 1024 * 1024
-JSON = [(b"content-type", b"application/json")]
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _PLATFORM = "sklearn"
+_V2_TYPES = {"number": "FP64", "integer": "INT64", "boolean": "BOOL", "string": "BYTES"}
 
 
 class HTTPError(Exception):
@@ -151,14 +151,14 @@ class App:
             else:
                 payload = handler()
             if isinstance(payload, bytes):  # /metrics
-                await _send(send, 200, payload, [(b"content-type", b"text/plain; version=0.0.4")])
+                await _send(send, 200, payload, b"text/plain; version=0.0.4")
             else:
                 await _send(send, 200, orjson.dumps(payload, option=_DUMPS_OPTIONS))
         except HTTPError as err:
             status = err.status
             self.metrics.observe_error(endpoint, err.reason)
             extra = [(b"allow", err.allow.encode())] if err.allow else []
-            await _send(send, status, orjson.dumps({"error": err.message}), extra)
+            await _send(send, status, orjson.dumps({"error": err.message}), extra=extra)
         except Exception as exc:
             log.exception("internal error on %s %s", method, scope["path"])
             status = 500
@@ -245,7 +245,7 @@ class App:
         schema = runner.schema
         if schema.columns:
             inputs = [
-                {"name": c.name, "datatype": "FP64" if c.numeric else "BYTES", "shape": [-1]}
+                {"name": c.name, "datatype": _V2_TYPES[c.type], "shape": [-1]}
                 for c in schema.columns
             ]
         else:
@@ -335,12 +335,14 @@ async def _read_body(receive: Receive) -> bytes | None:
 
 
 async def _send(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes = b"application/json",
+    extra: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    head = (
-        [*JSON, (b"content-length", str(len(body)).encode())]
-        if headers is None or not any(k == b"content-type" for k, _ in headers)
-        else [(b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send(
+        {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
     )
-    await send({"type": "http.response.start", "status": status, "headers": head + (headers or [])})
     await send({"type": "http.response.body", "body": body})
