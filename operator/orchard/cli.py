@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchard", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text).set_defaults(_module=module_name)
+        sub.add_parser(name, help=help_text, description=help_text).set_defaults(
+            _module=module_name
+        )
     return parser
 
 
@@ -35,8 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Parse the subcommand name first, then let its module add its own arguments.
     known, _ = parser.parse_known_args(argv[:1] or ["--help"])
     module = importlib.import_module(known._module)
-    sub_parser = argparse.ArgumentParser(prog=f"orchard {known.command}",
-                                         description=SUBCOMMANDS[known.command][1])
+    sub_parser = argparse.ArgumentParser(
+        prog=f"orchard {known.command}", description=SUBCOMMANDS[known.command][1]
+    )
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(argv[1:])
     result: int = module.run(args)
