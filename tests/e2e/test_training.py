@@ -305,3 +305,42 @@ def test_search_registers_the_best_trial(cluster: Cluster) -> None:
     assert spec["source"]["trial"] == best
     assert spec["artifact"]["uri"].rstrip("/").endswith(f"trial-{best}")
     assert spec["params"]["max_depth"] == trials[best]["params"]["max_depth"]
+
+
+def test_a_model_version_in_use_is_kept_until_released(cluster: Cluster) -> None:
+    """The finalizer holds deletion while a ModelDeployment names the version, says why,
+    and lets go as soon as nothing does; an unused version goes at once."""
+    name = cluster.status("tj", "penguins-rf").get("modelVersion")
+    if not name:
+        pytest.skip("needs the ModelVersion of test_trains_registers_and_verifies")
+    cluster.apply(
+        {
+            "apiVersion": "orchard.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "penguins"},
+            "spec": {"modelVersion": name, "replicas": 0},
+        }
+    )
+    cluster.kubectl("delete", "mv", name, "--wait=false")
+    time.sleep(5)
+    held = cluster.get("mv", name)
+    assert held["metadata"].get("deletionTimestamp"), "deletion was not requested"
+    events = wait_for(
+        "the InUse event",
+        lambda: (out := cluster.kubectl("get", "events", "--field-selector",
+                                        f"involvedObject.name={name},reason=InUse"))
+        and "ModelDeployment(s) penguins" in out and out,
+        30,
+    )  # fmt: skip
+    assert "InUse" in events
+
+    cluster.kubectl("delete", "md", "penguins", "--wait=true", "--timeout=60s")
+    start = time.monotonic()
+    cluster.kubectl("wait", "--for=delete", f"mv/{name}", "--timeout=60s")
+    print(f"released ModelVersion deleted {time.monotonic() - start:.1f}s after its user went")
+
+    unused = cluster.status("tj", "penguins-search").get("modelVersion")
+    if unused:
+        start = time.monotonic()
+        cluster.kubectl("delete", "mv", unused, "--timeout=30s")
+        assert time.monotonic() - start < 30
