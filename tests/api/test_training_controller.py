@@ -557,6 +557,8 @@ async def test_verification_sets_artifact_verified_and_ready(
         "status"
     ]
     assert status["phase"] == "Verifying"
+    # usedBy is the ModelDeployment controller's: a verification sync leaves it as it is.
+    await kube.patch_status("ModelVersion", str(mv.metadata.name), namespace, {"usedBy": ["web"]})
 
     job = await write_job_status(job, job_status)
     await make_pod(
@@ -569,6 +571,7 @@ async def test_verification_sets_artifact_verified_and_ready(
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert status["phase"] == phase
     assert conditions == {"ArtifactVerified": verified, "Ready": verified}
+    assert status["usedBy"] == ["web"]
     assert verify_job_name(mv) == job["metadata"]["name"]
 
 

@@ -150,6 +150,8 @@ async def sync(namespace: str, name: str, logger: kopf.Logger) -> None:
         new_status = to_k8s(new)
         if new_status == to_k8s(mv.status):
             return
+        # usedBy belongs to the ModelDeployment controller: never write back a stale copy.
+        new_status.pop("usedBy", None)
         await kube.patch_status("ModelVersion", name, namespace, new_status)
         if new.phase != mv.status.phase:
             logger.info("phase %s -> %s (%s)", mv.status.phase, new.phase, outcome.reason)
