@@ -97,10 +97,14 @@ def _write_artifact(root: Path, model: Any, columns: list[str], name: str) -> No
     digest = "sha256:" + hashlib.sha256((root / "model.joblib").read_bytes()).hexdigest()
     meta = {
         "formatVersion": 1, "model": name, "task": "classification",
-        "estimator": {"name": type(model).__name__, "params": {}},
+        "estimator": {"name": type(model).__name__, "params": {}}, "metrics": {},
         "framework": {"name": "scikit-learn", "version": _sklearn_version()},
+        "dataset": {"uri": f"builtin:{name}", "digest": "sha256:" + "0" * 64, "rows": 0,
+                    "target": "y"},
         "inputs": [{"name": c, "type": "number"} for c in columns],
+        "output": {"name": "y", "type": "integer", "classes": [int(c) for c in model.classes_]},
         "files": {"model.joblib": digest},
+        "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip
     (root / "metadata.json").write_text(json.dumps(meta, indent=1))
 

@@ -29,24 +29,32 @@ def write_artifact(
     root: Path, model: Any, inputs: list[dict[str, str]], task: str = "classification",
     name: str = "model",
 ) -> Path:  # fmt: skip
-    """model.joblib plus a metadata.json listing its sha256, as the trainer writes them."""
+    """model.joblib plus a metadata.json listing its sha256, in the trainer's format."""
+    import sklearn
+
     root.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, root / "model.joblib")
     digest = "sha256:" + hashlib.sha256((root / "model.joblib").read_bytes()).hexdigest()
+    classes = [c.item() if hasattr(c, "item") else c for c in getattr(model, "classes_", [])]
     metadata = {
         "formatVersion": 1,
         "model": name,
         "task": task,
         "estimator": {"name": type(model).__name__, "params": {}},
+        "metrics": {},
+        "framework": {"name": "scikit-learn", "version": sklearn.__version__},
+        "dataset": {
+            "uri": f"builtin:{name}",
+            "digest": "sha256:" + "0" * 64,
+            "rows": 0,
+            "target": "y",
+        },
         "inputs": inputs,
+        "output": {"name": "y", "type": "string" if task == "classification" else "number"}
+        | ({"classes": classes} if classes else {}),
         "files": {"model.joblib": digest},
+        "createdAt": "2026-11-27T10:00:00Z",
     }
-    if hasattr(model, "classes_"):
-        metadata["output"] = {
-            "name": "y",
-            "type": "string",
-            "classes": [str(c) for c in model.classes_],
-        }
     (root / "metadata.json").write_text(json.dumps(metadata, indent=2))
     return root
 
@@ -181,7 +189,7 @@ def running_server(app: App, wait_ready: bool = True) -> Iterator[str]:
         thread.join(10)
 
 
-def app_for(model_dir: Path, name: str, **kwargs: Any) -> App:
+def app_for(model_dir: Path, name: str, expected_digest: str | None = None, **kwargs: Any) -> App:
     """The app `orchard serve` would build for an artifact directory."""
-    artifact = verify(model_dir)
+    artifact = verify(model_dir, expected_digest)
     return App(name, lambda: build_runner(artifact), **kwargs)

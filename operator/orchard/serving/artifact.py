@@ -1,21 +1,26 @@
-"""Reading an artifact directory: check every listed file's sha256, then unpickle.
+"""Reading an artifact directory through `orchard.artifacts`, the one place that trusts bytes.
 
-A pickle is code, so nothing is unpickled before its bytes are proven to be the bytes
-the metadata lists. The model file is read once: the bytes hashed are the bytes loaded,
-so there is no window between the check and the load.
+Before the server opens its port, `verify` checks metadata.json (against the
+ModelVersion's digest when one is given) and the sha256 of every file it lists. The
+model is then unpickled by `orchard.artifacts.load_model`, which reads model.joblib
+once, checks those very bytes against the same metadata digest, and loads them from
+memory: no file can change between the check and the load (a pickle is code).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MODEL_FILE = "model.joblib"
-METADATA_FILE = "metadata.json"
+from orchard.artifacts import (
+    METADATA_FILE,
+    ArtifactError,
+    Metadata,
+    load_model,
+    sha256_bytes,
+    verify_artifact,
+)
 
 
 class ArtifactRefused(Exception):
@@ -34,86 +39,47 @@ class Column:
         return self.type in ("number", "integer", "boolean")
 
 
-@dataclass
+@dataclass(frozen=True)
 class VerifiedArtifact:
-    """An artifact whose files match its metadata; `model_bytes` are safe to unpickle."""
+    """An artifact whose files matched its metadata, pinned by the metadata's digest."""
 
-    metadata: dict[str, Any]
+    directory: Path
+    metadata: Metadata
     digest: str
-    model_bytes: bytes
-    columns: list[Column] = field(default_factory=list)
-
-
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def parse_columns(metadata: dict[str, Any]) -> list[Column]:
-    """The input schema from metadata `inputs`; empty when the artifact has none."""
-    raw = metadata.get("inputs") or []
-    if not isinstance(raw, list):
-        raise ArtifactRefused("metadata.json: 'inputs' must be a list")
-    columns = []
-    for item in raw:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise ArtifactRefused(f"metadata.json: bad input entry {item!r}")
-        kind = item.get("type", "number")
-        if kind not in ("number", "integer", "string", "boolean"):
-            raise ArtifactRefused(
-                f"metadata.json: input {item['name']!r} has unknown type {kind!r}"
-            )
-        columns.append(Column(item["name"], kind))
-    return columns
+    columns: list[Column]
 
 
 def verify(model_dir: str | Path, expected_digest: str | None = None) -> VerifiedArtifact:
-    """Check metadata.json (against `expected_digest` if given) and every file it lists.
-
-    Raises `ArtifactRefused` with a one-line reason on any mismatch.
-    """
+    """Check the artifact; raise `ArtifactRefused` with a one-line reason if it fails."""
     root = Path(model_dir)
-    meta_path = root / METADATA_FILE
     try:
-        meta_bytes = meta_path.read_bytes()
+        raw = (root / METADATA_FILE).read_bytes()
     except OSError as exc:
-        raise ArtifactRefused(f"cannot read {meta_path}: {exc.strerror or exc}") from None
-    digest = _sha256(meta_bytes)
+        raise ArtifactRefused(
+            f"cannot read {root / METADATA_FILE}: {exc.strerror or exc}"
+        ) from None
+    digest = sha256_bytes(raw)
     if expected_digest and expected_digest != digest:
         raise ArtifactRefused(
-            f"{meta_path} has digest {digest}, expected {expected_digest}: refusing to load"
+            f"{METADATA_FILE} has digest {digest}, but the recorded digest is {expected_digest}"
         )
     try:
-        metadata = json.loads(meta_bytes)
-    except ValueError as exc:
-        raise ArtifactRefused(f"{meta_path} is not valid JSON: {exc}") from None
-    if not isinstance(metadata, dict):
-        raise ArtifactRefused(f"{meta_path} is not a JSON object")
-    files = metadata.get("files")
-    if not isinstance(files, dict) or MODEL_FILE not in files:
-        raise ArtifactRefused(f"{meta_path} lists no sha256 for {MODEL_FILE}: refusing to load")
-    model_bytes = b""
-    for name, listed in files.items():
-        path = root / name
-        if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
-            raise ArtifactRefused(f"{meta_path} lists a file outside the artifact: {name!r}")
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ArtifactRefused(f"cannot read {path}: {exc.strerror or exc}") from None
-        actual = _sha256(data)
-        if actual != listed:
-            raise ArtifactRefused(
-                f"{path} has sha256 {actual} but metadata.json lists {listed}: refusing to load"
-            )
-        if name == MODEL_FILE:
-            model_bytes = data
-    return VerifiedArtifact(metadata, digest, model_bytes, parse_columns(metadata))
+        # Pinned to the digest just read, so the metadata verified is the metadata hashed.
+        metadata = verify_artifact(root, digest)
+    except ArtifactError as exc:
+        raise ArtifactRefused(_one_line(exc)) from None
+    columns = [Column(c.name, c.type) for c in metadata.inputs]
+    return VerifiedArtifact(root, metadata, digest, columns)
 
 
 def unpickle(artifact: VerifiedArtifact) -> Any:
-    """Load the verified model bytes (imports joblib and, through the pickle, scikit-learn)."""
-    import joblib
-
-    model = joblib.load(io.BytesIO(artifact.model_bytes))
-    artifact.model_bytes = b""  # the bytes are no longer needed; let them go
+    """The fitted model, from bytes checked against the verified metadata's digest."""
+    try:
+        model, _ = load_model(artifact.directory, artifact.digest)
+    except ArtifactError as exc:
+        raise ArtifactRefused(_one_line(exc)) from None
     return model
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())

@@ -55,7 +55,7 @@ def build_runner(artifact: Any) -> Any:
     from orchard.serving.artifact import unpickle
     from orchard.serving.model import ModelRunner
 
-    return ModelRunner(unpickle(artifact), artifact.columns, artifact.metadata)
+    return ModelRunner(unpickle(artifact), artifact.columns, artifact.metadata.task)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         artifact = verify(args.model_dir, args.expected_digest)
     except ArtifactRefused as exc:
-        print(f"orchard serve: {exc}", file=sys.stderr)
+        print(f"orchard serve: refusing to start: {exc}", file=sys.stderr)
         return EXIT_REFUSED
 
     import uvicorn
@@ -73,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     meta = artifact.metadata
-    framework = meta.get("framework") or {}
     info = {
         "digest": artifact.digest,
-        "framework": f"{framework.get('name', '')} {framework.get('version', '')}".strip(),
+        "framework": f"{meta.framework.name} {meta.framework.version}",
+        "estimator": meta.estimator.name,
     }
     server: uvicorn.Server | None = None
 

@@ -56,13 +56,12 @@ class BatchResult:
 class ModelRunner:
     """A fitted scikit-learn estimator and the schema its rows follow."""
 
-    def __init__(self, model: Any, columns: list[Column], metadata: dict[str, Any]) -> None:
+    def __init__(self, model: Any, columns: list[Column], task: str | None = None) -> None:
         self.model = model
         n_features = getattr(model, "n_features_in_", None)
         self.schema = Schema(columns, int(n_features) if n_features is not None else None)
         # Fitted on a DataFrame (ColumnTransformer by name, say): it needs one back.
         self.needs_frame = hasattr(model, "feature_names_in_") and bool(columns)
-        task = metadata.get("task")
         self.classification = task == "classification" if task else hasattr(model, "classes_")
         classes = getattr(model, "classes_", None)
         self.output_datatype = (
