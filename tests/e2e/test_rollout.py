@@ -68,6 +68,7 @@ STEPS = [{"weight": 25, "pause": "5s"}, {"weight": 50, "pause": "5s"}]
 def train_artifacts(root: Path) -> dict[str, dict[str, Any]]:
     """Train four real pipelines on iris and write each in the artifact format."""
     from sklearn.datasets import load_iris
+    from sklearn.dummy import DummyClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score
     from sklearn.model_selection import train_test_split
@@ -91,6 +92,9 @@ def train_artifacts(root: Path) -> dict[str, dict[str, Any]]:
         "iris-v3": Pipeline([("sqrt", FunctionTransformer(np.sqrt)), ("scale", StandardScaler()),
                              ("model", LogisticRegression(C=1.0))]),
         "iris-v4": lr(1.5),
+        # answers one class whatever it is asked: no error, no delay, only its predictions
+        # give it away (imported by hand, it registers no metrics to compare)
+        "iris-v5": Pipeline([("model", DummyClassifier(strategy="most_frequent"))]),
     }  # fmt: skip
     dataset_digest = "sha256:" + hashlib.sha256(x.to_csv(index=False).encode()).hexdigest()
     out: dict[str, dict[str, Any]] = {}
@@ -298,7 +302,7 @@ def artifacts(node_client: Client, node_namespace: str) -> dict[str, dict[str, A
                         "artifact": {"uri": f"pvc://orchard-artifacts/{info['path']}",
                                      "digest": info["digest"]},
                         "framework": {"name": "scikit-learn", "version": "1"},
-                        "metrics": {"accuracy": info["accuracy"]},
+                        "metrics": {} if name == "iris-v5" else {"accuracy": info["accuracy"]},
                         "inputs": [{"name": f, "type": "number"} for f in FEATURES],
                     },
                 }
@@ -440,6 +444,11 @@ def test_canary_rollouts(
         status = md_status(client, ns)
         assert status.get("lastRollback") is None
         assert [h["version"] for h in status["history"]] == ["iris-v1", "iris-v2"]
+        used_by = {
+            name: client.get(MV, name, namespace=ns).get("status", {}).get("usedBy")
+            for name in ("iris-v1", "iris-v2")
+        }
+        assert used_by == {"iris-v1": [], "iris-v2": ["iris"]}
         v2_answers = [v for t, code, v in traffic.since(t_apply) if code == 200]
         assert "iris-v2" in v2_answers
 
@@ -501,3 +510,104 @@ def test_canary_rollouts(
         print("\nrollout figures:", json.dumps(figures, indent=2))
     assert figures["bad_first_traffic_to_all_stable_s"] <= 30
     assert figures["requests_failed_outside_v3"] == 0
+
+
+def create_md(client: Client, ns: str, version: str, **spec: Any) -> None:
+    client.create(
+        MD.from_dict({"metadata": {"name": "iris"},
+                      "spec": {"modelVersion": version, "replicas": 1, "canary": {"steps": STEPS},
+                               **spec}}),
+        namespace=ns,
+    )  # fmt: skip
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+
+def test_quiet_canary_pauses_shifted_predictions_roll_back_a_person_promotes(
+    node_client: Client,
+    node_namespace: str,
+    artifacts: dict[str, dict[str, Any]],
+    operator: Operator,
+) -> None:
+    """No traffic is no verdict (Paused); a model that answers one class is caught by the
+    prediction shift alone; a person promotes a quiet canary by annotation."""
+    ns, client = node_namespace, node_client
+    create_md(client, ns, "iris-v1")
+    wait_for("v1 to be stable", lambda: md_status(client, ns).get("phase") == "Stable", 240)
+
+    # v5, with no traffic at all: paused, not passed
+    set_version(client, ns, "iris-v5")
+    wait_for("the quiet canary to pause",
+             lambda: md_status(client, ns).get("phase") == "Paused", 180)  # fmt: skip
+    status = md_status(client, ns)
+    assert status["reason"] == "TooFewRequests" and status["canaryVersion"] == "iris-v5"
+    assert status["analysis"]["verdict"] == "Inconclusive"
+
+    # traffic arrives: the one-class answers give it away
+    ip = client.get(Service, "iris", namespace=ns).spec.clusterIP  # type: ignore[union-attr]
+    from sklearn.datasets import load_iris
+
+    rows = [list(map(float, r)) for r in load_iris().data]
+    traffic = Traffic(f"http://{ip}:8080/v2/models/iris/infer", rows)
+    traffic.start()
+    try:
+        wait_for("v5 to be rolled back",
+                 lambda: md_status(client, ns).get("phase") == "RolledBack", 120)  # fmt: skip
+    finally:
+        traffic.stop()
+    status = md_status(client, ns)
+    rollback = status["lastRollback"]
+    assert (rollback["from"], rollback["to"], rollback["reason"]) == (
+        "iris-v5",
+        "iris-v1",
+        "PredictionShift",
+    )
+    assert rollback["metrics"]["predictionShift"] > 0.2
+    assert rollback["metrics"]["canaryErrorRate"] == 0
+    assert condition(status, "Degraded")["status"] == "True"
+
+    # v2 with no traffic pauses; a person promotes it by annotation
+    set_version(client, ns, "iris-v2")
+    wait_for("v2 to pause", lambda: (lambda s: s.get("phase") == "Paused"
+             and s.get("canaryVersion") == "iris-v2")(md_status(client, ns)), 180)  # fmt: skip
+    promote = {"metadata": {"annotations": {"orchard.dev/rollout-action": "promote"}}}
+    client.patch(MD, "iris", promote, namespace=ns, patch_type=PatchType.MERGE)
+    wait_for("v2 to be promoted by the annotation", lambda: (
+        lambda s: s.get("phase") == "Stable" and s.get("stableVersion") == "iris-v2")(
+            md_status(client, ns)), 180)  # fmt: skip
+    status = md_status(client, ns)
+    assert status["lastAction"]["action"] == "promote"
+    assert status["lastAction"]["source"] == "annotation"
+    assert condition(status, "Degraded")["status"] == "False"
+    assert [h["version"] for h in status["history"]] == ["iris-v1", "iris-v2"]
+    spec = client.get(MD, "iris", namespace=ns)["spec"]
+    assert spec["modelVersion"] == "iris-v2"  # the operator never wrote spec
+
+
+def test_a_traffic_mode_that_cannot_be_honoured_says_why(
+    node_client: Client,
+    node_namespace: str,
+    artifacts: dict[str, dict[str, Any]],
+    operator: Operator,
+) -> None:
+    """gatewayAPI where no HTTPRoute can be had: a False TrafficSplit condition with the
+    reason, and a rollout that waits instead of sending traffic some other way."""
+    ns, client = node_namespace, node_client
+    create_md(client, ns, "iris-v1", traffic={"mode": "gatewayAPI", "httpRoute": {"name": "web"}})
+    wait_for("v1 to be stable", lambda: md_status(client, ns).get("phase") == "Stable", 240)
+    status = md_status(client, ns)
+    split = condition(status, "TrafficSplit")
+    # GatewayAPIUnavailable here (no Gateway API CRDs); HTTPRouteNotFound where it is installed
+    unavailable = ("GatewayAPIUnavailable", "HTTPRouteNotFound")
+    assert split["status"] == "False" and split["reason"] in unavailable, split
+    services = {s.metadata.name: s for s in client.list(Service, namespace=ns)}  # type: ignore[union-attr]
+    assert {"iris", "iris-stable", "iris-canary"} <= set(services)
+    assert services["iris"].spec.selector["orchard.dev/track"] == "stable"  # type: ignore[union-attr,index]
+    set_version(client, ns, "iris-v2")
+    wait_for("the rollout to wait for its traffic split",
+             lambda: md_status(client, ns).get("phase") == "Paused", 60)  # fmt: skip
+    status = md_status(client, ns)
+    assert status["reason"] in unavailable
+    assert status.get("currentStep") is None and status["canaryWeight"]["effective"] == 0

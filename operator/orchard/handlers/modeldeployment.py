@@ -320,7 +320,16 @@ async def traffic_state(md: ModelDeployment) -> tuple[bool, str, str, dict[str, 
             return (
                 False,
                 "HTTPRouteNotFound",
-                f"HTTPRoute {namespace}/{ref.name} not found (or the Gateway API is not "
+                f"HTTPRoute {namespace}/{ref.name} not found; traffic cannot be split by weights",
+                None,
+            )
+        raise
+    except Exception as err:  # the client's HTTP error for a bare 404: the kind is not served
+        if getattr(getattr(err, "response", None), "status_code", None) == 404:
+            return (
+                False,
+                "GatewayAPIUnavailable",
+                f"the cluster does not serve {GATEWAY_API} HTTPRoutes (Gateway API not "
                 "installed); traffic cannot be split by weights",
                 None,
             )
