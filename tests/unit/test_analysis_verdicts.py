@@ -85,14 +85,33 @@ def test_absolute_latency_fails() -> None:
 
 
 def test_latency_against_stable_fails() -> None:
-    canary = window(40, latency=0.2, classes={"setosa": 14, "versicolor": 13, "virginica": 13})
+    classes = {"setosa": 40, "versicolor": 40, "virginica": 40}
+    canary = window(120, latency=0.2, classes=classes)
     result = an.evaluate(canary, STABLE, SETTINGS)  # stable p95 is under 5ms
     assert result.verdict == "Fail" and result.reason == "LatencyRatio"
 
 
+def test_latency_ratio_waits_for_enough_requests() -> None:
+    """A p95 of a few dozen requests is one cold request: no ratio verdict on it."""
+    canary = window(40, latency=0.2, classes={"setosa": 14, "versicolor": 13, "virginica": 13})
+    assert an.evaluate(canary, STABLE, SETTINGS).verdict == "Pass"
+    # the absolute limit still holds at any count
+    slow = window(40, latency=0.9, classes={"setosa": 14, "versicolor": 13, "virginica": 13})
+    assert an.evaluate(slow, STABLE, SETTINGS).reason == "LatencyP95"
+
+
+def test_latency_ratio_ignores_a_few_milliseconds_under_a_loose_limit() -> None:
+    """The case a loaded node produced: 22.7ms against 10ms, with a 500ms limit."""
+    stable = window(300, latency=0.009, classes={"a": 300})
+    canary = window(300, latency=0.02, classes={"a": 300})
+    assert an.evaluate(canary, stable, SETTINGS).verdict == "Pass"
+    strict = an.Settings(max_latency_p95_s=0.1)  # under a 100ms limit it is a regression
+    assert an.evaluate(canary, stable, strict).reason == "LatencyRatio"
+
+
 def test_latency_ratio_ignores_millisecond_noise() -> None:
     fast_stable = window(400, latency=0.0007, classes={"a": 400})
-    canary = window(40, latency=0.004, classes={"a": 40})
+    canary = window(400, latency=0.004, classes={"a": 400})
     assert an.evaluate(canary, fast_stable, SETTINGS).verdict == "Pass"
 
 

@@ -8,8 +8,9 @@ analysis window (see `metrics_text.delta`), sums it per track (stable, canary) i
   little traffic is never a pass.
 - Fail: error rate above `maxErrorRate` (decided early when the errors alone already
   exceed the allowance at `minRequests`), p95 latency above `maxLatencyP95`, or above
-  the stable p95 times `maxLatencyRatio`, or predictions shifted from the stable's by
-  more than `maxPredictionShift` (total variation distance, beyond sampling noise).
+  the stable p95 times `maxLatencyRatio` (once both tracks have enough requests for a
+  p95 to mean something), or predictions shifted from the stable's by more than
+  `maxPredictionShift` (total variation distance, beyond sampling noise).
 - Pass: otherwise.
 
 `registered_metric_check` compares the candidate's registered test metric with the
@@ -33,9 +34,13 @@ LATENCY = "orchard_request_duration_seconds"
 PREDICTED_CLASS = "orchard_predictions_total"
 PREDICTED_VALUE = "orchard_prediction_value"
 
-# A latency ratio is only held against the canary when it is also this much slower in
-# absolute terms: at a millisecond or two, bucket resolution and noise dominate.
+# A latency ratio is only held against the canary when both tracks have this many
+# requests in the window (a p95 of a few dozen requests is its slowest one or two: a
+# cold first request decides it), and when the canary is also slower in absolute terms
+# by the larger of these two: at a few milliseconds, bucket resolution and noise dominate.
+LATENCY_RATIO_MIN_REQUESTS = 100
 LATENCY_RATIO_FLOOR_S = 0.010
+LATENCY_RATIO_FLOOR_SHARE = 0.05  # of maxLatencyP95
 # Standard deviations of sampling noise allowed on the prediction shift.
 SHIFT_NOISE_Z = 2.0
 
@@ -273,11 +278,14 @@ def evaluate(canary: TrackWindow, stable: TrackWindow | None, settings: Settings
             f"{settings.max_latency_p95_s * 1000:.0f}ms",
         )
     stable_p95 = stable.latency_p95() if stable is not None else None
+    floor = max(LATENCY_RATIO_FLOOR_S, LATENCY_RATIO_FLOOR_SHARE * settings.max_latency_p95_s)
     if (
         p95 is not None
         and stable_p95 is not None
+        and stable is not None
+        and min(canary.requests, stable.requests) >= LATENCY_RATIO_MIN_REQUESTS
         and p95 > stable_p95 * settings.max_latency_ratio
-        and p95 - stable_p95 > LATENCY_RATIO_FLOOR_S
+        and p95 - stable_p95 > floor
     ):
         return result(
             "Fail",
