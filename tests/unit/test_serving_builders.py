@@ -136,6 +136,62 @@ def test_fetch_program_really_copies_an_artifact(tmp_path: Any) -> None:
     assert (dest / "metadata.json").read_text() == "{}"
 
 
+def test_fetch_program_reads_s3(tmp_path: Any) -> None:
+    """The init container's program against a real S3-compatible server on loopback
+    (moto's server, from the dev extra), with credentials from the environment as the
+    Secret would give them."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    moto = Path(sys.executable).with_name("moto_server")
+    if not moto.exists():
+        pytest.skip("moto_server is not installed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "orchard-test",
+        "AWS_SECRET_ACCESS_KEY": "orchard-test-secret",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "moto did not start"
+                time.sleep(0.1)
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="orchard-test",
+                          aws_secret_access_key="orchard-test-secret")  # fmt: skip
+        s3.create_bucket(Bucket="models")
+        s3.put_object(Bucket="models", Key="iris/2/model.joblib", Body=b"model-bytes")
+        s3.put_object(Bucket="models", Key="iris/2/metadata.json", Body=b"{}")
+        dest = tmp_path / "artifact"
+        subprocess.run([sys.executable, "-c", sv.FETCH_PROGRAM, "s3://models/iris/2/", str(dest)],
+                       check=True, env=env, capture_output=True)  # fmt: skip
+        assert (dest / "model.joblib").read_bytes() == b"model-bytes"
+        assert (dest / "metadata.json").read_bytes() == b"{}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def test_unsupported_artifact_uri() -> None:
     with pytest.raises(sv.UnsupportedArtifact):
         sv.deployment(md(), "stable", mv("https://example.invalid/m/"), 1)
