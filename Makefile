@@ -45,6 +45,52 @@ crds: venv ## regenerate crds/ from the models and the RBAC role from the handle
 test-unit: venv ## unit tests: no cluster, seconds
 	$(BIN)/pytest tests/unit -q
 
+# --- Local cluster (tests/cluster/README.md) ---------------------------------
+
+HARNESS := $(BIN)/python tests/cluster/harness.py
+
+.PHONY: deps
+deps: ## install the Debian packages the cluster and image builds need (root; fast when present)
+	tests/cluster/deps.sh
+
+.PHONY: cluster-build
+cluster-build: ## build etcd and the Kubernetes components from Go sources into $ORCHARD_CACHE (once)
+	tests/cluster/build.sh
+
+.PHONY: cluster-up
+cluster-up: venv deps ## start the local cluster (LEVEL=node default, LEVEL=api); writes .cluster/kubeconfig
+	$(HARNESS) up --level $(LEVEL)
+
+.PHONY: cluster-down
+cluster-down: venv ## stop the local cluster; leaves no process, mount, iptables chain or bridge
+	$(HARNESS) down
+
+.PHONY: cluster-status
+cluster-status: venv ## show which cluster components run
+	$(HARNESS) status
+
+.PHONY: images
+images: venv deps ## build every images/*/Dockerfile as localhost/orchard/<dir>:dev and load it into the node
+	$(HARNESS) images
+
+.PHONY: kind-up
+kind-up: venv ## (with Docker, not on this machine) a kind cluster with the images loaded
+	kind create cluster --name orchard --kubeconfig .cluster/kind.kubeconfig
+	$(HARNESS) images --no-import
+	for archive in .cluster/images/*.tar; do kind load image-archive "$$archive" --name orchard; done
+	@echo "export KUBECONFIG=$(CURDIR)/.cluster/kind.kubeconfig  # then make test-e2e"
+
+.PHONY: test-api
+test-api: venv ## api tests on etcd + kube-apiserver (or the cluster KUBECONFIG names)
+	$(HARNESS) up --level api --unless-external
+	$(BIN)/pytest tests/api -q
+
+.PHONY: test-e2e
+test-e2e: venv ## e2e tests on the node level with every image built and loaded
+	$(HARNESS) up --level node --unless-external
+	$(HARNESS) images --unless-external
+	$(BIN)/pytest tests/e2e -q
+
 # --- Benchmarks ---------------------------------------------------------------
 
 .PHONY: bench-serving

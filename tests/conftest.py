@@ -1,0 +1,123 @@
+"""Fixtures for the api and e2e tiers: a kubeconfig for a real cluster.
+
+When KUBECONFIG names a cluster other than the local one (kind, a lab cluster), the
+tests use it and start nothing. Otherwise they use .cluster/kubeconfig and start the
+level they need with tests/cluster/harness.py, which is left running for the next run
+(`make cluster-down` stops it).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from lightkube import Client, KubeConfig
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace
+
+REPO = Path(__file__).resolve().parents[1]
+HARNESS = REPO / "tests" / "cluster" / "harness.py"
+LOCAL_KUBECONFIG = Path(os.environ.get("ORCHARD_CLUSTER_DIR", REPO / ".cluster")) / "kubeconfig"
+TESTBOX_IMAGE = "localhost/orchard/testbox:dev"
+
+
+def external_kubeconfig() -> Path | None:
+    """The kubeconfig named by KUBECONFIG when it is not the local harness's own."""
+    named = os.environ.get("KUBECONFIG")
+    if not named:
+        return None
+    path = Path(named).resolve()
+    return None if path == LOCAL_KUBECONFIG.resolve() else path
+
+
+def _harness(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(HARNESS), *args], capture_output=True, text=True, cwd=REPO
+    )
+
+
+def _ensure_level(level: str) -> Path:
+    external = external_kubeconfig()
+    if external is not None:
+        return external
+    pre = _harness("preflight") if level == "node" else None
+    if pre is not None and pre.returncode != 0:
+        _cannot_run(pre.stdout.strip())
+    proc = _harness("up", "--level", level)
+    if proc.returncode != 0:
+        output = (proc.stdout + proc.stderr).strip()
+        if "preflight:" in output:
+            _cannot_run(output.splitlines()[-1])
+        pytest.fail(f"could not start the {level} level of the local cluster:\n{output}")
+    return LOCAL_KUBECONFIG
+
+
+def _cannot_run(reason: str) -> None:
+    """Without root or a kernel feature the cluster cannot run: fail in CI, skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig_api() -> Path:
+    """A kubeconfig for a cluster with at least the API server (etcd + kube-apiserver)."""
+    return _ensure_level("api")
+
+
+@pytest.fixture(scope="session")
+def kubeconfig_node() -> Path:
+    """A kubeconfig for a cluster that runs pods (the node level, or any real cluster)."""
+    return _ensure_level("node")
+
+
+@pytest.fixture(scope="session")
+def testbox_image(kubeconfig_node: Path) -> str:
+    """localhost/orchard/testbox:dev, built and loaded into the local node if needed."""
+    if external_kubeconfig() is None:
+        proc = _harness("images", "testbox")
+        if proc.returncode != 0:
+            pytest.fail(f"could not build the testbox image:\n{proc.stdout}{proc.stderr}")
+    return TESTBOX_IMAGE
+
+
+def _client(kubeconfig: Path) -> Client:
+    return Client(KubeConfig.from_file(kubeconfig), field_manager="orchard-tests", trust_env=False)
+
+
+@pytest.fixture(scope="session")
+def api_client(kubeconfig_api: Path) -> Client:
+    """A lightkube Client as the cluster admin, on the api level."""
+    return _client(kubeconfig_api)
+
+
+@pytest.fixture(scope="session")
+def node_client(kubeconfig_node: Path) -> Client:
+    """A lightkube Client as the cluster admin, on the node level."""
+    return _client(kubeconfig_node)
+
+
+def _namespace(client: Client) -> Iterator[str]:
+    name = f"orchard-test-{uuid.uuid4().hex[:8]}"
+    client.create(Namespace(metadata=ObjectMeta(name=name, labels={"orchard.dev/test": "true"})))
+    try:
+        yield name
+    finally:
+        client.delete(Namespace, name)
+
+
+@pytest.fixture
+def api_namespace(api_client: Client) -> Iterator[str]:
+    """A fresh namespace on the api level, deleted after the test."""
+    yield from _namespace(api_client)
+
+
+@pytest.fixture
+def node_namespace(node_client: Client) -> Iterator[str]:
+    """A fresh namespace on the node level, deleted after the test."""
+    yield from _namespace(node_client)
