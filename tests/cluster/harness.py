@@ -1267,16 +1267,40 @@ def down() -> None:
     say(f"down in {time.monotonic() - start:.1f}s")
 
 
+def memory_kib(pid: int) -> tuple[int, int]:
+    """Resident and peak resident memory of a process, in KiB."""
+    fields = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0])
+    return fields.get("VmRSS", 0), fields.get("VmHWM", 0)
+
+
 def status() -> int:
+    """What runs, with memory: the figures `make cluster-status` reports."""
     level = (STATE / "level").read_text() if (STATE / "level").exists() else "none"
     print(f"level: {level}; kubeconfig: {rel(KUBECONFIG)}")
     all_up = True
+    total_rss = total_peak = 0
     for name in LEVELS["node"]:
         proc = recorded(name)
         state = "running" if proc and proc.alive() else ("dead" if proc else "stopped")
         if proc and state != "running":
             all_up = False
-        print(f"  {name:24} {state:8} {('pid ' + str(proc.pid)) if proc else ''}")
+        detail = ""
+        if proc and state == "running":
+            rss, peak = memory_kib(proc.pid)
+            total_rss, total_peak = total_rss + rss, total_peak + peak
+            detail = f"pid {proc.pid:<7} rss {rss // 1024:5} MiB  peak {peak // 1024:5} MiB"
+        print(f"  {name:24} {state:8} {detail}")
+    print(f"  {'components':33} rss {total_rss // 1024:5} MiB  peak {total_peak // 1024:5} MiB")
+    pods = Path("/sys/fs/cgroup/memory/kubepods")
+    if (pods / "memory.usage_in_bytes").exists():
+        usage = int((pods / "memory.usage_in_bytes").read_text()) // 2**20
+        peak = int((pods / "memory.max_usage_in_bytes").read_text()) // 2**20
+        print(f"  {'pods (kubepods cgroup)':33} now {usage:5} MiB  peak {peak:5} MiB")
     return 0 if all_up and level != "none" else 1
 
 
