@@ -124,6 +124,17 @@ async def merge_patch(
     return _as_dict(out)
 
 
+async def delete(api_version: str, kind: str, name: str, namespace: str) -> bool:
+    """Delete an object; False if it was not there."""
+    try:
+        await client().delete(resource(api_version, kind), name, namespace=namespace)
+    except ApiError as err:
+        if is_not_found(err):
+            return False
+        raise
+    return True
+
+
 def owner_reference(owner: dict[str, Any], *, controller: bool = True) -> dict[str, Any]:
     """An ownerReference to `owner`, so garbage collection removes the child with it."""
     meta = owner["metadata"]

@@ -68,7 +68,7 @@ RBAC_RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["autoscaling"],
         "resources": ["horizontalpodautoscalers"],
-        "verbs": ["get", "create", "patch"],
+        "verbs": ["get", "create", "patch", "delete"],
     },
     {
         "apiGroups": ["gateway.networking.k8s.io"],
@@ -385,6 +385,12 @@ async def ensure_children(
     hpa = sv.hpa(md)
     if hpa is not None:
         await kube.apply(hpa)
+    else:  # autoscaling was turned off: remove the autoscaler this deployment made
+        name, namespace = sv.hpa_name(str(md.metadata.name)), str(md.metadata.namespace)
+        existing = await kube.get("autoscaling/v2", "HorizontalPodAutoscaler", name, namespace)
+        owners = ((existing or {}).get("metadata") or {}).get("ownerReferences") or []
+        if any(ref.get("uid") == md.metadata.uid for ref in owners):
+            await kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", name, namespace)
     if route is not None:
         weight = (
             status.canary_weight.desired if status.canary_weight and status.canary_version else 0
