@@ -957,50 +957,60 @@ def base_image() -> str:
     return tag
 
 
+def source_digest() -> str:
+    """A hash of everything that goes into the project's wheel."""
+    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes())
+    for path in sorted((REPO / "operator").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and ".egg-info" not in str(path):
+            digest.update(str(path.relative_to(REPO)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def build_wheels() -> Path:
     """build/wheels: the project's wheel and every dependency of all its extras.
 
-    Dependencies are fetched once per version of pyproject.toml; the project's own wheel
-    is rebuilt every time from the working tree. Images install from here, offline.
+    Dependencies are fetched once per version of pyproject.toml and the project's wheel
+    is rebuilt only when its sources change, so an unchanged tree keeps buildah's layer
+    cache valid. Images install from here, offline.
     """
     wheels = REPO / "build" / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip"]
-    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:12]
-    stamp = wheels / f".deps-{digest}"
+    deps_stamp = (
+        wheels / f".deps-{hashlib.sha256((REPO / 'pyproject.toml').read_bytes()).hexdigest()[:12]}"
+    )
+    project_stamp = wheels / f".project-{source_digest()}"
     start = time.monotonic()
     log = LOGS / "wheels.log"
     LOGS.mkdir(parents=True, exist_ok=True)
-    for old in wheels.glob("orchard-*.whl"):
-        old.unlink()
-    with log.open("w") as out:
-        if not stamp.exists():
-            say(f"wheels: fetching dependency wheels into {rel(wheels)} (log {rel(log)})")
+
+    def pip_wheel(*args: str) -> None:
+        with log.open("a") as out:
             rc = subprocess.run(
-                [*pip, "wheel", "-q", "--wheel-dir", str(wheels), f"{REPO}[operator,train,serve]"],
+                [*pip, "wheel", "-q", "--wheel-dir", str(wheels), *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
             ).returncode
-            if rc != 0:
-                raise HarnessError(f"pip wheel failed; last lines of {log}:\n{tail(log)}")
-            for old in wheels.glob(".deps-*"):
-                old.unlink()
-            stamp.touch()
-            for old in wheels.glob("orchard-*.whl"):
-                old.unlink()
-        rc = subprocess.run(
-            [*pip, "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(REPO)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        ).returncode
         if rc != 0:
-            raise HarnessError(f"pip wheel of the project failed; see {log}:\n{tail(log)}")
-    shutil.rmtree(REPO / "build" / "lib", ignore_errors=True)
-    say(
-        f"wheels: {len(list(wheels.glob('*.whl')))} wheels ready in {time.monotonic() - start:.1f}s"
-    )
+            raise HarnessError(f"pip wheel failed; last lines of {log}:\n{tail(log)}")
+
+    if not deps_stamp.exists():
+        say(f"wheels: fetching dependency wheels into {rel(wheels)} (log {rel(log)})")
+        pip_wheel(f"{REPO}[operator,train,serve]")
+        for old in wheels.glob(".deps-*"):
+            old.unlink()
+        deps_stamp.touch()
+    if not (project_stamp.exists() and any(wheels.glob("orchard-*.whl"))):
+        for old in [*wheels.glob("orchard-*.whl"), *wheels.glob(".project-*")]:
+            old.unlink()
+        pip_wheel("--no-deps", str(REPO))
+        project_stamp.touch()
+        shutil.rmtree(REPO / "build" / "lib", ignore_errors=True)
+        shutil.rmtree(REPO / "build" / "bdist.linux-x86_64", ignore_errors=True)
+    count = len(list(wheels.glob("*.whl")))
+    say(f"wheels: {count} wheels ready in {time.monotonic() - start:.1f}s")
     return wheels
 
 
