@@ -28,7 +28,7 @@ venv: $(BIN)/orchard ## create .venv with every extra installed
 .PHONY: lint
 lint: venv ## ruff, mypy (strict), import contracts, CRDs in step with the models
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/ruff format --check operator tests bench scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/orchard crds --check
@@ -90,6 +90,21 @@ test-e2e: venv ## e2e tests on the node level with every image built and loaded
 	$(HARNESS) up --level node --unless-external
 	$(HARNESS) images --unless-external
 	$(BIN)/pytest tests/e2e -q
+
+# --- The two commands of the README -------------------------------------------
+
+.PHONY: test
+test: venv deps ## everything on a fresh machine: lint, unit, api and e2e tests (starts the local cluster)
+	$(MAKE) lint
+	$(MAKE) test-unit
+	$(MAKE) test-api
+	$(MAKE) test-e2e
+
+.PHONY: demo
+demo: venv deps ## the main job end to end: local cluster, Orchard, a model trained, served, rolled out
+	$(HARNESS) up --level node --unless-external
+	$(HARNESS) images --unless-external
+	KUBECONFIG=$${KUBECONFIG:-$(CURDIR)/.cluster/kubeconfig} $(BIN)/python scripts/demo.py
 
 # --- Benchmarks ---------------------------------------------------------------
 

@@ -1,0 +1,198 @@
+"""Orchard's main job, end to end, on the cluster KUBECONFIG names (`make demo` starts
+the local one, builds the images and then runs this).
+
+1. install Orchard from its manifests (`kubectl apply -k manifests/overlays/local`);
+2. train iris with the sample TrainingJob: a real pod trains, the artifact lands on a
+   PVC, and ModelVersion iris-v1 is registered and verified;
+3. serve it with the sample ModelDeployment and ask it for predictions over HTTP;
+4. train a second version (iris-v2) and roll it out as a canary under live traffic:
+   the operator walks the steps, analyses each one and promotes it;
+5. show `kubectl get orchard`.
+
+Every step uses kubectl, as a person would; the script only waits and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+NAMESPACE = "ml"
+SAMPLES = REPO / "manifests" / "samples"
+ROW = {"sepal_length": 6.1, "sepal_width": 2.8, "petal_length": 4.7, "petal_width": 1.2}
+
+SECOND_TRAINING = {
+    "apiVersion": "orchard.dev/v1alpha1",
+    "kind": "TrainingJob",
+    "metadata": {"name": "iris-gb", "namespace": NAMESPACE},
+    "spec": {
+        "model": "iris",
+        "dataset": {"builtin": "iris", "checks": {"minRows": 100}},
+        "estimator": {"name": "GradientBoostingClassifier", "params": {"n_estimators": 50}},
+        "evaluation": {"testSize": 0.25, "randomState": 42},
+        "gate": {"metric": "accuracy", "min": 0.8},
+        "artifacts": {"uri": "pvc://orchard-artifacts/"},
+    },
+}
+
+started = time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"[{time.monotonic() - started:6.1f}s] {message}", flush=True)
+
+
+def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> str:
+    result = subprocess.run(["kubectl", *args], input=stdin, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise SystemExit(f"kubectl {' '.join(args)} failed:\n{result.stderr.strip()}")
+    return result.stdout
+
+
+def get(kind: str, name: str) -> dict[str, Any]:
+    out = kubectl("get", kind, name, "-n", NAMESPACE, "-o", "json", check=False)
+    return json.loads(out) if out else {}
+
+
+def wait_for(what: str, check: Any, timeout: float = 300.0, every: float = 2.0) -> Any:
+    """Poll `check()` until it returns something truthy; fail with what was awaited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    kubectl_get = kubectl("get", "orchard,pods", "-n", NAMESPACE, check=False)
+    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}\n{kubectl_get}")
+
+
+def phase(kind: str, name: str) -> str:
+    return str(get(kind, name).get("status", {}).get("phase", ""))
+
+
+def install() -> None:
+    say("installing Orchard: kubectl apply -k manifests/overlays/local")
+    kubectl("apply", "--server-side", "-k", str(REPO / "manifests" / "overlays" / "local"))
+    kubectl(
+        "rollout", "status", "-n", "orchard-system", "deployment/orchard-operator", "--timeout=180s"
+    )
+    say(f"starting from an empty namespace {NAMESPACE}")
+    kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=180s")
+    kubectl("create", "namespace", NAMESPACE)
+
+
+def prepare_artifact_volume() -> None:
+    """The sample PVC; on the local cluster's host-path volumes, open it to the pods' uid."""
+    kubectl("apply", "-n", NAMESPACE, "-f", str(SAMPLES / "artifacts-pvc.yaml"))
+    volume = wait_for(
+        "the artifact PVC to bind",
+        lambda: get("pvc", "orchard-artifacts").get("spec", {}).get("volumeName"),
+    )
+    host_path = json.loads(kubectl("get", "pv", volume, "-o", "json"))["spec"].get("hostPath")
+    if host_path and Path(host_path["path"]).is_dir():
+        Path(host_path["path"]).chmod(0o777)  # host-path volumes ignore fsGroup
+
+
+def train(manifest: Path | None, obj: dict[str, Any] | None, name: str) -> str:
+    if manifest is not None:
+        kubectl("apply", "-n", NAMESPACE, "-f", str(manifest))
+    else:
+        kubectl("apply", "-f", "-", stdin=json.dumps(obj))
+    say(f"TrainingJob {name}: a pod trains the model")
+    done = wait_for(
+        f"TrainingJob {name} to finish", lambda: phase("tj", name) in ("Succeeded", "Failed")
+    )
+    status = get("tj", name)["status"]
+    if not done or status.get("phase") != "Succeeded":
+        raise SystemExit(
+            f"TrainingJob {name} failed: {status.get('reason')}: {status.get('message')}"
+        )
+    version = str(status["modelVersion"])
+    say(f"TrainingJob {name} succeeded: metrics {status.get('metrics')}; registered {version}")
+    wait_for(f"ModelVersion {version} to be verified", lambda: phase("mv", version) == "Ready")
+    say(f"ModelVersion {version} is Ready (artifact digest verified)")
+    return version
+
+
+def predict(url: str) -> str:
+    body = {
+        "inputs": [
+            {"name": n, "shape": [1], "datatype": "FP64", "data": [v]} for n, v in ROW.items()
+        ]
+    }
+    response = httpx.post(f"{url}/v2/models/iris/infer", json=body, timeout=5)
+    response.raise_for_status()
+    return str(response.json()["outputs"][0]["data"][0])
+
+
+class Traffic(threading.Thread):
+    """Steady prediction traffic, so the canary analysis has requests to judge."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.stop, self.answers = url, threading.Event(), Counter[str]()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.answers[predict(self.url)] += 1
+            except httpx.HTTPError as error:
+                self.answers[f"error: {type(error).__name__}"] += 1
+            time.sleep(0.05)
+
+
+def main() -> int:
+    install()
+    prepare_artifact_volume()
+    v1 = train(SAMPLES / "trainingjob.yaml", None, "iris")
+
+    say("ModelDeployment iris: serving " + v1)
+    kubectl("apply", "-n", NAMESPACE, "-f", str(SAMPLES / "modeldeployment.yaml"))
+    wait_for("ModelDeployment iris to be Stable", lambda: phase("md", "iris") == "Stable")
+    service_ip = get("svc", "iris")["spec"]["clusterIP"]
+    url = f"http://{service_ip}:8080"
+    say(f"predict through the Service {url}: {ROW} -> {predict(url)}")
+
+    v2 = train(None, SECOND_TRAINING, "iris-gb")
+    traffic = Traffic(url)
+    traffic.start()
+    say(f"rolling out {v2} as a canary under live traffic")
+    patch = json.dumps({"spec": {"modelVersion": v2}})
+    kubectl("patch", "md", "iris", "-n", NAMESPACE, "--type=merge", "-p", patch)
+    seen = ""
+
+    def promoted() -> bool:
+        nonlocal seen
+        status = get("md", "iris").get("status", {})
+        weight = status.get("canaryWeight") or {}
+        line = (
+            f"phase {status.get('phase')}, stable {status.get('stableVersion')}, "
+            f"canary {status.get('canaryVersion')}, weight desired {weight.get('desired')} "
+            f"effective {weight.get('effective')}"
+        )
+        if line != seen:
+            say(line)
+            seen = line
+        if status.get("phase") in ("RolledBack", "Degraded"):
+            raise SystemExit(f"the rollout was aborted: {status.get('lastRollback')}")
+        return bool(status.get("phase") == "Stable" and status.get("stableVersion") == v2)
+
+    wait_for(f"{v2} to be promoted", promoted, timeout=420, every=1)
+    traffic.stop.set()
+    traffic.join()
+    say(f"{v2} promoted; answers during the rollout: {dict(traffic.answers)}")
+    print(kubectl("get", "orchard", "-n", NAMESPACE))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
