@@ -138,6 +138,10 @@ def test_regression_outputs_fp64(artifacts: dict[str, Path]) -> None:
         assert out["data"] == pytest.approx(model.predict(x).tolist())
         metrics = httpx.get(f"{base}/metrics").text
         assert "orchard_prediction_value_count 2" in metrics
+        predicted = model.predict(x)
+        for le in ("100", "250", "500"):
+            below = int(sum(predicted <= float(le)))
+            assert f'orchard_prediction_value_bucket{{le="{le}"}} {below}' in metrics
         assert "orchard_predictions_total" not in metrics
 
 

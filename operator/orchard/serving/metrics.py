@@ -25,7 +25,8 @@ orchard_predict_duration_seconds           histogram  time in the model per batc
                                                       included)
 orchard_predictions_total                  counter    predicted rows per class (class);
                                                       classification only
-orchard_prediction_value                   histogram  predicted values; regression only
+orchard_prediction_value                   histogram  predicted values; regression only (fixed
+                                                      buckets: ±1, 2.5, 5 x 10^-2..10^5, and 0)
 orchard_feature_observations_total         counter    non-missing input values (feature)
 orchard_feature_missing_total              counter    missing input values (feature)
 orchard_feature_value_sum                  gauge      sum of numeric input values (feature)
@@ -33,7 +34,8 @@ orchard_feature_value_sum_squares          gauge      sum of squares of numeric 
 orchard_feature_category_total             counter    string input values (feature, category;
                                                       at most 50 per feature, then __other__)
 orchard_model_ready                        gauge      1 once the model is loaded
-orchard_model_info                         gauge      1, labelled (model, digest, framework)
+orchard_model_info                         gauge      1, labelled (model, digest, framework,
+                                                      estimator)
 =========================================  =========  ======================================
 
 Endpoints: v2_infer, v1_predict, v2_model_metadata, v2_model_ready, v2_server_metadata,
@@ -49,6 +51,10 @@ from orchard.serving.model import MAX_CATEGORIES, BatchResult
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Predicted values: fixed 1-2.5-5 steps per decade, both signs, so that the histograms of
+# two model versions (stable and canary) share their buckets and can be compared.
+_STEPS = [m * 10.0**e for e in range(-2, 6) for m in (1.0, 2.5, 5.0)]
+VALUE_BUCKETS = (*(-v for v in reversed(_STEPS)), 0.0, *_STEPS)
 OTHER = "__other__"
 
 
@@ -105,7 +111,7 @@ class Metrics:
         self.batch_requests = Histogram(BATCH_BUCKETS)
         self.predict_seconds = Histogram(LATENCY_BUCKETS)
         self.classes: dict[str, int] = {}
-        self.values = Histogram(value_buckets or (-1000, -100, -10, -1, 0, 1, 10, 100, 1000))
+        self.values = Histogram(value_buckets or VALUE_BUCKETS)
         self.regression = False
         self.features: list[str] = []
         self.f_numeric: list[bool] = []
