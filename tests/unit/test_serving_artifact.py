@@ -13,9 +13,18 @@ from pathlib import Path
 import httpx
 import joblib
 import pytest
-from test_serving_support import app_for, free_port, iris_artifact, mixed_frame, running_server
+from test_serving_support import (
+    app_for,
+    free_port,
+    iris_artifact,
+    mixed_artifact,
+    mixed_frame,
+    running_server,
+    write_artifact,
+)
 
 from orchard.serving.artifact import ArtifactRefused, unpickle, verify
+from orchard.serving.main import build_runner
 
 
 @pytest.fixture()
@@ -169,3 +178,25 @@ def test_serves_what_the_trainer_writes(tmp_path: Path) -> None:
         assert r.status_code == 200, r.text
         model = joblib.load(tmp_path / "out" / "model.joblib")
         assert r.json()["outputs"][0]["data"] == model.predict(rows).tolist()
+
+
+def test_a_schema_that_does_not_fit_the_model_is_refused(tmp_path: Path) -> None:
+    mixed = mixed_artifact(tmp_path / "mixed")
+    renamed = json.loads((mixed / "metadata.json").read_text())
+    renamed["inputs"][0]["name"] = "beak_length_mm"
+    (mixed / "metadata.json").write_text(json.dumps(renamed))
+    with pytest.raises(ValueError, match="fitted on columns"):
+        build_runner(verify(mixed))
+    iris = joblib.load(iris_artifact(tmp_path / "iris") / "model.joblib")
+    narrow = write_artifact(tmp_path / "narrow", iris, [{"name": "a", "type": "number"}])
+    with pytest.raises(ValueError, match="takes 4 features, but the metadata lists 1"):
+        build_runner(verify(narrow))
+
+
+def test_serve_exits_when_the_model_cannot_load(tmp_path: Path) -> None:
+    iris = joblib.load(iris_artifact(tmp_path / "iris") / "model.joblib")
+    narrow = write_artifact(tmp_path / "narrow", iris, [{"name": "a", "type": "number"}])
+    proc = _serve(narrow, free_port())
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3
+    assert "cannot load model 'iris': ValueError: the model takes 4 features" in err

@@ -62,6 +62,19 @@ class ModelRunner:
         self.schema = Schema(columns, int(n_features) if n_features is not None else None)
         # Fitted on a DataFrame (ColumnTransformer by name, say): it needs one back.
         self.needs_frame = hasattr(model, "feature_names_in_") and bool(columns)
+        if self.needs_frame:
+            fitted = [str(c) for c in model.feature_names_in_]
+            if sorted(fitted) != sorted(self.schema.names):
+                # Every request would fail in predict: better not to become ready at all.
+                raise ValueError(
+                    f"the model was fitted on columns {fitted}, "
+                    f"but the metadata's inputs are {self.schema.names}"
+                )
+        elif n_features is not None and int(n_features) != self.schema.width:
+            raise ValueError(
+                f"the model takes {int(n_features)} features, "
+                f"but the metadata lists {self.schema.width} inputs"
+            )
         self.classification = task == "classification" if task else hasattr(model, "classes_")
         classes = getattr(model, "classes_", None)
         self.output_datatype = (
