@@ -611,3 +611,148 @@ def test_a_traffic_mode_that_cannot_be_honoured_says_why(
     status = md_status(client, ns)
     assert status["reason"] in unavailable
     assert status.get("currentStep") is None and status["canaryWeight"]["effective"] == 0
+
+
+# --- gatewayAPI, with the test standing in for the Gateway implementation ---------------------
+
+HTTPROUTE = create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+HTTPROUTE_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "httproutes.gateway.networking.k8s.io",
+                 "labels": {"orchard.dev/test": "stand-in"},
+                 # a *.k8s.io group must say whether its API was approved
+                 "annotations": {"api-approved.kubernetes.io": "unapproved, a test stand-in"}},
+    "spec": {
+        "group": "gateway.networking.k8s.io",
+        "scope": "Namespaced",
+        "names": {"kind": "HTTPRoute", "plural": "httproutes", "singular": "httproute",
+                  "listKind": "HTTPRouteList"},
+        "versions": [{
+            "name": "v1", "served": True, "storage": True,
+            "subresources": {"status": {}},
+            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            }}},
+        }],
+    },
+}  # fmt: skip
+
+
+@pytest.fixture
+def httproute_crd(kubeconfig_node: Path) -> Iterator[None]:
+    """A stand-in HTTPRoute CRD (schema-less) when the Gateway API is not installed; it is
+    removed afterwards. Where the real CRDs are installed they are used as they are."""
+    kubectl = ["kubectl", "--kubeconfig", str(kubeconfig_node)]
+    present = subprocess.run([*kubectl, "get", "crd", "httproutes.gateway.networking.k8s.io"],
+                             capture_output=True).returncode == 0  # fmt: skip
+    if not present:
+        subprocess.run([*kubectl, "apply", "-f", "-"], input=json.dumps(HTTPROUTE_CRD).encode(),
+                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s",
+                        "crd/httproutes.gateway.networking.k8s.io"], check=True,
+                       capture_output=True)  # fmt: skip
+    try:
+        yield
+    finally:
+        if not present:
+            subprocess.run([*kubectl, "delete", "crd", "httproutes.gateway.networking.k8s.io",
+                            "--wait=false"], capture_output=True)  # fmt: skip
+
+
+def route_weights(client: Client, ns: str) -> dict[str, int]:
+    route = client.get(HTTPROUTE, "web", namespace=ns)
+    rules = (route.get("spec") or {}).get("rules") or [{}]
+    return {ref["name"]: int(ref.get("weight", 1)) for ref in rules[0].get("backendRefs") or []}
+
+
+def test_gateway_api_mode_sets_route_weights_step_by_step(
+    node_client: Client,
+    node_namespace: str,
+    artifacts: dict[str, dict[str, Any]],
+    httproute_crd: None,
+    operator: Operator,
+) -> None:
+    """With traffic.mode gatewayAPI the operator sets the HTTPRoute's backend weights at
+    each step; here the test plays the Gateway: it accepts the route and sends each request
+    to the per-track Service the weights pick."""
+    ns, client = node_namespace, node_client
+    client.create(HTTPROUTE.from_dict({
+        "metadata": {"name": "web"},
+        "spec": {"parentRefs": [{"name": "gw"}],
+                 "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}]}]},
+    }), namespace=ns)  # fmt: skip
+    accepted = {"status": {"parents": [{
+        "parentRef": {"name": "gw"}, "controllerName": "orchard.dev/e2e-gateway",
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                        "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+    }]}}  # fmt: skip
+    client.patch(HTTPROUTE.Status, "web", accepted, namespace=ns, patch_type=PatchType.MERGE)
+    create_md(client, ns, "iris-v1", replicas=2,
+              traffic={"mode": "gatewayAPI", "httpRoute": {"name": "web"}})  # fmt: skip
+    wait_for("v1 to be stable", lambda: md_status(client, ns).get("phase") == "Stable", 240)
+    status = md_status(client, ns)
+    split = condition(status, "TrafficSplit")
+    assert (split["status"], split["reason"]) == ("True", "HTTPRoute"), split
+    assert route_weights(client, ns) == {"iris-stable": 100, "iris-canary": 0}
+
+    ips = {t: client.get(Service, f"iris-{t}", namespace=ns).spec.clusterIP  # type: ignore[union-attr]
+           for t in ("stable", "canary")}  # fmt: skip
+    weights = {"iris-stable": 100, "iris-canary": 0}
+    seen_weights: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def follow_route() -> None:  # the Gateway's view of the route
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                weights.update(route_weights(client, ns))
+                pair = (weights["iris-stable"], weights["iris-canary"])
+                if not seen_weights or seen_weights[-1] != pair:
+                    seen_weights.append(pair)
+            time.sleep(0.3)
+
+    from sklearn.datasets import load_iris
+
+    rows = [list(map(float, r)) for r in load_iris().data]
+    answers: list[tuple[str, int, str | None]] = []
+
+    def gateway() -> None:  # each request to the backend the weights pick
+        rnd = random.Random(1)
+        limits = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(timeout=5.0, trust_env=False, limits=limits) as http:
+            while not stop.is_set():
+                canary = rnd.random() * 100 < weights["iris-canary"]
+                track = "canary" if canary else "stable"
+                body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
+                                    "data": rnd.choice(rows)}]}  # fmt: skip
+                try:
+                    resp = http.post(f"http://{ips[track]}:8080/v2/models/iris/infer", json=body)
+                    version = resp.json().get("model_version") if resp.status_code == 200 else None
+                    answers.append((track, resp.status_code, version))
+                except (httpx.HTTPError, ValueError):
+                    answers.append((track, 0, None))
+                time.sleep(0.02)
+
+    threads = [threading.Thread(target=follow_route, daemon=True)] + [
+        threading.Thread(target=gateway, daemon=True) for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        set_version(client, ns, "iris-v2")
+        wait_for("v2 to be promoted", lambda: (
+            lambda s: s.get("phase") == "Stable" and s.get("stableVersion") == "iris-v2")(
+                md_status(client, ns)), 300)  # fmt: skip
+        time.sleep(2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    assert (75, 25) in seen_weights and (50, 50) in seen_weights, seen_weights
+    assert seen_weights[-1] == (100, 0), seen_weights
+    assert seen_weights.index((75, 25)) < seen_weights.index((50, 50))
+    assert any(t == "canary" and v == "iris-v2" for t, _, v in answers)
+    assert all(code == 200 for _, code, _ in answers), [a for a in answers if a[1] != 200][:5]
+    status = md_status(client, ns)
+    assert status.get("lastRollback") is None

@@ -392,8 +392,10 @@ async def ensure_children(
         if any(ref.get("uid") == md.metadata.uid for ref in owners):
             await kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", name, namespace)
     if route is not None:
+        # The step's weight once the canary has ready pods (the effective weight), never
+        # before: a route to a Service without endpoints would fail those requests.
         weight = (
-            status.canary_weight.desired if status.canary_weight and status.canary_version else 0
+            status.canary_weight.effective if status.canary_weight and status.canary_version else 0
         )
         if status.canary_version == status.stable_version:
             weight = 0  # promoting: the stable Deployment already runs the new version
