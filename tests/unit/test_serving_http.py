@@ -314,6 +314,7 @@ def test_model_raising_is_500_prediction_failed(penguins: tuple[str, Any]) -> No
     r = httpx.post(f"{base}/v1/models/penguins:predict", json={"instances": [row]})
     assert r.status_code == 500
     assert r.json()["error"].startswith("prediction failed: ValueError")
+    assert "\n" not in r.json()["error"]
     metrics = httpx.get(f"{base}/metrics").text
     assert (
         'orchard_request_errors_total{endpoint="v1_predict",reason="prediction_failed"}' in metrics

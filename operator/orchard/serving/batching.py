@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from orchard.serving.inputs import Array, Rows
-from orchard.serving.model import BatchResult
+from orchard.serving.model import BatchResult, describe
 
 
 class PredictionFailed(Exception):
@@ -140,7 +140,7 @@ class Batcher:
             except Exception as exc:  # the batch machinery itself failed: fail its requests
                 for item in batch:
                     if not item.future.done():
-                        item.future.set_exception(PredictionFailed(f"{type(exc).__name__}: {exc}"))
+                        item.future.set_exception(PredictionFailed(describe(exc)))
                 continue
             # Everyone who arrived while the model ran belongs to the same wave of callers.
             seen = len(batch) + len(self._queue)
@@ -149,7 +149,7 @@ class Batcher:
                 if item.future.done():
                     continue
                 if isinstance(out, BaseException):
-                    item.future.set_exception(PredictionFailed(f"{type(out).__name__}: {out}"))
+                    item.future.set_exception(PredictionFailed(describe(out)))
                 else:
                     item.future.set_result(out)
             if self.observe is not None:

@@ -120,7 +120,7 @@ class ModelRunner:
             outputs = list(np.split(whole, bounds)) if len(parts) > 1 else [whole]
         except Exception as exc:
             if len(parts) == 1:
-                log.warning("predict failed: %s: %s", type(exc).__name__, exc)
+                log.warning("predict failed: %s", describe(exc))
                 outputs = [exc]
             else:
                 outputs = []
@@ -129,7 +129,7 @@ class ModelRunner:
                     try:
                         outputs.append(self.predict(part))
                     except Exception as one:
-                        log.warning("predict failed: %s: %s", type(one).__name__, one)
+                        log.warning("predict failed: %s", describe(one))
                         outputs.append(one)
         seconds = time.perf_counter() - start
         return BatchResult(outputs, features, self.summarise_outputs(outputs), calls, seconds)
@@ -172,6 +172,13 @@ class ModelRunner:
             else:
                 s.values.extend(float(v) for v in out.tolist() if math.isfinite(float(v)))
         return s
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: first line of the message`, at most 300 characters: for a response and a log."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def concat(parts: list[Rows]) -> Rows:
