@@ -1014,6 +1014,26 @@ def build_wheels() -> Path:
     return wheels
 
 
+def context_digest(context: Path, base: str) -> str:
+    """A hash of a build's inputs: the base tag and every file of its context.
+
+    buildah 1.28 does not reuse the layers of a multi-stage build's first stage, so an
+    unchanged build is skipped here instead. Wheels are immutable once written, so
+    they count by name, size and mtime; other files by content.
+    """
+    digest = hashlib.sha256(base.encode())
+    for path in sorted(context.rglob("*")):
+        if not path.is_file():
+            continue
+        digest.update(str(path.relative_to(context)).encode())
+        if path.suffix == ".whl":
+            stat = path.stat()
+            digest.update(f"{stat.st_size} {stat.st_mtime_ns}".encode())
+        else:
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def build_images(names: list[str] | None, do_import: bool) -> list[str]:
     """Build images/<name>/Dockerfile (all but base) as localhost/orchard/<name>:dev.
 
@@ -1047,6 +1067,21 @@ def build_images(names: list[str] | None, do_import: bool) -> list[str]:
                 copy_function=os.link,
                 ignore=shutil.ignore_patterns(".*"),
             )
+        inputs = context_digest(context, base)
+        archive, inputs_file = IMAGES / f"{name}.tar", IMAGES / f"{name}.inputs"
+        if (
+            archive.exists()
+            and inputs_file.exists()
+            and inputs_file.read_text() == inputs
+            and subprocess.run(
+                ["buildah", "inspect", "--type", "image", tag], capture_output=True
+            ).returncode
+            == 0
+        ):
+            say(f"images: {tag} is up to date")
+            built.append(tag)
+            continue
+        inputs_file.unlink(missing_ok=True)
         log = LOGS / f"image-{name}.log"
         say(f"images: building {tag} (log {rel(log)})")
         start = time.monotonic()
@@ -1074,10 +1109,11 @@ def build_images(names: list[str] | None, do_import: bool) -> list[str]:
         image_id = run(
             ["buildah", "inspect", "--type", "image", "--format", "{{.FromImageID}}", tag]
         ).strip()
-        archive, id_file = IMAGES / f"{name}.tar", IMAGES / f"{name}.id"
+        id_file = IMAGES / f"{name}.id"
         if not (archive.exists() and id_file.exists() and id_file.read_text() == image_id):
             push_archive(tag, archive)
             id_file.write_text(image_id)
+        inputs_file.write_text(inputs)
         say(f"images: built {tag} in {time.monotonic() - start:.1f}s")
         built.append(tag)
     if do_import and running("containerd"):
