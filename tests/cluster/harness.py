@@ -1310,7 +1310,43 @@ def down() -> None:
     for result in Path("/var/lib/cni/results").glob(f"{CNI_NET}-*"):
         result.unlink(missing_ok=True)
     (STATE / "level").unlink(missing_ok=True)
-    say(f"down in {time.monotonic() - start:.1f}s")
+    left = leftovers()
+    if left:
+        raise HarnessError("down left behind: " + "; ".join(left))
+    say(f"down in {time.monotonic() - start:.1f}s: no process, mount, chain, bridge or veth left")
+
+
+def leftovers() -> list[str]:
+    """Whatever of the cluster still exists on this machine, one entry per kind."""
+    found: list[str] = []
+    procs = [p.stem for p in PIDS.glob("*.json")] if PIDS.exists() else []
+    procs = [n for n in procs if running(n)]
+    sock = str(CONTAINERD_SOCK).encode()
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if sock in (proc_dir / "cmdline").read_bytes():  # shims of our containerd
+                procs.append(f"pid {proc_dir.name}")
+    if procs:
+        found.append("processes " + ", ".join(procs))
+    if our_mounts():
+        found.append("mounts " + ", ".join(our_mounts()))
+    chains = [
+        line.split()[0][1:]
+        for tool in ("iptables-save", "ip6tables-save")
+        if shutil.which(tool)
+        for line in run([tool], check=False).splitlines()
+        if line.startswith(":") and line[1:].startswith(OUR_CHAIN_PREFIXES)
+    ]
+    if chains:
+        found.append("iptables chains " + ", ".join(sorted(set(chains))))
+    links = [
+        line.split(": ")[1].split("@")[0]
+        for line in run(["ip", "-o", "link", "show"], check=False).splitlines()
+        if f": {BRIDGE}:" in line or f"master {BRIDGE} " in line
+    ]
+    if links:
+        found.append("links " + ", ".join(links))
+    return found
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
