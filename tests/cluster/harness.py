@@ -1126,20 +1126,34 @@ def build_images(names: list[str] | None, do_import: bool) -> list[str]:
 # --- up / down ------------------------------------------------------------------------------
 
 
-def up(level: str) -> None:
-    check_preflight(level)
-    STATE.mkdir(parents=True, exist_ok=True)
+def ensure_binaries() -> None:
+    """Build etcd and the Kubernetes components unless the cache has them (build.sh)."""
     k8s, etcd = bin_dirs()
     if not ((k8s / ".complete").exists() and (etcd / ".complete").exists()):
         say(f"build: binaries missing in {CACHE / 'bin'}; building (log {rel(LOGS / 'build.log')})")
         LOGS.mkdir(parents=True, exist_ok=True)
         with (LOGS / "build.log").open("a") as out:
-            rc = subprocess.run(
-                ["bash", str(HERE / "build.sh")], stdout=out, stderr=subprocess.STDOUT
-            ).returncode
+            build = subprocess.Popen(
+                ["bash", str(HERE / "build.sh")],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            assert build.stdout is not None
+            for line in build.stdout:
+                out.write(line)
+                if line.startswith("build: "):  # progress lines; go's own output stays in the log
+                    say(line.strip())
+            rc = build.wait()
         if rc != 0:
             raise HarnessError(f"build failed; last lines:\n{tail(LOGS / 'build.log')}")
         say("build: done")
+
+
+def up(level: str) -> None:
+    check_preflight(level)
+    STATE.mkdir(parents=True, exist_ok=True)
+    ensure_binaries()
     ensure_pki()
     write_kubeconfig(KUBECONFIG, "orchard-admin", "admin")
     ensure_network()
