@@ -1236,20 +1236,10 @@ def apply_manifest(text: str) -> None:
 
 
 def stop_containers() -> int:
-    """Kill and delete every container in containerd's k8s.io namespace."""
-    tasks = ctr("tasks", "ls", "-q", check=False).split()
-    for task in tasks:
+    """Kill and delete every container in containerd's k8s.io namespace, via its API."""
+    for task in ctr("tasks", "ls", "-q", check=False).split():
         ctr("tasks", "kill", "-a", "-s", "SIGKILL", task, check=False)
-    deadline = time.monotonic() + 10
-    for task in tasks:
-        while time.monotonic() < deadline:
-            if (
-                "STOPPED" in ctr("tasks", "ls", check=False).split(task, 1)[-1][:80]
-                or task not in ctr("tasks", "ls", "-q", check=False).split()
-            ):
-                break
-            time.sleep(0.2)
-        ctr("tasks", "delete", "-f", task, check=False)
+        ctr("tasks", "delete", "--force", task, check=False)
     containers = ctr("containers", "ls", "-q", check=False).split()
     for container in containers:
         ctr("containers", "delete", container, check=False)
@@ -1314,6 +1304,7 @@ def down() -> None:
         run(["ip", "link", "delete", BRIDGE])
         say(f"network: bridge {BRIDGE} deleted")
     restore_sysctls()
+    remove_pod_cgroups()
     # Fresh state next time; containerd's image store is kept so images need no re-import.
     for path in (VAR / "etcd", KUBELET_ROOT, POD_LOGS, RUN, HOSTPATH_PV):
         shutil.rmtree(path, ignore_errors=True)
@@ -1328,6 +1319,17 @@ def down() -> None:
     if left:
         raise HarnessError("down left behind: " + "; ".join(left))
     say(f"down in {time.monotonic() - start:.1f}s: no process, mount, chain, bridge or veth left")
+
+
+def remove_pod_cgroups() -> None:
+    """Remove the kubelet's (now empty) kubepods cgroups in every hierarchy."""
+    for top in Path("/sys/fs/cgroup").glob("*/kubepods"):
+        for path in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir():
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
 
 
 def leftovers() -> list[str]:
