@@ -1151,7 +1151,6 @@ def ensure_binaries() -> None:
 
 
 def up(level: str) -> None:
-    check_preflight(level)
     STATE.mkdir(parents=True, exist_ok=True)
     ensure_binaries()
     ensure_pki()
@@ -1449,6 +1448,8 @@ def main(argv: list[str] | None = None) -> int:
             problems = preflight("node")
             print("preflight: " + ("; ".join(problems) if problems else "ok"))
             return 1 if problems else 0
+        if args.command == "up":
+            check_preflight(args.level)  # before touching anything, even the lock file
         with locked():
             if args.command == "up":
                 up(args.level)
@@ -1458,7 +1459,7 @@ def main(argv: list[str] | None = None) -> int:
                 down()
             elif args.command == "images":
                 build_images(args.names, not args.no_import)
-    except HarnessError as err:
+    except (HarnessError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
