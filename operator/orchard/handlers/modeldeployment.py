@@ -460,10 +460,13 @@ async def reconcile(
         canary_dep = await kube.get(
             "apps/v1", "Deployment", sv.deployment_name(name, "canary"), namespace
         )
-        stable_desired = int(
-            ((stable_dep or {}).get("spec") or {}).get("replicas")
-            or (md.spec.autoscaling.min_replicas if md.spec.autoscaling else md.spec.replicas)
-        )
+        # The stable pod count: the spec's, or with an autoscaler what it last asked for.
+        stable_desired = md.spec.replicas
+        if md.spec.autoscaling is not None:
+            stable_desired = int(
+                ((stable_dep or {}).get("spec") or {}).get("replicas")
+                or md.spec.autoscaling.min_replicas
+            )
         traffic_ok, traffic_reason, traffic_message, route = await traffic_state(md)
 
         # The canary analysis: only while a step's traffic is live.
