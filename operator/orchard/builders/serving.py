@@ -5,6 +5,10 @@ ModelVersion. With traffic mode `replicas` one Service selects the ready pods of
 tracks, so traffic splits by the ratio of ready pods; with `gatewayAPI` that Service
 selects the stable track only and an HTTPRoute splits by weights between two per-track
 Services. Pure functions from typed inputs to plain dicts; the handler only sends them.
+
+By pod counts the split is per connection (kube-proxy picks a pod when a connection
+opens): a client holding one keep-alive connection stays on the pod it met first, so
+the split shows over many clients or reconnecting ones. An HTTPRoute splits requests.
 """
 
 from __future__ import annotations
