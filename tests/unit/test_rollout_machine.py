@@ -374,3 +374,35 @@ def test_annotation_action_is_acted_on_once(
         fields["lastAction"] = {**last, "at": (started + timedelta(seconds=last["at"])).isoformat()}
     set_at = started + timedelta(seconds=set_after_start)
     assert ro.annotation_action(value, set_at, status(**fields)) == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "current", "ready_for", "expected"),
+    [
+        ({**STABLE}, 0, 60, 0),  # no rollout
+        ({**at_step(0), "currentStep": None}, 0, 60, 0),  # before the first step
+        (at_step(0, weight=25), 0, None, 0),  # no canary pod ready
+        (at_step(0, weight=25), 0, 1, 0),  # ready a moment ago: its endpoint settles first
+        (at_step(0, weight=25), 0, 3, 25),
+        (at_step(1, weight=50), 25, 0, 50),  # the Service already has endpoints
+        ({**at_step(1), "stableVersion": "iris-v2", "currentStep": None}, 50, 60, 0),  # promoting
+    ],
+)
+def test_route_weight(
+    fields: dict[str, Any], current: int | None, ready_for: int | None, expected: int
+) -> None:
+    since = None if ready_for is None else T0 - timedelta(seconds=ready_for)
+    assert ro.route_weight(status(**fields), current, T0, since) == expected
+
+
+def test_gateway_step_takes_effect_when_the_route_carries_it() -> None:
+    gw = spec(traffic={"mode": "gatewayAPI", "httpRoute": {"name": "web"}})
+    waiting = status(**at_step(0, started=-1, reason="StepStarted"))
+    fresh = replace(BASE_OBS, canary_ready=1, route_weight=0, canary_ready_since=T0)
+    st = ro.decide(gw, waiting, T0, fresh).status
+    assert st.reason == "WaitingForCanary" and st.canary_weight is not None
+    assert (st.canary_weight.desired, st.canary_weight.effective) == (25, 0)
+    settled = replace(fresh, canary_ready_since=T0 - timedelta(seconds=5))
+    st = ro.decide(gw, waiting, T0, settled).status
+    assert st.reason == "Analysing" and st.step_started_at == T0
+    assert st.canary_weight is not None and st.canary_weight.effective == 25

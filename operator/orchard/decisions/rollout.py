@@ -98,6 +98,10 @@ class Observations:
     traffic_reason: str = ""
     traffic_message: str = ""
     annotation_action: RolloutAction | None = None  # see `annotation_action`
+    # gatewayAPI: the canary weight the HTTPRoute carries now, and since when a canary
+    # pod has been ready (its Ready condition's transition time)
+    route_weight: int | None = None
+    canary_ready_since: datetime | None = None
     url: str | None = None
 
 
@@ -218,14 +222,18 @@ class _Machine:
         self.st.message = message
 
     def weight(self, desired: int) -> None:
+        self.st.canary_weight = CanaryWeight(desired=desired, effective=0)
         self.st.canary_weight = CanaryWeight(desired=desired, effective=self.st_effective())
 
     def st_effective(self) -> int:
         if self.st.canary_version is None:
             return 0
-        if self.spec.traffic.mode == "gatewayAPI":
-            desired = self.st.canary_weight.desired if self.st.canary_weight else 0
-            return desired if self.obs.traffic_ok and self.obs.canary_ready > 0 else 0
+        if self.spec.traffic.mode == "gatewayAPI":  # what the route carries after this tick
+            if not self.obs.traffic_ok:
+                return 0
+            return route_weight(
+                self.st, self.obs.route_weight, self.now, self.obs.canary_ready_since
+            )
         return effective_weight(self.obs.stable_ready, self.obs.canary_ready)
 
     def push_history(self, version: str) -> None:
@@ -461,7 +469,9 @@ class _Machine:
 
         _, want = replica_split(self.total(), step.weight, spec.traffic.mode)
         if st.step_started_at is None or st.reason in WAITING_REASONS:  # canary pods coming up
-            if obs.canary_ready >= want:
+            gateway = spec.traffic.mode == "gatewayAPI"
+            self.weight(step.weight)
+            if obs.canary_ready >= want and (not gateway or self.st_effective() == step.weight):
                 st.step_started_at = self.now
                 self.weight(step.weight)
                 text = (
@@ -542,6 +552,33 @@ class _Machine:
             self.cond(
                 "TrafficSplit", "True", self.split_reason(), "all traffic on the stable version"
             )
+
+
+# A route sends a new step's weight to the canary only once its pods have been ready this
+# long: endpoints take a moment to reach every data plane after a pod turns ready.
+ROUTE_SETTLE = timedelta(seconds=2)
+
+
+def route_weight(
+    status: ModelDeploymentStatus,
+    current: int | None,
+    now: datetime,
+    canary_ready_since: datetime | None,
+) -> int:
+    """The canary's weight on the HTTPRoute: the step's weight once a canary pod is ready.
+
+    The first traffic to the canary's Service waits until a pod has been ready for
+    ROUTE_SETTLE (its endpoint takes a moment to reach every data plane); 0 outside a
+    rollout, before the first step, and while promoting.
+    """
+    if status.canary_version is None or status.canary_version == status.stable_version:
+        return 0
+    if status.current_step is None or canary_ready_since is None:
+        return 0
+    desired = status.canary_weight.desired if status.canary_weight else 0
+    if not current and now - canary_ready_since < ROUTE_SETTLE:
+        return 0
+    return desired
 
 
 # --- Manual actions by annotation ------------------------------------------------------------

@@ -232,6 +232,14 @@ def _pod_ready(pod: Mapping[str, Any]) -> bool:
     return False
 
 
+def _ready_since(pod: Mapping[str, Any]) -> dt.datetime:
+    """When a ready pod turned ready (its Ready condition's transition time)."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready" and cond.get("lastTransitionTime"):
+            return dt.datetime.fromisoformat(str(cond["lastTransitionTime"]).replace("Z", "+00:00"))
+    return dt.datetime.now(dt.UTC)
+
+
 def _pods_of(pods: list[dict[str, Any]], track: str, version: str | None) -> list[dict[str, Any]]:
     return [
         p
@@ -356,6 +364,8 @@ async def ensure_children(
     stable_desired: int,
     canary_replicas_now: int | None,
     route: dict[str, Any] | None,
+    now: dt.datetime,
+    canary_ready_since: dt.datetime | None,
     logger: kopf.Logger,
 ) -> None:
     """Apply what the status asks for: Deployments, Services, HPA, HTTPRoute weights."""
@@ -392,14 +402,9 @@ async def ensure_children(
         if any(ref.get("uid") == md.metadata.uid for ref in owners):
             await kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", name, namespace)
     if route is not None:
-        # The step's weight once the canary has ready pods (the effective weight), never
-        # before: a route to a Service without endpoints would fail those requests.
-        weight = (
-            status.canary_weight.effective if status.canary_weight and status.canary_version else 0
-        )
-        if status.canary_version == status.stable_version:
-            weight = 0  # promoting: the stable Deployment already runs the new version
-        if sv.http_route_weights(route, str(md.metadata.name)) != (100 - weight, weight):
+        current = sv.http_route_weights(route, str(md.metadata.name))
+        weight = ro.route_weight(status, current[1] if current else None, now, canary_ready_since)
+        if current != (100 - weight, weight):
             ref = spec.traffic.http_route
             assert ref is not None
             await kube.client().patch(
@@ -486,7 +491,10 @@ async def reconcile(
             result = analyse_window(md, pods, scrapes, window)
 
         stable_ready = sum(1 for p in _pods_of(pods, "stable", st.stable_version) if _pod_ready(p))
-        canary_ready = sum(1 for p in _pods_of(pods, "canary", st.canary_version) if _pod_ready(p))
+        canary_pods = [p for p in _pods_of(pods, "canary", st.canary_version) if _pod_ready(p)]
+        canary_ready = len(canary_pods)
+        canary_ready_since = min((_ready_since(p) for p in canary_pods), default=None)
+        current_route = sv.http_route_weights(route, name) if route is not None else None
         obs = ro.Observations(
             generation=md.metadata.generation,
             stable_ready=stable_ready,
@@ -499,6 +507,8 @@ async def reconcile(
             traffic_reason=traffic_reason,
             traffic_message=traffic_message,
             annotation_action=_pending_action(body),
+            route_weight=current_route[1] if current_route else None,
+            canary_ready_since=canary_ready_since,
             url=sv.url(md),
         )
         decision = ro.decide(md.spec, st, now, obs)
@@ -519,7 +529,7 @@ async def reconcile(
                 md, new, {str(k): v for k, v in versions.items()},
                 stable_desired,
                 None if canary_dep is None else int(canary_dep["spec"].get("replicas") or 0),
-                route, logger,
+                route, now, canary_ready_since, logger,
             )  # fmt: skip
         except sv.UnsupportedArtifact as exc:
             raise kopf.PermanentError(str(exc)) from exc
