@@ -203,6 +203,19 @@ CASES = [
                      traffic_message="httproute web not found"),
          phase="Paused", canary="iris-v2", reason="HTTPRouteNotFound",
          events=("HTTPRouteNotFound",)),
+    Case("first version not registered: pending, saying why", {"phase": "Pending",
+         "stableVersion": "iris-v2"}, spec={}, obs=replace(BASE_OBS, stable_ready=0,
+         stable=ro.VersionInfo("iris-v2", found=False)), phase="Pending",
+         reason="WaitingForModelVersion"),
+    Case("first version failed verification: degraded", {"phase": "Pending",
+         "stableVersion": "iris-v2"}, obs=replace(BASE_OBS, stable_ready=0,
+         stable=ro.VersionInfo("iris-v2", phase="Failed", message="digest mismatch")),
+         phase="Degraded", reason="ModelVersionFailed", events=("ModelVersionFailed",)),
+    Case("a first version that never served is replaced without a canary",
+         {"phase": "Degraded", "reason": "ModelVersionFailed", "stableVersion": "iris-v1",
+          "history": [{"version": "iris-v1", "from": "2026-11-27T11:00:00Z"}]},
+         obs=replace(BASE_OBS, stable_ready=0), phase="Pending", stable="iris-v2",
+         events=("Deploying",)),
     Case("stable pods all gone: degraded", {**STABLE}, spec={"modelVersion": "iris-v1"},
          obs=replace(BASE_OBS, stable_ready=0), phase="Degraded", reason="StableUnavailable",
          events=("StableUnavailable",)),
@@ -406,3 +419,14 @@ def test_gateway_step_takes_effect_when_the_route_carries_it() -> None:
     st = ro.decide(gw, waiting, T0, settled).status
     assert st.reason == "Analysing" and st.step_started_at == T0
     assert st.canary_weight is not None and st.canary_weight.effective == 25
+
+
+def test_a_version_that_never_served_leaves_no_history() -> None:
+    before = status(
+        phase="Pending",
+        stableVersion="iris-v1",
+        history=[{"version": "iris-v1", "from": "2026-11-27T11:00:00Z"}],
+    )
+    st = ro.decide(spec(), before, T0, replace(BASE_OBS, stable_ready=0)).status
+    assert [h.version for h in st.history] == ["iris-v2"]
+    assert st.canary_version is None

@@ -310,7 +310,16 @@ class _Machine:
         st, spec = self.st, self.spec
         target = spec.model_version
 
-        if st.stable_version is None:  # first version: no canary, nothing to compare
+        never_served = (
+            st.stable_version is not None
+            and st.canary_version is None
+            and target != st.stable_version
+            and self.obs.stable_ready == 0
+            and (st.phase == "Pending" or st.reason == "ModelVersionFailed")
+        )
+        if st.stable_version is None or never_served:  # first version: no canary
+            if never_served and st.history and st.history[-1].version == st.stable_version:
+                st.history = st.history[:-1]  # it never served
             st.stable_version = target
             self.push_history(target)
             self.set_phase("Pending", "Deploying", f"deploying {target}")
@@ -397,6 +406,8 @@ class _Machine:
         if obs.stable_ready > 0 or self.spec.replicas == 0:
             self.set_phase("Stable", "Serving", f"{st.stable_version} serves")
             self.cond("Degraded", "False", "Serving", f"{st.stable_version} serves")
+        elif st.phase in (None, "Pending", "Degraded") and self.first_version_unusable():
+            return
         elif st.phase in (None, "Pending"):
             self.set_phase("Pending", "Deploying", f"waiting for {st.stable_version} to be ready")
             self.cond("Degraded", "False", "Deploying", f"waiting for {st.stable_version}")
@@ -406,6 +417,23 @@ class _Machine:
                 self.event("Warning", "StableUnavailable", text)
             self.set_phase("Degraded", "StableUnavailable", text)
             self.cond("Degraded", "True", "StableUnavailable", text)
+
+    def first_version_unusable(self) -> bool:
+        """The version to serve first is missing or failed verification: say so."""
+        info = self.obs.stable
+        if info is None or (info.found and info.phase != "Failed"):
+            return False
+        if not info.found:
+            text = f"ModelVersion {info.name} not found"
+            self.set_phase("Pending", "WaitingForModelVersion", text)
+            self.cond("Degraded", "False", "WaitingForModelVersion", text)
+            return True
+        text = f"ModelVersion {info.name} failed: {info.message or 'verification failed'}"
+        if self.st.phase != "Degraded":
+            self.event("Warning", "ModelVersionFailed", text)
+        self.set_phase("Degraded", "ModelVersionFailed", text)
+        self.cond("Degraded", "True", "ModelVersionFailed", text)
+        return True
 
     def rolled_back(self) -> None:
         """Spec still names the version that was rolled back: keep serving the stable one."""
