@@ -170,3 +170,13 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_estimator_enum_is_the_classifiers_and_regressors() -> None:
+    """The CRD's enum (a Literal, so mypy and pydantic see it) and the task lists
+    are written out separately; they must name the same estimators."""
+    from typing import get_args
+
+    from orchard.api.trainingjob import CLASSIFIERS, REGRESSORS, EstimatorName
+
+    assert sorted(get_args(EstimatorName)) == sorted(CLASSIFIERS + REGRESSORS)
