@@ -43,7 +43,8 @@ class ModelArtifact(CamelModel):
     secret_name: str | None = Field(
         default=None,
         max_length=253,
-        description="Name of a Secret in the same namespace with S3 credentials, if needed.",
+        description="Name of a Secret in the same namespace with S3 credentials, if needed; "
+        "one the admin's policy lets Orchard mount (secrets.allowedNames; by default orchard-*).",
     )
 
 

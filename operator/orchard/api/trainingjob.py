@@ -69,7 +69,10 @@ EstimatorName = Literal[
 
 URI_PATTERN = r"^(file|pvc|https?|s3)://.+$"
 ARTIFACTS_URI_PATTERN = r"^(file|pvc|s3)://.+$"
-SECRET_NAME_DESC = "Name of a Secret in the same namespace"
+SECRET_NAME_DESC = (
+    "Name of a Secret in the same namespace, one the admin's policy lets Orchard mount "
+    "(secrets.allowedNames; by default orchard-*),"
+)
 
 
 class RequiredColumn(CamelModel):
@@ -350,7 +353,9 @@ class TrainingJobSpec(CamelModel):
     image: str | None = Field(
         default=None,
         max_length=512,
-        description="Trainer image; by default the one the operator is configured with.",
+        description="Trainer image; by default the one the operator is configured with. "
+        "Another image only where the admin's policy allows its prefix "
+        "(images.allowedPrefixes), else the TrainingJob fails with PolicyViolation.",
     )
     resources: dict[str, Any] | None = Field(
         default=None, description="Resource requests and limits of the trainer container."
@@ -362,10 +367,15 @@ class TrainingJobSpec(CamelModel):
         default=3600, ge=1, le=604800, description="Longest a training run may take, in seconds."
     )
     node_selector: dict[str, str] | None = Field(
-        default=None, description="Node labels the trainer pods must run on."
+        default=None,
+        description="Node labels the trainer pods must run on (only where the admin's "
+        "policy allows it: overrides.nodeSelector).",
     )
     tolerations: list[dict[str, Any]] | None = Field(
-        default=None, max_length=64, description="Tolerations of the trainer pods."
+        default=None,
+        max_length=64,
+        description="Tolerations of the trainer pods (only where the admin's policy allows "
+        "it: overrides.tolerations).",
     )
 
 

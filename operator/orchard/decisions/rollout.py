@@ -673,3 +673,23 @@ def decide(
     machine.run(action)
     machine.finish()
     return Decision(machine.st, machine.events)
+
+
+def refused(
+    spec: ModelDeploymentSpec,
+    status: ModelDeploymentStatus,
+    now: datetime,
+    generation: int | None,
+    reason: str,
+    message: str,
+) -> Decision:
+    """The spec may not be served as written (the admin's policy refuses it): no child
+    changes, what serves keeps serving, and status and one event say why."""
+    machine = _Machine(spec, status, now, Observations(generation=generation))
+    if status.reason != reason or status.message != message:
+        machine.event("Warning", reason, message)
+    machine.set_phase("Degraded", reason, message)
+    machine.cond("Degraded", "True", reason, message)
+    machine.cond("Ready", "False", reason, message)
+    machine.st.observed_generation = generation
+    return Decision(machine.st, machine.events)

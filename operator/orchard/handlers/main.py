@@ -24,7 +24,7 @@ import yaml
 
 from .. import kube
 from ..api import FINALIZER, GROUP
-from . import controller_modules
+from . import controller_modules, policy
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ RBAC_RULES: list[dict[str, Any]] = [
         "verbs": ["get", "list", "watch"],
     },
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},  # Kopf only posts
     {
         "apiGroups": [GROUP],
         "resources": ["trainingjobs", "modelversions", "modeldeployments"],
@@ -105,9 +105,14 @@ def configure(settings: kopf.OperatorSettings, options: Options) -> None:
 def startup(
     settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
-    """Apply the settings and start the metrics endpoint."""
+    """Apply the settings, read the admin's policy and start the metrics endpoint."""
     options: Options = memo.get("options", Options())
     configure(settings, options)
+    try:
+        in_force = policy.current()
+    except ValueError as exc:  # a typo must not loosen anything: do not start
+        raise kopf.PermanentError(f"{policy.policy_path()}: {exc}") from exc
+    logger.info("policy from %s: %s", policy.policy_path(), in_force.model_dump_json(by_alias=True))
     if options.metrics_port and "metrics_server" not in memo:
         server, _thread = prometheus_client.start_http_server(options.metrics_port)
         memo["metrics_server"] = server

@@ -23,11 +23,14 @@ from orchard.api.common import API_VERSION, GROUP, VERSION, to_k8s
 from orchard.api.modelversion import ModelVersion
 from orchard.builders.modelversion import MODELVERSION_LABEL, verify_job, verify_job_name
 from orchard.builders.training import TrainerSettings
+from orchard.decisions import policy as pol
 from orchard.decisions.modelversion import (
+    Verification,
     deployments_using,
     verification_outcome,
     verification_status,
 )
+from orchard.handlers import policy
 
 RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [GROUP], "resources": ["modelversions"], "verbs": ["get", "list", "watch"]},
@@ -72,6 +75,15 @@ async def start(
     """Start the verification Job (once; a 409 means it exists), then sync."""
     mv = _parse(body)
     if not unverified(body.status):
+        return
+    violations = pol.modelversion_violations(mv.spec, policy.current())
+    # Refused before anything exists; a Job made under an earlier policy runs on.
+    if (
+        violations
+        and await kube.get("batch/v1", "Job", verify_job_name(mv), str(namespace)) is None
+    ):
+        refused = Verification("Failed", pol.REASON, pol.summary(violations))
+        await _write_status(dict(body), mv, refused, logger)
         return
     try:
         await kube.create(verify_job(mv, TrainerSettings.from_env()))
@@ -146,20 +158,28 @@ async def sync(namespace: str, name: str, logger: kopf.Logger) -> None:
             except ApiError as err:
                 if not kube.is_not_found(err):
                     raise
-        new = verification_status(mv.status, outcome, generation=mv.metadata.generation)
-        new_status = to_k8s(new)
-        if new_status == to_k8s(mv.status):
-            return
-        # usedBy belongs to the ModelDeployment controller: never write back a stale copy.
-        new_status.pop("usedBy", None)
-        await kube.patch_status("ModelVersion", name, namespace, new_status)
-        if new.phase != mv.status.phase:
-            logger.info("phase %s -> %s (%s)", mv.status.phase, new.phase, outcome.reason)
-            type_ = "Warning" if new.phase == "Failed" else "Normal"
-            try:
-                await kube.post_event(body, outcome.reason, outcome.message, type_=type_)
-            except ApiError as err:
-                logger.warning("cannot post event %s: %s", outcome.reason, err)
+        await _write_status(body, mv, outcome, logger)
+
+
+async def _write_status(
+    body: dict[str, Any], mv: ModelVersion, outcome: Verification, logger: kopf.Logger
+) -> None:
+    """The status an outcome asks for, and an event when the phase changes."""
+    new = verification_status(mv.status, outcome, generation=mv.metadata.generation)
+    new_status = to_k8s(new)
+    if new_status == to_k8s(mv.status):
+        return
+    # usedBy belongs to the ModelDeployment controller: never write back a stale copy.
+    new_status.pop("usedBy", None)
+    name, namespace = str(mv.metadata.name), str(mv.metadata.namespace)
+    await kube.patch_status("ModelVersion", name, namespace, new_status)
+    if new.phase != mv.status.phase:
+        logger.info("phase %s -> %s (%s)", mv.status.phase, new.phase, outcome.reason)
+        type_ = "Warning" if new.phase == "Failed" else "Normal"
+        try:
+            await kube.post_event(body, outcome.reason, outcome.message, type_=type_)
+        except ApiError as err:
+            logger.warning("cannot post event %s: %s", outcome.reason, err)
 
 
 @kopf.on.delete(GROUP, VERSION, "modelversions")

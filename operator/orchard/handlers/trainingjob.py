@@ -31,6 +31,7 @@ from orchard.builders.training import (
     job_name,
     training_job,
 )
+from orchard.decisions import policy as pol
 from orchard.decisions.training import (
     Outcome,
     TrainerResult,
@@ -39,6 +40,7 @@ from orchard.decisions.training import (
     training_outcome,
     training_status,
 )
+from orchard.handlers import policy
 
 RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [GROUP], "resources": ["trainingjobs"], "verbs": ["get", "list", "watch"]},
@@ -111,6 +113,11 @@ async def start(
     if not unfinished(body.status):
         return
     settings = TrainerSettings.from_env()
+    violations = pol.trainingjob_violations(tj.spec, policy.current(), settings.image)
+    if violations and await kube.get("batch/v1", "Job", job_name(tj), namespace or "") is None:
+        # Refused before anything exists; a Job made under an earlier policy runs on.
+        await _fail(dict(body), tj, pol.REASON, pol.summary(violations))
+        return
     try:
         await _create_once(config_map(tj))
         await _create_once(training_job(tj, settings))
