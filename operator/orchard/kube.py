@@ -17,6 +17,7 @@ from lightkube.resources.core_v1 import Event
 from lightkube.types import PatchType
 
 from .api import API_VERSION, GROUP, KINDS, VERSION
+from .api.modeldeployment import GATEWAY_GROUP
 
 FIELD_MANAGER = "orchard"
 COMPONENT = "orchard-operator"
@@ -28,6 +29,12 @@ ORCHARD_RESOURCES = {
     )
     for k in KINDS
 }
+
+# Gateway API kinds Orchard reads or sets; registered so that `resource()` knows them.
+GATEWAY_RESOURCES = (
+    create_namespaced_resource(GATEWAY_GROUP, "v1", "HTTPRoute", "httproutes"),
+    create_namespaced_resource(GATEWAY_GROUP, "v1beta1", "ReferenceGrant", "referencegrants"),
+)
 
 _client: AsyncClient | None = None
 

@@ -694,10 +694,17 @@ def test_gateway_api_mode_sets_route_weights_step_by_step(
     each step; here the test plays the Gateway: it accepts the route and sends each request
     to the per-track Service the weights pick."""
     ns, client = node_namespace, node_client
+    # The first rule is handed to Orchard by naming the deployment's Service; the second
+    # belongs to someone else and must come through the rollout exactly as written.
+    theirs = {"matches": [{"path": {"type": "PathPrefix", "value": "/shop"}}],
+              "backendRefs": [{"group": "", "kind": "Service", "name": "shop", "port": 80,
+                               "weight": 1}]}  # fmt: skip
     client.create(HTTPROUTE.from_dict({
         "metadata": {"name": "web"},
         "spec": {"parentRefs": [{"name": "gw"}],
-                 "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}]}]},
+                 "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}],
+                            "backendRefs": [{"name": "iris", "port": 8080}]},
+                           theirs]},
     }), namespace=ns)  # fmt: skip
     accepted = {"status": {"parents": [{
         "parentRef": {"name": "gw"}, "controllerName": "orchard.dev/e2e-gateway",
@@ -781,3 +788,4 @@ def test_gateway_api_mode_sets_route_weights_step_by_step(
     assert not failed, (len(failed), len(answers), failed[:3], failed[-3:], phases)
     status = md_status(client, ns)
     assert status.get("lastRollback") is None
+    assert client.get(HTTPROUTE, "web", namespace=ns)["spec"]["rules"][1] == theirs

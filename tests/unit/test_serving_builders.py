@@ -211,20 +211,94 @@ def test_gateway_mode_has_per_track_services_and_route_weights() -> None:
     assert main["spec"]["selector"]["orchard.dev/track"] == "stable"
     assert stable["spec"]["selector"]["orchard.dev/track"] == "stable"
     assert canary["metadata"]["name"] == "iris-canary"
+    mine = {
+        "matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}],
+        "backendRefs": [{"name": "iris", "port": 8080}],  # hands the rule to Orchard
+    }
     route = {
-        "spec": {
-            "parentRefs": [{"name": "gw"}],
-            "rules": [
-                {"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}], "backendRefs": []}
-            ],
-        }
+        "metadata": {"namespace": "ml"},
+        "spec": {"parentRefs": [{"name": "gw"}], "rules": [mine]},
     }
     rules = sv.http_route_rules(m, route, 25)
-    assert rules[0]["matches"] == route["spec"]["rules"][0]["matches"]  # kept
+    assert rules[0]["matches"] == mine["matches"]  # kept
     refs = {r["name"]: r["weight"] for r in rules[0]["backendRefs"]}
     assert refs == {"iris-stable": 75, "iris-canary": 25}
-    assert sv.http_route_weights({"spec": {"rules": rules}}, "iris") == (75, 25)
-    assert sv.http_route_weights(route, "iris") is None
+    assert all("namespace" not in r for r in rules[0]["backendRefs"])
+    assert sv.http_route_weights({"spec": {"rules": rules}}, m) == (75, 25)
+    assert sv.http_route_weights(route, m) is None  # ours, but not split yet
+
+
+def test_a_route_rule_of_someone_else_is_never_touched() -> None:
+    """Only rules whose every backend is this deployment's Service are Orchard's: another
+    tenant's rule, a mixed rule, a rule with no backends, or one naming the same Service
+    name in another namespace stay exactly as written."""
+    m = md(traffic={"mode": "gatewayAPI", "httpRoute": {"name": "web"}})
+    theirs = {"backendRefs": [{"name": "shop", "port": 80}]}
+    mixed = {"backendRefs": [{"name": "iris", "port": 8080}, {"name": "shop", "port": 80}]}
+    redirect = {"filters": [{"type": "RequestRedirect"}]}
+    elsewhere = {"backendRefs": [{"name": "iris", "namespace": "shop", "port": 8080}]}
+    mine = {"backendRefs": [{"name": "iris-stable", "port": 8080, "weight": 100}]}
+    route = {
+        "metadata": {"namespace": "ml"},
+        "spec": {"rules": [theirs, mixed, redirect, elsewhere, mine]},
+    }
+    assert sv.http_route_owned_rules(route, m) == [4]
+    rules = sv.http_route_rules(m, route, 50)
+    assert rules[:4] == [theirs, mixed, redirect, elsewhere]
+    assert {r["name"]: r["weight"] for r in rules[4]["backendRefs"]} == {
+        "iris-stable": 50,
+        "iris-canary": 50,
+    }
+    assert sv.http_route_owned_rules({"spec": {"rules": [theirs, redirect]}}, m) == []
+    assert sv.http_route_weights({"spec": {"rules": [theirs]}}, m) is None
+
+
+def test_a_route_in_another_namespace_names_the_services_namespace() -> None:
+    m = md(traffic={"mode": "gatewayAPI", "httpRoute": {"name": "web", "namespace": "edge"}})
+    route = {
+        "metadata": {"namespace": "edge"},
+        "spec": {"rules": [{"backendRefs": [{"name": "iris", "namespace": "ml", "port": 8080}]}]},
+    }
+    assert sv.http_route_owned_rules(route, m) == [0]
+    refs = sv.http_route_rules(m, route, 10)[0]["backendRefs"]
+    assert {(r["name"], r["namespace"], r["weight"]) for r in refs} == {
+        ("iris-stable", "ml", 90),
+        ("iris-canary", "ml", 10),
+    }
+    # without a namespace, a backend of a route in edge is a Service in edge: not ours
+    foreign = {
+        "metadata": {"namespace": "edge"},
+        "spec": {"rules": [{"backendRefs": [{"name": "iris"}]}]},
+    }
+    assert sv.http_route_owned_rules(foreign, m) == []
+
+
+def _grant(from_ns: str, kind: str = "ModelDeployment", name: str | None = None) -> dict[str, Any]:
+    to: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}
+    if name is not None:
+        to["name"] = name
+    return {
+        "spec": {"from": [{"group": "orchard.dev", "kind": kind, "namespace": from_ns}], "to": [to]}
+    }
+
+
+@pytest.mark.parametrize(
+    ("grants", "granted"),
+    [
+        ([], False),
+        ([_grant("ml")], True),
+        ([_grant("ml", name="web")], True),
+        ([_grant("ml", name="other")], False),
+        ([_grant("shop")], False),  # consent for another namespace
+        ([_grant("ml", kind="HTTPRoute")], False),  # a grant for routes, not deployments
+        ([_grant("shop"), _grant("ml", name="web")], True),
+    ],
+)
+def test_a_route_elsewhere_needs_that_namespaces_reference_grant(
+    grants: list[dict[str, Any]], granted: bool
+) -> None:
+    m = md(traffic={"mode": "gatewayAPI", "httpRoute": {"name": "web", "namespace": "edge"}})
+    assert sv.reference_granted(grants, m, "web") is granted
 
 
 def _accepted(status: str, reason: str = "") -> dict[str, Any]:

@@ -19,6 +19,7 @@ from .common import (
     READY_COLUMN,
     CamelModel,
     Conditions,
+    DnsLabel,
     DnsSubdomain,
     Duration,
     PrinterColumn,
@@ -67,7 +68,9 @@ class Server(CamelModel):
     image: str | None = Field(
         default=None,
         max_length=512,
-        description="Server image; by default the one the operator is configured with.",
+        description="Server image; by default the one the operator is configured with. "
+        "Another image only where the admin's policy allows its prefix "
+        "(images.allowedPrefixes), else the deployment is Degraded with PolicyViolation.",
     )
     port: int = Field(default=8080, ge=1, le=65535, description="HTTP port of the server.")
     max_batch_size: int = Field(
@@ -161,12 +164,26 @@ class Canary(CamelModel):
         return self
 
 
+# Gateway API, whose HTTPRoutes (v1) carry the traffic split and whose ReferenceGrants
+# (v1beta1) let a route in another namespace be set.
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+HTTPROUTE_API_VERSION = f"{GATEWAY_GROUP}/v1"
+REFERENCEGRANT_API_VERSION = f"{GATEWAY_GROUP}/v1beta1"
+
+
 class HTTPRouteRef(CamelModel):
     """A Gateway API HTTPRoute whose backend weights the operator sets."""
 
-    name: DnsSubdomain = Field(description="Name of the HTTPRoute.")
-    namespace: str | None = Field(
-        default=None, max_length=63, description="Its namespace; by default the deployment's."
+    name: DnsSubdomain = Field(
+        description="Name of the HTTPRoute. Orchard sets the backends of the rules whose "
+        "backendRefs all name this deployment's Services (its main Service, or "
+        "<name>-stable / <name>-canary) and never touches the route's other rules."
+    )
+    namespace: DnsLabel | None = Field(
+        default=None,
+        description="Its namespace; by default the deployment's. A route in another "
+        "namespace is set only where a ReferenceGrant there allows it (from group "
+        "orchard.dev, kind ModelDeployment, this namespace; to kind HTTPRoute).",
     )
 
 

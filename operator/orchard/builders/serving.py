@@ -14,13 +14,13 @@ the split shows over many clients or reconnecting ones. An HTTPRoute splits requ
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from orchard.api.common import GROUP
-from orchard.api.modeldeployment import ModelDeployment
+from orchard.api.modeldeployment import GATEWAY_GROUP, ModelDeployment
 from orchard.api.modelversion import ModelVersion
 from orchard.builders.training import (
     MANAGED_BY,
@@ -342,49 +342,102 @@ def services(md: ModelDeployment) -> list[dict[str, Any]]:
     return out
 
 
+def _owned_rule(rule: Mapping[str, Any], md: ModelDeployment, route_namespace: str) -> bool:
+    """A rule is this deployment's when it has backends and every one is one of its
+    Services (the main one, or a track's) in its namespace: that is how a person hands a
+    rule to Orchard. Every other rule of the route is someone else's and is never changed."""
+    refs = rule.get("backendRefs") or []
+    name, namespace = str(md.metadata.name), str(md.metadata.namespace)
+    ours = {
+        service_name(name),
+        track_service_name(name, "stable"),
+        track_service_name(name, "canary"),
+    }
+    return bool(refs) and all(
+        ref.get("group", "") in ("", "core")
+        and ref.get("kind", "Service") == "Service"
+        and ref.get("name") in ours
+        and (ref.get("namespace") or route_namespace) == namespace
+        for ref in refs
+    )
+
+
+def http_route_owned_rules(route: Mapping[str, Any], md: ModelDeployment) -> list[int]:
+    """The indices of the route's rules whose backends the operator sets."""
+    namespace = str((route.get("metadata") or {}).get("namespace") or md.metadata.namespace)
+    rules = (route.get("spec") or {}).get("rules") or []
+    return [i for i, rule in enumerate(rules) if _owned_rule(rule, md, namespace)]
+
+
 def http_route_rules(
     md: ModelDeployment, route: Mapping[str, Any], weight: int
 ) -> list[dict[str, Any]]:
-    """The rules of the named HTTPRoute with each rule's backends set to the two tracks.
+    """The route's rules with the backends of this deployment's rules set to the two tracks.
 
-    Matches, filters and everything else a person wrote stay; only `backendRefs` are the
-    operator's. Weights are (100 - w, w) in percent.
+    Only rules that send traffic to this deployment's Services change, and in them only
+    `backendRefs`; every other rule, and matches and filters, stay as written. Weights
+    are (100 - w, w) in percent. A route in another namespace names the Services' namespace.
     """
     name = str(md.metadata.name)
     port = md.spec.server.port
-    backends = [
-        {
+    route_namespace = (route.get("metadata") or {}).get("namespace") or md.metadata.namespace
+    cross = route_namespace != md.metadata.namespace
+
+    def backend(track: Track, share: int) -> dict[str, Any]:
+        ref: dict[str, Any] = {
             "group": "",
             "kind": "Service",
-            "name": track_service_name(name, "stable"),
-            "port": port,
-            "weight": 100 - weight,
-        },
-        {
-            "group": "",
-            "kind": "Service",
-            "name": track_service_name(name, "canary"),
-            "port": port,
-            "weight": weight,
-        },
+            "name": track_service_name(name, track),
+        }
+        if cross:
+            ref["namespace"] = str(md.metadata.namespace)
+        return {**ref, "port": port, "weight": share}
+
+    backends = [backend("stable", 100 - weight), backend("canary", weight)]
+    owned = set(http_route_owned_rules(route, md))
+    rules = list((route.get("spec") or {}).get("rules") or [])
+    return [
+        {**dict(rule), "backendRefs": backends} if i in owned else dict(rule)
+        for i, rule in enumerate(rules)
     ]
-    rules = list((route.get("spec") or {}).get("rules") or [{}])
-    return [{**dict(rule), "backendRefs": backends} for rule in rules]
 
 
-def http_route_weights(route: Mapping[str, Any], md_name: str) -> tuple[int, int] | None:
-    """(stable, canary) weights the route's first rule carries now, if it is ours."""
-    rules = (route.get("spec") or {}).get("rules") or []
-    if not rules:
+def http_route_weights(route: Mapping[str, Any], md: ModelDeployment) -> tuple[int, int] | None:
+    """(stable, canary) weights the first of this deployment's rules carries now."""
+    owned = http_route_owned_rules(route, md)
+    if not owned:
         return None
-    weights = {
-        ref.get("name"): int(ref.get("weight", 1)) for ref in rules[0].get("backendRefs") or []
-    }
-    stable = weights.get(track_service_name(md_name, "stable"))
-    canary = weights.get(track_service_name(md_name, "canary"))
+    rule = ((route.get("spec") or {}).get("rules") or [])[owned[0]]
+    name = str(md.metadata.name)
+    weights = {ref.get("name"): int(ref.get("weight", 1)) for ref in rule.get("backendRefs") or []}
+    stable = weights.get(track_service_name(name, "stable"))
+    canary = weights.get(track_service_name(name, "canary"))
     if stable is None or canary is None:
         return None
     return stable, canary
+
+
+def reference_granted(grants: Sequence[Mapping[str, Any]], md: ModelDeployment, route: str) -> bool:
+    """Whether a Gateway API ReferenceGrant in the route's namespace lets ModelDeployments
+    of this one's namespace set that HTTPRoute: the route's owner consents, not the user."""
+    for grant in grants:
+        spec = grant.get("spec") or {}
+        sources = spec.get("from") or []
+        if not any(
+            f.get("group") == GROUP
+            and f.get("kind") == "ModelDeployment"
+            and f.get("namespace") == md.metadata.namespace
+            for f in sources
+        ):
+            continue
+        if any(
+            t.get("group") == GATEWAY_GROUP
+            and t.get("kind") == "HTTPRoute"
+            and t.get("name") in (None, "", route)
+            for t in spec.get("to") or []
+        ):
+            return True
+    return False
 
 
 def http_route_accepted(route: Mapping[str, Any]) -> tuple[bool, str]:

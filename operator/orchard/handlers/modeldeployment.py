@@ -25,8 +25,6 @@ from typing import Any
 import httpx
 import kopf
 from lightkube import ApiError
-from lightkube.generic_resource import create_namespaced_resource
-from lightkube.types import PatchType
 from pydantic import ValidationError
 
 from orchard import kube
@@ -38,13 +36,22 @@ from orchard.api.common import (
     parse_duration,
     to_k8s,
 )
-from orchard.api.modeldeployment import ModelDeployment, ModelDeploymentStatus, RolloutAction
+from orchard.api.modeldeployment import (
+    GATEWAY_GROUP,
+    HTTPROUTE_API_VERSION,
+    REFERENCEGRANT_API_VERSION,
+    ModelDeployment,
+    ModelDeploymentStatus,
+    RolloutAction,
+)
 from orchard.api.modelversion import ModelVersion
 from orchard.builders import serving as sv
 from orchard.decisions import analysis as an
 from orchard.decisions import metrics_text as mt
+from orchard.decisions import policy as pol
 from orchard.decisions import rollout as ro
 from orchard.decisions.modelversion import deployments_using
+from orchard.handlers import policy
 
 RBAC_RULES: list[dict[str, Any]] = [
     {
@@ -70,18 +77,12 @@ RBAC_RULES: list[dict[str, Any]] = [
         "resources": ["horizontalpodautoscalers"],
         "verbs": ["get", "create", "patch", "delete"],
     },
-    {
-        "apiGroups": ["gateway.networking.k8s.io"],
-        "resources": ["httproutes"],
-        "verbs": ["get", "patch"],
-    },
+    {"apiGroups": [GATEWAY_GROUP], "resources": ["httproutes"], "verbs": ["get", "patch"]},
+    {"apiGroups": [GATEWAY_GROUP], "resources": ["referencegrants"], "verbs": ["list"]},
 ]
 
 IN_PROGRESS = ("Pending", "Progressing", "Paused")
 SCRAPE_TIMEOUT = 2.0
-GATEWAY_API = "gateway.networking.k8s.io/v1"
-
-HTTPRoute = create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
 
 _locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -314,44 +315,75 @@ def analyse_window(
     )
 
 
+def _kind_not_served(err: Exception) -> bool:
+    """The API server's bare 404 for a kind it does not serve (its CRD is not installed)."""
+    return getattr(getattr(err, "response", None), "status_code", None) == 404
+
+
 async def traffic_state(md: ModelDeployment) -> tuple[bool, str, str, dict[str, Any] | None]:
-    """Whether the traffic mode can be honoured: (ok, reason, message, the HTTPRoute)."""
+    """Whether the traffic mode can be honoured: (ok, reason, message, the HTTPRoute).
+
+    A route in another namespace needs that namespace's consent (a ReferenceGrant), and
+    a route needs a rule handed to this deployment (see `sv.http_route_owned_rules`).
+    """
     if md.spec.traffic.mode != "gatewayAPI":
         return True, "ReplicaRatio", "", None
     ref = md.spec.traffic.http_route
     assert ref is not None
-    namespace = ref.namespace or str(md.metadata.namespace)
+    own_namespace = str(md.metadata.namespace)
+    namespace = ref.namespace or own_namespace
+    where = f"HTTPRoute {namespace}/{ref.name}"
+    unavailable = (
+        False,
+        "GatewayAPIUnavailable",
+        f"the cluster does not serve {HTTPROUTE_API_VERSION} HTTPRoutes (Gateway API not "
+        "installed); traffic cannot be split by weights",
+        None,
+    )
     try:
-        route = await kube.client().get(HTTPRoute, ref.name, namespace=namespace)
-    except ApiError as err:
-        if err.status.code == 404:
-            return (
-                False,
-                "HTTPRouteNotFound",
-                f"HTTPRoute {namespace}/{ref.name} not found; traffic cannot be split by weights",
-                None,
+        if namespace != own_namespace:
+            grants = await kube.list_objects(
+                REFERENCEGRANT_API_VERSION, "ReferenceGrant", namespace
             )
+            if not sv.reference_granted(grants, md, ref.name):
+                return (
+                    False,
+                    "ReferenceNotPermitted",
+                    f"{where} is in another namespace and no ReferenceGrant there lets "
+                    f"ModelDeployments of namespace {own_namespace} set it",
+                    None,
+                )
+        route = await kube.get(HTTPROUTE_API_VERSION, "HTTPRoute", ref.name, namespace)
+    except Exception as err:
+        if _kind_not_served(err):
+            return unavailable
         raise
-    except Exception as err:  # the client's HTTP error for a bare 404: the kind is not served
-        if getattr(getattr(err, "response", None), "status_code", None) == 404:
-            return (
-                False,
-                "GatewayAPIUnavailable",
-                f"the cluster does not serve {GATEWAY_API} HTTPRoutes (Gateway API not "
-                "installed); traffic cannot be split by weights",
-                None,
-            )
-        raise
-    body: dict[str, Any] = dict(route)  # a generic resource is a dict
-    accepted, reason = sv.http_route_accepted(body)
+    if route is None:
+        return (
+            False,
+            "HTTPRouteNotFound",
+            f"{where} not found; traffic cannot be split by weights",
+            None,
+        )
+    accepted, reason = sv.http_route_accepted(route)
     if not accepted:
         return (
             False,
             f"HTTPRoute{reason}",
-            f"HTTPRoute {namespace}/{ref.name} is not accepted by a Gateway ({reason})",
-            body,
+            f"{where} is not accepted by a Gateway ({reason})",
+            route,
         )
-    return True, "HTTPRoute", "", body
+    if not sv.http_route_owned_rules(route, md):
+        name = str(md.metadata.name)
+        return (
+            False,
+            "HTTPRouteNoRule",
+            f"no rule of {where} sends its traffic only to Service {sv.service_name(name)} "
+            f"(or {sv.track_service_name(name, 'stable')}/{sv.track_service_name(name, 'canary')})"
+            "; give the rule Orchard should split such backendRefs",
+            None,
+        )
+    return True, "HTTPRoute", "", route
 
 
 # --- Acting -------------------------------------------------------------------------------
@@ -402,18 +434,36 @@ async def ensure_children(
         if any(ref.get("uid") == md.metadata.uid for ref in owners):
             await kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", name, namespace)
     if route is not None:
-        current = sv.http_route_weights(route, str(md.metadata.name))
-        weight = ro.route_weight(status, current[1] if current else None, now, canary_ready_since)
-        if current != (100 - weight, weight):
-            ref = spec.traffic.http_route
-            assert ref is not None
-            await kube.client().patch(
-                HTTPRoute,
-                ref.name,
-                {"spec": {"rules": sv.http_route_rules(md, route, weight)}},
-                namespace=ref.namespace or str(md.metadata.namespace),
-                patch_type=PatchType.MERGE,
-            )
+        await set_route_weight(md, status, route, now, canary_ready_since, logger)
+
+
+async def set_route_weight(
+    md: ModelDeployment,
+    status: ModelDeploymentStatus,
+    route: dict[str, Any],
+    now: dt.datetime,
+    canary_ready_since: dt.datetime | None,
+    logger: kopf.Logger,
+) -> None:
+    """Set the canary's weight on this deployment's rules of the route, only if the route
+    is still as read (its resourceVersion): a person's edit meanwhile is never lost."""
+    current = sv.http_route_weights(route, md)
+    weight = ro.route_weight(status, current[1] if current else None, now, canary_ready_since)
+    if current == (100 - weight, weight):
+        return
+    meta = route["metadata"]
+    patch = {
+        "metadata": {"resourceVersion": meta["resourceVersion"]},
+        "spec": {"rules": sv.http_route_rules(md, route, weight)},
+    }
+    try:
+        await kube.merge_patch(
+            HTTPROUTE_API_VERSION, "HTTPRoute", meta["name"], meta["namespace"], patch
+        )
+    except ApiError as err:
+        if not kube.is_conflict(err):
+            raise
+        logger.info("HTTPRoute %s changed meanwhile; the weight is set next time", meta["name"])
 
 
 def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -423,6 +473,22 @@ def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     is not overwritten.
     """
     return {k: new.get(k) for k in set(old) | set(new) if old.get(k) != new.get(k)}
+
+
+async def write_status(
+    body: dict[str, Any], old: ModelDeploymentStatus, decision: ro.Decision, logger: kopf.Logger
+) -> None:
+    """Patch what changed in status, then post the decision's events."""
+    meta = body["metadata"]
+    patch = status_patch(to_k8s(old), to_k8s(decision.status))
+    if patch:
+        await kube.patch_status("ModelDeployment", meta["name"], meta["namespace"], patch)
+    for event in decision.events:
+        logger.info("%s: %s", event.reason, event.message)
+        try:
+            await kube.post_event(body, event.reason, event.message, type_=event.type)
+        except ApiError as err:
+            logger.warning("cannot post event %s: %s", event.reason, err)
 
 
 async def update_used_by(namespace: str, versions: set[str], exclude: str | None = None) -> None:
@@ -453,6 +519,14 @@ async def reconcile(
         md = _parse(body)
         st = md.status
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        server_image = sv.ServerSettings.from_env().image
+        violations = pol.modeldeployment_violations(md.spec, policy.current(), server_image)
+        if violations:
+            refusal = ro.refused(
+                md.spec, st, now, md.metadata.generation, pol.REASON, pol.summary(violations)
+            )
+            await write_status(body, st, refusal, logger)
+            return
 
         stable_mv, stable_info = await _version(
             st.stable_version or md.spec.model_version, namespace
@@ -494,7 +568,7 @@ async def reconcile(
         canary_pods = [p for p in _pods_of(pods, "canary", st.canary_version) if _pod_ready(p)]
         canary_ready = len(canary_pods)
         canary_ready_since = min((_ready_since(p) for p in canary_pods), default=None)
-        current_route = sv.http_route_weights(route, name) if route is not None else None
+        current_route = sv.http_route_weights(route, md) if route is not None else None
         obs = ro.Observations(
             generation=md.metadata.generation,
             stable_ready=stable_ready,
@@ -534,16 +608,7 @@ async def reconcile(
         except sv.UnsupportedArtifact as exc:
             raise kopf.PermanentError(str(exc)) from exc
 
-        old_status, new_status = to_k8s(st), to_k8s(new)
-        patch = status_patch(old_status, new_status)
-        if patch:
-            await kube.patch_status("ModelDeployment", name, namespace, patch)
-        for event in decision.events:
-            logger.info("%s: %s", event.reason, event.message)
-            try:
-                await kube.post_event(body, event.reason, event.message, type_=event.type)
-            except ApiError as err:
-                logger.warning("cannot post event %s: %s", event.reason, err)
+        await write_status(body, st, decision, logger)
         used = {st.stable_version, st.canary_version, new.stable_version, new.canary_version}
         if (st.stable_version, st.canary_version) != (new.stable_version, new.canary_version):
             await update_used_by(namespace, {v for v in used if v})
