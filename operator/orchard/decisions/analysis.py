@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from .metrics_text import Labels, Scrape
@@ -372,4 +372,19 @@ def registered_metric_check(
         cand,
         stab,
         drop,
+    )
+
+
+def unobserved(result: Result, unscraped: Mapping[str, str]) -> Result:
+    """A verdict that did not see every serving pod: a pass becomes Inconclusive, so a
+    pod whose metrics cannot be read pauses the rollout and is named, never skipped.
+    A failure measured on the pods that could be read stands."""
+    if not unscraped or result.verdict != "Pass":
+        return result
+    pods = ", ".join(f"{name} ({why})" for name, why in sorted(unscraped.items()))
+    return replace(
+        result,
+        verdict="Inconclusive",
+        reason="MetricsUnavailable",
+        message=f"metrics of serving pod(s) {pods} could not be read",
     )

@@ -83,6 +83,7 @@ RBAC_RULES: list[dict[str, Any]] = [
 
 IN_PROGRESS = ("Pending", "Progressing", "Paused")
 SCRAPE_TIMEOUT = 2.0
+MAX_SCRAPE_BYTES = 4 * 1024 * 1024  # a serving pod's /metrics is tens of KB
 
 _locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -251,30 +252,53 @@ def _pods_of(pods: list[dict[str, Any]], track: str, version: str | None) -> lis
     ]
 
 
-async def _scrape(client: httpx.AsyncClient, pod: Mapping[str, Any], port: int) -> mt.Scrape | None:
+async def _scrape(client: httpx.AsyncClient, pod: Mapping[str, Any], port: int) -> mt.Scrape | str:
+    """A pod's metrics, or why they cannot be had. The text is bounded and parsed on a
+    thread: whatever a pod serves, the operator's event loop never stalls on it."""
     ip = (pod.get("status") or {}).get("podIP")
-    if not ip or pod.get("metadata", {}).get("deletionTimestamp"):
-        return None
+    if not ip:
+        return "no pod IP"
     try:
-        resp = await client.get(f"http://{ip}:{port}/metrics")
-        resp.raise_for_status()
-        return mt.parse_scrape(resp.text)
-    except (httpx.HTTPError, mt.MetricsTextError):
-        return None
+        async with client.stream("GET", f"http://{ip}:{port}/metrics") as resp:
+            resp.raise_for_status()
+            chunks, size = [], 0
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_SCRAPE_BYTES:
+                    return f"metrics larger than {MAX_SCRAPE_BYTES} bytes"
+                chunks.append(chunk)
+        return await asyncio.to_thread(mt.parse_scrape, b"".join(chunks).decode("utf-8", "replace"))
+    except httpx.HTTPStatusError as err:
+        return f"/metrics answered {err.response.status_code}"
+    except httpx.HTTPError as err:
+        return f"/metrics unreachable: {type(err).__name__}"
+    except mt.MetricsTextError as err:
+        return f"/metrics unreadable: {err}"[:200]
 
 
 async def scrape_tracks(
     pods: list[dict[str, Any]], status: ModelDeploymentStatus, port: int
-) -> dict[str, mt.Scrape]:
-    """Each live serving pod's metrics, by pod name (pods that do not answer are left out)."""
-    wanted = _pods_of(pods, "stable", status.stable_version) + _pods_of(
-        pods, "canary", status.canary_version
-    )
+) -> tuple[dict[str, mt.Scrape], dict[str, str]]:
+    """Each serving pod's metrics by pod name, and why a ready pod's could not be read
+    (a pod that is not ready serves no traffic, so its silence is no loss)."""
+    wanted = [
+        p
+        for p in _pods_of(pods, "stable", status.stable_version)
+        + _pods_of(pods, "canary", status.canary_version)
+        if not p.get("metadata", {}).get("deletionTimestamp")
+    ]
     async with httpx.AsyncClient(timeout=SCRAPE_TIMEOUT, trust_env=False) as client:
         results = await asyncio.gather(*(_scrape(client, p, port) for p in wanted))
-    return {
-        str(p["metadata"]["name"]): r for p, r in zip(wanted, results, strict=True) if r is not None
-    }
+    scrapes: dict[str, mt.Scrape] = {}
+    failures: dict[str, str] = {}
+    for pod, got in zip(wanted, results, strict=True):
+        name = str(pod["metadata"]["name"])
+        if isinstance(got, str):
+            if _pod_ready(pod):
+                failures[name] = got
+        else:
+            scrapes[name] = got
+    return scrapes, failures
 
 
 def analysis_settings(md: ModelDeployment) -> an.Settings:
@@ -558,11 +582,11 @@ async def reconcile(
         )
         window = _windows.get((namespace, name))
         if live_step:
-            scrapes = await scrape_tracks(pods, st, md.spec.server.port)
+            scrapes, unscraped = await scrape_tracks(pods, st, md.spec.server.port)
             if window is None or window.key != _window_key(st):
                 window = Window(_window_key(st), {})  # no baseline: count from pod start
                 _windows[(namespace, name)] = window
-            result = analyse_window(md, pods, scrapes, window)
+            result = an.unobserved(analyse_window(md, pods, scrapes, window), unscraped)
 
         stable_ready = sum(1 for p in _pods_of(pods, "stable", st.stable_version) if _pod_ready(p))
         canary_pods = [p for p in _pods_of(pods, "canary", st.canary_version) if _pod_ready(p)]
