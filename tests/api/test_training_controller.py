@@ -620,3 +620,60 @@ async def test_a_job_the_api_server_refuses_fails_the_trainingjob(namespace: str
     assert (status["phase"], status["reason"]) == ("Failed", "InvalidJob")
     assert "quantities must match" in status["message"]
     assert await kube.get("batch/v1", "Job", job_name(tj), namespace) is None
+
+
+def events_of(namespace: str, reason: str) -> list[dict[str, Any]]:
+    items = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json"))["items"]
+    return [e for e in items if e["reason"] == reason]
+
+
+async def test_a_trainingjob_cannot_run_a_foreign_image_or_mount_any_secret(
+    namespace: str,
+) -> None:
+    """A namespace user's spec names an image of their own and a Secret they cannot read:
+    the default policy refuses both before any Job exists, naming the rules."""
+    tj = await create_tj(
+        namespace,
+        image="attacker.example/miner:1",
+        dataset={"uri": "s3://data/iris.csv", "target": "species", "secretName": "ci-token"},
+    )
+    body = await get_tj(namespace)
+    await tj_handlers.start(body=kopf.Body(body), namespace=namespace, name="iris-rf", logger=log)
+    status = (await get_tj(namespace))["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "PolicyViolation")
+    assert "policy rule images.allowedPrefixes" in status["message"]
+    assert "policy rule secrets.allowedNames" in status["message"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "PolicyViolation")
+    assert await kube.get("batch/v1", "Job", job_name(tj), namespace) is None
+    assert await kube.get("v1", "ConfigMap", config_map(tj)["metadata"]["name"], namespace) is None
+    [event] = events_of(namespace, "PolicyViolation")
+    assert event["type"] == "Warning" and "ci-token" in event["message"]
+
+
+async def test_a_hand_made_model_version_cannot_borrow_a_secret(namespace: str) -> None:
+    """A ModelVersion imported by hand names another team's Secret: no verification Job
+    (which would mount it) is made, and the version fails with the rule."""
+    body = {
+        "apiVersion": API_VERSION,
+        "kind": "ModelVersion",
+        "metadata": {"name": "iris-v9", "namespace": namespace},
+        "spec": {
+            "model": "iris",
+            "version": 9,
+            "task": "classification",
+            "artifact": {"uri": "s3://models/iris/9/", "digest": DIGEST, "secretName": "db-admin"},
+            "framework": {"name": "scikit-learn", "version": "1.5"},
+        },
+    }
+    created = await kube.create(body)
+    mv = ModelVersion.model_validate(created)
+    await mv_handlers.start(
+        body=kopf.Body(created), namespace=namespace, name="iris-v9", logger=log
+    )
+    got = await kube.get(API_VERSION, "ModelVersion", "iris-v9", namespace)
+    status = (got or {})["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "PolicyViolation")
+    assert "spec.artifact.secretName" in status["message"] and "db-admin" in status["message"]
+    assert await kube.get("batch/v1", "Job", verify_job_name(mv), namespace) is None
+    assert events_of(namespace, "PolicyViolation")

@@ -41,6 +41,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from conftest import stand_in_crd
 from lightkube import Client
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import PersistentVolume, PersistentVolumeClaim, Service
@@ -632,28 +633,7 @@ def test_a_traffic_mode_that_cannot_be_honoured_says_why(
 # --- gatewayAPI, with the test standing in for the Gateway implementation ---------------------
 
 HTTPROUTE = create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
-HTTPROUTE_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "httproutes.gateway.networking.k8s.io",
-                 "labels": {"orchard.dev/test": "stand-in"},
-                 # a *.k8s.io group must say whether its API was approved
-                 "annotations": {"api-approved.kubernetes.io": "unapproved, a test stand-in"}},
-    "spec": {
-        "group": "gateway.networking.k8s.io",
-        "scope": "Namespaced",
-        "names": {"kind": "HTTPRoute", "plural": "httproutes", "singular": "httproute",
-                  "listKind": "HTTPRouteList"},
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "subresources": {"status": {}},
-            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-            }}},
-        }],
-    },
-}  # fmt: skip
+HTTPROUTE_CRD = stand_in_crd("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
 
 
 @pytest.fixture

@@ -1,0 +1,228 @@
+"""The ModelDeployment controller and Gateway API objects on a real kube-apiserver.
+
+Gateway API is not installed on the local cluster: schema-less stand-in CRDs of
+HTTPRoute and ReferenceGrant take its place (removed afterwards), so the controller's
+reads and patches meet real API semantics (namespaces, resourceVersion conflicts).
+Also here: a ModelDeployment the admin's policy refuses creates nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import stand_in_crd
+
+from orchard import kube
+from orchard.api.common import API_VERSION
+from orchard.api.modeldeployment import ModelDeployment, ModelDeploymentStatus
+from orchard.handlers import modeldeployment as md_handlers
+
+pytestmark = pytest.mark.api
+
+REPO = Path(__file__).resolve().parents[2]
+GATEWAY = "gateway.networking.k8s.io"
+STAND_INS = [
+    stand_in_crd(GATEWAY, "v1", "HTTPRoute", "httproutes"),
+    stand_in_crd(GATEWAY, "v1beta1", "ReferenceGrant", "referencegrants"),
+]
+log = logging.getLogger("test")
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
+    proc = subprocess.run(
+        ["kubectl", *args], input=input, capture_output=True, text=True, timeout=120, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def gateway_api(kubeconfig_api: Path) -> Iterator[None]:
+    """Orchard's CRDs and the stand-ins; KUBECONFIG set for the operator's client."""
+    saved = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(kubeconfig_api)
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    installed = []
+    for crd in STAND_INS:
+        name = crd["metadata"]["name"]
+        if kubectl("get", "crd", name, check=False) == "":  # only where Gateway API is absent
+            kubectl("apply", "-f", "-", input=json.dumps(crd))
+            installed.append(name)
+    names = [f"crd/{n}" for n in installed]
+    if names:
+        kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    yield
+    if names:  # gone before the next test module looks for Gateway API
+        kubectl("delete", *names, "--wait=true", "--timeout=90s")
+    if saved is None:
+        os.environ.pop("KUBECONFIG", None)
+    else:
+        os.environ["KUBECONFIG"] = saved
+
+
+@pytest.fixture
+def namespaces(gateway_api: None, api_namespace: str) -> Iterator[tuple[str, str]]:
+    """The deployment's namespace and another tenant's, where the route lives."""
+    edge = f"orchard-test-edge-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", edge)
+    yield api_namespace, edge
+    kubectl("delete", "namespace", edge, "--wait=false")
+
+
+@pytest.fixture(autouse=True)
+async def fresh_client() -> AsyncIterator[None]:
+    """lightkube's async client is bound to the event loop it was made on."""
+    yield
+    await kube.close()
+
+
+def deployment(namespace: str, **spec: Any) -> ModelDeployment:
+    return ModelDeployment.model_validate(
+        {
+            "metadata": {"name": "iris", "namespace": namespace, "uid": "u1", "generation": 1},
+            "spec": {"modelVersion": "iris-v1", **spec},
+        }
+    )
+
+
+THEIRS = {"backendRefs": [{"group": "", "kind": "Service", "name": "shop", "port": 80}]}
+
+
+async def make_route(namespace: str, backend_namespace: str | None) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": "iris", "port": 8080}
+    if backend_namespace:
+        ref["namespace"] = backend_namespace
+    route = await kube.create(
+        {
+            "apiVersion": f"{GATEWAY}/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": "web", "namespace": namespace},
+            "spec": {"parentRefs": [{"name": "gw"}], "rules": [THEIRS, {"backendRefs": [ref]}]},
+        }
+    )
+    accepted = {"parents": [{"parentRef": {"name": "gw"}, "conditions": [
+        {"type": "Accepted", "status": "True", "reason": "Accepted"}]}]}  # fmt: skip
+    res = kube.resource(f"{GATEWAY}/v1", "HTTPRoute")
+    await kube.client().patch(
+        res.Status, "web", {"status": accepted}, namespace=namespace,
+        patch_type=kube.PatchType.MERGE,
+    )  # fmt: skip
+    return route
+
+
+def grant(namespace: str, from_namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GATEWAY}/v1beta1",
+        "kind": "ReferenceGrant",
+        "metadata": {"name": "orchard", "namespace": namespace},
+        "spec": {
+            "from": [
+                {"group": "orchard.dev", "kind": "ModelDeployment", "namespace": from_namespace}
+            ],
+            "to": [{"group": GATEWAY, "kind": "HTTPRoute", "name": "web"}],
+        },
+    }
+
+
+async def test_a_route_of_another_namespace_is_set_only_with_its_reference_grant(
+    namespaces: tuple[str, str],
+) -> None:
+    """A user in one namespace names another tenant's HTTPRoute: refused until that
+    namespace grants it; then only the rule that names the deployment's Service changes."""
+    ml, edge = namespaces
+    await make_route(edge, backend_namespace=ml)
+    md = deployment(
+        ml, traffic={"mode": "gatewayAPI", "httpRoute": {"name": "web", "namespace": edge}}
+    )
+    ok, reason, message, route = await md_handlers.traffic_state(md)
+    assert (ok, reason, route) == (False, "ReferenceNotPermitted", None)
+    assert edge in message and ml in message
+    await kube.create(grant(edge, from_namespace="somebody-else"))
+    assert (await md_handlers.traffic_state(md))[1] == "ReferenceNotPermitted"
+    await kube.delete(f"{GATEWAY}/v1beta1", "ReferenceGrant", "orchard", edge)
+    await kube.create(grant(edge, from_namespace=ml))
+    ok, reason, _, route = await md_handlers.traffic_state(md)
+    assert (ok, reason) == (True, "HTTPRoute") and route is not None
+
+    status = ModelDeploymentStatus.model_validate(
+        {"stableVersion": "iris-v1", "canaryVersion": "iris-v2", "currentStep": 0,
+         "canaryWeight": {"desired": 25, "effective": 0}}
+    )  # fmt: skip
+    now = dt.datetime.now(dt.UTC)
+    ready_since = now - dt.timedelta(seconds=30)
+    await md_handlers.set_route_weight(md, status, route, now, ready_since, log)  # type: ignore[arg-type]
+    after = await kube.get(f"{GATEWAY}/v1", "HTTPRoute", "web", edge)
+    assert after is not None
+    rules = after["spec"]["rules"]
+    assert rules[0] == THEIRS  # another tenant's rule, exactly as written
+    refs = {(r["name"], r.get("namespace"), r["weight"]) for r in rules[1]["backendRefs"]}
+    assert refs == {("iris-stable", ml, 75), ("iris-canary", ml, 25)}
+
+
+async def test_a_route_edited_meanwhile_is_not_overwritten(namespaces: tuple[str, str]) -> None:
+    ml, _ = namespaces
+    await make_route(ml, backend_namespace=None)
+    md = deployment(ml, traffic={"mode": "gatewayAPI", "httpRoute": {"name": "web"}})
+    ok, _, _, stale = await md_handlers.traffic_state(md)
+    assert ok and stale is not None
+    edited = {"backendRefs": [{"group": "", "kind": "Service", "name": "shop-v2", "port": 80}]}
+    await kube.merge_patch(f"{GATEWAY}/v1", "HTTPRoute", "web", ml,
+                           {"spec": {"rules": [edited, stale["spec"]["rules"][1]]}})  # fmt: skip
+    status = ModelDeploymentStatus.model_validate(
+        {"stableVersion": "iris-v1", "canaryVersion": "iris-v2", "currentStep": 0,
+         "canaryWeight": {"desired": 25, "effective": 0}}
+    )  # fmt: skip
+    now = dt.datetime.now(dt.UTC)
+    await md_handlers.set_route_weight(md, status, stale, now, now - dt.timedelta(seconds=30), log)  # type: ignore[arg-type]
+    after = await kube.get(f"{GATEWAY}/v1", "HTTPRoute", "web", ml)
+    assert after is not None and after["spec"]["rules"][0] == edited  # the person's edit stands
+
+
+async def test_a_route_without_a_rule_for_the_deployment_is_left_alone(
+    namespaces: tuple[str, str],
+) -> None:
+    ml, _ = namespaces
+    await kube.create({
+        "apiVersion": f"{GATEWAY}/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "web", "namespace": ml},
+        "spec": {"rules": [THEIRS]},
+    })  # fmt: skip
+    md = deployment(ml, traffic={"mode": "gatewayAPI", "httpRoute": {"name": "web"}})
+    res = kube.resource(f"{GATEWAY}/v1", "HTTPRoute")
+    accepted = {"parents": [{"conditions": [{"type": "Accepted", "status": "True"}]}]}
+    await kube.client().patch(res.Status, "web", {"status": accepted}, namespace=ml,
+                              patch_type=kube.PatchType.MERGE)  # fmt: skip
+    ok, reason, message, route = await md_handlers.traffic_state(md)
+    assert (ok, reason, route) == (False, "HTTPRouteNoRule", None)
+    assert "Service iris" in message
+
+
+async def test_a_deployment_the_policy_refuses_creates_nothing(namespaces: tuple[str, str]) -> None:
+    """spec.server.image of the user's choosing: Degraded with PolicyViolation and an event,
+    no Deployment and no Service."""
+    ml, _ = namespaces
+    await kube.create({
+        "apiVersion": API_VERSION, "kind": "ModelDeployment",
+        "metadata": {"name": "iris", "namespace": ml},
+        "spec": {"modelVersion": "iris-v1", "server": {"image": "attacker.example/srv:1"}},
+    })  # fmt: skip
+    await md_handlers.reconcile(ml, "iris", log)  # type: ignore[arg-type]
+    got = await kube.get(API_VERSION, "ModelDeployment", "iris", ml)
+    status = (got or {})["status"]
+    assert (status["phase"], status["reason"]) == ("Degraded", "PolicyViolation")
+    assert "spec.server.image" in status["message"]
+    assert status["observedGeneration"] == 1
+    assert await kube.get("apps/v1", "Deployment", "iris-stable", ml) is None
+    assert await kube.get("v1", "Service", "iris", ml) is None
+    events = json.loads(kubectl("get", "events", "-n", ml, "-o", "json"))["items"]
+    assert [e["type"] for e in events if e["reason"] == "PolicyViolation"] == ["Warning"]
