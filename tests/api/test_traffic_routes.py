@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -55,12 +56,20 @@ def gateway_api(kubeconfig_api: Path) -> Iterator[None]:
     installed = []
     for crd in STAND_INS:
         name = crd["metadata"]["name"]
-        if kubectl("get", "crd", name, check=False) == "":  # only where Gateway API is absent
+        present = subprocess.run(["kubectl", "get", "crd", name], capture_output=True, timeout=30)
+        if present.returncode != 0:  # only where Gateway API is absent
             kubectl("apply", "-f", "-", input=json.dumps(crd))
             installed.append(name)
     names = [f"crd/{n}" for n in installed]
     if names:
         kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    for name in installed:  # Established comes a moment before the storage serves (429)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            listed = subprocess.run(["kubectl", "get", name, "-A"], capture_output=True, timeout=30)
+            if listed.returncode == 0:
+                break
+            time.sleep(0.5)
     yield
     if names:  # gone before the next test module looks for Gateway API
         kubectl("delete", *names, "--wait=true", "--timeout=90s")
