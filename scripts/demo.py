@@ -7,7 +7,9 @@ the local one, builds the images and then runs this).
 3. serve it with the sample ModelDeployment and ask it for predictions over HTTP;
 4. train a second version (iris-v2) and roll it out as a canary under live traffic:
    the operator walks the steps, analyses each one and promotes it;
-5. show `kubectl get orchard`.
+5. show that a spec asking for an image the admin's policy does not allow is refused,
+   with the rule named, before any pod exists;
+6. show `kubectl get orchard`.
 
 Every step uses kubectl, as a person would; the script only waits and prints.
 """
@@ -150,6 +152,20 @@ class Traffic(threading.Thread):
             time.sleep(0.05)
 
 
+def refused_by_policy() -> None:
+    """A namespace user's TrainingJob names an image of its own: the policy refuses it."""
+    foreign = json.loads(json.dumps(SECOND_TRAINING))
+    foreign["metadata"]["name"] = "iris-own-image"
+    foreign["spec"]["image"] = "example.invalid/someone/trainer:latest"
+    kubectl("apply", "-f", "-", stdin=json.dumps(foreign))
+    wait_for("the policy's verdict", lambda: phase("tj", "iris-own-image") == "Failed", 60, 1)
+    status = get("tj", "iris-own-image")["status"]
+    pods = kubectl("get", "pods", "-n", NAMESPACE, "-l", "orchard.dev/trainingjob=iris-own-image",
+                   "-o", "name")  # fmt: skip
+    say(f"TrainingJob with its own image: {status['reason']}: {status['message']}")
+    say(f"pods made for it: {len(pods.split())}")
+
+
 def main() -> int:
     install()
     prepare_artifact_volume()
@@ -190,6 +206,7 @@ def main() -> int:
     traffic.stop.set()
     traffic.join()
     say(f"{v2} promoted; answers during the rollout: {dict(traffic.answers)}")
+    refused_by_policy()
     print(kubectl("get", "orchard", "-n", NAMESPACE))
     return 0
 
