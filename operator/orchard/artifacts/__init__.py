@@ -23,6 +23,7 @@ from orchard.artifacts.metadata import (
     parse_metadata,
     verify_artifact,
 )
+from orchard.artifacts.redact import redact_text, redact_uri
 from orchard.artifacts.store import (
     ArtifactStore,
     LocalStore,
@@ -59,6 +60,8 @@ __all__ = [
     "put_dir",
     "read_bytes",
     "reason_of",
+    "redact_text",
+    "redact_uri",
     "sha256_bytes",
     "sha256_file",
     "store_for",
