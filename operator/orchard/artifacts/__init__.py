@@ -9,6 +9,7 @@ from orchard.artifacts.errors import (
     ArtifactError,
     ArtifactNotFound,
     DigestMismatch,
+    OutsideLocalRoots,
     UnsupportedURI,
     VerificationError,
 )
@@ -25,12 +26,14 @@ from orchard.artifacts.metadata import (
 )
 from orchard.artifacts.redact import redact_text, redact_uri
 from orchard.artifacts.store import (
+    LOCAL_ROOTS_ENV,
     ArtifactStore,
     LocalStore,
     S3Settings,
     S3Store,
     get_dir,
     local_path,
+    local_roots,
     put_dir,
     read_bytes,
     store_for,
@@ -38,6 +41,7 @@ from orchard.artifacts.store import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "LOCAL_ROOTS_ENV",
     "METADATA_FILE",
     "MODEL_FILE",
     "ArtifactError",
@@ -46,6 +50,7 @@ __all__ = [
     "DigestMismatch",
     "LocalStore",
     "Metadata",
+    "OutsideLocalRoots",
     "S3Settings",
     "S3Store",
     "UnsupportedURI",
@@ -55,6 +60,7 @@ __all__ = [
     "is_digest",
     "load_model",
     "local_path",
+    "local_roots",
     "metadata_bytes",
     "parse_metadata",
     "put_dir",

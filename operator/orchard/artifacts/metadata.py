@@ -100,11 +100,28 @@ def metadata_bytes(metadata: Metadata) -> bytes:
 
 
 def parse_metadata(raw: bytes) -> Metadata:
-    """Parse metadata.json bytes, or say what is wrong with them."""
+    """Parse metadata.json bytes, or say what is wrong with them: the field and the rule,
+    never the value (pydantic's own text quotes the input, which may be any file a link
+    pointed at)."""
     try:
         return Metadata.model_validate_json(raw)
     except ValidationError as exc:
-        raise VerificationError(f"metadata.json is not valid: {exc}") from exc
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(document)'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)[:5]
+        )
+        raise VerificationError(f"{METADATA_FILE} is not valid: {problems}") from exc
+
+
+def _inside(root: Path, path: Path, name: str) -> Path:
+    """`path` resolved, when it stays inside the artifact directory: a file of an
+    artifact is a file in it, never a link to somewhere else."""
+    real = path.resolve()
+    if not real.is_relative_to(root):
+        raise VerificationError(
+            f"{name} resolves outside the artifact directory; refusing the artifact"
+        )
+    return real
 
 
 def verify_artifact(directory: str | Path, digest: str | None = None) -> Metadata:
@@ -112,13 +129,14 @@ def verify_artifact(directory: str | Path, digest: str | None = None) -> Metadat
     metadata.json against a recorded digest; return the metadata only if all match.
 
     Raises `ArtifactNotFound` when a file is missing and `VerificationError` on any
-    other mismatch, with a message naming the file and both digests.
+    other mismatch (a file that resolves outside the directory among them), with a
+    message naming the file and both digests.
     """
-    root = Path(directory)
+    root = Path(directory).resolve()
     meta_path = root / METADATA_FILE
     if not meta_path.is_file():
         raise ArtifactNotFound(f"{meta_path} does not exist")
-    raw = meta_path.read_bytes()
+    raw = _inside(root, meta_path, METADATA_FILE).read_bytes()
     actual = sha256_bytes(raw)
     if digest is not None and actual != digest:
         raise DigestMismatch(
@@ -138,7 +156,7 @@ def verify_artifact(directory: str | Path, digest: str | None = None) -> Metadat
             raise VerificationError(f"{METADATA_FILE} lists a file outside the artifact: {name}")
         if not path.is_file():
             raise ArtifactNotFound(f"{path} is listed in {METADATA_FILE} but does not exist")
-        found = sha256_file(path)
+        found = sha256_file(_inside(root, path, name))
         if found != expected:
             raise DigestMismatch(
                 f"{name} has digest {found}, but {METADATA_FILE} lists {expected}; "

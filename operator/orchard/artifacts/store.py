@@ -9,12 +9,20 @@
 
 A directory is written file by file with ``metadata.json`` last: a reader that sees
 metadata.json sees the files it pins (and `verify_artifact` catches anything else).
+
+Local paths are confined when ``$ORCHARD_LOCAL_ROOTS`` is set, as the operator sets it in
+every trainer and verifier pod: a pod's own filesystem holds nothing a user should read
+(``/proc/self/environ`` holds the S3 keys of its Secrets), so there file:// and pvc://
+reach only the mounted volumes, checked on the resolved path so that a symbolic link on a
+volume cannot point out of it. Unset, as on a laptop, any local path is used as given.
+Messages show URIs through `redact_uri`.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,11 +30,20 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from orchard.artifacts.errors import ArtifactError, ArtifactNotFound, UnsupportedURI
+from orchard.artifacts.errors import (
+    ArtifactError,
+    ArtifactNotFound,
+    OutsideLocalRoots,
+    UnsupportedURI,
+)
 from orchard.artifacts.metadata import METADATA_FILE
+from orchard.artifacts.redact import redact_uri
 
 PVC_ROOT_ENV = "ORCHARD_PVC_ROOT"
 DEFAULT_PVC_ROOT = "/mnt/pvc"
+# The directories local paths are confined to, os.pathsep-separated: in the cluster, the
+# mounted volumes (the operator sets it to DEFAULT_PVC_ROOT); unset on a laptop.
+LOCAL_ROOTS_ENV = "ORCHARD_LOCAL_ROOTS"
 
 
 class ArtifactStore(Protocol):
@@ -51,22 +68,74 @@ def _safe_relative(path: str) -> PurePosixPath:
     return rel
 
 
+def local_roots(env: Mapping[str, str] | None = None) -> tuple[str, ...] | None:
+    """The directories local paths are confined to, or None when they are not.
+
+    Set but empty confines to nothing at all: a setting meant to protect fails closed.
+    """
+    env = os.environ if env is None else env
+    if LOCAL_ROOTS_ENV not in env:
+        return None
+    return tuple(r for r in env[LOCAL_ROOTS_ENV].split(os.pathsep) if r)
+
+
+def _within(path: str, roots: tuple[str, ...]) -> bool:
+    """Whether a resolved path lies in (or is) one of the roots, themselves resolved."""
+    return any(Path(path).is_relative_to(os.path.realpath(root)) for root in roots)
+
+
+def confine(path: Path, uri: str, env: Mapping[str, str] | None = None) -> Path:
+    """`path` resolved (every symbolic link followed) when local paths are confined, or
+    `OutsideLocalRoots` when it resolves outside the roots; `path` as it is when not."""
+    roots = local_roots(env)
+    if roots is None:
+        return path
+    real = os.path.realpath(path)
+    if not _within(real, roots):
+        # Said when the path names a place on a volume and a link there leads out.
+        lexical = os.path.abspath(path)
+        through_link = any(Path(lexical).is_relative_to(os.path.abspath(r)) for r in roots)
+        raise OutsideLocalRoots(redact_uri(uri), roots, through_link=through_link)
+    return Path(real)
+
+
 def local_path(uri: str, env: Mapping[str, str] | None = None) -> Path:
-    """The local path a file:// or pvc:// URI (or a plain path) names."""
+    """The local path a file:// or pvc:// URI (or a plain path) names, confined to
+    $ORCHARD_LOCAL_ROOTS when that is set (see `confine`)."""
     env = os.environ if env is None else env
     parts = urlsplit(uri)
+    shown = redact_uri(uri)
     if parts.scheme == "":
-        return Path(uri)
+        return confine(Path(uri), uri, env)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
-            raise UnsupportedURI(f"file URI with a host is not supported: {uri}")
-        return Path(parts.path)
+            raise UnsupportedURI(f"file URI with a host is not supported: {shown}")
+        return confine(Path(parts.path), uri, env)
     if parts.scheme == "pvc":
-        if not parts.netloc:
-            raise UnsupportedURI(f"pvc URI without a claim name: {uri} (pvc://<claim>/<path>)")
+        if not parts.netloc or parts.netloc in (".", "..") or "@" in parts.netloc:
+            raise UnsupportedURI(
+                f"pvc URI without a valid claim name: {shown} (pvc://<claim>/<path>)"
+            )
         root = Path(env.get(PVC_ROOT_ENV) or DEFAULT_PVC_ROOT)
-        return root / parts.netloc / _safe_relative(parts.path)
-    raise UnsupportedURI(f"not a local URI: {uri}")
+        return confine(root / parts.netloc / _safe_relative(parts.path), uri, env)
+    raise UnsupportedURI(f"not a local URI: {shown}")
+
+
+def _read_confined(path: Path, uri: str, roots: tuple[str, ...]) -> bytes:
+    """The bytes of a regular file inside the roots, checked on the file actually opened:
+    a link swapped in after `confine` looked (another pod may write the volume) is caught
+    by O_NOFOLLOW or by the opened descriptor's own path, and a FIFO or device is refused
+    before anything is read from it."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as f:
+        opened = f"/proc/self/fd/{fd}"
+        if os.path.islink(opened) and not _within(os.readlink(opened), roots):
+            raise OutsideLocalRoots(redact_uri(uri), roots, through_link=True)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ArtifactError(f"{redact_uri(uri)} is not a regular file")
+        os.set_blocking(fd, True)
+        return f.read()
 
 
 class LocalStore:
@@ -89,26 +158,27 @@ class LocalStore:
                 os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from other readers
                 os.replace(tmp, target)
         except OSError as exc:
-            raise ArtifactError(f"cannot write {uri} ({dest}): {exc}") from exc
+            raise ArtifactError(f"cannot write {redact_uri(uri)} ({dest}): {exc}") from exc
 
     def get_dir(self, uri: str, local: Path) -> Path:
         src = local_path(uri, self._env)
         if not src.is_dir():
-            raise ArtifactNotFound(f"{uri} ({src}) is not a directory")
+            raise ArtifactNotFound(f"{redact_uri(uri)} ({src}) is not a directory")
         try:
             shutil.copytree(src, local, dirs_exist_ok=True)
         except OSError as exc:
-            raise ArtifactError(f"cannot read {uri} ({src}): {exc}") from exc
+            raise ArtifactError(f"cannot read {redact_uri(uri)} ({src}): {exc}") from exc
         return local
 
     def read_bytes(self, uri: str) -> bytes:
         path = local_path(uri, self._env)
+        roots = local_roots(self._env)
         try:
-            return path.read_bytes()
+            return path.read_bytes() if roots is None else _read_confined(path, uri, roots)
         except FileNotFoundError as exc:
-            raise ArtifactNotFound(f"{uri} ({path}) does not exist") from exc
+            raise ArtifactNotFound(f"{redact_uri(uri)} ({path}) does not exist") from exc
         except OSError as exc:
-            raise ArtifactError(f"cannot read {uri} ({path}): {exc}") from exc
+            raise ArtifactError(f"cannot read {redact_uri(uri)} ({path}): {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -146,7 +216,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
     parts = urlsplit(uri)
     if parts.scheme != "s3" or not parts.netloc:
-        raise UnsupportedURI(f"not an s3 URI: {uri} (s3://<bucket>/<key>)")
+        raise UnsupportedURI(f"not an s3 URI: {redact_uri(uri)} (s3://<bucket>/<key>)")
     key = _safe_relative(parts.path).as_posix()
     return parts.netloc, "" if key == "." else key
 
@@ -184,8 +254,8 @@ class S3Store:
     def _error(self, exc: Exception, uri: str) -> ArtifactError:
         code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
         if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound"):
-            return ArtifactNotFound(f"{uri} does not exist ({code})")
-        return ArtifactError(f"s3 request for {uri} failed: {exc}")
+            return ArtifactNotFound(f"{redact_uri(uri)} does not exist ({code})")
+        return ArtifactError(f"s3 request for {redact_uri(uri)} failed: {exc}")
 
     def put_dir(self, local: Path, uri: str) -> None:
         bucket, prefix = split_s3(uri)
@@ -217,7 +287,7 @@ class S3Store:
         except Exception as exc:
             raise self._error(exc, uri) from exc
         if not found:
-            raise ArtifactNotFound(f"{uri} holds no objects")
+            raise ArtifactNotFound(f"{redact_uri(uri)} holds no objects")
         return local
 
     def read_bytes(self, uri: str) -> bytes:
@@ -238,7 +308,7 @@ def store_for(
         return LocalStore(env)
     if scheme == "s3":
         return S3Store(S3Settings.from_env(s3_env_prefix, env))
-    raise UnsupportedURI(f"unsupported artifact URI scheme {scheme!r}: {uri}")
+    raise UnsupportedURI(f"unsupported artifact URI scheme {scheme!r}: {redact_uri(uri)}")
 
 
 def put_dir(local: Path, uri: str, *, s3_env_prefix: str = "") -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from orchard.artifacts.errors import ArtifactError
 from orchard.artifacts.fetch import fetch_artifact, reason_of
+from orchard.artifacts.redact import redact_uri
 
 TERMINATION_LOG_ENV = "ORCHARD_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -59,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _report(
         {
             "verified": True,
-            "uri": uri,
+            "uri": redact_uri(uri),
             "digest": digest,
             "model": metadata.model,
             "files": metadata.files,
