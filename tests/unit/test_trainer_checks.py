@@ -65,7 +65,7 @@ CASES = [
         "classification",
         "requiredColumns",
         "colour",
-        "'colour' is missing",
+        "'colour' is not among the file's 8 columns",
     ),
     (
         {"requiredColumns": [{"name": "island", "type": "number"}]},
@@ -102,7 +102,7 @@ CASES = [
         "classification",
         "allowedLabels",
         "species",
-        "'Chinstrap'",
+        "1 label outside allowedLabels ('Adelie', 'Gentoo'), in 70 rows",
     ),
     ({}, "species", None, "regression", "targetType", "species", "a regressor needs numbers"),
 ]

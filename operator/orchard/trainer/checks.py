@@ -2,6 +2,12 @@
 
 Each failure raises `DataCheckFailed` with the check's name (the spec field) and the
 column at fault, so `kubectl get tj` can say *which* column broke *which* rule.
+
+A message names only the columns the spec named (dataset.target, dataset.features,
+requiredColumns); any other column is shown by its position in the file, and no value
+read from the file is ever shown: the file might not be a dataset at all (a link to
+/proc/self/environ parses as CSV whose "columns" are the pod's environment), and the
+message reaches `status.message` and events. Counts are shown, they say enough.
 """
 
 from __future__ import annotations
@@ -62,40 +68,47 @@ def _names(values: list[str]) -> str:
     return shown + (f" and {len(values) - _SHOW} more" if len(values) > _SHOW else "")
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
 def run_checks(
     frame: pd.DataFrame,
     target: str,
-    features: list[str],
+    features: list[str] | None,
     checks: DataChecks | None,
     task: Literal["classification", "regression"],
-) -> None:
-    """Raise `DataCheckFailed` for the first rule the data breaks; return if none."""
-    columns = [str(c) for c in frame.columns]
+) -> list[str]:
+    """Raise `DataCheckFailed` for the first rule the data breaks; return the feature
+    columns if none (`features` as dataset.features lists them, None for every column
+    but the target)."""
+    count = _plural(len(frame.columns), "column")
     if target not in frame.columns:
         raise DataCheckFailed(
-            f"target column {target!r} is missing from the dataset (columns: {_names(columns)})",
+            f"target column {target!r} (dataset.target) is not among the file's {count}",
             check="targetPresent",
             column=target,
         )
-    missing = [f for f in features if f not in frame.columns]
+    missing = [f for f in features or [] if f not in frame.columns]
     if missing:
         raise DataCheckFailed(
-            f"feature column {missing[0]!r} is missing from the dataset "
-            f"(columns: {_names(columns)})",
+            f"feature column {missing[0]!r} (dataset.features) is not among the file's {count}",
             check="featuresPresent",
             column=missing[0],
         )
-    if target in features:
+    if features and target in features:
         raise DataCheckFailed(
             f"column {target!r} is both the target and a feature",
             check="featuresPresent",
             column=target,
         )
     checks = checks or DataChecks()
+    named = {target, *(features or []), *(r.name for r in checks.required_columns)}
+    resolved = resolve_features(frame, target, features)
     for required in checks.required_columns:
         if required.name not in frame.columns:
             raise DataCheckFailed(
-                f"required column {required.name!r} is missing from the dataset",
+                f"required column {required.name!r} is not among the file's {count}",
                 check="requiredColumns",
                 column=required.name,
             )
@@ -109,26 +122,34 @@ def run_checks(
             )
     if checks.min_rows is not None and len(frame) < checks.min_rows:
         raise DataCheckFailed(
-            f"the dataset has {len(frame)} rows, fewer than minRows {checks.min_rows}",
+            f"the dataset has {_plural(len(frame), 'row')}, fewer than minRows {checks.min_rows}",
             check="minRows",
         )
     if checks.max_missing_fraction is not None and len(frame) > 0:
-        fractions = frame[[*features, target]].isna().mean()
+        fractions = frame[[*resolved, target]].isna().mean()
         worst = str(fractions.idxmax())
         if fractions[worst] > checks.max_missing_fraction:
+            shown = (
+                f"column {worst!r}"
+                if worst in named
+                else f"the file's column {list(map(str, frame.columns)).index(worst) + 1} "
+                "(not named in the spec, so shown by position)"
+            )
             raise DataCheckFailed(
-                f"column {worst!r} has {fractions[worst]:.1%} missing values, "
+                f"{shown} has {fractions[worst]:.1%} missing values, "
                 f"more than maxMissingFraction {checks.max_missing_fraction:g}",
                 check="maxMissingFraction",
-                column=worst,
+                column=worst if worst in named else None,
             )
     labels = frame[target].dropna()
     if checks.allowed_labels is not None:
         allowed = set(checks.allowed_labels)
-        bad = sorted({str(v) for v in labels.unique()} - allowed)
-        if bad:
+        outside = ~labels.map(str).isin(allowed)
+        if outside.any():
+            kinds = labels[outside].map(str).nunique()
             raise DataCheckFailed(
-                f"column {target!r} has labels outside allowedLabels: {_names(bad)}",
+                f"column {target!r} has {_plural(kinds, 'label')} outside allowedLabels "
+                f"({_names(sorted(allowed))}), in {_plural(int(outside.sum()), 'row')}",
                 check="allowedLabels",
                 column=target,
             )
@@ -145,8 +166,9 @@ def run_checks(
         )
     if task == "classification" and labels.nunique() < 2:
         raise DataCheckFailed(
-            f"target column {target!r} has a single class ({labels.iloc[0]!r}); "
-            "a classifier needs at least two",
+            f"target column {target!r} has a single class in its "
+            f"{_plural(len(labels), 'labelled row')}; a classifier needs at least two",
             check="targetClasses",
             column=target,
         )
+    return resolved

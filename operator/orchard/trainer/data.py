@@ -19,7 +19,14 @@ import numpy as np
 import pandas as pd
 
 from orchard.api.trainingjob import Dataset
-from orchard.artifacts import ArtifactError, read_bytes, sha256_bytes
+from orchard.artifacts import (
+    ArtifactError,
+    OutsideLocalRoots,
+    UnsupportedURI,
+    read_bytes,
+    redact_uri,
+    sha256_bytes,
+)
 from orchard.trainer.errors import DatasetUnavailable, InvalidSpec
 
 # Credentials for an s3:// dataset: ORCHARD_DATASET_AWS_* (envFrom with this prefix) win
@@ -31,6 +38,9 @@ HTTP_TIMEOUT_SECONDS = 60
 
 @dataclass(frozen=True)
 class LoadedDataset:
+    """A dataset and what is recorded of it: the URI without its credentials
+    (`redact_uri`), and the digest that pins the exact bytes read."""
+
     frame: pd.DataFrame
     uri: str
     digest: str
@@ -81,21 +91,43 @@ def _frame_fingerprint(frame: pd.DataFrame) -> str:
 
 
 def fetch_bytes(uri: str) -> bytes:
-    """The raw bytes of a dataset file at file://, pvc://, http(s):// or s3://."""
-    scheme = urlsplit(uri).scheme
-    if scheme in ("http", "https"):
+    """The raw bytes of a dataset file at file://, pvc://, http(s):// or s3://.
+
+    In the cluster local paths reach only the mounted volumes (orchard.artifacts.store);
+    a path outside them is `InvalidSpec`, as is any URI the trainer will not read: the
+    spec has to change, and retrying the pod cannot help.
+    """
+    shown = redact_uri(uri)
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        if "@" in parts.netloc:
+            raise InvalidSpec(
+                f"dataset.uri {shown} carries credentials in its host part, which the trainer "
+                "does not send; use a presigned URL, or s3:// with dataset.secretName",
+                parameter="dataset.uri",
+            )
         try:
             with urllib.request.urlopen(uri, timeout=HTTP_TIMEOUT_SECONDS) as resp:
                 data: bytes = resp.read()
                 return data
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise DatasetUnavailable(f"cannot download {uri}: {exc}") from exc
-    if scheme not in ("file", "pvc", "s3"):
-        raise InvalidSpec(f"unsupported dataset URI scheme {scheme!r}: {uri}")
+            raise DatasetUnavailable(f"cannot download {shown}: {exc}") from exc
+    if parts.scheme not in ("file", "pvc", "s3"):
+        raise InvalidSpec(
+            f"unsupported dataset URI scheme {parts.scheme!r}: {shown}", parameter="dataset.uri"
+        )
     try:
         return read_bytes(uri, s3_env_prefix=DATASET_ENV_PREFIX)
+    except OutsideLocalRoots as exc:
+        raise InvalidSpec(
+            f"dataset.uri {exc.place}; in the cluster, datasets are read from "
+            "pvc://<claim>/<path>, s3:// or https://",
+            parameter="dataset.uri",
+        ) from exc
+    except UnsupportedURI as exc:
+        raise InvalidSpec(f"dataset.uri: {exc}", parameter="dataset.uri") from exc
     except ArtifactError as exc:
-        raise DatasetUnavailable(f"cannot read dataset {uri}: {exc}") from exc
+        raise DatasetUnavailable(f"cannot read dataset {shown}: {exc}") from exc
 
 
 def infer_format(uri: str, declared: str | None) -> str:
@@ -108,8 +140,23 @@ def infer_format(uri: str, declared: str | None) -> str:
     if ".csv" in suffixes or ".tsv" in suffixes:
         return "csv"
     raise InvalidSpec(
-        f"cannot tell the format of {uri} from its extension; set dataset.format (csv or parquet)"
+        f"cannot tell the format of {redact_uri(uri)} from its extension; "
+        "set dataset.format (csv or parquet)"
     )
+
+
+def parse_problem(exc: Exception) -> str:
+    """What stopped the parser, in words of our own: pandas' and pyarrow's messages may
+    quote the line they stopped at, and that line may be anything (a link to
+    /proc/self/environ makes it the pod's whole environment). Kept: the kind of error and
+    the line number, where the parser gives one."""
+    if isinstance(exc, pd.errors.EmptyDataError):
+        return "the file is empty"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"the file is not UTF-8 text (byte {exc.start} cannot be decoded)"
+    line = re.search(r"\bline (\d+)", str(exc))
+    where = f" near line {line.group(1)}" if line else ""
+    return f"the file is malformed{where} ({type(exc).__name__})"
 
 
 def parse_table(raw: bytes, fmt: str, uri: str = "") -> pd.DataFrame:
@@ -118,10 +165,13 @@ def parse_table(raw: bytes, fmt: str, uri: str = "") -> pd.DataFrame:
         if fmt == "parquet":
             return pd.read_parquet(io.BytesIO(raw))
         compression = "gzip" if raw[:2] == b"\x1f\x8b" else None
-        sep = "\t" if uri.lower().removesuffix(".gz").endswith(".tsv") else ","
+        path = urlsplit(uri).path.lower()
+        sep = "\t" if path.removesuffix(".gz").endswith(".tsv") else ","
         return pd.read_csv(io.BytesIO(raw), compression=compression, sep=sep)
     except Exception as exc:
-        raise DatasetUnavailable(f"cannot parse {uri or 'the dataset'} as {fmt}: {exc}") from exc
+        raise DatasetUnavailable(
+            f"cannot parse {redact_uri(uri) or 'the dataset'} as {fmt}: {parse_problem(exc)}"
+        ) from exc
 
 
 def load_dataset(spec: Dataset) -> LoadedDataset:
@@ -140,7 +190,7 @@ def load_dataset(spec: Dataset) -> LoadedDataset:
     raw = fetch_bytes(spec.uri)
     return LoadedDataset(
         frame=parse_table(raw, fmt, spec.uri),
-        uri=spec.uri,
+        uri=redact_uri(spec.uri),  # what metadata.json, the result and the logs show
         digest=sha256_bytes(raw),
         target=spec.target,
     )

@@ -3,11 +3,49 @@
 The reason is the CamelCase word that reaches `status.reason` of the TrainingJob (through
 the pod's termination message); the message is for people and names the column, the
 parameter or the metric at fault.
+
+A message reaches `status.message`, events and the termination message, which more
+people read than the data: it never quotes the dataset. It may name what the spec named
+(dataset.target, dataset.features, a required column, a hyperparameter), and counts and
+line numbers; values, and column names the spec did not name, stay in the file. Every
+URI in a message is shown through `redact_text`, so no credential of a presigned URL
+gets out either.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
+
+from orchard.artifacts.redact import redact_text
+
+# Text a library quoted: scikit-learn, numpy and pandas quote the value they choke on
+# ('could not convert string to float: 'x'', np.str_('x'), np.int64(3)).
+# An apostrophe after a letter is English ("doesn't"), not an opening quote.
+_QUOTED = re.compile(r"np\.\w+\([^()]*\)|(?<![A-Za-z])'[^'\n]*'|\"[^\"\n]*\"")
+ELIDED = "'...'"
+MAX_LIBRARY_MESSAGE = 300
+
+
+def without_data(message: str, named: Iterable[str] = ()) -> str:
+    """A library's message with every quoted value replaced by '...', unless the spec named
+    that text itself (a hyperparameter, its value, a column of dataset.features).
+
+    A heuristic for messages we did not write: the values a library quotes come from the
+    data. What is left (shapes, counts, the parameter at fault) is what helps.
+    """
+    keep = {str(n) for n in named}
+
+    def one(match: re.Match[str]) -> str:
+        text = match.group(0)
+        inner = text[1:-1] if text[0] in "'\"" else None
+        return text if inner is not None and inner in keep else ELIDED
+
+    scrubbed = _QUOTED.sub(one, message)
+    if len(scrubbed) > MAX_LIBRARY_MESSAGE:
+        scrubbed = scrubbed[: MAX_LIBRARY_MESSAGE - 3] + "..."
+    return scrubbed
 
 
 class TrainerError(Exception):
@@ -16,6 +54,7 @@ class TrainerError(Exception):
     reason = "TrainingError"
 
     def __init__(self, message: str, **details: Any) -> None:
+        message = redact_text(message)
         super().__init__(message)
         self.message = message
         self.details = {k: v for k, v in details.items() if v is not None}

@@ -8,6 +8,7 @@ describe exactly the model that is registered.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,7 +20,7 @@ from sklearn.model_selection import KFold, StratifiedKFold, cross_validate, trai
 from sklearn.pipeline import Pipeline
 
 from orchard.api.trainingjob import Evaluation, Gate
-from orchard.trainer.errors import GateFailed, TrainingError
+from orchard.trainer.errors import GateFailed, TrainingError, without_data
 
 Task = Literal["classification", "regression"]
 
@@ -123,19 +124,30 @@ def _stratify(y: pd.Series, test_size: float) -> pd.Series | None:
 
 
 def fit_and_evaluate(
-    pipeline: Pipeline, x: pd.DataFrame, y: pd.Series, task: Task, evaluation: Evaluation
+    pipeline: Pipeline,
+    x: pd.DataFrame,
+    y: pd.Series,
+    task: Task,
+    evaluation: Evaluation,
+    *,
+    named: Iterable[str] = (),
 ) -> Evaluated:
-    """Split, optionally cross-validate on the training rows, fit, and score the test rows."""
+    """Split, optionally cross-validate on the training rows, fit, and score the test rows.
+
+    A failure is a `TrainingError` whose message keeps scikit-learn's words but none of
+    the values it quotes from the data (`without_data`), except the texts in `named`: what
+    the spec itself named.
+    """
     stratify = _stratify(y, evaluation.test_size) if task == "classification" else None
-    x_train, x_test, y_train, y_test = train_test_split(
-        x,
-        y,
-        test_size=evaluation.test_size,
-        random_state=evaluation.random_state,
-        stratify=stratify,
-    )
     metrics: dict[str, float] = {}
     try:
+        x_train, x_test, y_train, y_test = train_test_split(
+            x,
+            y,
+            test_size=evaluation.test_size,
+            random_state=evaluation.random_state,
+            stratify=stratify,
+        )
         if evaluation.cv_folds >= 2:
             metrics.update(_cross_validate(pipeline, x_train, y_train, task, evaluation))
         pipeline.fit(x_train, y_train)
@@ -145,7 +157,8 @@ def fit_and_evaluate(
         predicted = pipeline.predict(x_test)
     except (ValueError, TypeError, ArithmeticError, MemoryError) as exc:
         raise TrainingError(
-            f"fitting {type(pipeline.steps[-1][1]).__name__} failed: {exc}"
+            f"fitting {type(pipeline.steps[-1][1]).__name__} failed: "
+            f"{without_data(str(exc), named)}"
         ) from exc
     return Evaluated(
         pipeline=pipeline,

@@ -21,7 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from orchard.api.trainingjob import TrainingJob
-from orchard.trainer.errors import InvalidSpec, TrainerError, TrainingError
+from orchard.trainer.errors import InvalidSpec, TrainerError, TrainingError, without_data
 from orchard.trainer.result import report
 
 TRAININGJOB_ENV = "ORCHARD_TRAININGJOB"
@@ -115,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
         report({"error": exc.to_dict(), "trial": trial}, args.termination_log)
         return 1
     except Exception as exc:  # the message must still reach the operator
-        log.exception("training failed")
-        err = TrainingError(f"{type(exc).__name__}: {exc}")
+        log.exception("training failed")  # the traceback stays in the pod's log
+        err = TrainingError(f"{type(exc).__name__}: {without_data(str(exc))}")
         report({"error": err.to_dict(), "trial": trial}, args.termination_log)
         return 1
     report(result, args.termination_log)

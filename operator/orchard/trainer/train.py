@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from orchard.api.trainingjob import TrainingJob
-from orchard.artifacts import ArtifactError, put_dir
+from orchard.artifacts import ArtifactError, UnsupportedURI, put_dir, redact_uri
 from orchard.trainer.artifact import (
     feature_stats,
     library_versions,
@@ -22,9 +22,9 @@ from orchard.trainer.artifact import (
     sklearn_version,
     write_artifact,
 )
-from orchard.trainer.checks import column_type, resolve_features, run_checks
+from orchard.trainer.checks import column_type, run_checks
 from orchard.trainer.data import load_dataset
-from orchard.trainer.errors import ArtifactStoreError
+from orchard.trainer.errors import ArtifactStoreError, InvalidSpec
 from orchard.trainer.estimators import build_estimator, task_of
 from orchard.trainer.evaluate import check_gate, fit_and_evaluate, gate_verdict
 from orchard.trainer.preprocess import build_pipeline, build_preprocessor, input_schema
@@ -72,18 +72,21 @@ def train(job: TrainingJob, output: str | None = None, trial: int = 0) -> dict[s
     params = effective_params(job, trial)
     estimator = build_estimator(spec.estimator.name, params, spec.evaluation.random_state)
     destination = output_uri(job, output, trial)
-    log.info("trial %d: %s(%s) -> %s", trial, spec.estimator.name, params, destination)
+    shown = redact_uri(destination)  # what the logs, the result and the ModelVersion show
+    log.info("trial %d: %s(%s) -> %s", trial, spec.estimator.name, params, shown)
 
     data = load_dataset(spec.dataset)
     log.info("dataset %s: %d rows, %s", data.uri, len(data.frame), data.digest)
-    features = resolve_features(data.frame, data.target, spec.dataset.features)
-    run_checks(data.frame, data.target, features, spec.dataset.checks, task)
+    features = run_checks(data.frame, data.target, spec.dataset.features, spec.dataset.checks, task)
     frame = data.frame.dropna(subset=[data.target])  # a row without a label teaches nothing
     schema = input_schema(frame, features)
     pipeline = build_pipeline(build_preprocessor(schema, spec.preprocessing), estimator)
 
+    # What the spec named may be quoted from a library's message; nothing else of the data.
+    named = [spec.estimator.name, data.target, *(spec.dataset.features or [])]
+    named += [*params, *(str(v) for v in params.values())]
     evaluated = fit_and_evaluate(
-        pipeline, frame[features], frame[data.target], task, spec.evaluation
+        pipeline, frame[features], frame[data.target], task, spec.evaluation, named=named
     )
     log.info("metrics: %s", evaluated.metrics)
     verdict = gate_verdict(spec.gate, evaluated.metrics) if spec.gate is not None else None
@@ -121,12 +124,14 @@ def train(job: TrainingJob, output: str | None = None, trial: int = 0) -> dict[s
         metadata, digest = write_artifact(Path(tmp), evaluated.pipeline, fields)
         try:
             put_dir(Path(tmp), destination, s3_env_prefix=ARTIFACTS_ENV_PREFIX)
+        except UnsupportedURI as exc:  # outside the mounted volumes, among others
+            raise InvalidSpec(f"artifacts.uri: {exc}", parameter="artifacts.uri") from exc
         except ArtifactError as exc:
-            raise ArtifactStoreError(f"cannot write the artifact to {destination}: {exc}") from exc
-    log.info("artifact %s %s", destination, digest)
+            raise ArtifactStoreError(f"cannot write the artifact to {shown}: {exc}") from exc
+    log.info("artifact %s %s", shown, digest)
 
     result: dict[str, Any] = {
-        "artifactUri": destination,
+        "artifactUri": shown,
         "digest": digest,
         "model": spec.model,
         "task": task,
