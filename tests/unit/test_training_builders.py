@@ -369,3 +369,32 @@ def test_verify_job_checks_the_recorded_digest() -> None:
     assert mounts["/mnt/pvc/orchard-artifacts"]["readOnly"] is True
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert job["spec"]["activeDeadlineSeconds"] > 0
+
+
+def test_batch_pods_confine_local_paths_to_the_mounted_claims() -> None:
+    """The trainer and the verifier read file:// and pvc:// only below the directory the
+    claims are mounted in: nothing of the pod's own filesystem (/proc/self/environ)."""
+    from orchard.api.modelversion import ModelVersion
+    from orchard.artifacts.store import LOCAL_ROOTS_ENV, PVC_ROOT_ENV
+
+    body = model_version(make_tj(), RESULT, 2)
+    body["metadata"]["uid"] = "mv-uid"
+    for job in (training_job(make_tj()), verify_job(ModelVersion.model_validate(body))):
+        c = container(job)
+        env = {e["name"]: e["value"] for e in c["env"]}
+        assert env[LOCAL_ROOTS_ENV] == env[PVC_ROOT_ENV] == "/mnt/pvc"
+        claims = [m["mountPath"] for m in c["volumeMounts"] if m["name"].startswith("pvc-")]
+        assert claims and all(p.startswith(env[LOCAL_ROOTS_ENV] + "/") for p in claims)
+
+
+def test_model_version_redacts_a_presigned_dataset_uri() -> None:
+    """Whatever the trainer image reported; the digest still pins the bytes."""
+    from dataclasses import replace
+
+    presigned = "https://h.test/p.csv?X-Amz-Credential=AKIAFAKE&X-Amz-Signature=hunter2"
+    result = replace(RESULT, dataset={"uri": presigned, "digest": "sha256:" + "cd" * 32})
+    dataset = model_version(make_tj(), result, 1)["spec"]["source"]["dataset"]
+    assert dataset == {
+        "uri": "https://h.test/p.csv?X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED",
+        "digest": "sha256:" + "cd" * 32,
+    }

@@ -191,6 +191,40 @@ def test_failure_messages_parse(text: str | None, expected: TrainerFailure | Non
     assert parse_termination_message(text) == expected
 
 
+def test_credentials_in_a_trainer_report_are_redacted() -> None:
+    """An older trainer image may still report a presigned URL or quote one in an error."""
+    presigned = "https://h.test/p.csv?X-Amz-Signature=hunter2"
+    body = json.loads(result_message(None))
+    body["dataset"]["uri"] = presigned
+    parsed = parse_termination_message(json.dumps(body))
+    assert isinstance(parsed, TrainerResult)
+    assert parsed.dataset["uri"] == "https://h.test/p.csv?X-Amz-Signature=REDACTED"
+    failure = parse_termination_message(
+        error_message("DatasetUnavailable", f"cannot download {presigned}: HTTP Error 403")
+    )
+    assert failure == TrainerFailure(
+        "DatasetUnavailable",
+        "cannot download https://h.test/p.csv?X-Amz-Signature=REDACTED: HTTP Error 403",
+    )
+    report = pod_report(
+        {
+            "metadata": {"name": "p"},
+            "status": {
+                "phase": "Failed",
+                "containerStatuses": [
+                    {
+                        "name": "trainer",
+                        "state": {
+                            "terminated": {"exitCode": 1, "message": f"fetching {presigned}"}
+                        },
+                    }
+                ],
+            },
+        }
+    )
+    assert report.failure is not None and "hunter2" not in report.failure.message
+
+
 def test_non_finite_metrics_are_dropped() -> None:
     text = result_message(None).replace('"accuracy": 0.97', '"accuracy": 0.97, "roc_auc": NaN')
     parsed = parse_termination_message(text)

@@ -22,6 +22,7 @@ from orchard.api.modelversion import (
     Source,
 )
 from orchard.api.trainingjob import TrainingJob
+from orchard.artifacts.redact import redact_uri
 from orchard.builders.training import (
     MANAGED_BY,
     MODEL_LABEL,
@@ -89,7 +90,11 @@ def model_version(tj: TrainingJob, result: TrainerResult, version: int) -> dict[
     ]
     dataset = None
     if result.dataset.get("uri"):
-        dataset = DatasetRef(uri=result.dataset["uri"], digest=result.dataset.get("digest"))
+        # Redacted again here, whatever the trainer's image did: a ModelVersion's spec is
+        # read by everyone who lists models, and the digest pins the bytes anyway.
+        dataset = DatasetRef(
+            uri=redact_uri(result.dataset["uri"]), digest=result.dataset.get("digest")
+        )
     task = (
         result.task if result.task in ("classification", "regression") else tj.spec.estimator.task
     )

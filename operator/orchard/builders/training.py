@@ -19,6 +19,7 @@ import yaml
 
 from orchard.api.common import API_VERSION, GROUP, to_k8s
 from orchard.api.trainingjob import Search, TrainingJob
+from orchard.artifacts.store import DEFAULT_PVC_ROOT, LOCAL_ROOTS_ENV, PVC_ROOT_ENV
 
 DEFAULT_TRAINER_IMAGE = "localhost/orchard/trainer:dev"
 TRAINER_IMAGE_ENV = "ORCHARD_TRAINER_IMAGE"
@@ -27,7 +28,7 @@ TRAINER_PULL_POLICY_ENV = "ORCHARD_TRAINER_IMAGE_PULL_POLICY"
 TRAINER_CONTAINER = "trainer"
 SPEC_DIR = "/etc/orchard"
 SPEC_FILE = "trainingjob.yaml"
-PVC_ROOT = "/mnt/pvc"  # orchard.artifacts.store.DEFAULT_PVC_ROOT: where pvc://<claim>/ is mounted
+PVC_ROOT = DEFAULT_PVC_ROOT  # where pvc://<claim>/ is mounted, and the store looks
 DATASET_SECRET_PREFIX = "ORCHARD_DATASET_"  # orchard.artifacts.store.S3Settings.from_env(prefix)
 RUN_AS = 10001
 
@@ -205,12 +206,17 @@ def restricted_container_security() -> dict[str, Any]:
 
 
 def base_env() -> list[dict[str, Any]]:
-    """Environment every Orchard batch pod needs with a read-only root filesystem."""
+    """Environment every Orchard batch pod needs with a read-only root filesystem.
+
+    Local paths (file://, pvc://) are confined to the mounted claims: the pod's own
+    filesystem holds nothing a user should read (/proc/self/environ holds its Secrets).
+    """
     return [
         {"name": "HOME", "value": "/tmp"},
         {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
-        {"name": "ORCHARD_PVC_ROOT", "value": PVC_ROOT},
+        {"name": PVC_ROOT_ENV, "value": PVC_ROOT},
+        {"name": LOCAL_ROOTS_ENV, "value": PVC_ROOT},
     ]
 
 

@@ -25,6 +25,7 @@ from orchard.api.trainingjob import (
     TrainingPhase,
     Trial,
 )
+from orchard.artifacts.redact import redact_text, redact_uri
 
 # The completion index of a pod of an Indexed Job.
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -105,7 +106,7 @@ def _as_result(data: Mapping[str, Any]) -> TrainerResult | TrainerFailure | None
     if isinstance(error, Mapping):
         return TrainerFailure(
             reason=str(error.get("reason") or TRAINING_ERROR),
-            message=clip(str(error.get("message") or "")),
+            message=clip(redact_text(str(error.get("message") or ""))),
         )
     if not isinstance(data.get("artifactUri"), str) or not isinstance(data.get("digest"), str):
         return None
@@ -121,7 +122,11 @@ def _as_result(data: Mapping[str, Any]) -> TrainerResult | TrainerFailure | None
         metrics=metrics,
         framework={str(k): str(v) for k, v in (data.get("framework") or {}).items()},
         inputs=[dict(i) for i in data.get("inputs") or [] if isinstance(i, Mapping)],
-        dataset={str(k): str(v) for k, v in (data.get("dataset") or {}).items() if v is not None},
+        dataset={
+            str(k): redact_uri(str(v)) if k == "uri" else str(v)
+            for k, v in (data.get("dataset") or {}).items()
+            if v is not None
+        },
         trial=trial if isinstance(trial, int) and not isinstance(trial, bool) else None,
         params=dict(data.get("params") or {}),
         task=data.get("task") if isinstance(data.get("task"), str) else None,
@@ -264,7 +269,7 @@ def _failure(
     if isinstance(parsed, TrainerFailure):
         return parsed
     exit_code = terminated.get("exitCode")
-    tail = clip(terminated.get("message") or "", 512)
+    tail = clip(redact_text(terminated.get("message") or ""), 512)
     message = f"the trainer exited with code {exit_code}"
     if terminated.get("reason") and terminated.get("reason") not in ("Error", "Completed"):
         message += f" ({terminated['reason']})"
