@@ -134,8 +134,12 @@ class Dataset(CamelModel):
         default=None,
         pattern=URI_PATTERN,
         max_length=2048,
-        description="Location of a CSV or Parquet file: file://<path>, pvc://<claim>/<path>, "
-        "https://<host>/<path> or s3://<bucket>/<key>.",
+        description="Location of a CSV or Parquet file: pvc://<claim>/<path> (the claim is "
+        "mounted in the trainer's pod), s3://<bucket>/<key>, https://<host>/<path> (a "
+        "presigned URL works), or file://<path> for local runs; in the cluster, file:// "
+        "reaches only the mounted claims (/mnt/pvc/<claim>/...), never the pod's own files. "
+        "Recorded (ModelVersion, metadata.json, logs) with every query value and password "
+        "replaced by REDACTED; the digest pins the bytes.",
     )
     format: Literal["csv", "parquet"] | None = Field(
         default=None, description="File format; by default taken from the file extension."
