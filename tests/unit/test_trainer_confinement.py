@@ -148,8 +148,9 @@ def test_artifacts_outside_the_volumes_are_refused_in_the_cluster(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A model written to the pod's own /tmp would be lost with the pod."""
-    job = spec("pvc://data/penguins.csv")
+    """A model written to the pod's own /tmp would be lost with the pod; said before any
+    data is fetched (this dataset does not even exist)."""
+    job = spec("pvc://data/missing.csv")
     code, result = train_here(job, f"file://{tmp_path}/out", monkeypatch, capsys, cluster=volume)
     assert code == 1
     assert result["error"]["reason"] == "InvalidSpec"

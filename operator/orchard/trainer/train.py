@@ -12,9 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from orchard.api.trainingjob import TrainingJob
-from orchard.artifacts import ArtifactError, UnsupportedURI, put_dir, redact_uri
+from orchard.artifacts import ArtifactError, UnsupportedURI, local_path, put_dir, redact_uri
 from orchard.trainer.artifact import (
     feature_stats,
     library_versions,
@@ -53,6 +54,17 @@ def output_uri(job: TrainingJob, output: str | None, trial: int) -> str:
     return output + "/"
 
 
+def check_destination(destination: str) -> None:
+    """`InvalidSpec` for an artifact URI the store will not write (a local path outside
+    the mounted volumes, a bad claim), checked before an hour of training, not after."""
+    if urlsplit(destination).scheme not in ("", "file", "pvc"):
+        return
+    try:
+        local_path(destination)
+    except UnsupportedURI as exc:
+        raise InvalidSpec(f"artifacts.uri: {exc}", parameter="artifacts.uri") from exc
+
+
 def effective_params(job: TrainingJob, trial: int) -> dict[str, Any]:
     """The spec's hyperparameters, overridden by this trial's in a search."""
     params = dict(job.spec.estimator.params)
@@ -73,6 +85,7 @@ def train(job: TrainingJob, output: str | None = None, trial: int = 0) -> dict[s
     estimator = build_estimator(spec.estimator.name, params, spec.evaluation.random_state)
     destination = output_uri(job, output, trial)
     shown = redact_uri(destination)  # what the logs, the result and the ModelVersion show
+    check_destination(destination)
     log.info("trial %d: %s(%s) -> %s", trial, spec.estimator.name, params, shown)
 
     data = load_dataset(spec.dataset)
@@ -124,8 +137,6 @@ def train(job: TrainingJob, output: str | None = None, trial: int = 0) -> dict[s
         metadata, digest = write_artifact(Path(tmp), evaluated.pipeline, fields)
         try:
             put_dir(Path(tmp), destination, s3_env_prefix=ARTIFACTS_ENV_PREFIX)
-        except UnsupportedURI as exc:  # outside the mounted volumes, among others
-            raise InvalidSpec(f"artifacts.uri: {exc}", parameter="artifacts.uri") from exc
         except ArtifactError as exc:
             raise ArtifactStoreError(f"cannot write the artifact to {shown}: {exc}") from exc
     log.info("artifact %s %s", shown, digest)
