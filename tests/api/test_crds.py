@@ -132,6 +132,7 @@ BAD: list[tuple[str, str, Any, str]] = [
     (TJ, "spec.search", {**SEARCH, "parallelism": 3}, "spec.search.parallelism"),
     (TJ, "spec.search", {**SEARCH, "maxTrials": 500}, "spec.search.maxTrials"),
     (TJ, "spec.artifacts.uri", "ftp://store/x/", "spec.artifacts.uri"),
+    (TJ, "spec.artifacts.uri", "s3://models/?X-Amz-Signature=abc", "spec.artifacts.uri"),
     (TJ, "spec.artifacts", _DELETE, "spec.artifacts"),
     (TJ, "spec.backoffLimit", -1, "spec.backoffLimit"),
     (TJ, "spec.estimatorr", {"name": "SVC"}, "spec.estimatorr"),
@@ -149,6 +150,8 @@ BAD: list[tuple[str, str, Any, str]] = [
     (MD, "spec.canary.analysis.interval", "5 seconds", "spec.canary.analysis.interval"),
     (MD, "spec.canary.analysis.maxErrorRate", 1.5, "spec.canary.analysis.maxErrorRate"),
     (MD, "spec.traffic", {"mode": "gatewayAPI"}, "spec.traffic.httpRoute"),
+    (MD, "spec.traffic", {"mode": "gatewayAPI", "httpRoute": {"name": "web", "namespace": "A B"}},
+     "spec.traffic.httpRoute.namespace"),  # fmt: skip
     (MD, "spec.autoscaling", {"minReplicas": 5, "maxReplicas": 2}, "spec.autoscaling.minReplicas"),
 ]
 

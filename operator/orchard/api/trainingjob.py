@@ -68,7 +68,8 @@ EstimatorName = Literal[
 ]
 
 URI_PATTERN = r"^(file|pvc|https?|s3)://.+$"
-ARTIFACTS_URI_PATTERN = r"^(file|pvc|s3)://.+$"
+# A run's path is appended to the artifacts root: a query or fragment has no place there.
+ARTIFACTS_URI_PATTERN = r"^(file|pvc|s3)://[^?#]+$"
 SECRET_NAME_DESC = (
     "Name of a Secret in the same namespace, one the admin's policy lets Orchard mount "
     "(secrets.allowedNames; by default orchard-*),"
