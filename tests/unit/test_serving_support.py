@@ -113,8 +113,12 @@ def mixed_frame(n: int = 120, seed: int = 0) -> tuple[Any, Any]:
     return frame, species
 
 
-def mixed_artifact(root: Path) -> Path:
-    """A ColumnTransformer pipeline fitted on a DataFrame: imputers, one-hot, a tree."""
+def mixed_artifact(root: Path, handle_unknown: str = "error") -> Path:
+    """A ColumnTransformer pipeline fitted on a DataFrame: imputers, one-hot, a tree.
+
+    `handle_unknown="error"` makes an unseen category raise in the model (a 500);
+    the trainer's own pipelines use "ignore".
+    """
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
@@ -128,7 +132,8 @@ def mixed_artifact(root: Path) -> Path:
             (
                 "cat",
                 make_pipeline(
-                    SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="error")
+                    SimpleImputer(strategy="most_frequent"),
+                    OneHotEncoder(handle_unknown=handle_unknown),
                 ),
                 ["island", "sex"],
             ),

@@ -7,10 +7,25 @@ Routes (`{m}` is the served model's name; `/versions/{v}` may follow it in V2 pa
     GET  /v1/models   /v1/models/{m}          POST /v1/models/{m}:predict
     GET  /metrics
 
-Errors are `{"error": "..."}`: 400 for a body that cannot be read as rows for this model,
-404 for an unknown model or path, 405 for a wrong method, 413 for a body over the limit,
-503 until the model is loaded, and 500 only when the model itself raises on the rows
-(`prediction failed`) or on a fault of the server.
+Errors are `{"error": "..."}` on one line, with the reason counted in
+`orchard_request_errors_total`. Everything a client gets wrong is a 4xx, its error and
+not the served version's (the canary analysis counts only 5xx against a version):
+
+======  =================  =============================================================
+status  reason             when
+======  =================  =============================================================
+400     bad_request        the body is not JSON, or not rows in a form of the protocol
+400     invalid_value      a number beyond float32's range (`limits.MAX_ABS_VALUE`), a
+                           JSON number too large for a double, or a value of the wrong
+                           type for its column: refused before the model sees it
+404     not_found          an unknown model, version or path
+405     method_not_allowed a wrong method (with an `allow` header)
+413     too_large          a body over the limit
+503     not_ready          until the model is loaded
+500     prediction_failed  the model raised on rows that passed validation: the version's
+                           fault, so a canary that raises where the stable answers fails
+500     internal           a fault of the server
+======  =================  =============================================================
 """
 
 from __future__ import annotations
@@ -25,7 +40,7 @@ from typing import Any
 import orjson
 
 from orchard.serving.batching import Batcher, PredictionFailed
-from orchard.serving.inputs import BadRequest
+from orchard.serving.inputs import BadRequest, InvalidValue
 from orchard.serving.metrics import Metrics
 from orchard.serving.model import ModelRunner, output_data, output_datatype
 
@@ -37,6 +52,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 MAX_BODY = 32 * 1024 * 1024
+_MESSAGE_CHARS = 300  # of an error message
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _PLATFORM = "sklearn"
 _V2_TYPES = {"number": "FP64", "integer": "INT64", "boolean": "BOOL", "string": "BYTES"}
@@ -158,9 +174,10 @@ class App:
             status = err.status
             self.metrics.observe_error(endpoint, err.reason)
             extra = [(b"allow", err.allow.encode())] if err.allow else []
-            await _send(send, status, orjson.dumps({"error": err.message}), extra=extra)
+            message = _one_line(err.message)
+            await _send(send, status, orjson.dumps({"error": message}), extra=extra)
         except Exception as exc:
-            log.exception("internal error on %s %s", method, scope["path"])
+            log.exception("internal error on %s %s", method, _one_line(scope["path"]))
             status = 500
             self.metrics.observe_error(endpoint, "internal")
             await _send(send, 500, orjson.dumps({"error": f"internal error: {type(exc).__name__}"}))
@@ -279,10 +296,15 @@ class App:
         try:
             request = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
+            if "infinity" in str(exc):  # a number too large for a double, say 1e400
+                message = f"a JSON number beyond a double's range: {exc}"
+                raise HTTPError(400, "invalid_value", message) from None
             raise HTTPError(400, "bad_request", f"malformed JSON: {exc}") from None
         v2 = endpoint == "v2_infer"
         try:
             rows, n = runner.schema.parse_v2(request) if v2 else runner.schema.parse_v1(request)
+        except InvalidValue as exc:
+            raise HTTPError(400, "invalid_value", str(exc)) from None
         except BadRequest as exc:
             raise HTTPError(400, "bad_request", str(exc)) from None
         try:
@@ -309,6 +331,12 @@ class App:
         if self.version:
             response["model_version"] = self.version
         return response
+
+
+def _one_line(text: str) -> str:
+    """A message for a response or a log: one line, at most _MESSAGE_CHARS characters."""
+    line = " ".join(text[: 2 * _MESSAGE_CHARS].split())
+    return line if len(line) <= _MESSAGE_CHARS else line[: _MESSAGE_CHARS - 3] + "..."
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -1,7 +1,11 @@
 """Request bodies (Open Inference Protocol V1 and V2) to model rows, and the errors for bad ones.
 
 Pure functions over already-decoded JSON. Every problem with what the caller sent is a
-`BadRequest`, which the app turns into a 400 with a one-line message.
+`BadRequest`, which the app turns into a 400 with a one-line message: `InvalidValue`
+(invalid_value) for a value no model should be asked to score, a number beyond
+±`limits.MAX_ABS_VALUE` or of the wrong type for its column; plain `BadRequest`
+(bad_request) for a body of the wrong shape. The model never sees such rows, so it can
+only fail on rows it should answer.
 
 The rows of a request take one of two forms, fixed per model by its input schema:
 - all columns numeric (or no schema): one float64 array of shape (n, d), NaN for missing;
@@ -20,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from orchard.serving.artifact import Column
+from orchard.serving.limits import MAX_ABS_VALUE
 
 Array: TypeAlias = npt.NDArray[Any]
 Rows: TypeAlias = Array | list[Array]
@@ -29,10 +34,15 @@ NUMERIC_DATATYPES = frozenset(
      "FP16", "FP32", "FP64"}
 )  # fmt: skip
 DATATYPES = NUMERIC_DATATYPES | {"BYTES"}
+_SHOWN_CHARS = 40  # of a value quoted in an error message
 
 
 class BadRequest(Exception):
     """What the caller sent cannot be read as rows for this model (HTTP 400)."""
+
+
+class InvalidValue(BadRequest):
+    """A value out of range, or of the wrong type for its column (HTTP 400 invalid_value)."""
 
 
 class Schema:
@@ -60,31 +70,32 @@ class Schema:
         if len(tensors) == 1:
             name, shape, datatype, data = tensors[0]
             return self._tensor_v2(name, shape, datatype, data)
-        unknown = [t[0] for t in tensors if t[0] not in self.index]
+        unknown = [_show(t[0]) for t in tensors if t[0] not in self.index]
         raise BadRequest(
-            f"unknown input(s) {', '.join(map(repr, unknown))}: send one 2-D tensor, "
+            f"unknown input(s) {', '.join(unknown[:5])}: send one 2-D tensor, "
             f"or one input per column of {self.names}"
         )
 
     def _tensor_v2(self, name: str, shape: list[int], datatype: str, data: Any) -> tuple[Rows, int]:
+        where = f"input {_show(name)}"
         if len(shape) != 2:
-            raise BadRequest(f"input {name!r}: shape {shape} is not 2-D [rows, columns]")
+            raise BadRequest(f"{where}: shape {_show(shape)} is not 2-D [rows, columns]")
         n, d = shape
         if self.width is not None and d != self.width:
             raise BadRequest(
-                f"input {name!r}: shape {shape} has {d} columns, the model takes {self.width}"
+                f"{where}: shape {shape} has {d} columns, the model takes {self.width}"
             )
         if self.numeric:
             if datatype == "BYTES":
-                raise BadRequest(f"input {name!r}: datatype BYTES, the model takes numbers")
-            arr = _floats(data, name)
+                raise InvalidValue(f"{where}: datatype BYTES, the model takes numbers")
+            arr = _floats(data, where)
             if arr.size != n * d:
-                raise BadRequest(f"input {name!r}: {arr.size} values do not fill shape {shape}")
+                raise BadRequest(f"{where}: {arr.size} values do not fill shape {shape}")
             return arr.reshape(n, d), n
-        flat = _flatten(data, name)
+        flat = _flatten(data, where, n * d)
         if len(flat) != n * d:
-            raise BadRequest(f"input {name!r}: {len(flat)} values do not fill shape {shape}")
-        cols = [self._column(c, flat[j::d], name) for j, c in enumerate(self.columns)]
+            raise BadRequest(f"{where}: {len(flat)} values do not fill shape {shape}")
+        cols = [self._column(c, flat[j::d], where) for j, c in enumerate(self.columns)]
         return cols, n
 
     def _named_v2(self, tensors: list[tuple[str, list[int], str, Any]]) -> tuple[Rows, int]:
@@ -94,15 +105,15 @@ class Schema:
             if name in given:
                 raise BadRequest(f"input {name!r} is given twice")
             if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
-                raise BadRequest(f"input {name!r}: shape {shape} is not [rows] or [rows, 1]")
+                raise BadRequest(f"input {name!r}: shape {_show(shape)} is not [rows] or [rows, 1]")
             column = self.columns[self.index[name]]
             if column.numeric and datatype == "BYTES":
-                raise BadRequest(f"input {name!r}: datatype BYTES, the column is a {column.type}")
+                raise InvalidValue(f"input {name!r}: datatype BYTES, the column is a {column.type}")
             if not column.numeric and datatype != "BYTES":
-                raise BadRequest(
+                raise InvalidValue(
                     f"input {name!r}: datatype {datatype}, the column is a string (BYTES)"
                 )
-            values = _flatten(data, name)
+            values = _flatten(data, f"input {name!r}", shape[0])
             if len(values) != shape[0]:
                 raise BadRequest(f"input {name!r}: {len(values)} values for shape {shape}")
             if n_rows is not None and shape[0] != n_rows:
@@ -133,8 +144,8 @@ class Schema:
                     missing = [c for c in self.names if c not in row]
                     if missing:
                         raise BadRequest(f"instance {i}: missing feature(s): {', '.join(missing)}")
-                    extra = [k for k in row if k not in self.index]
-                    raise BadRequest(f"instance {i}: unknown feature(s): {', '.join(extra)}")
+                    extra = [_cut(k) for k in row if k not in self.index]
+                    raise BadRequest(f"instance {i}: unknown feature(s): {', '.join(extra[:5])}")
             cols = [
                 self._column(c, [row[c.name] for row in instances], c.name) for c in self.columns
             ]
@@ -173,7 +184,7 @@ class Schema:
             elif isinstance(v, str):
                 out[i] = v
             else:
-                raise BadRequest(f"{where}: column {column.name!r} takes strings, got {v!r}")
+                raise InvalidValue(f"{where}: column {column.name!r} takes strings, got {_show(v)}")
         return out
 
     def _assemble(self, cols: list[Array]) -> Rows:
@@ -191,42 +202,78 @@ def _tensor(t: Any, i: int) -> tuple[str, list[int], str, Any]:
         or not shape
         or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
     ):
-        raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers")
-    if datatype not in DATATYPES:
-        raise BadRequest(f"input {name!r}: unknown datatype {datatype!r}")
+        raise BadRequest(f"input {_show(name)}: 'shape' must be a list of non-negative integers")
+    if not isinstance(datatype, str) or datatype not in DATATYPES:  # a list is unhashable
+        raise BadRequest(f"input {_show(name)}: unknown datatype {_show(datatype)}")
     if not isinstance(data, list):
-        raise BadRequest(f"input {name!r}: 'data' must be a list")
+        raise BadRequest(f"input {_show(name)}: 'data' must be a list")
     if any(s == 0 for s in shape):
-        raise BadRequest(f"input {name!r}: shape {shape} holds no rows")
+        raise BadRequest(f"input {_show(name)}: shape {_show(shape)} holds no rows")
     return name, shape, datatype, data
 
 
-def _flatten(data: list[Any], where: str) -> list[Any]:
-    """Row-major values of a flat or nested list."""
+def _cut(text: str) -> str:
+    """Text for an error message, cut short (a client may send megabytes)."""
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+def _show(value: Any) -> str:
+    """A value for an error message: its repr, cut short."""
+    return _cut(repr(value))
+
+
+def _flatten(data: list[Any], where: str, limit: int) -> list[Any]:
+    """Row-major values of a flat or nested list, at most `limit` + 1 of them.
+
+    A loop, not recursion: JSON may nest a thousand levels deep, past Python's stack.
+    """
     if not any(isinstance(v, list) for v in data):
         return data
     out: list[Any] = []
-    for v in data:
-        if isinstance(v, list):
-            out.extend(_flatten(v, where))
-        else:
+    stack = [iter(data)]
+    while stack:
+        for v in stack[-1]:
+            if isinstance(v, list):
+                stack.append(iter(v))
+                break
             out.append(v)
+            if len(out) > limit:
+                return out  # the caller finds the values do not fill the shape
+        else:
+            stack.pop()
     return out
 
 
 def _floats(values: Any, where: str) -> Array:
-    """Numbers (null for missing) as float64; strings, objects or ragged rows are refused."""
+    """Numbers (null for missing) as float64; strings, objects, ragged rows or numbers
+    beyond float32's range are refused."""
     try:
         arr = np.asarray(values)
     except (ValueError, TypeError):
-        raise BadRequest(f"{where}: rows of unequal length") from None
+        raise BadRequest(f"{where}: rows of unequal length or nested too deeply") from None
     kind = arr.dtype.kind
-    if kind in "fiub":
-        return arr.astype(np.float64, copy=False)
-    if kind == "O":
+    if kind == "b":
+        return arr.astype(np.float64)
+    if kind in "fiu":
+        out = arr.astype(np.float64, copy=False)
+    elif kind == "O":
         for v in arr.flat:
             if v is not None and not isinstance(v, int | float):
-                raise BadRequest(f"{where}: expected numbers or null, got {v!r}")
-        return arr.astype(np.float64)
-    got = "strings" if kind == "U" else str(arr.dtype)
-    raise BadRequest(f"{where}: expected numbers, got {got}")
+                raise InvalidValue(f"{where}: expected numbers or null, got {_show(v)}")
+        out = arr.astype(np.float64)
+    else:
+        got = "strings" if kind == "U" else str(arr.dtype)
+        raise InvalidValue(f"{where}: expected numbers, got {got}")
+    _check_range(out, where)
+    return out
+
+
+def _check_range(arr: Array, where: str) -> None:
+    """Every value within ±MAX_ABS_VALUE or NaN (a null: missing)."""
+    with np.errstate(invalid="ignore"):
+        beyond = np.abs(arr) > MAX_ABS_VALUE  # NaN compares False: missing stays allowed
+    if beyond.any():
+        value = float(arr.flat[int(np.argmax(beyond))])
+        raise InvalidValue(
+            f"{where}: {value!r} is beyond ±{MAX_ABS_VALUE:.7g}, the range a model accepts"
+        )
