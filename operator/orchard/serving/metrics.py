@@ -13,9 +13,10 @@ metric                                     type       meaning (labels)
 =========================================  =========  ======================================
 orchard_requests_total                     counter    HTTP requests (endpoint, code)
 orchard_request_errors_total               counter    requests answered >= 400 (endpoint,
-                                                      reason: bad_request, not_found,
-                                                      method_not_allowed, too_large,
-                                                      not_ready, prediction_failed, internal)
+                                                      reason: bad_request, invalid_value,
+                                                      not_found, method_not_allowed,
+                                                      too_large, not_ready,
+                                                      prediction_failed, internal)
 orchard_request_duration_seconds           histogram  latency of inference requests, from
                                                       request start to response (endpoint:
                                                       v1_predict, v2_infer)
@@ -32,11 +33,20 @@ orchard_feature_missing_total              counter    missing input values (feat
 orchard_feature_value_sum                  gauge      sum of numeric input values (feature)
 orchard_feature_value_sum_squares          gauge      sum of squares of numeric inputs (feature)
 orchard_feature_category_total             counter    string input values (feature, category;
-                                                      at most 50 per feature, then __other__)
+                                                      at most 50 per feature, then __other__;
+                                                      a value cut to 64 characters)
 orchard_model_ready                        gauge      1 once the model is loaded
 orchard_model_info                         gauge      1, labelled (model, digest, framework,
                                                       estimator)
 =========================================  =========  ======================================
+
+Whatever clients send, the text stays valid and small. Only rows that passed validation
+are counted, so every number lies within float32's range (`limits.MAX_ABS_VALUE`) and
+the float64 sums cannot overflow; they saturate at ±1.8e308 rather than ever become inf
+or NaN. Label values have every control and line-separator character but the newline
+written as `\\xHH` or `\\uHHHH` (a bare carriage return or U+2028 would end the line for
+some parsers, the operator's included), and a string feature adds at most 51 series of
+short label values (`limits.MAX_CATEGORIES`, `limits.MAX_LABEL_CHARS`).
 
 Endpoints: v2_infer, v1_predict, v2_model_metadata, v2_model_ready, v2_server_metadata,
 v2_health_live, v2_health_ready, v1_model, v1_models, metrics, unknown (any other path).
@@ -44,10 +54,17 @@ v2_health_live, v2_health_ready, v1_model, v1_models, metrics, unknown (any othe
 
 from __future__ import annotations
 
+import math
+import re
+import sys
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from orchard.serving.model import MAX_CATEGORIES, BatchResult
+from orchard.serving.limits import MAX_CATEGORIES, MAX_LABEL_CHARS
+
+if TYPE_CHECKING:
+    from orchard.serving.model import BatchResult
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -56,9 +73,34 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _STEPS = [m * 10.0**e for e in range(-2, 6) for m in (1.0, 2.5, 5.0)]
 VALUE_BUCKETS = (*(-v for v in reversed(_STEPS)), 0.0, *_STEPS)
 OTHER = "__other__"
+TRUNCATED = "\u2026"  # the end of a label value cut to MAX_LABEL_CHARS
+_FLOAT_MAX = sys.float_info.max
+# Characters that end a line for some parser (str.splitlines: \r, \v, \f, \x1c-\x1e, \x85,
+# U+2028, U+2029) or are not text (other controls, lone surrogates); \n has its own escape.
+_UNPRINTABLE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _code(match: re.Match[str]) -> str:
+    point = ord(match.group())
+    return f"\\x{point:02x}" if point < 0x100 else f"\\u{point:04x}"
+
+
+def printable(value: str) -> str:
+    """`value` with each control or line-separator character but \\n written as an escape."""
+    return _UNPRINTABLE.sub(_code, value) if _UNPRINTABLE.search(value) else value
+
+
+def category_label(value: str) -> str:
+    """The label value a string feature's value is counted under: printable, and cut
+    to MAX_LABEL_CHARS characters (values that share a beginning fold together)."""
+    head = printable(value[:MAX_LABEL_CHARS])
+    if len(value) > MAX_LABEL_CHARS or len(head) > MAX_LABEL_CHARS:
+        return head[: MAX_LABEL_CHARS - 1] + TRUNCATED
+    return head
 
 
 def _escape(value: str) -> str:
+    value = printable(value)
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
@@ -68,9 +110,19 @@ def _labels(pairs: Iterable[tuple[str, str]]) -> str:
 
 
 def _num(value: float) -> str:
+    if not math.isfinite(value):  # never from the sums below; written validly all the same
+        return "NaN" if math.isnan(value) else "+Inf" if value > 0 else "-Inf"
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return repr(float(value))
+
+
+def _add(total: float, value: float) -> float:
+    """total + value, held at ±1.8e308 where it would overflow; a NaN adds nothing."""
+    if math.isnan(value):
+        return total
+    out = total + value
+    return out if math.isfinite(out) else math.copysign(_FLOAT_MAX, out)
 
 
 class Histogram:
@@ -86,7 +138,7 @@ class Histogram:
 
     def observe(self, value: float, times: int = 1) -> None:
         self.counts[bisect_left(self.bounds, value)] += times
-        self.total += value * times
+        self.total = _add(self.total, value * times)
         self.count += times
 
     def render(self, name: str, labels: tuple[tuple[str, str], ...], out: list[str]) -> None:
@@ -165,9 +217,9 @@ class Metrics:
         for j in range(min(len(self.features), len(f.count))):
             self.f_count[j] += f.count[j]
             self.f_missing[j] += f.missing[j]
-            self.f_sum[j] += f.total[j]
-            self.f_squares[j] += f.squares[j]
-        for name, counts in f.categories.items():
+            self.f_sum[j] = _add(self.f_sum[j], f.total[j])
+            self.f_squares[j] = _add(self.f_squares[j], f.squares[j])
+        for name, counts in f.categories.items():  # keys are category_label()s already
             seen = self.f_categories.setdefault(name, {})
             for value, n in counts.items():
                 key = value if value in seen or len(seen) < MAX_CATEGORIES else OTHER

@@ -17,10 +17,9 @@ import numpy as np
 
 from orchard.serving.artifact import Column
 from orchard.serving.inputs import Array, Rows, Schema
+from orchard.serving.metrics import category_label
 
 log = logging.getLogger("orchard.serving")
-
-MAX_CATEGORIES = 50  # distinct values tracked per string column; the rest count as "__other__"
 
 
 @dataclass
@@ -31,7 +30,7 @@ class FeatureSummary:
     missing: list[int] = field(default_factory=list)
     total: list[float] = field(default_factory=list)
     squares: list[float] = field(default_factory=list)
-    categories: dict[str, Counter[str]] = field(default_factory=dict)  # string columns
+    categories: dict[str, Counter[str]] = field(default_factory=dict)  # by category_label
 
 
 @dataclass
@@ -146,18 +145,21 @@ class ModelRunner:
                 s.total.append(float(finite.sum()))
                 s.squares.append(float(np.dot(finite, finite)))
             else:
-                counts: Counter[str] = Counter()
+                values: Counter[str] = Counter()
                 missing = 0
                 for v in col:
                     if isinstance(v, str):
-                        counts[v] += 1
+                        values[v] += 1
                     else:
                         missing += 1
+                labels: Counter[str] = Counter()
+                for v, n in values.items():  # here, off the event loop
+                    labels[category_label(v)] += n
                 s.count.append(int(col.size - missing))
                 s.missing.append(missing)
                 s.total.append(0.0)
                 s.squares.append(0.0)
-                s.categories[self.schema.names[j]] = counts
+                s.categories[self.schema.names[j]] = labels
         return s
 
     def summarise_outputs(self, outputs: list[Array | BaseException]) -> PredictionSummary:
