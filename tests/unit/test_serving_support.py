@@ -2,7 +2,9 @@
 
 Artifacts are small scikit-learn pipelines trained here and written in the artifact
 format (docs/artifact-format.md). `running_server` starts uvicorn with the app on a free
-port of 127.0.0.1 in a thread of this process, so tests can reach the app's state.
+port of 127.0.0.1 in a thread of this process, configured as `orchard serve` configures
+it (`main.server_config`: the guarded protocol, the app's limits), so tests can reach
+the app's state.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from orchard.serving.app import App
 from orchard.serving.artifact import verify
-from orchard.serving.main import build_runner
+from orchard.serving.main import build_runner, server_config
 
 
 def write_artifact(
@@ -168,11 +170,7 @@ def running_server(app: App, wait_ready: bool = True) -> Iterator[str]:
     import uvicorn
 
     port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", lifespan="on",
-        access_log=False, log_level="warning",
-    )  # fmt: skip
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, "warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

@@ -20,12 +20,22 @@ status  reason             when
                            type for its column: refused before the model sees it
 404     not_found          an unknown model, version or path
 405     method_not_allowed a wrong method (with an `allow` header)
-413     too_large          a body over the limit
+408     body_timeout       the body did not arrive within `--body-timeout`
+413     too_large          a body over `--max-body-bytes` (refused on its Content-Length
+                           before it is read, when it has one)
+413     too_many_rows      more rows than `--max-request-rows`, or a body with more values
+                           than that many rows hold (refused before it is decoded)
 503     not_ready          until the model is loaded
 500     prediction_failed  the model raised on rows that passed validation: the version's
                            fault, so a canary that raises where the stable answers fails
 500     internal           a fault of the server
 ======  =================  =============================================================
+
+An answer given before the request's body was read closes the connection. The HTTP
+protocol (`protocol`) answers 408, 431 and 503 itself, before any request reaches the
+app, and counts those in `orchard_connections_dropped_total`. Bodies over
+`limits.PARSE_INLINE_BYTES` are decoded and checked on a parse thread, so health checks
+keep their turn on the event loop while a large body is decoded.
 """
 
 from __future__ import annotations
@@ -35,12 +45,14 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 
 from orchard.serving.batching import Batcher, PredictionFailed
-from orchard.serving.inputs import BadRequest, InvalidValue
+from orchard.serving.inputs import BadRequest, InvalidValue, Rows, TooManyRows
+from orchard.serving.limits import PARSE_INLINE_BYTES, Limits
 from orchard.serving.metrics import Metrics
 from orchard.serving.model import ModelRunner, output_data, output_datatype
 
@@ -51,8 +63,8 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-MAX_BODY = 32 * 1024 * 1024
 _MESSAGE_CHARS = 300  # of an error message
+_CLOSE = (b"connection", b"close")
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _PLATFORM = "sklearn"
 _V2_TYPES = {"number": "FP64", "integer": "INT64", "boolean": "BOOL", "string": "BYTES"}
@@ -64,6 +76,14 @@ class HTTPError(Exception):
     def __init__(self, status: int, reason: str, message: str, allow: str | None = None) -> None:
         super().__init__(message)
         self.status, self.reason, self.message, self.allow = status, reason, message, allow
+
+
+def _bad_request(exc: BadRequest) -> HTTPError:
+    if isinstance(exc, TooManyRows):
+        return HTTPError(413, "too_many_rows", str(exc))
+    if isinstance(exc, InvalidValue):
+        return HTTPError(400, "invalid_value", str(exc))
+    return HTTPError(400, "bad_request", str(exc))
 
 
 class App:
@@ -80,8 +100,10 @@ class App:
         max_batch_rows: int = 2048,
         info: dict[str, str] | None = None,
         on_load_failed: Callable[[BaseException], None] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.name = name
+        self.limits = limits or Limits()
         self.version = version
         self.load = load
         self.info = info or {}
@@ -97,6 +119,8 @@ class App:
         )
         self.loading: asyncio.Task[None] | None = None
         self.load_error: BaseException | None = None
+        # One thread decodes large bodies: one at a time, so their memory does not add up.
+        self._parser = ThreadPoolExecutor(1, thread_name_prefix="orchard-parse")
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -137,6 +161,7 @@ class App:
             elif message["type"] == "lifespan.shutdown":
                 self.runner = None  # not ready while draining
                 await self.batcher.stop()
+                self._parser.shutdown(wait=False, cancel_futures=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -153,6 +178,7 @@ class App:
         method: str = scope["method"]
         endpoint = "unknown"
         status = 200
+        unread = _has_body(scope)  # a body left unread: close the connection after answering
         try:
             endpoint, handler, allowed = self._route(scope["path"])
             if method not in allowed:
@@ -160,10 +186,15 @@ class App:
                     405, "method_not_allowed", f"{method} is not allowed here", ", ".join(allowed)
                 )
             if handler is None:
-                body = await _read_body(receive)
+                runner = self._runner()
+                body = await self._read_body(scope, receive)
                 if body is None:
                     return
-                payload = await self._infer(endpoint, body)
+                unread = False
+                v2 = endpoint == "v2_infer"
+                request_id, rows, n = await self._decode(runner, v2, body)
+                del body  # only the rows are needed from here on
+                payload = await self._infer(v2, request_id, rows, n)
             else:
                 payload = handler()
             if isinstance(payload, bytes):  # /metrics
@@ -174,13 +205,18 @@ class App:
             status = err.status
             self.metrics.observe_error(endpoint, err.reason)
             extra = [(b"allow", err.allow.encode())] if err.allow else []
+            if unread:
+                extra.append(_CLOSE)
             message = _one_line(err.message)
             await _send(send, status, orjson.dumps({"error": message}), extra=extra)
         except Exception as exc:
             log.exception("internal error on %s %s", method, _one_line(scope["path"]))
             status = 500
             self.metrics.observe_error(endpoint, "internal")
-            await _send(send, 500, orjson.dumps({"error": f"internal error: {type(exc).__name__}"}))
+            await _send(
+                send, 500, orjson.dumps({"error": f"internal error: {type(exc).__name__}"}),
+                extra=[_CLOSE] if unread else None,
+            )  # fmt: skip
         timed = endpoint in ("v2_infer", "v1_predict")
         self.metrics.observe_request(
             endpoint, status, time.perf_counter() - start if timed else None
@@ -291,32 +327,58 @@ class App:
     def _render_metrics(self) -> bytes:
         return self.metrics.render()
 
-    async def _infer(self, endpoint: str, body: bytes) -> dict[str, Any]:
-        runner = self._runner()
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The whole request body within the limits, or None if the client went away."""
+        limit = self.limits.max_body_bytes
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            raise HTTPError(413, "too_large", f"body of {declared} bytes, over {limit}")
         try:
-            request = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            if "infinity" in str(exc):  # a number too large for a double, say 1e400
-                message = f"a JSON number beyond a double's range: {exc}"
-                raise HTTPError(400, "invalid_value", message) from None
-            raise HTTPError(400, "bad_request", f"malformed JSON: {exc}") from None
-        v2 = endpoint == "v2_infer"
+            async with asyncio.timeout(self.limits.body_timeout):
+                return await _receive_body(receive, limit)
+        except TimeoutError:
+            raise HTTPError(
+                408, "body_timeout", f"body not received within {self.limits.body_timeout:g} s"
+            ) from None
+
+    async def _decode(
+        self, runner: ModelRunner, v2: bool, body: bytes
+    ) -> tuple[str | None, Rows, int]:
+        """The request's id (V2), rows and row count: on the parse thread for a large body."""
+        if len(body) <= PARSE_INLINE_BYTES:
+            return self._parse(runner, v2, body)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._parser, self._parse, runner, v2, body)
+
+    def _parse(self, runner: ModelRunner, v2: bool, body: bytes) -> tuple[str | None, Rows, int]:
+        schema, max_rows = runner.schema, self.limits.max_request_rows
         try:
-            rows, n = runner.schema.parse_v2(request) if v2 else runner.schema.parse_v1(request)
-        except InvalidValue as exc:
-            raise HTTPError(400, "invalid_value", str(exc)) from None
+            schema.check_body(body, max_rows)
+            try:
+                request = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                if "infinity" in str(exc):  # a number too large for a double, say 1e400
+                    raise InvalidValue(f"a JSON number beyond a double's range: {exc}") from None
+                raise BadRequest(f"malformed JSON: {exc}") from None
+            if v2:
+                rows, n = schema.parse_v2(request, max_rows)
+                request_id = request.get("id")
+                return (request_id if isinstance(request_id, str) else None), rows, n
+            rows, n = schema.parse_v1(request, max_rows)
+            return None, rows, n
         except BadRequest as exc:
-            raise HTTPError(400, "bad_request", str(exc)) from None
+            raise _bad_request(exc) from None
+
+    async def _infer(self, v2: bool, request_id: str | None, rows: Rows, n: int) -> dict[str, Any]:
         try:
             predictions = await self.batcher.submit(rows, n)
         except PredictionFailed as exc:
             raise HTTPError(500, "prediction_failed", f"prediction failed: {exc}") from None
         if not v2:
             return {"predictions": output_data(predictions)}
-        request_id = request.get("id")
         response: dict[str, Any] = {
             "model_name": self.name,
-            "id": request_id if isinstance(request_id, str) else str(uuid.uuid4()),
+            "id": request_id if request_id is not None else str(uuid.uuid4()),
             "parameters": {},
             "outputs": [
                 {
@@ -333,33 +395,43 @@ class App:
         return response
 
 
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _has_body(scope: Scope) -> bool:
+    return bool(_content_length(scope)) or _header(scope, b"transfer-encoding") is not None
+
+
 def _one_line(text: str) -> str:
     """A message for a response or a log: one line, at most _MESSAGE_CHARS characters."""
     line = " ".join(text[: 2 * _MESSAGE_CHARS].split())
     return line if len(line) <= _MESSAGE_CHARS else line[: _MESSAGE_CHARS - 3] + "..."
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None if the client went away."""
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        return None
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body
-    chunks = [body]
-    size = len(body)
+async def _receive_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None if the client went away; 413 beyond `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        chunk = message.get("body", b"")
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY:
-            raise HTTPError(413, "too_large", f"body larger than {MAX_BODY} bytes")
+        if size > limit:
+            raise HTTPError(413, "too_large", f"body larger than {limit} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _send(

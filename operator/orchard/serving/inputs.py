@@ -1,11 +1,12 @@
 """Request bodies (Open Inference Protocol V1 and V2) to model rows, and the errors for bad ones.
 
-Pure functions over already-decoded JSON. Every problem with what the caller sent is a
-`BadRequest`, which the app turns into a 400 with a one-line message: `InvalidValue`
-(invalid_value) for a value no model should be asked to score, a number beyond
-±`limits.MAX_ABS_VALUE` or of the wrong type for its column; plain `BadRequest`
-(bad_request) for a body of the wrong shape. The model never sees such rows, so it can
-only fail on rows it should answer.
+Pure functions over already-decoded JSON (and `Schema.check_body` over the raw bytes,
+before they are decoded). Every problem with what the caller sent is a `BadRequest`,
+which the app turns into a 4xx with a one-line message: `InvalidValue` (400
+invalid_value) for a value no model should be asked to score, a number beyond
+±`limits.MAX_ABS_VALUE` or of the wrong type for its column; `TooManyRows` (413) beyond
+the row cap; plain `BadRequest` (400 bad_request) for a body of the wrong shape. The
+model never sees such rows, so it can only fail on rows it should answer.
 
 The rows of a request take one of two forms, fixed per model by its input schema:
 - all columns numeric (or no schema): one float64 array of shape (n, d), NaN for missing;
@@ -24,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from orchard.serving.artifact import Column
-from orchard.serving.limits import MAX_ABS_VALUE
+from orchard.serving.limits import MAX_ABS_VALUE, Limits
 
 Array: TypeAlias = npt.NDArray[Any]
 Rows: TypeAlias = Array | list[Array]
@@ -34,7 +35,9 @@ NUMERIC_DATATYPES = frozenset(
      "FP16", "FP32", "FP64"}
 )  # fmt: skip
 DATATYPES = NUMERIC_DATATYPES | {"BYTES"}
+DEFAULT_MAX_ROWS = Limits().max_request_rows
 _SHOWN_CHARS = 40  # of a value quoted in an error message
+_SCAN_CHUNK = 1 << 20  # bytes per step of the string-aware count in `check_body`
 
 
 class BadRequest(Exception):
@@ -43,6 +46,10 @@ class BadRequest(Exception):
 
 class InvalidValue(BadRequest):
     """A value out of range, or of the wrong type for its column (HTTP 400 invalid_value)."""
+
+
+class TooManyRows(BadRequest):
+    """More rows than one request may carry (HTTP 413 too_many_rows)."""
 
 
 class Schema:
@@ -55,9 +62,25 @@ class Schema:
         self.numeric = all(c.numeric for c in self.columns)
         self.width: int | None = len(self.columns) if self.columns else n_features
 
+    def check_body(self, body: bytes, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+        """Refuse, before decoding, a body with more JSON values than `max_rows` rows hold.
+
+        Decoding costs time (holding the GIL) and memory per value, not per byte: 4 MB of
+        `[0],` is a million rows, about 0.4 s and 100 MB to decode. Commas and opening
+        brackets bound the values and containers; a request in any accepted form needs
+        at most 2 (width + 1) of them per row, plus a few per input for names and shapes.
+        """
+        if self.width is None:
+            return  # no width to bound by: the body size limit still holds
+        allowed = max_rows * 2 * (self.width + 1) + 16 * (self.width + 4)
+        if structure_count(body, allowed) > allowed:
+            raise TooManyRows(
+                f"the body holds more values than {max_rows} rows of {self.width} columns"
+            )
+
     # --- V2 -----------------------------------------------------------------------------
 
-    def parse_v2(self, body: Any) -> tuple[Rows, int]:
+    def parse_v2(self, body: Any, max_rows: int = DEFAULT_MAX_ROWS) -> tuple[Rows, int]:
         """Rows from a V2 inference request: one 2-D tensor, or one named input per column."""
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object with 'inputs'")
@@ -65,6 +88,8 @@ class Schema:
         if not isinstance(inputs, list) or not inputs:
             raise BadRequest("'inputs' must be a non-empty list of tensors")
         tensors = [_tensor(t, i) for i, t in enumerate(inputs)]
+        for name, shape, _, _ in tensors:
+            _check_rows(shape[0], max_rows, f"input {_show(name)}")
         if self.columns and all(name in self.index for name, _, _, _ in tensors):
             return self._named_v2(tensors)
         if len(tensors) == 1:
@@ -128,7 +153,7 @@ class Schema:
 
     # --- V1 -----------------------------------------------------------------------------
 
-    def parse_v1(self, body: Any) -> tuple[Rows, int]:
+    def parse_v1(self, body: Any, max_rows: int = DEFAULT_MAX_ROWS) -> tuple[Rows, int]:
         """Rows from a V1 predict request: `instances` as lists in schema order, or objects."""
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object with 'instances'")
@@ -136,6 +161,7 @@ class Schema:
         if not isinstance(instances, list) or not instances:
             raise BadRequest("'instances' must be a non-empty list")
         n = len(instances)
+        _check_rows(n, max_rows, "instances")
         if all(isinstance(row, dict) for row in instances):
             if not self.columns:
                 raise BadRequest("this model has no input schema: send instances as lists")
@@ -212,6 +238,11 @@ def _tensor(t: Any, i: int) -> tuple[str, list[int], str, Any]:
     return name, shape, datatype, data
 
 
+def _check_rows(n: int, max_rows: int, where: str) -> None:
+    if n > max_rows:
+        raise TooManyRows(f"{where}: {n} rows, more than the {max_rows} a request may carry")
+
+
 def _cut(text: str) -> str:
     """Text for an error message, cut short (a client may send megabytes)."""
     return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
@@ -277,3 +308,31 @@ def _check_range(arr: Array, where: str) -> None:
         raise InvalidValue(
             f"{where}: {value!r} is beyond ±{MAX_ABS_VALUE:.7g}, the range a model accepts"
         )
+
+
+def structure_count(body: bytes, enough: int) -> int:
+    """Commas and opening brackets of a JSON text outside its strings, or a count above
+    `enough` (counting stops mattering there).
+
+    The quick count takes every comma and bracket; only when that is above `enough` are
+    those inside strings (which may hold any number of them) left out, with escaped
+    backslashes and quotes removed first so that every remaining quote opens or closes
+    a string.
+    """
+    quick = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if quick <= enough or b'"' not in body:
+        return quick
+    text = np.frombuffer(body.replace(b"\\\\", b"").replace(b'\\"', b""), dtype=np.uint8)
+    count = 0
+    inside = 0  # 1 while the scan is inside a string
+    for start in range(0, text.size, _SCAN_CHUNK):
+        part = text[start : start + _SCAN_CHUNK]
+        # Quotes seen so far, modulo 256: its parity says whether a byte is in a string.
+        quotes = np.cumsum(part == ord('"'), dtype=np.uint8)
+        outside = ((quotes + inside) & 1) == 0
+        marks = (part == ord(",")) | (part == ord("[")) | (part == ord("{"))
+        count += int(np.count_nonzero(marks & outside))
+        inside = (inside + int(quotes[-1])) & 1
+        if count > enough:
+            break
+    return count

@@ -3,6 +3,9 @@
 The digests are checked before anything is unpickled; a mismatch prints one line and
 exits with status 2 without opening a port. The model then loads on a thread while
 the server already answers liveness (and 503 on model routes until it is ready).
+
+The flags of `limits.Limits` (rows, body and header sizes, timeouts, connections) come
+from its fields, each with an environment default: `orchard serve --help` lists them.
 """
 
 from __future__ import annotations
@@ -11,7 +14,15 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from orchard.serving.limits import LIMIT_FIELDS, Limits, fit_fd_limit
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from orchard.serving.app import App
 
 EXIT_REFUSED = 2
 EXIT_LOAD_FAILED = 3
@@ -47,7 +58,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-batch-size", type=int, default=32, help="most requests in one predict call")
     add("--max-batch-rows", type=int, default=2048, help="most rows in one predict call")
     add("--max-batch-wait-ms", type=float, default=2.0, help="longest wait to fill a batch")
+    for limit in LIMIT_FIELDS:
+        flag, var = limit.metadata["flag"], limit.metadata["env"]
+        kind = int if isinstance(limit.default, int) else float
+        # A string default goes through `type` as a command-line value would, env included.
+        add(flag, type=_positive(kind), default=env(var, str(limit.default)),
+            help=f"{limit.metadata['help']} (default {limit.default}) [{var}]")  # fmt: skip
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"  # argparse names it in its errors
+    return parse
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    """The limits the flags (or their environment defaults) set."""
+    return Limits(**{limit.name: getattr(args, limit.name) for limit in LIMIT_FIELDS})
+
+
+def server_config(app: App, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
+    """uvicorn serving `app` on uvloop through the guarded httptools protocol."""
+    import uvicorn
+
+    from orchard.serving.protocol import protocol_class
+
+    return uvicorn.Config(
+        app, host=host, port=port, loop="uvloop", lifespan="on",
+        http=protocol_class(app.limits, app.metrics),
+        timeout_keep_alive=app.limits.keep_alive_timeout,  # type: ignore[arg-type]
+        access_log=False, server_header=False, log_level=log_level,
+    )  # fmt: skip
 
 
 def build_runner(artifact: Any) -> Any:
@@ -93,11 +140,8 @@ def run(args: argparse.Namespace) -> int:
         max_batch_rows=args.max_batch_rows,
         info=info,
         on_load_failed=load_failed,
+        limits=fit_fd_limit(limits_from(args)),
     )
-    config = uvicorn.Config(
-        app, host=args.host, port=args.port, loop="uvloop", http="httptools", lifespan="on",
-        access_log=False, server_header=False, log_level=args.log_level,
-    )  # fmt: skip
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app, args.host, args.port, args.log_level))
     server.run()
     return EXIT_LOAD_FAILED if app.load_error is not None else 0

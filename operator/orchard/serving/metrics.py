@@ -14,8 +14,9 @@ metric                                     type       meaning (labels)
 orchard_requests_total                     counter    HTTP requests (endpoint, code)
 orchard_request_errors_total               counter    requests answered >= 400 (endpoint,
                                                       reason: bad_request, invalid_value,
-                                                      not_found, method_not_allowed,
-                                                      too_large, not_ready,
+                                                      too_many_rows, too_large,
+                                                      body_timeout, not_found,
+                                                      method_not_allowed, not_ready,
                                                       prediction_failed, internal)
 orchard_request_duration_seconds           histogram  latency of inference requests, from
                                                       request start to response (endpoint:
@@ -38,6 +39,11 @@ orchard_feature_category_total             counter    string input values (featu
 orchard_model_ready                        gauge      1 once the model is loaded
 orchard_model_info                         gauge      1, labelled (model, digest, framework,
                                                       estimator)
+orchard_connections_open                   gauge      open HTTP connections
+orchard_connections_dropped_total          counter    connections the server closed on a
+                                                      client (reason: idle, header_timeout,
+                                                      headers_too_large, invalid_http,
+                                                      evicted, over_capacity)
 =========================================  =========  ======================================
 
 Whatever clients send, the text stays valid and small. Only rows that passed validation
@@ -174,6 +180,8 @@ class Metrics:
         self.f_categories: dict[str, dict[str, int]] = {}
         self.ready = False
         self.info: tuple[tuple[str, str], ...] = (("model", model),)
+        self.connections_open = 0
+        self.dropped: dict[str, int] = {}
 
     def set_model(
         self, features: list[str], numeric: list[bool], regression: bool, info: dict[str, str],
@@ -203,6 +211,16 @@ class Metrics:
     def observe_error(self, endpoint: str, reason: str) -> None:
         key = (endpoint, reason)
         self.errors[key] = self.errors.get(key, 0) + 1
+
+    # The HTTP protocol's events (protocol.ConnectionEvents).
+    def connection_opened(self) -> None:
+        self.connections_open += 1
+
+    def connection_closed(self) -> None:
+        self.connections_open -= 1
+
+    def connection_dropped(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
     def observe_batch(self, result: BatchResult, rows: int, requests: int) -> None:
         self.batch_rows.observe(rows)
@@ -286,5 +304,14 @@ class Metrics:
         out.append(f"orchard_model_ready {int(self.ready)}")
         head("orchard_model_info", "gauge", "The served model, as labels.")
         out.append(f"orchard_model_info{_labels(self.info)} 1")
+        head("orchard_connections_open", "gauge", "Open HTTP connections.")
+        out.append(f"orchard_connections_open {self.connections_open}")
+        head(
+            "orchard_connections_dropped_total",
+            "counter",
+            "Connections the server closed on a client, by reason.",
+        )
+        for reason, n in sorted(self.dropped.items()):
+            out.append(f"orchard_connections_dropped_total{_labels((('reason', reason),))} {n}")
         out.append("")
         return "\n".join(out).encode()
