@@ -90,6 +90,22 @@ def test_stable_deployment_from_pvc() -> None:
     assert pod["initContainers"] == []
 
 
+@pytest.mark.parametrize(
+    ("resources", "requests"),
+    [
+        # The server is about 210-230 MB resident once scikit-learn and pandas are loaded.
+        (None, {"cpu": "50m", "memory": "256Mi"}),
+        ({"requests": {"cpu": "1", "memory": "1Gi"}}, {"cpu": "1", "memory": "1Gi"}),
+    ],
+    ids=["default", "spec.resources"],
+)
+def test_server_requests_the_memory_it_uses(
+    resources: dict[str, Any] | None, requests: dict[str, str]
+) -> None:
+    m = md(resources=resources) if resources else md()
+    assert container(sv.deployment(m, "stable", mv(), 1))["resources"]["requests"] == requests
+
+
 def test_canary_deployment_differs_only_by_track() -> None:
     stable = sv.deployment(md(), "stable", mv(), 2)
     canary = sv.deployment(md(), "canary", mv(), 1)

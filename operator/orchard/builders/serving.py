@@ -49,7 +49,7 @@ FETCH_CONTAINER = "fetch-model"
 MODEL_ROOT = "/models"
 FETCHED_DIR = f"{MODEL_ROOT}/artifact"
 PRESTOP_SECONDS = 3
-DEFAULT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "50m", "memory": "128Mi"}}
+DEFAULT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "50m", "memory": "256Mi"}}
 
 # The init container's whole program: copy an S3 prefix into the shared emptyDir with
 # the artifact store the trainer wrote it with. The server verifies the digests after.
