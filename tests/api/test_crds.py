@@ -150,8 +150,7 @@ BAD: list[tuple[str, str, Any, str]] = [
     (MD, "spec.canary.analysis.interval", "5 seconds", "spec.canary.analysis.interval"),
     (MD, "spec.canary.analysis.maxErrorRate", 1.5, "spec.canary.analysis.maxErrorRate"),
     (MD, "spec.traffic", {"mode": "gatewayAPI"}, "spec.traffic.httpRoute"),
-    (MD, "spec.traffic", {"mode": "gatewayAPI", "httpRoute": {"name": "web", "namespace": "A B"}},
-     "spec.traffic.httpRoute.namespace"),  # fmt: skip
+    (MD, "spec.traffic.httpRoute", {"name": "web", "namespace": "A B"}, "spec.traffic.httpRoute"),
     (MD, "spec.autoscaling", {"minReplicas": 5, "maxReplicas": 2}, "spec.autoscaling.minReplicas"),
 ]
 
