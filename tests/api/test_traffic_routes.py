@@ -31,6 +31,7 @@ pytestmark = pytest.mark.api
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY = "gateway.networking.k8s.io"
+DIGEST = "sha256:" + "ab" * 32
 STAND_INS = [
     stand_in_crd(GATEWAY, "v1", "HTTPRoute", "httproutes"),
     stand_in_crd(GATEWAY, "v1beta1", "ReferenceGrant", "referencegrants"),
@@ -234,4 +235,30 @@ async def test_a_deployment_the_policy_refuses_creates_nothing(namespaces: tuple
     assert await kube.get("apps/v1", "Deployment", "iris-stable", ml) is None
     assert await kube.get("v1", "Service", "iris", ml) is None
     events = json.loads(kubectl("get", "events", "-n", ml, "-o", "json"))["items"]
-    assert [e["type"] for e in events if e["reason"] == "PolicyViolation"] == ["Warning"]
+    assert {e["type"] for e in events if e["reason"] == "PolicyViolation"} == {"Warning"}
+
+
+async def test_a_version_no_serving_pod_can_read_ends_in_a_condition_not_a_log_line(
+    namespaces: tuple[str, str],
+) -> None:
+    """A hand-made ModelVersion whose artifact is at an https:// URI: the deployment is
+    Degraded with UnsupportedArtifact and an event, instead of an error only in the log."""
+    ml, _ = namespaces
+    await kube.create({
+        "apiVersion": API_VERSION, "kind": "ModelVersion",
+        "metadata": {"name": "iris-v1", "namespace": ml},
+        "spec": {"model": "iris", "version": 1, "task": "classification",
+                 "artifact": {"uri": "https://models.invalid/iris/1/", "digest": DIGEST},
+                 "framework": {"name": "scikit-learn", "version": "1.5"}},
+    })  # fmt: skip
+    await kube.patch_status("ModelVersion", "iris-v1", ml, {"phase": "Ready"})
+    await kube.create({
+        "apiVersion": API_VERSION, "kind": "ModelDeployment",
+        "metadata": {"name": "iris", "namespace": ml}, "spec": {"modelVersion": "iris-v1"},
+    })  # fmt: skip
+    await md_handlers.reconcile(ml, "iris", log)  # type: ignore[arg-type]
+    status = ((await kube.get(API_VERSION, "ModelDeployment", "iris", ml)) or {})["status"]
+    assert (status["phase"], status["reason"]) == ("Degraded", "UnsupportedArtifact")
+    assert "https://models.invalid" in status["message"]
+    events = json.loads(kubectl("get", "events", "-n", ml, "-o", "json"))["items"]
+    assert {e["type"] for e in events if e["reason"] == "UnsupportedArtifact"} == {"Warning"}

@@ -106,16 +106,34 @@ def in_progress(status: Mapping[str, Any], **_: Any) -> bool:
     return status.get("phase") in (None, *IN_PROGRESS)
 
 
-def _parse(body: Mapping[str, Any]) -> ModelDeployment:
+UNSUPPORTED_ARTIFACT = "UnsupportedArtifact"
+SCHEMA_MISMATCH = "SchemaMismatch"
+
+
+async def _parse(body: dict[str, Any], logger: kopf.Logger) -> ModelDeployment | None:
+    """The typed object, or None once status and an event say why it cannot be read
+    (the API server validates the same schema, so this is an operator/CRD skew)."""
     try:
-        return ModelDeployment.model_validate(dict(body))
+        return ModelDeployment.model_validate(body)
     except ValidationError as exc:
-        raise kopf.PermanentError(
-            f"ModelDeployment does not match the operator's schema: {exc}"
-        ) from exc
+        message = f"ModelDeployment does not match the operator's schema: {exc}"[:1000]
+    meta = body["metadata"]
+    if (body.get("status") or {}).get("reason") != SCHEMA_MISMATCH:
+        update = {"phase": "Degraded", "reason": SCHEMA_MISMATCH, "message": message}
+        await kube.patch_status("ModelDeployment", meta["name"], meta["namespace"], update)
+        await kube.post_event(body, SCHEMA_MISMATCH, message, type_="Warning")
+    logger.error(message)
+    return None
 
 
 # --- Triggers --------------------------------------------------------------------------
+
+
+@kopf.on.startup()
+def watch_only_serving_deployments(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Filter the Deployment watch on the server: only the serving Deployments Orchard
+    made stream into the operator, never every Deployment of the cluster."""
+    settings.watching.label_selectors["apps", "deployments"] = sv.MODELDEPLOYMENT_LABEL
 
 
 @kopf.on.resume(GROUP, VERSION, "modeldeployments")
@@ -540,7 +558,9 @@ async def reconcile(
         body = await kube.get(API_VERSION, "ModelDeployment", name, namespace)
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             return
-        md = _parse(body)
+        md = await _parse(body, logger)
+        if md is None:
+            return
         st = md.status
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         server_image = sv.ServerSettings.from_env().image
@@ -629,8 +649,12 @@ async def reconcile(
                 None if canary_dep is None else int(canary_dep["spec"].get("replicas") or 0),
                 route, now, canary_ready_since, logger,
             )  # fmt: skip
-        except sv.UnsupportedArtifact as exc:
-            raise kopf.PermanentError(str(exc)) from exc
+        except sv.UnsupportedArtifact as exc:  # a version no serving pod can read
+            refusal = ro.refused(
+                md.spec, st, now, md.metadata.generation, UNSUPPORTED_ARTIFACT, str(exc)
+            )
+            await write_status(body, st, refusal, logger)
+            return
 
         await write_status(body, st, decision, logger)
         used = {st.stable_version, st.canary_version, new.stable_version, new.canary_version}
