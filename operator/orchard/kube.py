@@ -2,12 +2,26 @@
 
 Objects go in and out as plain dicts (the JSON the API server speaks), so builders stay
 pure dict factories and handlers need no Kubernetes model classes. A few generic verbs:
-get, ensure (server-side apply of an owned child), patch status, post an event.
+get, create, list, apply (server-side), merge patch, patch status, delete, post an event.
+
+Errors: every refusal of the API server leaves this module as one of the `KubeError`
+kinds below, so the controllers act on what was said, never on HTTP details:
+
+=================  ==================================================================
+NotFound           404: no such object (`get` and `delete` answer None / False instead)
+Conflict           409: it exists (create), or changed since it was read (resourceVersion)
+Invalid            400 or 422: the object as written is refused (validation, quantities)
+Forbidden          403: the operator's role does not allow it
+KindNotServed      the kind itself is not served (its CRD is not installed)
+KubeError          any other refusal (5xx, 429), worth a retry
+=================  ==================================================================
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from typing import Any, cast
 
 from lightkube import ApiError, AsyncClient, KubeConfig
@@ -37,6 +51,58 @@ GATEWAY_RESOURCES = (
 )
 
 _client: AsyncClient | None = None
+
+
+class KubeError(Exception):
+    """A refusal of the API server; `code` is its HTTP status (0 when there was none)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NotFound(KubeError):
+    """404: no such object."""
+
+
+class Conflict(KubeError):
+    """409: the object exists, or changed since it was read."""
+
+
+class Invalid(KubeError):
+    """400 or 422: the API server refuses the object as written."""
+
+
+class Forbidden(KubeError):
+    """403: the operator's role does not allow it."""
+
+
+class KindNotServed(KubeError):
+    """The kind is not served by this cluster (its CRD is not installed)."""
+
+
+_KINDS_BY_CODE: dict[int, type[KubeError]] = {
+    404: NotFound,
+    409: Conflict,
+    400: Invalid,
+    422: Invalid,
+    403: Forbidden,
+}
+
+
+@contextlib.contextmanager
+def _answers() -> Iterator[None]:
+    """Turn lightkube's errors into this module's vocabulary."""
+    try:
+        yield
+    except ApiError as err:
+        code = int(err.status.code or 0)
+        raise _KINDS_BY_CODE.get(code, KubeError)(code, err.status.message or str(err)) from err
+    except Exception as err:
+        # A bare (non-JSON) 404 comes from the server's routing: the kind is not served.
+        if getattr(getattr(err, "response", None), "status_code", None) == 404:
+            raise KindNotServed(404, str(err)) from err
+        raise
 
 
 def load_config() -> KubeConfig:
@@ -74,31 +140,22 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     return out
 
 
-def is_not_found(err: ApiError) -> bool:
-    return err.status.code == 404
-
-
 async def get(api_version: str, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
     """The object as a dict, or None if it does not exist."""
     try:
-        obj = await client().get(resource(api_version, kind), name, namespace=namespace)
-    except ApiError as err:
-        if is_not_found(err):
-            return None
-        raise
+        with _answers():
+            obj = await client().get(resource(api_version, kind), name, namespace=namespace)
+    except NotFound:
+        return None
     return _as_dict(obj)
 
 
-def is_conflict(err: ApiError) -> bool:
-    """409: the object already exists (create) or changed under us (update)."""
-    return err.status.code == 409
-
-
 async def create(obj: dict[str, Any]) -> dict[str, Any]:
-    """Create an object; raises ApiError (409 when it exists). For children that must be
-    made once and never re-applied (Jobs, immutable ConfigMaps, ModelVersions)."""
+    """Create an object (Conflict when it exists). For children that must be made once
+    and never re-applied (Jobs, immutable ConfigMaps, ModelVersions)."""
     instance: Any = resource(obj["apiVersion"], obj["kind"]).from_dict(obj)
-    out = await client().create(instance)
+    with _answers():
+        out = await client().create(instance)
     return _as_dict(out)
 
 
@@ -109,81 +166,55 @@ async def list_objects(
     kind is not served (its CRD is not installed)."""
     selector: Any = dict(labels) if labels else None
     try:
-        return [
-            _as_dict(obj)
-            async for obj in client().list(
-                resource(api_version, kind), namespace=namespace, labels=selector
-            )
-        ]
-    except ApiError as err:
-        if is_not_found(err):
-            return []
-        raise
+        with _answers():
+            return [
+                _as_dict(obj)
+                async for obj in client().list(
+                    resource(api_version, kind), namespace=namespace, labels=selector
+                )
+            ]
+    except (NotFound, KindNotServed):
+        return []
 
 
 async def merge_patch(
     api_version: str, kind: str, name: str, namespace: str, patch: dict[str, Any]
 ) -> dict[str, Any]:
-    """A JSON merge patch of an object's main resource (for example suspending a Job)."""
-    out = await client().patch(
-        resource(api_version, kind), name, patch, namespace=namespace, patch_type=PatchType.MERGE
-    )
+    """A JSON merge patch of an object's main resource (for example suspending a Job);
+    a `metadata.resourceVersion` in the patch makes it Conflict if the object changed."""
+    with _answers():
+        out = await client().patch(
+            resource(api_version, kind), name, patch, namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )  # fmt: skip
     return _as_dict(out)
 
 
 async def delete(api_version: str, kind: str, name: str, namespace: str) -> bool:
     """Delete an object; False if it was not there."""
     try:
-        await client().delete(resource(api_version, kind), name, namespace=namespace)
-    except ApiError as err:
-        if is_not_found(err):
-            return False
-        raise
+        with _answers():
+            await client().delete(resource(api_version, kind), name, namespace=namespace)
+    except NotFound:
+        return False
     return True
-
-
-def owner_reference(owner: dict[str, Any], *, controller: bool = True) -> dict[str, Any]:
-    """An ownerReference to `owner`, so garbage collection removes the child with it."""
-    meta = owner["metadata"]
-    return {
-        "apiVersion": owner["apiVersion"],
-        "kind": owner["kind"],
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": controller,
-        "blockOwnerDeletion": True,
-    }
-
-
-def owned(child: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `child` in the owner's namespace, carrying its ownerReference."""
-    meta = dict(child.get("metadata", {}))
-    meta.setdefault("namespace", owner["metadata"]["namespace"])
-    ref = owner_reference(owner)
-    others = [r for r in meta.get("ownerReferences", []) if r.get("uid") != ref["uid"]]
-    meta["ownerReferences"] = [*others, ref]
-    return {**child, "metadata": meta}
 
 
 async def apply(obj: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
     """Server-side apply: create the object or bring the fields Orchard manages in step."""
     meta = obj["metadata"]
     res = resource(obj["apiVersion"], obj["kind"])
-    out = await client().patch(
-        res,
-        meta["name"],
-        obj,
-        namespace=meta.get("namespace"),
-        patch_type=PatchType.APPLY,
-        field_manager=FIELD_MANAGER,
-        force=force,
-    )
+    with _answers():
+        out = await client().patch(
+            res,
+            meta["name"],
+            obj,
+            namespace=meta.get("namespace"),
+            patch_type=PatchType.APPLY,
+            field_manager=FIELD_MANAGER,
+            force=force,
+        )
     return _as_dict(out)
-
-
-async def ensure_owned(child: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
-    """Apply `child` as a child of `owner` (ownerReference set)."""
-    return await apply(owned(child, owner))
 
 
 async def patch_status(
@@ -191,9 +222,10 @@ async def patch_status(
 ) -> dict[str, Any]:
     """Merge-patch the status subresource of one of Orchard's objects."""
     res = ORCHARD_RESOURCES[kind].Status
-    out = await client().patch(
-        res, name, {"status": status}, namespace=namespace, patch_type=PatchType.MERGE
-    )
+    with _answers():
+        out = await client().patch(
+            res, name, {"status": status}, namespace=namespace, patch_type=PatchType.MERGE
+        )
     return _as_dict(out)
 
 
@@ -233,7 +265,8 @@ def event_body(
 async def post_event(
     regarding: dict[str, Any], reason: str, message: str, *, type_: str = "Normal"
 ) -> None:
-    """Post an event (handlers may also use kopf.info / kopf.warning on their own body)."""
+    """Post an event: the one way Orchard's controllers tell a person what they decided."""
     body = event_body(regarding, reason, message, type_=type_)
     event = cast(Event, Event.from_dict(body))
-    await client().create(event)
+    with _answers():
+        await client().create(event)

@@ -420,7 +420,8 @@ def test_operator_image_runs_in_the_cluster_restricted_with_its_role(
 async def test_kube_helpers_against_the_api_server(
     crds: Path, api_namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """orchard.kube: get, server-side apply of an owned child, status patch, events."""
+    """orchard.kube: get, server-side apply of an owned child, status patch, events,
+    and the API server's refusals in orchard.kube's words."""
     from orchard import kube
 
     monkeypatch.setenv("KUBECONFIG", str(crds))
@@ -435,19 +436,32 @@ async def test_kube_helpers_against_the_api_server(
         tj = await kube.get("orchard.dev/v1alpha1", "TrainingJob", "iris", ns)
         assert tj is not None and tj["spec"]["model"] == "iris"
 
+        from orchard.builders.training import owner_reference
+
+        owner = owner_reference("TrainingJob", "iris", tj["metadata"]["uid"])
         child = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": "iris-spec"},
+            "metadata": {"name": "iris-spec", "namespace": ns, "ownerReferences": [owner]},
             "data": {"a": "1"},
         }
-        made = await kube.ensure_owned(child, tj)
+        made = await kube.apply(child)
         assert made["metadata"]["namespace"] == ns
         assert made["metadata"]["ownerReferences"][0]["uid"] == tj["metadata"]["uid"]
         # Applying again is idempotent; a changed field is brought in step.
-        again = await kube.ensure_owned({**child, "data": {"a": "2"}}, tj)
+        again = await kube.apply({**child, "data": {"a": "2"}})
         assert again["data"] == {"a": "2"}
         assert again["metadata"]["uid"] == made["metadata"]["uid"]
+
+        with pytest.raises(kube.Conflict):
+            await kube.create({**child, "metadata": {"name": "iris-spec", "namespace": ns}})
+        with pytest.raises(kube.Invalid):
+            await kube.patch_status("TrainingJob", "iris", ns, {"phase": "Exploded"})
+        with pytest.raises(kube.KindNotServed):
+            await kube.get("gateway.networking.k8s.io/v1beta1", "ReferenceGrant", "x", ns)
+        assert (
+            await kube.list_objects("gateway.networking.k8s.io/v1beta1", "ReferenceGrant", ns) == []
+        )
 
         out = await kube.patch_status("TrainingJob", "iris", ns, {"phase": "Running"})
         assert out["status"]["phase"] == "Running"

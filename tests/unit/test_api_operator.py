@@ -138,25 +138,6 @@ OWNER = {
 }
 
 
-def test_owned_child_carries_one_owner_reference_in_the_owner_namespace() -> None:
-    from orchard import kube
-
-    child = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "iris-train"}}
-    out = kube.owned(kube.owned(child, OWNER), OWNER)
-    assert out["metadata"]["namespace"] == "ml"
-    assert out["metadata"]["ownerReferences"] == [
-        {
-            "apiVersion": "orchard.dev/v1alpha1",
-            "kind": "TrainingJob",
-            "name": "iris",
-            "uid": "u-1",
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-    ]
-    assert "namespace" not in child["metadata"]  # the input is left alone
-
-
 def test_event_body() -> None:
     from datetime import UTC, datetime
 

@@ -24,7 +24,6 @@ from typing import Any
 
 import httpx
 import kopf
-from lightkube import ApiError
 from pydantic import ValidationError
 
 from orchard import kube
@@ -357,11 +356,6 @@ def analyse_window(
     )
 
 
-def _kind_not_served(err: Exception) -> bool:
-    """The API server's bare 404 for a kind it does not serve (its CRD is not installed)."""
-    return getattr(getattr(err, "response", None), "status_code", None) == 404
-
-
 async def traffic_state(md: ModelDeployment) -> tuple[bool, str, str, dict[str, Any] | None]:
     """Whether the traffic mode can be honoured: (ok, reason, message, the HTTPRoute).
 
@@ -396,10 +390,8 @@ async def traffic_state(md: ModelDeployment) -> tuple[bool, str, str, dict[str, 
                     None,
                 )
         route = await kube.get(HTTPROUTE_API_VERSION, "HTTPRoute", ref.name, namespace)
-    except Exception as err:
-        if _kind_not_served(err):
-            return unavailable
-        raise
+    except kube.KindNotServed:
+        return unavailable
     if route is None:
         return (
             False,
@@ -502,9 +494,7 @@ async def set_route_weight(
         await kube.merge_patch(
             HTTPROUTE_API_VERSION, "HTTPRoute", meta["name"], meta["namespace"], patch
         )
-    except ApiError as err:
-        if not kube.is_conflict(err):
-            raise
+    except kube.Conflict:
         logger.info("HTTPRoute %s changed meanwhile; the weight is set next time", meta["name"])
 
 
@@ -529,7 +519,7 @@ async def write_status(
         logger.info("%s: %s", event.reason, event.message)
         try:
             await kube.post_event(body, event.reason, event.message, type_=event.type)
-        except ApiError as err:
+        except kube.KubeError as err:
             logger.warning("cannot post event %s: %s", event.reason, err)
 
 

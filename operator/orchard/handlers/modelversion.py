@@ -10,12 +10,12 @@ only while the verification is unfinished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from lightkube import ApiError
 from pydantic import ValidationError
 
 from orchard import kube
@@ -85,11 +85,8 @@ async def start(
         refused = Verification("Failed", pol.REASON, pol.summary(violations))
         await _write_status(dict(body), mv, refused, logger)
         return
-    try:
+    with contextlib.suppress(kube.Conflict):  # it exists: this is a resume
         await kube.create(verify_job(mv, TrainerSettings.from_env()))
-    except ApiError as err:
-        if not kube.is_conflict(err):
-            raise
     await sync(str(namespace), name, logger)
 
 
@@ -151,13 +148,10 @@ async def sync(namespace: str, name: str, logger: kopf.Logger) -> None:
         )
         outcome = verification_outcome(job, pods)
         if outcome.stop_job and job is not None:
-            try:
+            with contextlib.suppress(kube.NotFound):
                 await kube.merge_patch(
                     "batch/v1", "Job", verify_job_name(mv), namespace, {"spec": {"suspend": True}}
                 )
-            except ApiError as err:
-                if not kube.is_not_found(err):
-                    raise
         await _write_status(body, mv, outcome, logger)
 
 
@@ -178,7 +172,7 @@ async def _write_status(
         type_ = "Warning" if new.phase == "Failed" else "Normal"
         try:
             await kube.post_event(body, outcome.reason, outcome.message, type_=type_)
-        except ApiError as err:
+        except kube.KubeError as err:
             logger.warning("cannot post event %s: %s", outcome.reason, err)
 
 
@@ -202,7 +196,7 @@ async def guard_deletion(
     if retry % IN_USE_EVENT_EVERY == 0:
         try:
             await kube.post_event(dict(body), "InUse", message, type_="Warning")
-        except ApiError as err:
+        except kube.KubeError as err:
             logger.warning("cannot post event InUse: %s", err)
     logger.info(message)
     raise kopf.TemporaryError(message, delay=IN_USE_RETRY_SECONDS)

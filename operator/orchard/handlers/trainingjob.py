@@ -11,12 +11,12 @@ All run the same `sync`, serialised per TrainingJob.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from lightkube import ApiError
 from pydantic import ValidationError
 
 from orchard import kube
@@ -87,11 +87,8 @@ def _parse(body: kopf.Body | dict[str, Any]) -> TrainingJob:
 
 
 async def _create_once(obj: dict[str, Any]) -> None:
-    try:
+    with contextlib.suppress(kube.Conflict):
         await kube.create(obj)
-    except ApiError as err:
-        if not kube.is_conflict(err):
-            raise
 
 
 @kopf.on.startup()
@@ -121,9 +118,7 @@ async def start(
     try:
         await _create_once(config_map(tj))
         await _create_once(training_job(tj, settings))
-    except ApiError as err:
-        if err.status.code not in (400, 422):
-            raise  # retried (Kopf's backoff): the API server or RBAC may recover
+    except kube.Invalid as err:  # other refusals are retried: the server or RBAC may recover
         # The API server refused what the spec asks for (e.g. malformed resources): no
         # retry can help, so say why in status and stop.
         await _fail(dict(body), tj, "InvalidJob", f"the API server refused the Job: {err}")
@@ -141,7 +136,7 @@ async def spec_changed(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     logger.warning(message)
     try:
         await kube.post_event(dict(body), "SpecChangeIgnored", message, type_="Warning")
-    except ApiError as err:
+    except kube.KubeError as err:
         logger.warning("cannot post event SpecChangeIgnored: %s", err)
 
 
@@ -208,9 +203,7 @@ async def sync(namespace: str, name: str, logger: kopf.Logger) -> None:
         if outcome.phase == "Succeeded" and outcome.result is not None:
             try:
                 registered = await register(tj, outcome.result)
-            except (ValidationError, ApiError) as exc:
-                if isinstance(exc, ApiError) and exc.status.code not in (400, 403, 422):
-                    raise
+            except (ValidationError, kube.Invalid, kube.Forbidden) as exc:
                 outcome = Outcome(
                     "Failed",
                     "RegistrationFailed",
@@ -236,11 +229,8 @@ async def sync(namespace: str, name: str, logger: kopf.Logger) -> None:
 
 
 async def _suspend(job: str, namespace: str) -> None:
-    try:
+    with contextlib.suppress(kube.NotFound):
         await kube.merge_patch("batch/v1", "Job", job, namespace, {"spec": {"suspend": True}})
-    except ApiError as err:
-        if not kube.is_not_found(err):
-            raise
 
 
 async def _observe(tj: TrainingJob) -> Outcome:
@@ -282,9 +272,7 @@ async def register(tj: TrainingJob, result: TrainerResult) -> str:
         try:
             await kube.create(model_version(tj, result, number))
             return name
-        except ApiError as err:
-            if not kube.is_conflict(err):
-                raise
+        except kube.Conflict:
             found = await kube.get(API_VERSION, "ModelVersion", name, namespace)
             labels = (found or {}).get("metadata", {}).get("labels") or {}
             if labels.get(TRAININGJOB_UID_LABEL) == uid:
@@ -315,5 +303,5 @@ async def _tell(
     for type_, why, text in events:
         try:
             await kube.post_event(body, why, text, type_=type_)
-        except ApiError as err:  # an event is worth a log line, never a failed sync
+        except kube.KubeError as err:  # an event is worth a log line, never a failed sync
             logger.warning("cannot post event %s: %s", why, err)
