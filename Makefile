@@ -83,13 +83,13 @@ kind-up: venv ## (with Docker, not on this machine) a kind cluster with the imag
 .PHONY: test-api
 test-api: venv ## api tests on etcd + kube-apiserver (or the cluster KUBECONFIG names)
 	$(HARNESS) up --level api --unless-external
-	$(BIN)/pytest tests/api -q
+	$(BIN)/pytest tests/api -q -m api
 
 .PHONY: test-e2e
 test-e2e: venv ## e2e tests on the node level with every image built and loaded
 	$(HARNESS) up --level node --unless-external
 	$(HARNESS) images --unless-external
-	$(BIN)/pytest tests/e2e -q
+	$(BIN)/pytest tests/e2e tests/api -q -m e2e
 
 # --- The two commands of the README -------------------------------------------
 
