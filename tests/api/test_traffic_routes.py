@@ -154,15 +154,17 @@ async def test_a_route_of_another_namespace_is_set_only_with_its_reference_grant
     md = deployment(
         ml, traffic={"mode": "gatewayAPI", "httpRoute": {"name": "web", "namespace": edge}}
     )
-    ok, reason, message, route = await md_handlers.traffic_state(md)
-    assert (ok, reason, route) == (False, "ReferenceNotPermitted", None)
-    assert edge in message and ml in message
+    traffic = await md_handlers.traffic_state(md)
+    assert (traffic.ok, traffic.reason, traffic.route) == (False, "ReferenceNotPermitted", None)
+    assert edge in traffic.message and ml in traffic.message
     await kube.create(grant(edge, from_namespace="somebody-else"))
-    assert (await md_handlers.traffic_state(md))[1] == "ReferenceNotPermitted"
+    assert (await md_handlers.traffic_state(md)).reason == "ReferenceNotPermitted"
     await kube.delete(f"{GATEWAY}/v1beta1", "ReferenceGrant", "orchard", edge)
     await kube.create(grant(edge, from_namespace=ml))
-    ok, reason, _, route = await md_handlers.traffic_state(md)
-    assert (ok, reason) == (True, "HTTPRoute") and route is not None
+    traffic = await md_handlers.traffic_state(md)
+    assert (traffic.ok, traffic.reason) == (True, "HTTPRoute")
+    route = traffic.route
+    assert route is not None
 
     status = ModelDeploymentStatus.model_validate(
         {"stableVersion": "iris-v1", "canaryVersion": "iris-v2", "currentStep": 0,
@@ -183,8 +185,9 @@ async def test_a_route_edited_meanwhile_is_not_overwritten(namespaces: tuple[str
     ml, _ = namespaces
     await make_route(ml, backend_namespace=None)
     md = deployment(ml, traffic={"mode": "gatewayAPI", "httpRoute": {"name": "web"}})
-    ok, _, _, stale = await md_handlers.traffic_state(md)
-    assert ok and stale is not None
+    traffic = await md_handlers.traffic_state(md)
+    stale = traffic.route
+    assert traffic.ok and stale is not None
     edited = {"backendRefs": [{"group": "", "kind": "Service", "name": "shop-v2", "port": 80}]}
     await kube.merge_patch(f"{GATEWAY}/v1", "HTTPRoute", "web", ml,
                            {"spec": {"rules": [edited, stale["spec"]["rules"][1]]}})  # fmt: skip
@@ -212,9 +215,9 @@ async def test_a_route_without_a_rule_for_the_deployment_is_left_alone(
     accepted = {"parents": [{"conditions": [{"type": "Accepted", "status": "True"}]}]}
     await kube.client().patch(res.Status, "web", {"status": accepted}, namespace=ml,
                               patch_type=kube.PatchType.MERGE)  # fmt: skip
-    ok, reason, message, route = await md_handlers.traffic_state(md)
-    assert (ok, reason, route) == (False, "HTTPRouteNoRule", None)
-    assert "Service iris" in message
+    traffic = await md_handlers.traffic_state(md)
+    assert (traffic.ok, traffic.reason, traffic.route) == (False, "HTTPRouteNoRule", None)
+    assert "Service iris" in traffic.message
 
 
 async def test_a_deployment_the_policy_refuses_creates_nothing(namespaces: tuple[str, str]) -> None:

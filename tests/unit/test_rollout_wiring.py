@@ -1,11 +1,14 @@
-"""The handler's own small pieces: status patches, the analysis window over pods."""
+"""What the ModelDeployment controller observes (orchard.decisions.observing) and the
+handler's own small pieces: status patches, when the daemon runs."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from orchard.api.modeldeployment import ModelDeployment
 from orchard.decisions import metrics_text as mt
+from orchard.decisions import observing as ob
 from orchard.handlers import modeldeployment as h
 from orchard.serving.metrics import Metrics
 
@@ -66,19 +69,64 @@ def test_window_sums_pods_of_each_track_since_the_baseline() -> None:
         "c1": scrape(50, 10, {"a": 50}),
         "old": scrape(0, 999, {}),
     }
-    window = h.Window(("v2", None), baseline={"c1": scrape(20, 0, {"a": 20})})
-    result = h.analyse_window(md, pods, scrapes, window)
+    baseline = {"c1": scrape(20, 0, {"a": 20})}
+    result = ob.analyse_window(md, pods, scrapes, baseline, {})
     assert result.canary.requests == 40 and result.canary.errors == 10  # since the baseline
     assert result.stable is not None and result.stable.requests == 180
     assert result.verdict == "Fail" and result.reason == "ErrorRate"
 
 
 def test_pod_readiness() -> None:
-    assert h._pod_ready(pod("a", "stable", "v1"))
-    assert not h._pod_ready(pod("a", "stable", "v1", ready=False))
+    assert ob.pod_ready(pod("a", "stable", "v1"))
+    assert not ob.pod_ready(pod("a", "stable", "v1", ready=False))
     terminating = pod("a", "stable", "v1")
     terminating["metadata"]["deletionTimestamp"] = "2026-11-27T12:00:00Z"
-    assert not h._pod_ready(terminating)
+    assert not ob.pod_ready(terminating)
+
+
+NOW = dt.datetime(2026, 11, 27, 12, 0, 10, tzinfo=dt.UTC)
+
+
+def deployment(**spec: object) -> ModelDeployment:
+    return ModelDeployment.model_validate(
+        {
+            "metadata": {"name": "iris", "namespace": "ml", "generation": 4},
+            "spec": {"modelVersion": "v2", "replicas": 3, **spec},
+            "status": {"stableVersion": "v1", "canaryVersion": "v2", "currentStep": 0},
+        }
+    )
+
+
+def test_observations_count_ready_pods_of_each_tracks_version() -> None:
+    ready_at = pod("c1", "canary", "v2")
+    ready_at["status"]["conditions"][0]["lastTransitionTime"] = "2026-11-27T12:00:00Z"
+    pods = [
+        pod("s1", "stable", "v1"),
+        pod("s2", "stable", "v1", ready=False),
+        pod("s0", "stable", "v0"),  # the previous stable version's pod
+        ready_at,
+        pod("c2", "canary", "v2"),
+    ]
+    traffic = ob.TrafficState(True, "ReplicaRatio")
+    obs = ob.observe(deployment(), pods, None, None, None, None, traffic, None, "u", NOW)
+    assert (obs.stable_ready, obs.canary_ready, obs.stable_desired) == (1, 2, 3)
+    assert obs.generation == 4 and obs.url == "u" and obs.traffic_reason == "ReplicaRatio"
+    assert obs.canary_ready_since == dt.datetime(2026, 11, 27, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def test_with_an_autoscaler_the_stable_count_is_what_it_last_asked_for() -> None:
+    auto = deployment(autoscaling={"minReplicas": 2, "maxReplicas": 9})
+    assert ob.stable_desired(auto, {"spec": {"replicas": 7}}) == 7
+    assert ob.stable_desired(auto, None) == 2  # no Deployment yet: the autoscaler's floor
+    assert ob.stable_desired(deployment(), {"spec": {"replicas": 7}}) == 3
+
+
+def test_the_analysis_defaults_are_the_specs() -> None:
+    from orchard.api.modeldeployment import Analysis
+    from orchard.decisions import analysis as an
+
+    assert an.Settings() == an.Settings.from_spec(Analysis())
+    assert an.Settings.from_spec(Analysis(maxLatencyP95="150ms")).max_latency_p95_s == 0.15
 
 
 def test_daemon_runs_only_while_a_rollout_needs_it() -> None:

@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from .common import (
     AGE_COLUMN,
+    GROUP,
     PHASE_COLUMN,
     READY_COLUMN,
     CamelModel,
@@ -30,6 +31,12 @@ from .common import (
 )
 
 RolloutAction = Literal["promote", "abort"]
+
+# The labels of every serving pod (and Deployment) a ModelDeployment owns: the builders
+# write them, the controller selects and counts pods by them.
+MODELDEPLOYMENT_LABEL = f"{GROUP}/modeldeployment"
+TRACK_LABEL = f"{GROUP}/track"  # stable | canary
+MODEL_VERSION_LABEL = f"{GROUP}/model-version"
 
 
 class Autoscaling(CamelModel):

@@ -20,7 +20,13 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from orchard.api.common import GROUP
-from orchard.api.modeldeployment import GATEWAY_GROUP, ModelDeployment
+from orchard.api.modeldeployment import (
+    GATEWAY_GROUP,
+    MODEL_VERSION_LABEL,
+    MODELDEPLOYMENT_LABEL,
+    TRACK_LABEL,
+    ModelDeployment,
+)
 from orchard.api.modelversion import ModelVersion
 from orchard.builders.training import (
     MANAGED_BY,
@@ -39,9 +45,6 @@ DEFAULT_SERVER_IMAGE = "localhost/orchard/server:dev"
 SERVER_IMAGE_ENV = "ORCHARD_SERVER_IMAGE"
 SERVER_PULL_POLICY_ENV = "ORCHARD_SERVER_IMAGE_PULL_POLICY"
 
-MODELDEPLOYMENT_LABEL = f"{GROUP}/modeldeployment"
-TRACK_LABEL = f"{GROUP}/track"
-MODEL_VERSION_LABEL = f"{GROUP}/model-version"
 MODEL_LABEL = f"{GROUP}/model"
 
 SERVER_CONTAINER = "server"

@@ -24,6 +24,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from orchard.api.common import parse_duration
+from orchard.api.modeldeployment import Analysis as AnalysisSpec
+
 from .metrics_text import Labels, Scrape
 
 Verdict = Literal["Pass", "Fail", "Inconclusive"]
@@ -92,15 +95,29 @@ class TrackWindow:
         return histogram_quantile(0.95, self.latency_buckets)
 
 
+# The defaults are the spec's (orchard.api.modeldeployment.Analysis): declared there once.
+_SPEC_DEFAULTS = AnalysisSpec()
+
+
 @dataclass(frozen=True)
 class Settings:
     """The analysis limits of a ModelDeployment (spec.canary.analysis), in plain units."""
 
-    min_requests: int = 20
-    max_error_rate: float = 0.05
-    max_latency_p95_s: float = 0.5
-    max_latency_ratio: float = 2.0
-    max_prediction_shift: float = 0.2
+    min_requests: int = _SPEC_DEFAULTS.min_requests
+    max_error_rate: float = _SPEC_DEFAULTS.max_error_rate
+    max_latency_p95_s: float = parse_duration(_SPEC_DEFAULTS.max_latency_p95)
+    max_latency_ratio: float = _SPEC_DEFAULTS.max_latency_ratio
+    max_prediction_shift: float = _SPEC_DEFAULTS.max_prediction_shift
+
+    @classmethod
+    def from_spec(cls, spec: AnalysisSpec) -> Settings:
+        return cls(
+            min_requests=spec.min_requests,
+            max_error_rate=spec.max_error_rate,
+            max_latency_p95_s=parse_duration(spec.max_latency_p95),
+            max_latency_ratio=spec.max_latency_ratio,
+            max_prediction_shift=spec.max_prediction_shift,
+        )
 
 
 @dataclass(frozen=True)

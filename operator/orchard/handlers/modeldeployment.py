@@ -38,7 +38,9 @@ from orchard.api.common import (
 from orchard.api.modeldeployment import (
     GATEWAY_GROUP,
     HTTPROUTE_API_VERSION,
+    MODELDEPLOYMENT_LABEL,
     REFERENCEGRANT_API_VERSION,
+    Analysis,
     ModelDeployment,
     ModelDeploymentStatus,
     RolloutAction,
@@ -47,6 +49,7 @@ from orchard.api.modelversion import ModelVersion
 from orchard.builders import serving as sv
 from orchard.decisions import analysis as an
 from orchard.decisions import metrics_text as mt
+from orchard.decisions import observing as ob
 from orchard.decisions import policy as pol
 from orchard.decisions import rollout as ro
 from orchard.decisions.modelversion import deployments_using
@@ -68,7 +71,7 @@ RBAC_RULES: list[dict[str, Any]] = [
         "resources": ["deployments"],
         "verbs": ["get", "list", "watch", "create", "patch"],
     },
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "patch"]},  # apply
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {
@@ -132,7 +135,7 @@ async def _parse(body: dict[str, Any], logger: kopf.Logger) -> ModelDeployment |
 def watch_only_serving_deployments(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Filter the Deployment watch on the server: only the serving Deployments Orchard
     made stream into the operator, never every Deployment of the cluster."""
-    settings.watching.label_selectors["apps", "deployments"] = sv.MODELDEPLOYMENT_LABEL
+    settings.watching.label_selectors["apps", "deployments"] = MODELDEPLOYMENT_LABEL
 
 
 @kopf.on.resume(GROUP, VERSION, "modeldeployments")
@@ -186,9 +189,8 @@ async def analyse(
     **_: Any,
 ) -> None:
     """While a rollout is under way: analyse and decide every analysis interval."""
-    interval = parse_duration(
-        str(((spec.get("canary") or {}).get("analysis") or {}).get("interval") or "5s")
-    )
+    analysis = Analysis.model_validate(dict((spec.get("canary") or {}).get("analysis") or {}))
+    interval = parse_duration(analysis.interval)
     while not stopped:
         try:
             await reconcile(str(namespace), name, logger)
@@ -197,12 +199,12 @@ async def analyse(
         await stopped.wait(max(interval, 1.0))
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={sv.MODELDEPLOYMENT_LABEL: kopf.PRESENT})
+@kopf.on.event("apps", "v1", "deployments", labels={MODELDEPLOYMENT_LABEL: kopf.PRESENT})
 async def deployment_changed(
     body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
 ) -> None:
     """A serving Deployment changed (pods ready or gone): bring the owner in step."""
-    owner = body.get("metadata", {}).get("labels", {}).get(sv.MODELDEPLOYMENT_LABEL)
+    owner = body.get("metadata", {}).get("labels", {}).get(MODELDEPLOYMENT_LABEL)
     if owner and namespace:
         try:
             await reconcile(str(namespace), owner, logger)
@@ -225,48 +227,8 @@ async def deleted(namespace: str | None, name: str, status: Mapping[str, Any], *
 async def _version(
     name: str | None, namespace: str
 ) -> tuple[ModelVersion | None, ro.VersionInfo | None]:
-    if not name:
-        return None, None
-    body = await kube.get(API_VERSION, "ModelVersion", name, namespace)
-    if body is None:
-        return None, ro.VersionInfo(name, found=False, phase=None)
-    try:
-        mv = ModelVersion.model_validate(body)
-    except ValidationError as exc:
-        return None, ro.VersionInfo(name, phase="Failed", message=f"invalid ModelVersion: {exc}")
-    return mv, ro.VersionInfo(
-        name,
-        phase=mv.status.phase,
-        metrics=dict(mv.spec.metrics),
-        message=mv.status.message or "",
-    )
-
-
-def _pod_ready(pod: Mapping[str, Any]) -> bool:
-    if pod.get("metadata", {}).get("deletionTimestamp"):
-        return False
-    for cond in (pod.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Ready":
-            return bool(cond.get("status") == "True")
-    return False
-
-
-def _ready_since(pod: Mapping[str, Any]) -> dt.datetime:
-    """When a ready pod turned ready (its Ready condition's transition time)."""
-    for cond in (pod.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Ready" and cond.get("lastTransitionTime"):
-            return dt.datetime.fromisoformat(str(cond["lastTransitionTime"]).replace("Z", "+00:00"))
-    return dt.datetime.now(dt.UTC)
-
-
-def _pods_of(pods: list[dict[str, Any]], track: str, version: str | None) -> list[dict[str, Any]]:
-    return [
-        p
-        for p in pods
-        if version is not None
-        and (p.get("metadata", {}).get("labels") or {}).get(sv.TRACK_LABEL) == track
-        and (p.get("metadata", {}).get("labels") or {}).get(sv.MODEL_VERSION_LABEL) == version
-    ]
+    body = await kube.get(API_VERSION, "ModelVersion", name, namespace) if name else None
+    return ob.version_info(name, body)
 
 
 async def _scrape(client: httpx.AsyncClient, pod: Mapping[str, Any], port: int) -> mt.Scrape | str:
@@ -300,8 +262,7 @@ async def scrape_tracks(
     (a pod that is not ready serves no traffic, so its silence is no loss)."""
     wanted = [
         p
-        for p in _pods_of(pods, "stable", status.stable_version)
-        + _pods_of(pods, "canary", status.canary_version)
+        for p in ob.serving_pods(pods, status)
         if not p.get("metadata", {}).get("deletionTimestamp")
     ]
     async with httpx.AsyncClient(timeout=SCRAPE_TIMEOUT, trust_env=False) as client:
@@ -311,70 +272,31 @@ async def scrape_tracks(
     for pod, got in zip(wanted, results, strict=True):
         name = str(pod["metadata"]["name"])
         if isinstance(got, str):
-            if _pod_ready(pod):
+            if ob.pod_ready(pod):
                 failures[name] = got
         else:
             scrapes[name] = got
     return scrapes, failures
 
 
-def analysis_settings(md: ModelDeployment) -> an.Settings:
-    a = md.spec.canary.analysis
-    return an.Settings(
-        min_requests=a.min_requests,
-        max_error_rate=a.max_error_rate,
-        max_latency_p95_s=parse_duration(a.max_latency_p95),
-        max_latency_ratio=a.max_latency_ratio,
-        max_prediction_shift=a.max_prediction_shift,
-    )
-
-
-def _window_key(status: ModelDeploymentStatus) -> tuple[str | None, str | None]:
-    started = status.step_started_at.isoformat() if status.step_started_at else None
-    return status.canary_version, started
-
-
-def analyse_window(
-    md: ModelDeployment,
-    pods: list[dict[str, Any]],
-    scrapes: dict[str, mt.Scrape],
-    window: Window | None,
-) -> an.Result:
-    """The verdict on the current step: each track's counters since the step began."""
-    baseline = window.baseline if window is not None else {}
-    st = md.status
-
-    def track(name: str, version: str | None) -> an.TrackWindow:
-        names = [str(p["metadata"]["name"]) for p in _pods_of(pods, name, version)]
-        deltas = [mt.delta(baseline.get(n), scrapes[n]) for n in names if n in scrapes]
-        return an.track_window(mt.merge(deltas))
-
-    return an.evaluate(
-        track("canary", st.canary_version),
-        track("stable", st.stable_version),
-        analysis_settings(md),
-    )
-
-
-async def traffic_state(md: ModelDeployment) -> tuple[bool, str, str, dict[str, Any] | None]:
-    """Whether the traffic mode can be honoured: (ok, reason, message, the HTTPRoute).
+async def traffic_state(md: ModelDeployment) -> ob.TrafficState:
+    """Whether the traffic mode can be honoured, and the HTTPRoute with its weight.
 
     A route in another namespace needs that namespace's consent (a ReferenceGrant), and
     a route needs a rule handed to this deployment (see `sv.http_route_owned_rules`).
     """
     if md.spec.traffic.mode != "gatewayAPI":
-        return True, "ReplicaRatio", "", None
+        return ob.TrafficState(True, "ReplicaRatio")
     ref = md.spec.traffic.http_route
     assert ref is not None
     own_namespace = str(md.metadata.namespace)
     namespace = ref.namespace or own_namespace
     where = f"HTTPRoute {namespace}/{ref.name}"
-    unavailable = (
+    unavailable = ob.TrafficState(
         False,
         "GatewayAPIUnavailable",
         f"the cluster does not serve {HTTPROUTE_API_VERSION} HTTPRoutes (Gateway API not "
         "installed); traffic cannot be split by weights",
-        None,
     )
     try:
         if namespace != own_namespace:
@@ -382,42 +304,37 @@ async def traffic_state(md: ModelDeployment) -> tuple[bool, str, str, dict[str, 
                 REFERENCEGRANT_API_VERSION, "ReferenceGrant", namespace
             )
             if not sv.reference_granted(grants, md, ref.name):
-                return (
+                return ob.TrafficState(
                     False,
                     "ReferenceNotPermitted",
                     f"{where} is in another namespace and no ReferenceGrant there lets "
                     f"ModelDeployments of namespace {own_namespace} set it",
-                    None,
                 )
         route = await kube.get(HTTPROUTE_API_VERSION, "HTTPRoute", ref.name, namespace)
     except kube.KindNotServed:
         return unavailable
     if route is None:
-        return (
-            False,
-            "HTTPRouteNotFound",
-            f"{where} not found; traffic cannot be split by weights",
-            None,
+        return ob.TrafficState(
+            False, "HTTPRouteNotFound", f"{where} not found; traffic cannot be split by weights"
         )
+    weights = sv.http_route_weights(route, md)
+    weight = weights[1] if weights else None
     accepted, reason = sv.http_route_accepted(route)
     if not accepted:
-        return (
-            False,
-            f"HTTPRoute{reason}",
-            f"{where} is not accepted by a Gateway ({reason})",
-            route,
-        )
+        return ob.TrafficState(
+            False, f"HTTPRoute{reason}", f"{where} is not accepted by a Gateway ({reason})",
+            route, weight,
+        )  # fmt: skip
     if not sv.http_route_owned_rules(route, md):
         name = str(md.metadata.name)
-        return (
+        return ob.TrafficState(
             False,
             "HTTPRouteNoRule",
             f"no rule of {where} sends its traffic only to Service {sv.service_name(name)} "
             f"(or {sv.track_service_name(name, 'stable')}/{sv.track_service_name(name, 'canary')})"
             "; give the rule Orchard should split such backendRefs",
-            None,
         )
-    return True, "HTTPRoute", "", route
+    return ob.TrafficState(True, "HTTPRoute", "", route, weight)
 
 
 # --- Acting -------------------------------------------------------------------------------
@@ -567,64 +484,26 @@ async def reconcile(
         )
         cand_mv, cand_info = await _version(md.spec.model_version, namespace)
         pods = await kube.list_objects("v1", "Pod", namespace, labels=sv.selector(name))
-        stable_dep = await kube.get(
-            "apps/v1", "Deployment", sv.deployment_name(name, "stable"), namespace
-        )
-        canary_dep = await kube.get(
-            "apps/v1", "Deployment", sv.deployment_name(name, "canary"), namespace
-        )
-        # The stable pod count: the spec's, or with an autoscaler what it last asked for.
-        stable_desired = md.spec.replicas
-        if md.spec.autoscaling is not None:
-            stable_desired = int(
-                ((stable_dep or {}).get("spec") or {}).get("replicas")
-                or md.spec.autoscaling.min_replicas
-            )
-        traffic_ok, traffic_reason, traffic_message, route = await traffic_state(md)
-
-        # The canary analysis: only while a step's traffic is live.
-        result: an.Result | None = None
+        stable_dep, canary_dep = [
+            await kube.get("apps/v1", "Deployment", sv.deployment_name(name, t), namespace)
+            for t in ("stable", "canary")
+        ]
+        traffic = await traffic_state(md)
         scrapes: dict[str, mt.Scrape] = {}
-        live_step = (
-            st.canary_version is not None
-            and st.canary_version != st.stable_version
-            and st.current_step is not None
-        )
-        window = _windows.get((namespace, name))
-        if live_step:
+        result: an.Result | None = None
+        if ob.live_step(st):  # the canary analysis: only while a step's traffic is live
             scrapes, unscraped = await scrape_tracks(pods, st, md.spec.server.port)
-            if window is None or window.key != _window_key(st):
-                window = Window(_window_key(st), {})  # no baseline: count from pod start
-                _windows[(namespace, name)] = window
-            result = an.unobserved(analyse_window(md, pods, scrapes, window), unscraped)
-
-        stable_ready = sum(1 for p in _pods_of(pods, "stable", st.stable_version) if _pod_ready(p))
-        canary_pods = [p for p in _pods_of(pods, "canary", st.canary_version) if _pod_ready(p)]
-        canary_ready = len(canary_pods)
-        canary_ready_since = min((_ready_since(p) for p in canary_pods), default=None)
-        current_route = sv.http_route_weights(route, md) if route is not None else None
-        obs = ro.Observations(
-            generation=md.metadata.generation,
-            stable_ready=stable_ready,
-            stable_desired=stable_desired,
-            canary_ready=canary_ready,
-            candidate=cand_info,
-            stable=stable_info,
-            analysis=result,
-            traffic_ok=traffic_ok,
-            traffic_reason=traffic_reason,
-            traffic_message=traffic_message,
-            annotation_action=_pending_action(body),
-            route_weight=current_route[1] if current_route else None,
-            canary_ready_since=canary_ready_since,
-            url=sv.url(md),
-        )
+            window = _windows.get((namespace, name))
+            baseline = window.baseline if window and window.key == ob.window_key(st) else {}
+            result = ob.analyse_window(md, pods, scrapes, baseline, unscraped)
+        obs = ob.observe(
+            md, pods, stable_dep, cand_info, stable_info, result, traffic,
+            _pending_action(body), sv.url(md), now,
+        )  # fmt: skip
         decision = ro.decide(md.spec, st, now, obs)
         new = decision.status
-
-        # A new step (or rollout): its window starts now, from these scrapes.
-        if _window_key(new) != _window_key(st):
-            _windows[(namespace, name)] = Window(_window_key(new), dict(scrapes))
+        if ob.window_key(new) != ob.window_key(st):  # a new step: its window starts now
+            _windows[(namespace, name)] = Window(ob.window_key(new), dict(scrapes))
 
         versions = {v.metadata.name: v for v in (stable_mv, cand_mv) if v is not None}
         for wanted in (new.stable_version, new.canary_version):
@@ -635,9 +514,9 @@ async def reconcile(
         try:
             await ensure_children(
                 md, new, {str(k): v for k, v in versions.items()},
-                stable_desired,
+                obs.stable_desired,
                 None if canary_dep is None else int(canary_dep["spec"].get("replicas") or 0),
-                route, now, canary_ready_since, logger,
+                traffic.route, now, obs.canary_ready_since, logger,
             )  # fmt: skip
         except sv.UnsupportedArtifact as exc:  # a version no serving pod can read
             refusal = ro.refused(

@@ -1,0 +1,182 @@
+"""What the ModelDeployment controller observed, from the objects it read: pure.
+
+The controller reads (the ModelDeployment, its ModelVersions, pods, Deployments, the
+HTTPRoute, each serving pod's metrics); `observe` turns that into the `Observations`
+that `rollout.decide` takes. Pod counts, readiness, the autoscaler's replica count and
+the analysis of the current step's window are worked out here, once, and tested by
+tables; the controller only fetches.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orchard.api.modeldeployment import (
+    MODEL_VERSION_LABEL,
+    TRACK_LABEL,
+    ModelDeployment,
+    ModelDeploymentStatus,
+    RolloutAction,
+)
+from orchard.api.modelversion import ModelVersion
+
+from . import analysis as an
+from . import metrics_text as mt
+from . import rollout as ro
+
+Pod = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class TrafficState:
+    """Whether the traffic mode can be honoured now, and what the route carries."""
+
+    ok: bool
+    reason: str
+    message: str = ""
+    route: dict[str, Any] | None = None  # the HTTPRoute, in gatewayAPI mode
+    route_weight: int | None = None  # the canary's weight on it now
+
+
+def version_info(
+    name: str | None, body: Mapping[str, Any] | None
+) -> tuple[ModelVersion | None, ro.VersionInfo | None]:
+    """The ModelVersion a name refers to, as read (None: no name, or no such object)."""
+    if not name:
+        return None, None
+    if body is None:
+        return None, ro.VersionInfo(name, found=False, phase=None)
+    try:
+        mv = ModelVersion.model_validate(dict(body))
+    except ValueError as exc:
+        return None, ro.VersionInfo(name, phase="Failed", message=f"invalid ModelVersion: {exc}")
+    info = ro.VersionInfo(
+        name, phase=mv.status.phase, metrics=dict(mv.spec.metrics), message=mv.status.message or ""
+    )
+    return mv, info
+
+
+def timestamp(text: str) -> dt.datetime:
+    """An RFC 3339 time as the API server writes it ('Z' for UTC)."""
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def pod_ready(pod: Pod) -> bool:
+    """Ready and not on its way out (a terminating pod serves no new traffic)."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
+def ready_since(pod: Pod, now: dt.datetime) -> dt.datetime:
+    """When a ready pod turned ready (its Ready condition's transition time)."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready" and cond.get("lastTransitionTime"):
+            return timestamp(str(cond["lastTransitionTime"]))
+    return now
+
+
+def pods_of(pods: Sequence[Pod], track: str, version: str | None) -> list[Pod]:
+    """The pods of one track that run one version."""
+    if version is None:
+        return []
+    return [
+        p
+        for p in pods
+        if ((p.get("metadata") or {}).get("labels") or {}).get(TRACK_LABEL) == track
+        and ((p.get("metadata") or {}).get("labels") or {}).get(MODEL_VERSION_LABEL) == version
+    ]
+
+
+def serving_pods(pods: Sequence[Pod], status: ModelDeploymentStatus) -> list[Pod]:
+    """The pods whose metrics the analysis reads: both tracks' current versions."""
+    return pods_of(pods, "stable", status.stable_version) + pods_of(
+        pods, "canary", status.canary_version
+    )
+
+
+def stable_desired(md: ModelDeployment, stable_deployment: Mapping[str, Any] | None) -> int:
+    """The stable pod count: the spec's, or with an autoscaler what it last asked for."""
+    auto = md.spec.autoscaling
+    if auto is None:
+        return md.spec.replicas
+    return int(((stable_deployment or {}).get("spec") or {}).get("replicas") or auto.min_replicas)
+
+
+def live_step(status: ModelDeploymentStatus) -> bool:
+    """A canary step's traffic is live: only then is there a window to analyse."""
+    return (
+        status.canary_version is not None
+        and status.canary_version != status.stable_version
+        and status.current_step is not None
+    )
+
+
+def window_key(status: ModelDeploymentStatus) -> tuple[str | None, str | None]:
+    """What identifies the current step's analysis window (a new step, a new window)."""
+    started = status.step_started_at.isoformat() if status.step_started_at else None
+    return status.canary_version, started
+
+
+def analyse_window(
+    md: ModelDeployment,
+    pods: Sequence[Pod],
+    scrapes: Mapping[str, mt.Scrape],
+    baseline: Mapping[str, mt.Scrape],
+    unscraped: Mapping[str, str],
+) -> an.Result:
+    """The verdict on the current step: each track's counters since the step began
+    (`baseline`: each pod's scrape then; a pod without one counts from its start)."""
+    st = md.status
+
+    def track(name: str, version: str | None) -> an.TrackWindow:
+        names = [str(p["metadata"]["name"]) for p in pods_of(pods, name, version)]
+        deltas = [mt.delta(baseline.get(n), scrapes[n]) for n in names if n in scrapes]
+        return an.track_window(mt.merge(deltas))
+
+    result = an.evaluate(
+        track("canary", st.canary_version),
+        track("stable", st.stable_version),
+        an.Settings.from_spec(md.spec.canary.analysis),
+    )
+    return an.unobserved(result, unscraped)
+
+
+def observe(
+    md: ModelDeployment,
+    pods: Sequence[Pod],
+    stable_deployment: Mapping[str, Any] | None,
+    candidate: ro.VersionInfo | None,
+    stable: ro.VersionInfo | None,
+    analysis: an.Result | None,
+    traffic: TrafficState,
+    action: RolloutAction | None,
+    url: str,
+    now: dt.datetime,
+) -> ro.Observations:
+    """Everything `rollout.decide` needs, from what the controller read."""
+    st = md.status
+    stable_ready = sum(1 for p in pods_of(pods, "stable", st.stable_version) if pod_ready(p))
+    canary_pods = [p for p in pods_of(pods, "canary", st.canary_version) if pod_ready(p)]
+    return ro.Observations(
+        generation=md.metadata.generation,
+        stable_ready=stable_ready,
+        stable_desired=stable_desired(md, stable_deployment),
+        canary_ready=len(canary_pods),
+        candidate=candidate,
+        stable=stable,
+        analysis=analysis,
+        traffic_ok=traffic.ok,
+        traffic_reason=traffic.reason,
+        traffic_message=traffic.message,
+        annotation_action=action,
+        route_weight=traffic.route_weight,
+        canary_ready_since=min((ready_since(p, now) for p in canary_pods), default=None),
+        url=url,
+    )
