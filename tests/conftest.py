@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lightkube import Client, KubeConfig
+from lightkube import ApiError, Client, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace
+from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = REPO / "tests" / "cluster" / "harness.py"
@@ -106,6 +106,14 @@ def node_client(kubeconfig_node: Path) -> Client:
 def _namespace(client: Client) -> Iterator[str]:
     name = f"orchard-test-{uuid.uuid4().hex[:8]}"
     client.create(Namespace(metadata=ObjectMeta(name=name, labels={"orchard.dev/test": "true"})))
+    # The api level runs no controller-manager, whose service-account controller makes
+    # each namespace's "default" ServiceAccount; pods (written by the tests, as a Job
+    # controller would) are refused without it. Where the controller runs, it may win.
+    try:
+        client.create(ServiceAccount(metadata=ObjectMeta(name="default", namespace=name)))
+    except ApiError as err:
+        if err.status.code != 409:
+            raise
     try:
         yield name
     finally:
