@@ -12,6 +12,7 @@ from orchard.api.common import get_condition, to_k8s
 from orchard.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
 from orchard.decisions import analysis as an
 from orchard.decisions import rollout as ro
+from orchard.decisions import traffic as tr
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 
@@ -335,14 +336,14 @@ def test_traffic_split_false_condition_says_why() -> None:
     ],
 )
 def test_replica_split(total: int, weight: int, mode: str, split: tuple[int, int]) -> None:
-    assert ro.replica_split(total, weight, mode) == split
+    assert tr.for_mode(mode).pods(total, weight) == split
 
 
 @pytest.mark.parametrize(
     ("stable", "canary", "effective"), [(2, 0, 0), (2, 1, 33), (2, 2, 50), (0, 2, 100), (3, 1, 25)]
 )
-def test_effective_weight(stable: int, canary: int, effective: int) -> None:
-    assert ro.effective_weight(stable, canary) == effective
+def test_pod_share(stable: int, canary: int, effective: int) -> None:
+    assert tr.pod_share(stable, canary) == effective
 
 
 def _managed(time: str, key: str = "orchard.dev/rollout-action") -> dict[str, Any]:
@@ -405,7 +406,7 @@ def test_route_weight(
     fields: dict[str, Any], current: int | None, ready_for: int | None, expected: int
 ) -> None:
     since = None if ready_for is None else T0 - timedelta(seconds=ready_for)
-    assert ro.route_weight(status(**fields), current, T0, since) == expected
+    assert tr.route_weight(status(**fields), current, T0, since) == expected
 
 
 def test_gateway_step_takes_effect_when_the_route_carries_it() -> None:

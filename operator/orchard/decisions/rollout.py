@@ -26,7 +26,6 @@ not ready within CANARY_READY_TIMEOUT is rolled back.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -47,13 +46,11 @@ from orchard.api.modeldeployment import (
 )
 
 from . import analysis as an
+from . import traffic as tr
 
 HISTORY_LIMIT = 10
 # A canary whose pods are not ready this long after its step began is rolled back.
 CANARY_READY_TIMEOUT = timedelta(seconds=180)
-# With traffic split by pod counts the stable keeps all its pods (so an abort is instant)
-# and the canary is added beside it, at most this many times the stable's count.
-MAX_CANARY_FACTOR = 3
 
 # Reasons under which a step waits for its canary pods; stepStartedAt then is when the
 # step was entered, and it moves to the moment the split took effect.
@@ -114,31 +111,6 @@ class Decision:
 # --- Traffic split ---------------------------------------------------------------------
 
 
-def replica_split(total: int, weight: int, mode: str = "replicas") -> tuple[int, int]:
-    """(stable, canary) pod counts for a canary weight in percent.
-
-    By pod counts, the stable keeps its `total` pods and the canary gets
-    total * w / (100 - w) beside it (at least one, at most MAX_CANARY_FACTOR x total);
-    at 100 % the stable is scaled away. With an HTTPRoute the weights split traffic,
-    so the canary needs only its share of pods.
-    """
-    if weight <= 0 or total <= 0:
-        return max(total, 0), 0
-    if mode == "gatewayAPI":
-        return total, max(1, math.ceil(total * weight / 100))
-    if weight >= 100:
-        return 0, total
-    canary = round(total * weight / (100 - weight))
-    return total, min(max(canary, 1), MAX_CANARY_FACTOR * total)
-
-
-def effective_weight(stable_ready: int, canary_ready: int) -> int:
-    """The canary's share of traffic when one Service selects both tracks' ready pods."""
-    if canary_ready <= 0:
-        return 0
-    return round(100 * canary_ready / (canary_ready + max(stable_ready, 0)))
-
-
 def canary_replicas(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, total: int) -> int:
     """The canary pod count the current status asks for."""
     if status.canary_version is None:
@@ -146,7 +118,7 @@ def canary_replicas(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, to
     if status.canary_version == status.stable_version:  # promoting: hold until stable is up
         return max(total, 1)
     desired = status.canary_weight.desired if status.canary_weight else 0
-    return replica_split(total, desired, spec.traffic.mode)[1]
+    return tr.for_mode(spec.traffic.mode).pods(total, desired)[1]
 
 
 def stable_replicas(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, total: int) -> int:
@@ -154,7 +126,7 @@ def stable_replicas(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, to
     if status.canary_version is None or status.canary_version == status.stable_version:
         return total
     desired = status.canary_weight.desired if status.canary_weight else 0
-    return replica_split(total, desired, spec.traffic.mode)[0]
+    return tr.for_mode(spec.traffic.mode).pods(total, desired)[0]
 
 
 # --- The state machine -------------------------------------------------------------------
@@ -196,6 +168,7 @@ class _Machine:
         obs: Observations,
     ) -> None:
         self.spec = spec
+        self.split = tr.for_mode(spec.traffic.mode)
         self.st = status.model_copy(deep=True)
         self.now = now
         self.obs = obs
@@ -226,15 +199,8 @@ class _Machine:
         self.st.canary_weight = CanaryWeight(desired=desired, effective=self.st_effective())
 
     def st_effective(self) -> int:
-        if self.st.canary_version is None:
-            return 0
-        if self.spec.traffic.mode == "gatewayAPI":  # what the route carries after this tick
-            if not self.obs.traffic_ok:
-                return 0
-            return route_weight(
-                self.st, self.obs.route_weight, self.now, self.obs.canary_ready_since
-            )
-        return effective_weight(self.obs.stable_ready, self.obs.canary_ready)
+        """The canary's share of traffic after this tick, as the split makes it."""
+        return self.split.effective(self.st, self.obs, self.now)
 
     def push_history(self, version: str) -> None:
         history = list(self.st.history)
@@ -495,11 +461,10 @@ class _Machine:
                 self.rollback(result.reason, result.message, dict(result.metrics))
                 return
 
-        _, want = replica_split(self.total(), step.weight, spec.traffic.mode)
+        _, want = self.split.pods(self.total(), step.weight)
         if st.step_started_at is None or st.reason in WAITING_REASONS:  # canary pods coming up
-            gateway = spec.traffic.mode == "gatewayAPI"
             self.weight(step.weight)
-            if obs.canary_ready >= want and (not gateway or self.st_effective() == step.weight):
+            if obs.canary_ready >= want and self.split.settled(self.st_effective(), step.weight):
                 st.step_started_at = self.now
                 self.weight(step.weight)
                 text = (
@@ -551,11 +516,10 @@ class _Machine:
         return self.obs.stable_desired if self.spec.autoscaling else self.spec.replicas
 
     def split_reason(self) -> str:
-        return "HTTPRoute" if self.spec.traffic.mode == "gatewayAPI" else "ReplicaRatio"
+        return self.split.reason
 
     def split_message(self, desired: int) -> str:
-        how = "HTTPRoute weights" if self.spec.traffic.mode == "gatewayAPI" else "ready pod ratio"
-        return f"canary {self.st_effective()}% by {how} (asked {desired}%)"
+        return f"canary {self.st_effective()}% by {self.split.means} (asked {desired}%)"
 
     def finish(self) -> None:
         st, obs = self.st, self.obs
@@ -580,33 +544,6 @@ class _Machine:
             self.cond(
                 "TrafficSplit", "True", self.split_reason(), "all traffic on the stable version"
             )
-
-
-# A route sends a new step's weight to the canary only once its pods have been ready this
-# long: endpoints take a moment to reach every data plane after a pod turns ready.
-ROUTE_SETTLE = timedelta(seconds=2)
-
-
-def route_weight(
-    status: ModelDeploymentStatus,
-    current: int | None,
-    now: datetime,
-    canary_ready_since: datetime | None,
-) -> int:
-    """The canary's weight on the HTTPRoute: the step's weight once a canary pod is ready.
-
-    The first traffic to the canary's Service waits until a pod has been ready for
-    ROUTE_SETTLE (its endpoint takes a moment to reach every data plane); 0 outside a
-    rollout, before the first step, and while promoting.
-    """
-    if status.canary_version is None or status.canary_version == status.stable_version:
-        return 0
-    if status.current_step is None or canary_ready_since is None:
-        return 0
-    desired = status.canary_weight.desired if status.canary_weight else 0
-    if not current and now - canary_ready_since < ROUTE_SETTLE:
-        return 0
-    return desired
 
 
 # --- Manual actions by annotation ------------------------------------------------------------

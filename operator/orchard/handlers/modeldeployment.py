@@ -52,6 +52,7 @@ from orchard.decisions import metrics_text as mt
 from orchard.decisions import observing as ob
 from orchard.decisions import policy as pol
 from orchard.decisions import rollout as ro
+from orchard.decisions import traffic as tr
 from orchard.decisions.modelversion import deployments_using
 from orchard.handlers import policy
 
@@ -399,7 +400,7 @@ async def set_route_weight(
     """Set the canary's weight on this deployment's rules of the route, only if the route
     is still as read (its resourceVersion): a person's edit meanwhile is never lost."""
     current = sv.http_route_weights(route, md)
-    weight = ro.route_weight(status, current[1] if current else None, now, canary_ready_since)
+    weight = tr.route_weight(status, current[1] if current else None, now, canary_ready_since)
     if current == (100 - weight, weight):
         return
     meta = route["metadata"]
