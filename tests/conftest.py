@@ -1,4 +1,5 @@
-"""Fixtures for the api and e2e tiers: a kubeconfig for a real cluster.
+"""Fixtures of every tier: a kubeconfig for a real cluster (api and e2e), and a loopback
+HTTP server of the test dataset (unit).
 
 When KUBECONFIG names a cluster other than the local one (kind, a lab cluster), the
 tests use it and start nothing. Otherwise they use .cluster/kubeconfig and start the
@@ -8,9 +9,11 @@ level they need with tests/cluster/harness.py, which is left running for the nex
 
 from __future__ import annotations
 
+import http.server
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,3 +181,30 @@ def stand_in_crd(group: str, version: str, kind: str, plural: str) -> dict[str, 
             ],
         },
     }
+
+
+PENGUINS = REPO / "tests" / "data" / "penguins.csv"
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[str]:
+    """A loopback HTTP server serving penguins.csv; like a presigned URL's host, it
+    ignores any query string."""
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "penguins.csv").write_bytes(PENGUINS.read_bytes())
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(tmp_path / "www"), **kwargs)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -147,28 +147,6 @@ def test_pvc_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def http_root(tmp_path: Path) -> Iterator[str]:
-    (tmp_path / "www").mkdir()
-    (tmp_path / "www" / "penguins.csv").write_bytes(PENGUINS.read_bytes())
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(tmp_path / "www"), **kwargs)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture
 def https_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """An HTTPS server on loopback with a self-signed certificate, trusted through
     SSL_CERT_FILE (how a pod would trust a private CA)."""

@@ -4,17 +4,12 @@ still pins the exact bytes."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from orchard.artifacts import METADATA_FILE, sha256_file, verify_artifact
 
@@ -28,29 +23,6 @@ REDACTED_QUERY = (
     "&X-Amz-Signature=REDACTED"
 )
 SECRETS = ("hunter2", "AKIAFAKEKEY")
-
-
-@pytest.fixture
-def http_root(tmp_path: Path) -> Iterator[str]:
-    """A loopback HTTP server that, like a presigned URL's host, ignores the query."""
-    (tmp_path / "www").mkdir()
-    (tmp_path / "www" / "penguins.csv").write_bytes(PENGUINS.read_bytes())
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(tmp_path / "www"), **kwargs)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def orchard_train(uri: str, tmp_path: Path) -> tuple[int, dict[str, Any], str]:
