@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -186,25 +187,33 @@ def stand_in_crd(group: str, version: str, kind: str, plural: str) -> dict[str, 
 PENGUINS = REPO / "tests" / "data" / "penguins.csv"
 
 
-@pytest.fixture
-def http_root(tmp_path: Path) -> Iterator[str]:
-    """A loopback HTTP server serving penguins.csv; like a presigned URL's host, it
-    ignores any query string."""
-    (tmp_path / "www").mkdir()
-    (tmp_path / "www" / "penguins.csv").write_bytes(PENGUINS.read_bytes())
+def serve_penguins(root: Path, context: ssl.SSLContext | None = None) -> Iterator[str]:
+    """A loopback HTTP(S) server of penguins.csv under `root`; yields its base URL.
+    Like a presigned URL's host, it ignores any query string."""
+    (root / "www").mkdir()
+    (root / "www" / "penguins.csv").write_bytes(PENGUINS.read_bytes())
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(tmp_path / "www"), **kwargs)
+            super().__init__(*args, directory=str(root / "www"), **kwargs)
 
         def log_message(self, *args: Any) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    scheme = "https" if context is not None else "http"
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[str]:
+    """A loopback HTTP server of the test dataset (see `serve_penguins`)."""
+    yield from serve_penguins(tmp_path)

@@ -3,11 +3,9 @@ file://, pvc:// and http:// (a real HTTP server on loopback)."""
 
 from __future__ import annotations
 
-import http.server
 import shutil
 import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 import joblib
 import pandas as pd
 import pytest
+from conftest import serve_penguins
 
 from orchard.api.trainingjob import TrainingJob
 from orchard.artifacts import sha256_file, verify_artifact
@@ -176,27 +175,9 @@ def https_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
         capture_output=True,
     )
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-    (tmp_path / "www").mkdir()
-    (tmp_path / "www" / "penguins.csv").write_bytes(PENGUINS.read_bytes())
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(tmp_path / "www"), **kwargs)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    yield from serve_penguins(tmp_path, context)
 
 
 def test_https_dataset(tmp_path: Path, https_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
