@@ -26,6 +26,7 @@ from orchard import kube
 from orchard.api.common import API_VERSION
 from orchard.api.modeldeployment import ModelDeployment, ModelDeploymentStatus
 from orchard.handlers import modeldeployment as md_handlers
+from orchard.handlers import traffic_routes
 
 pytestmark = pytest.mark.api
 
@@ -154,14 +155,14 @@ async def test_a_route_of_another_namespace_is_set_only_with_its_reference_grant
     md = deployment(
         ml, traffic={"mode": "gatewayAPI", "httpRoute": {"name": "web", "namespace": edge}}
     )
-    traffic = await md_handlers.traffic_state(md)
+    traffic = await traffic_routes.traffic_state(md)
     assert (traffic.ok, traffic.reason, traffic.route) == (False, "ReferenceNotPermitted", None)
     assert edge in traffic.message and ml in traffic.message
     await kube.create(grant(edge, from_namespace="somebody-else"))
-    assert (await md_handlers.traffic_state(md)).reason == "ReferenceNotPermitted"
+    assert (await traffic_routes.traffic_state(md)).reason == "ReferenceNotPermitted"
     await kube.delete(f"{GATEWAY}/v1beta1", "ReferenceGrant", "orchard", edge)
     await kube.create(grant(edge, from_namespace=ml))
-    traffic = await md_handlers.traffic_state(md)
+    traffic = await traffic_routes.traffic_state(md)
     assert (traffic.ok, traffic.reason) == (True, "HTTPRoute")
     route = traffic.route
     assert route is not None
@@ -172,7 +173,7 @@ async def test_a_route_of_another_namespace_is_set_only_with_its_reference_grant
     )  # fmt: skip
     now = dt.datetime.now(dt.UTC)
     ready_since = now - dt.timedelta(seconds=30)
-    await md_handlers.set_route_weight(md, status, route, now, ready_since, log)  # type: ignore[arg-type]
+    await traffic_routes.set_route_weight(md, status, route, now, ready_since, log)  # type: ignore[arg-type]
     after = await kube.get(f"{GATEWAY}/v1", "HTTPRoute", "web", edge)
     assert after is not None
     rules = after["spec"]["rules"]
@@ -185,7 +186,7 @@ async def test_a_route_edited_meanwhile_is_not_overwritten(namespaces: tuple[str
     ml, _ = namespaces
     await make_route(ml, backend_namespace=None)
     md = deployment(ml, traffic={"mode": "gatewayAPI", "httpRoute": {"name": "web"}})
-    traffic = await md_handlers.traffic_state(md)
+    traffic = await traffic_routes.traffic_state(md)
     stale = traffic.route
     assert traffic.ok and stale is not None
     edited = {"backendRefs": [{"group": "", "kind": "Service", "name": "shop-v2", "port": 80}]}
@@ -196,7 +197,9 @@ async def test_a_route_edited_meanwhile_is_not_overwritten(namespaces: tuple[str
          "canaryWeight": {"desired": 25, "effective": 0}}
     )  # fmt: skip
     now = dt.datetime.now(dt.UTC)
-    await md_handlers.set_route_weight(md, status, stale, now, now - dt.timedelta(seconds=30), log)  # type: ignore[arg-type]
+    await traffic_routes.set_route_weight(
+        md, status, stale, now, now - dt.timedelta(seconds=30), log
+    )  # type: ignore[arg-type]
     after = await kube.get(f"{GATEWAY}/v1", "HTTPRoute", "web", ml)
     assert after is not None and after["spec"]["rules"][0] == edited  # the person's edit stands
 
@@ -215,7 +218,7 @@ async def test_a_route_without_a_rule_for_the_deployment_is_left_alone(
     accepted = {"parents": [{"conditions": [{"type": "Accepted", "status": "True"}]}]}
     await kube.client().patch(res.Status, "web", {"status": accepted}, namespace=ml,
                               patch_type=kube.PatchType.MERGE)  # fmt: skip
-    traffic = await md_handlers.traffic_state(md)
+    traffic = await traffic_routes.traffic_state(md)
     assert (traffic.ok, traffic.reason, traffic.route) == (False, "HTTPRouteNoRule", None)
     assert "Service iris" in traffic.message
 

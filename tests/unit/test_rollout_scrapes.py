@@ -16,7 +16,7 @@ import pytest
 
 from orchard.api.modeldeployment import ModelDeploymentStatus
 from orchard.decisions import analysis as an
-from orchard.handlers import modeldeployment as md_handlers
+from orchard.handlers import canary_metrics
 
 GOOD = (
     'orchard_requests_total{endpoint="v2_infer",code="200"} 120\n'
@@ -25,7 +25,7 @@ GOOD = (
 ANSWERS: dict[str, tuple[int, bytes]] = {
     "127.0.0.1": (200, GOOD.encode()),
     "127.0.0.2": (500, b'{"error": "internal"}'),
-    "127.0.0.3": (200, b"x" * (md_handlers.MAX_SCRAPE_BYTES + 1024)),
+    "127.0.0.3": (200, b"x" * (canary_metrics.MAX_SCRAPE_BYTES + 1024)),
     "127.0.0.4": (200, b'orchard_requests_total{endpoint="v2_infer" 1\n'),
 }
 
@@ -79,7 +79,7 @@ async def test_every_pod_that_cannot_be_read_is_named_with_why(port: int) -> Non
         pod("canary-a", "127.0.0.3", "canary", "iris-v2"),
         pod("canary-b", "127.0.0.4", "canary", "iris-v2"),
     ]
-    scrapes, failures = await md_handlers.scrape_tracks(pods, STATUS, port)
+    scrapes, failures = await canary_metrics.scrape_tracks(pods, STATUS, port)
     assert set(scrapes) == {"stable-a"}
     assert failures["stable-b"] == "/metrics answered 500"
     assert "larger than" in failures["canary-a"]
@@ -91,7 +91,7 @@ async def test_a_pod_that_is_not_ready_serves_nothing_and_is_not_missed(port: in
         pod("stable-a", "127.0.0.1", "stable", "iris-v1"),
         pod("canary-starting", "127.0.0.2", "canary", "iris-v2", ready=False),
     ]
-    scrapes, failures = await md_handlers.scrape_tracks(pods, STATUS, port)
+    scrapes, failures = await canary_metrics.scrape_tracks(pods, STATUS, port)
     assert set(scrapes) == {"stable-a"} and failures == {}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from orchard.api.common import status_patch
 from orchard.api.modeldeployment import ModelDeployment
 from orchard.decisions import metrics_text as mt
 from orchard.decisions import observing as ob
@@ -16,14 +17,14 @@ from orchard.serving.metrics import Metrics
 def test_status_patch_sends_changes_and_nulls_only() -> None:
     old = {"phase": "Progressing", "canaryVersion": "v2", "requestedAction": "abort", "url": "u"}
     new = {"phase": "RolledBack", "url": "u", "lastRollback": {"from": "v2"}}
-    assert h.status_patch(old, new) == {
+    assert status_patch(old, new) == {
         "phase": "RolledBack",
         "canaryVersion": None,
         "requestedAction": None,
         "lastRollback": {"from": "v2"},
     }
     # untouched keys (a person's requestedAction written meanwhile) are left out
-    assert "requestedAction" not in h.status_patch({"phase": "Paused"}, {"phase": "Stable"})
+    assert "requestedAction" not in status_patch({"phase": "Paused"}, {"phase": "Stable"})
 
 
 def pod(name: str, track: str, version: str, ready: bool = True) -> dict[str, Any]:
@@ -108,10 +109,60 @@ def test_observations_count_ready_pods_of_each_tracks_version() -> None:
         pod("c2", "canary", "v2"),
     ]
     traffic = ob.TrafficState(True, "ReplicaRatio")
-    obs = ob.observe(deployment(), pods, None, None, None, None, traffic, None, "u", NOW)
+    obs = ob.observe(deployment(), ob.Reads({}, pods, None, None, traffic), "u", NOW)
     assert (obs.stable_ready, obs.canary_ready, obs.stable_desired) == (1, 2, 3)
     assert obs.generation == 4 and obs.url == "u" and obs.traffic_reason == "ReplicaRatio"
     assert obs.canary_ready_since == dt.datetime(2026, 11, 27, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def test_observations_carry_the_versions_as_read_and_analyse_only_a_live_step() -> None:
+    md = deployment()
+    assert ob.version_names(md) == ("v1", "v2")
+    ready = {
+        "metadata": {"name": "v2"},
+        "spec": {
+            "model": "iris",
+            "version": 2,
+            "task": "classification",
+            "artifact": {"uri": "pvc://models/iris/2", "digest": "sha256:" + "0" * 64},
+            "framework": {"name": "scikit-learn", "version": "1.9.1"},
+            "metrics": {"accuracy": 0.9},
+        },
+        "status": {"phase": "Ready"},
+    }
+    traffic = ob.TrafficState(True, "ReplicaRatio")
+    obs = ob.observe(md, ob.Reads({"v1": None, "v2": ready}, [], None, None, traffic), "u", NOW)
+    assert obs.stable is not None and not obs.stable.found  # read, and absent
+    assert obs.candidate is not None and obs.candidate.metrics == {"accuracy": 0.9}
+    assert obs.analysis is not None and obs.analysis.verdict == "Inconclusive"  # no traffic
+    settled = md.model_copy(update={"status": md.status.model_copy(update={"current_step": None})})
+    reads = ob.Reads({}, [], None, None, traffic)
+    assert ob.observe(settled, reads, "u", NOW).analysis is None
+
+
+def test_an_annotation_already_acted_on_is_not_pending() -> None:
+    annotated = {
+        "metadata": {
+            "annotations": {"orchard.dev/rollout-action": "promote"},
+            "managedFields": [
+                {
+                    "time": "2026-11-27T12:00:00Z",
+                    "fieldsV1": {
+                        "f:metadata": {"f:annotations": {"f:orchard.dev/rollout-action": {}}}
+                    },
+                }
+            ],
+        },
+        "status": {"canaryVersion": "v2"},
+    }
+    assert ob.pending_action(annotated) == "promote"
+    annotated["status"]["lastAction"] = {
+        "action": "promote",
+        "at": "2026-11-27T12:00:05Z",
+        "source": "annotation",
+    }
+    assert ob.pending_action(annotated) is None
+    assert ob.pending_action({"metadata": {}}) is None
 
 
 def test_with_an_autoscaler_the_stable_count_is_what_it_last_asked_for() -> None:

@@ -71,6 +71,15 @@ def to_k8s(model: BaseModel) -> dict[str, Any]:
     return out
 
 
+def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch from one status to another: changed keys, null for removed ones.
+
+    Keys not changed are left out, so a field a person wrote meanwhile (a ModelDeployment's
+    status.requestedAction) is not overwritten.
+    """
+    return {k: new.get(k) for k in set(old) | set(new) if old.get(k) != new.get(k)}
+
+
 class ObjectMeta(BaseModel):
     """The part of Kubernetes object metadata Orchard reads; the rest is kept as is."""
 

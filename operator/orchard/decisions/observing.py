@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from orchard.api.common import ROLLOUT_ACTION_ANNOTATION
 from orchard.api.modeldeployment import (
     MODEL_VERSION_LABEL,
     TRACK_LABEL,
@@ -118,10 +119,12 @@ def live_step(status: ModelDeploymentStatus) -> bool:
     )
 
 
-def window_key(status: ModelDeploymentStatus) -> tuple[str | None, str | None]:
-    """What identifies the current step's analysis window (a new step, a new window)."""
+def window_key(status: ModelDeploymentStatus) -> tuple[str | None, str | None, bool]:
+    """What identifies the current step's analysis window: a new step, or the moment a
+    step's split takes effect (it may fall in the same second the step began), starts
+    a new one."""
     started = status.step_started_at.isoformat() if status.step_started_at else None
-    return status.canary_version, started
+    return status.canary_version, started, status.reason in ro.WAITING_REASONS
 
 
 def analyse_window(
@@ -148,35 +151,72 @@ def analyse_window(
     return an.unobserved(result, unscraped)
 
 
-def observe(
-    md: ModelDeployment,
-    pods: Sequence[Pod],
-    stable_deployment: Mapping[str, Any] | None,
-    candidate: ro.VersionInfo | None,
-    stable: ro.VersionInfo | None,
-    analysis: an.Result | None,
-    traffic: TrafficState,
-    action: RolloutAction | None,
-    url: str,
-    now: dt.datetime,
-) -> ro.Observations:
-    """Everything `rollout.decide` needs, from what the controller read."""
-    st = md.status
+@dataclass(frozen=True)
+class Reads:
+    """What the controller fetched this tick, as it came from the API server and pods."""
+
+    versions: Mapping[str, Mapping[str, Any] | None]  # ModelVersions by name (None: absent)
+    pods: Sequence[Pod]
+    stable_deployment: Mapping[str, Any] | None
+    canary_deployment: Mapping[str, Any] | None
+    traffic: TrafficState
+    # While a step is live: each serving pod's metrics, why a ready pod's could not be
+    # read, and each pod's metrics when the step's window began.
+    scrapes: Mapping[str, mt.Scrape] = field(default_factory=dict)
+    unscraped: Mapping[str, str] = field(default_factory=dict)
+    baseline: Mapping[str, mt.Scrape] = field(default_factory=dict)
+    action: RolloutAction | None = None  # a rollout-action annotation still to act on
+
+
+def version_names(md: ModelDeployment) -> tuple[str, ...]:
+    """The ModelVersions a tick reads: the stable one (or the first to serve) and the
+    one the spec names."""
+    stable = md.status.stable_version or md.spec.model_version
+    return tuple(dict.fromkeys(n for n in (stable, md.spec.model_version) if n))
+
+
+def pending_action(body: Mapping[str, Any]) -> RolloutAction | None:
+    """The rollout-action annotation's action, if it is still to be carried out."""
+    meta = body.get("metadata") or {}
+    value = (meta.get("annotations") or {}).get(ROLLOUT_ACTION_ANNOTATION)
+    if not value:
+        return None
+    try:
+        status = ModelDeploymentStatus.model_validate(body.get("status") or {})
+    except ValueError:
+        return None
+    return ro.annotation_action(
+        value, ro.annotation_set_at(meta, ROLLOUT_ACTION_ANNOTATION), status
+    )
+
+
+def observe(md: ModelDeployment, reads: Reads, url: str, now: dt.datetime) -> ro.Observations:
+    """Everything `rollout.decide` needs, from what the controller read: pod counts,
+    the versions' state, and the verdict on the current step's window while one is live."""
+    st, pods = md.status, reads.pods
+    stable_name = st.stable_version or md.spec.model_version
+    _, stable = version_info(stable_name, reads.versions.get(stable_name))
+    _, candidate = version_info(md.spec.model_version, reads.versions.get(md.spec.model_version))
+    analysis = (
+        analyse_window(md, pods, reads.scrapes, reads.baseline, reads.unscraped)
+        if live_step(st)
+        else None
+    )
     stable_ready = sum(1 for p in pods_of(pods, "stable", st.stable_version) if pod_ready(p))
     canary_pods = [p for p in pods_of(pods, "canary", st.canary_version) if pod_ready(p)]
     return ro.Observations(
         generation=md.metadata.generation,
         stable_ready=stable_ready,
-        stable_desired=stable_desired(md, stable_deployment),
+        stable_desired=stable_desired(md, reads.stable_deployment),
         canary_ready=len(canary_pods),
         candidate=candidate,
         stable=stable,
         analysis=analysis,
-        traffic_ok=traffic.ok,
-        traffic_reason=traffic.reason,
-        traffic_message=traffic.message,
-        annotation_action=action,
-        route_weight=traffic.route_weight,
+        traffic_ok=reads.traffic.ok,
+        traffic_reason=reads.traffic.reason,
+        traffic_message=reads.traffic.message,
+        annotation_action=reads.action,
+        route_weight=reads.traffic.route_weight,
         canary_ready_since=min((ready_since(p, now) for p in canary_pods), default=None),
         url=url,
     )

@@ -52,9 +52,40 @@ HISTORY_LIMIT = 10
 # A canary whose pods are not ready this long after its step began is rolled back.
 CANARY_READY_TIMEOUT = timedelta(seconds=180)
 
+# Reasons (status.reason, conditions, events): the words a person or a script looks for.
+DEPLOYING = "Deploying"
+SERVING = "Serving"
+STABLE = "Stable"
+STABLE_UNAVAILABLE = "StableUnavailable"
+NO_READY_PODS = "NoReadyPods"
+SCALED_TO_ZERO = "ScaledToZero"
+WAITING_FOR_MODEL_VERSION = "WaitingForModelVersion"
+MODEL_VERSION_FAILED = "ModelVersionFailed"
+ROLLOUT_STARTED = "RolloutStarted"
+ROLLOUT_RESTARTED = "RolloutRestarted"
+ROLLOUT_CANCELLED = "RolloutCancelled"
+METRIC_CHECK_PASSED = "MetricCheckPassed"
+METRIC_DROP = "MetricDrop"
+STEP_STARTED = "StepStarted"
+WAITING_FOR_CANARY = "WaitingForCanary"
+ANALYSING = "Analysing"
+CANARY_NOT_READY = "CanaryNotReady"
+PAUSED = "Paused"
+ROLLOUT_PAUSED = "RolloutPaused"
+TRAFFIC_SPLIT_UNAVAILABLE = "TrafficSplitUnavailable"
+PROMOTING = "Promoting"
+PROMOTED = "Promoted"
+ROLLOUT_COMPLETE = "RolloutComplete"
+ROLLED_BACK = "RolledBack"
+MANUAL_ABORT = "ManualAbort"
+ACTION_IGNORED = "ActionIgnored"
+# The spec cannot be served as written (see `refused`).
+UNSUPPORTED_ARTIFACT = "UnsupportedArtifact"
+SCHEMA_MISMATCH = "SchemaMismatch"
+
 # Reasons under which a step waits for its canary pods; stepStartedAt then is when the
 # step was entered, and it moves to the moment the split took effect.
-WAITING_REASONS = ("StepStarted", "WaitingForCanary")
+WAITING_REASONS = (STEP_STARTED, WAITING_FOR_CANARY)
 
 EventType = Literal["Normal", "Warning"]
 
@@ -215,12 +246,18 @@ class _Machine:
         self.st.step_started_at = None
         self.st.canary_weight = CanaryWeight(desired=0, effective=0)
 
+    def total(self) -> int:
+        return self.obs.stable_desired if self.spec.autoscaling else self.spec.replicas
+
+    def split_message(self, desired: int) -> str:
+        return f"canary {self.st_effective()}% by {self.split.means} (asked {desired}%)"
+
     # transitions
     def start(self, version: str) -> None:
         if self.st.canary_version is not None:
             self.event(
                 "Normal",
-                "RolloutRestarted",
+                ROLLOUT_RESTARTED,
                 f"rollout of {self.st.canary_version} replaced by a rollout of {version}",
             )
         self.st.canary_version = version
@@ -230,7 +267,7 @@ class _Machine:
         self.st.analysis = None
         self.st.canary_weight = CanaryWeight(desired=0, effective=0)
         self.event(
-            "Normal", "RolloutStarted", f"rolling out {version} over {self.st.stable_version}"
+            "Normal", ROLLOUT_STARTED, f"rolling out {version} over {self.st.stable_version}"
         )
 
     def rollback(self, reason: str, message: str, metrics: dict[str, float]) -> None:
@@ -242,9 +279,9 @@ class _Machine:
         self.end_rollout()
         text = f"rolled back {canary} to {stable}: {message}"
         self.set_phase("RolledBack", reason, text)
-        self.cond("Degraded", "True", "RolledBack", text)
-        self.cond("Progressing", "False", "RolledBack", text)
-        self.event("Warning", "RolledBack", text)
+        self.cond("Degraded", "True", ROLLED_BACK, text)
+        self.cond("Progressing", "False", ROLLED_BACK, text)
+        self.event("Warning", ROLLED_BACK, text)
 
     def promote(self, manual: bool) -> None:
         version = self.st.canary_version or self.spec.model_version
@@ -256,9 +293,9 @@ class _Machine:
         self.push_history(version)
         how = "by request" if manual else "after every step passed"
         text = f"promoting {version} over {old} {how}"
-        self.set_phase("Progressing", "Promoting", text)
-        self.cond("Progressing", "True", "Promoting", text)
-        self.event("Normal", "Promoted", text)
+        self.set_phase("Progressing", PROMOTING, text)
+        self.cond("Progressing", "True", PROMOTING, text)
+        self.event("Normal", PROMOTED, text)
 
     def start_step(self, index: int) -> None:
         step = self.spec.canary.steps[index]
@@ -267,9 +304,9 @@ class _Machine:
         self.weight(step.weight)
         n = len(self.spec.canary.steps)
         text = f"step {index + 1}/{n}: {step.weight}% to {self.st.canary_version}"
-        self.set_phase("Progressing", "StepStarted", text)
-        self.cond("Progressing", "True", "StepStarted", text)
-        self.event("Normal", "StepStarted", text)
+        self.set_phase("Progressing", STEP_STARTED, text)
+        self.cond("Progressing", "True", STEP_STARTED, text)
+        self.event("Normal", STEP_STARTED, text)
 
     # the decision
     def run(self, action: tuple[RolloutAction, str] | None) -> None:
@@ -281,15 +318,15 @@ class _Machine:
             and st.canary_version is None
             and target != st.stable_version
             and self.obs.stable_ready == 0
-            and (st.phase == "Pending" or st.reason == "ModelVersionFailed")
+            and (st.phase == "Pending" or st.reason == MODEL_VERSION_FAILED)
         )
         if st.stable_version is None or never_served:  # first version: no canary
             if never_served and st.history and st.history[-1].version == st.stable_version:
                 st.history = st.history[:-1]  # it never served
             st.stable_version = target
             self.push_history(target)
-            self.set_phase("Pending", "Deploying", f"deploying {target}")
-            self.event("Normal", "Deploying", f"deploying {target}")
+            self.set_phase("Pending", DEPLOYING, f"deploying {target}")
+            self.event("Normal", DEPLOYING, f"deploying {target}")
 
         in_rollout = st.canary_version is not None
         promoting = in_rollout and st.canary_version == st.stable_version
@@ -306,7 +343,7 @@ class _Machine:
             if in_rollout:
                 self.event(
                     "Normal",
-                    "RolloutCancelled",
+                    ROLLOUT_CANCELLED,
                     f"spec names the stable version {target} again; "
                     f"the canary {st.canary_version} is removed",
                 )
@@ -339,12 +376,12 @@ class _Machine:
             if rolled_back:
                 st.canary_version = target
             self.promote(manual=True)
-            self.cond("Degraded", "False", "Promoted", f"{target} promoted by request")
+            self.cond("Degraded", "False", PROMOTED, f"{target} promoted by request")
             return True
         if verb == "abort" and in_rollout:
-            self.rollback("ManualAbort", f"aborted by request ({source})", {})
+            self.rollback(MANUAL_ABORT, f"aborted by request ({source})", {})
             return True
-        self.event("Normal", "ActionIgnored", f"{verb} requested with no rollout to act on")
+        self.event("Normal", ACTION_IGNORED, f"{verb} requested with no rollout to act on")
         return False
 
     def promoting(self) -> None:
@@ -354,35 +391,35 @@ class _Machine:
             version = st.stable_version
             self.end_rollout()
             text = f"{version} is stable"
-            self.set_phase("Stable", "Promoted", text)
-            self.cond("Progressing", "False", "Promoted", text)
-            self.cond("Degraded", "False", "Promoted", text)
-            self.event("Normal", "RolloutComplete", text)
+            self.set_phase("Stable", PROMOTED, text)
+            self.cond("Progressing", "False", PROMOTED, text)
+            self.cond("Degraded", "False", PROMOTED, text)
+            self.event("Normal", ROLLOUT_COMPLETE, text)
         else:
             text = (
                 f"stable Deployment moving to {st.stable_version}: {obs.stable_ready}/{want} ready"
             )
-            self.set_phase("Progressing", "Promoting", text)
+            self.set_phase("Progressing", PROMOTING, text)
             self.weight(st.canary_weight.desired if st.canary_weight else 0)
 
     def settled(self) -> None:
         """No rollout: the stable version serves (or should)."""
         st, obs = self.st, self.obs
-        self.cond("Progressing", "False", "Stable", f"{st.stable_version} serves")
+        self.cond("Progressing", "False", STABLE, f"{st.stable_version} serves")
         if obs.stable_ready > 0 or self.spec.replicas == 0:
-            self.set_phase("Stable", "Serving", f"{st.stable_version} serves")
-            self.cond("Degraded", "False", "Serving", f"{st.stable_version} serves")
+            self.set_phase("Stable", SERVING, f"{st.stable_version} serves")
+            self.cond("Degraded", "False", SERVING, f"{st.stable_version} serves")
         elif st.phase in (None, "Pending", "Degraded") and self.first_version_unusable():
             return
         elif st.phase in (None, "Pending"):
-            self.set_phase("Pending", "Deploying", f"waiting for {st.stable_version} to be ready")
-            self.cond("Degraded", "False", "Deploying", f"waiting for {st.stable_version}")
+            self.set_phase("Pending", DEPLOYING, f"waiting for {st.stable_version} to be ready")
+            self.cond("Degraded", "False", DEPLOYING, f"waiting for {st.stable_version}")
         else:
             text = f"no ready pod serves {st.stable_version}"
             if st.phase != "Degraded":
-                self.event("Warning", "StableUnavailable", text)
-            self.set_phase("Degraded", "StableUnavailable", text)
-            self.cond("Degraded", "True", "StableUnavailable", text)
+                self.event("Warning", STABLE_UNAVAILABLE, text)
+            self.set_phase("Degraded", STABLE_UNAVAILABLE, text)
+            self.cond("Degraded", "True", STABLE_UNAVAILABLE, text)
 
     def first_version_unusable(self) -> bool:
         """The version to serve first is missing or failed verification: say so."""
@@ -391,14 +428,14 @@ class _Machine:
             return False
         if not info.found:
             text = f"ModelVersion {info.name} not found"
-            self.set_phase("Pending", "WaitingForModelVersion", text)
-            self.cond("Degraded", "False", "WaitingForModelVersion", text)
+            self.set_phase("Pending", WAITING_FOR_MODEL_VERSION, text)
+            self.cond("Degraded", "False", WAITING_FOR_MODEL_VERSION, text)
             return True
         text = f"ModelVersion {info.name} failed: {info.message or 'verification failed'}"
         if self.st.phase != "Degraded":
-            self.event("Warning", "ModelVersionFailed", text)
-        self.set_phase("Degraded", "ModelVersionFailed", text)
-        self.cond("Degraded", "True", "ModelVersionFailed", text)
+            self.event("Warning", MODEL_VERSION_FAILED, text)
+        self.set_phase("Degraded", MODEL_VERSION_FAILED, text)
+        self.cond("Degraded", "True", MODEL_VERSION_FAILED, text)
         return True
 
     def rolled_back(self) -> None:
@@ -407,96 +444,121 @@ class _Machine:
         if st.phase != "RolledBack":
             self.set_phase("RolledBack", st.last_rollback.reason if st.last_rollback else "", "")
 
+    # the canary
     def rollout(self) -> None:
-        st, spec, obs = self.st, self.spec, self.obs
-        steps = spec.canary.steps
-        settings = spec.canary.analysis
+        """Walk the canary: the split must be possible, the candidate's registered
+        metrics pass, then each step brings its pods up, holds its pause and is judged."""
+        if not self.obs.traffic_ok:
+            self.traffic_unavailable()
+        elif self.st.current_step is None:
+            self.pre_traffic_check()
+        else:
+            self.walk_step()
 
-        if not obs.traffic_ok:
-            text = f"traffic split cannot be made: {obs.traffic_message}"
-            if st.phase != "Paused" or st.reason != obs.traffic_reason:
-                self.event("Warning", obs.traffic_reason or "TrafficSplitUnavailable", text)
-            self.set_phase("Paused", obs.traffic_reason or "TrafficSplitUnavailable", text)
-            self.cond("Progressing", "True", "Paused", text)
-            self.weight(st.canary_weight.desired if st.canary_weight else 0)
+    def traffic_unavailable(self) -> None:
+        """The split cannot be made (no route, no consent): pause, moving no traffic."""
+        st, obs = self.st, self.obs
+        reason = obs.traffic_reason or TRAFFIC_SPLIT_UNAVAILABLE
+        text = f"traffic split cannot be made: {obs.traffic_message}"
+        if st.phase != "Paused" or st.reason != obs.traffic_reason:
+            self.event("Warning", reason, text)
+        self.set_phase("Paused", reason, text)
+        self.cond("Progressing", "True", PAUSED, text)
+        self.weight(st.canary_weight.desired if st.canary_weight else 0)
+
+    def pre_traffic_check(self) -> None:
+        """Before any traffic: the candidate is verified and its registered metric is
+        not worse than the stable's by more than the spec allows."""
+        cand, settings = self.obs.candidate, self.spec.canary.analysis
+        if cand is None or not cand.found:
+            self.wait_for_candidate(f"ModelVersion {self.st.canary_version} not found")
             return
-
-        if st.current_step is None:  # pre-traffic check of registered metrics
-            cand = obs.candidate
-            if cand is None or not cand.found:
-                text = f"ModelVersion {st.canary_version} not found"
-                self.set_phase("Progressing", "WaitingForModelVersion", text)
-                self.cond("Progressing", "True", "WaitingForModelVersion", text)
-                return
-            if cand.phase == "Failed":
-                self.rollback("ModelVersionFailed", cand.message or f"{cand.name} failed", {})
-                return
-            if cand.phase != "Ready":
-                text = f"ModelVersion {cand.name} is {cand.phase or 'not verified yet'}"
-                self.set_phase("Progressing", "WaitingForModelVersion", text)
-                self.cond("Progressing", "True", "WaitingForModelVersion", text)
-                return
-            stable_metrics = obs.stable.metrics if obs.stable is not None else {}
-            check = an.registered_metric_check(
-                cand.metrics, stable_metrics, settings.max_metric_drop, settings.metric
+        if cand.phase == "Failed":
+            self.rollback(MODEL_VERSION_FAILED, cand.message or f"{cand.name} failed", {})
+            return
+        if cand.phase != "Ready":
+            self.wait_for_candidate(
+                f"ModelVersion {cand.name} is {cand.phase or 'not verified yet'}"
             )
-            if check.verdict == "Fail":
-                figures = {
-                    "candidate": check.candidate or 0.0,
-                    "stable": check.stable or 0.0,
-                    "drop": round(check.drop or 0.0, 6),
-                }
-                self.rollback("MetricDrop", check.message, figures)
-                return
-            self.event("Normal", "MetricCheckPassed", check.message)
-            self.start_step(0)
             return
+        stable_metrics = self.obs.stable.metrics if self.obs.stable is not None else {}
+        check = an.registered_metric_check(
+            cand.metrics, stable_metrics, settings.max_metric_drop, settings.metric
+        )
+        if check.verdict == "Fail":
+            figures = {
+                "candidate": check.candidate or 0.0,
+                "stable": check.stable or 0.0,
+                "drop": round(check.drop or 0.0, 6),
+            }
+            self.rollback(METRIC_DROP, check.message, figures)
+            return
+        self.event("Normal", METRIC_CHECK_PASSED, check.message)
+        self.start_step(0)
 
-        index = min(st.current_step, len(steps) - 1)
-        step = steps[index]
-        result = obs.analysis
+    def wait_for_candidate(self, text: str) -> None:
+        self.set_phase("Progressing", WAITING_FOR_MODEL_VERSION, text)
+        self.cond("Progressing", "True", WAITING_FOR_MODEL_VERSION, text)
+
+    def walk_step(self) -> None:
+        """One tick of the current step: record the analysis (a failed one rolls back
+        at once), wait for the canary's pods, then judge the step after its pause."""
+        st = self.st
+        index = min(st.current_step or 0, len(self.spec.canary.steps) - 1)
+        result = self.obs.analysis
         if result is not None:
             st.analysis = analysis_status(result, self.now)
             if result.verdict == "Fail":
                 self.rollback(result.reason, result.message, dict(result.metrics))
                 return
+        if st.step_started_at is None or st.reason in WAITING_REASONS:
+            self.bring_up_canary(index)
+        else:
+            self.judge_step(index, result)
 
+    def bring_up_canary(self, index: int) -> None:
+        """The step's canary pods are coming up: the step's clock starts once they are
+        ready and the split has taken effect; too long, and the canary is rolled back."""
+        st, obs, steps = self.st, self.obs, self.spec.canary.steps
+        step = steps[index]
         _, want = self.split.pods(self.total(), step.weight)
-        if st.step_started_at is None or st.reason in WAITING_REASONS:  # canary pods coming up
-            self.weight(step.weight)
-            if obs.canary_ready >= want and self.split.settled(self.st_effective(), step.weight):
-                st.step_started_at = self.now
-                self.weight(step.weight)
-                text = (
-                    f"step {index + 1}/{len(steps)}: {self.st_effective()}% of traffic on "
-                    f"{st.canary_version} (asked {step.weight}%)"
-                )
-                self.set_phase("Progressing", "Analysing", text)
-                self.cond("Progressing", "True", "Analysing", text)
-                self.cond("TrafficSplit", "True", self.split_reason(), text)
-                return
-            if st.step_started_at is None:
-                st.step_started_at = self.now
-            waited = self.now - st.step_started_at
-            if waited > CANARY_READY_TIMEOUT:
-                self.rollback(
-                    "CanaryNotReady",
-                    f"{obs.canary_ready}/{want} canary pods ready after "
-                    f"{int(waited.total_seconds())}s",
-                    {"canaryReady": float(obs.canary_ready)},
-                )
-                return
-            text = f"waiting for {st.canary_version} pods: {obs.canary_ready}/{want} ready"
-            self.set_phase("Progressing", "WaitingForCanary", text)
-            self.weight(step.weight)
-            return
-
         self.weight(step.weight)
-        self.cond("TrafficSplit", "True", self.split_reason(), self.split_message(step.weight))
-        elapsed = (self.now - st.step_started_at).total_seconds()
+        if obs.canary_ready >= want and self.split.settled(self.st_effective(), step.weight):
+            st.step_started_at = self.now
+            self.weight(step.weight)
+            text = (
+                f"step {index + 1}/{len(steps)}: {self.st_effective()}% of traffic on "
+                f"{st.canary_version} (asked {step.weight}%)"
+            )
+            self.set_phase("Progressing", ANALYSING, text)
+            self.cond("Progressing", "True", ANALYSING, text)
+            self.cond("TrafficSplit", "True", self.split.reason, text)
+            return
+        if st.step_started_at is None:
+            st.step_started_at = self.now
+        waited = self.now - st.step_started_at
+        if waited > CANARY_READY_TIMEOUT:
+            self.rollback(
+                CANARY_NOT_READY,
+                f"{obs.canary_ready}/{want} canary pods ready after {int(waited.total_seconds())}s",
+                {"canaryReady": float(obs.canary_ready)},
+            )
+            return
+        text = f"waiting for {st.canary_version} pods: {obs.canary_ready}/{want} ready"
+        self.set_phase("Progressing", WAITING_FOR_CANARY, text)
+        self.weight(step.weight)
+
+    def judge_step(self, index: int, result: an.Result | None) -> None:
+        """After the step's pause: a pass moves on (or promotes after the last step),
+        an inconclusive window pauses the rollout until traffic or a person decides."""
+        st, steps = self.st, self.spec.canary.steps
+        step = steps[index]
+        self.weight(step.weight)
+        self.cond("TrafficSplit", "True", self.split.reason, self.split_message(step.weight))
+        elapsed = (self.now - (st.step_started_at or self.now)).total_seconds()
         if elapsed < parse_duration(step.pause) and st.phase != "Paused":
             text = f"step {index + 1}/{len(steps)}: analysing, {int(elapsed)}s of {step.pause}"
-            self.set_phase("Progressing", "Analysing", text)
+            self.set_phase("Progressing", ANALYSING, text)
             return
         if result is None:  # decided without a fresh analysis (an event): hold the step
             return
@@ -508,18 +570,9 @@ class _Machine:
             return
         text = f"step {index + 1}/{len(steps)} paused: {result.message}"
         if st.phase != "Paused":
-            self.event("Warning", "RolloutPaused", text)
+            self.event("Warning", ROLLOUT_PAUSED, text)
         self.set_phase("Paused", result.reason, text)
-        self.cond("Progressing", "True", "Paused", text)
-
-    def total(self) -> int:
-        return self.obs.stable_desired if self.spec.autoscaling else self.spec.replicas
-
-    def split_reason(self) -> str:
-        return self.split.reason
-
-    def split_message(self, desired: int) -> str:
-        return f"canary {self.st_effective()}% by {self.split.means} (asked {desired}%)"
+        self.cond("Progressing", "True", PAUSED, text)
 
     def finish(self) -> None:
         st, obs = self.st, self.obs
@@ -533,16 +586,16 @@ class _Machine:
                 desired=st.canary_weight.desired, effective=self.st_effective()
             )
         if obs.stable_ready > 0:
-            self.cond("Ready", "True", "Serving", f"{obs.stable_ready} stable pods ready")
+            self.cond("Ready", "True", SERVING, f"{obs.stable_ready} stable pods ready")
         elif self.spec.replicas == 0:
-            self.cond("Ready", "True", "ScaledToZero", "spec.replicas is 0")
+            self.cond("Ready", "True", SCALED_TO_ZERO, "spec.replicas is 0")
         else:
-            self.cond("Ready", "False", "NoReadyPods", f"no ready pod serves {st.stable_version}")
+            self.cond("Ready", "False", NO_READY_PODS, f"no ready pod serves {st.stable_version}")
         if not obs.traffic_ok:
             self.cond("TrafficSplit", "False", obs.traffic_reason, obs.traffic_message)
         elif st.canary_version is None:
             self.cond(
-                "TrafficSplit", "True", self.split_reason(), "all traffic on the stable version"
+                "TrafficSplit", "True", self.split.reason, "all traffic on the stable version"
             )
 
 

@@ -1,0 +1,101 @@
+"""Reading the serving pods' own /metrics for the canary analysis, and the window it counts.
+
+Real HTTP from the operator to each pod of both tracks, bounded in time and size and
+parsed off the event loop: whatever a pod serves, the operator never stalls on it. The
+analysis of a step counts each pod's counters since the step began, so the scrape at the
+start of a step is kept as that window's baseline (`AnalysisWindows`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from orchard.api.modeldeployment import ModelDeployment, ModelDeploymentStatus
+from orchard.decisions import metrics_text as mt
+from orchard.decisions import observing as ob
+
+SCRAPE_TIMEOUT = 2.0
+MAX_SCRAPE_BYTES = 4 * 1024 * 1024  # a serving pod's /metrics is tens of KB
+
+WindowKey = tuple[str | None, str | None, bool]
+
+
+async def _scrape(client: httpx.AsyncClient, pod: Mapping[str, Any], port: int) -> mt.Scrape | str:
+    """A pod's metrics, or why they cannot be had."""
+    ip = (pod.get("status") or {}).get("podIP")
+    if not ip:
+        return "no pod IP"
+    try:
+        async with client.stream("GET", f"http://{ip}:{port}/metrics") as resp:
+            resp.raise_for_status()
+            chunks, size = [], 0
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_SCRAPE_BYTES:
+                    return f"metrics larger than {MAX_SCRAPE_BYTES} bytes"
+                chunks.append(chunk)
+        return await asyncio.to_thread(mt.parse_scrape, b"".join(chunks).decode("utf-8", "replace"))
+    except httpx.HTTPStatusError as err:
+        return f"/metrics answered {err.response.status_code}"
+    except httpx.HTTPError as err:
+        return f"/metrics unreachable: {type(err).__name__}"
+    except mt.MetricsTextError as err:
+        return f"/metrics unreadable: {err}"[:200]
+
+
+async def scrape_tracks(
+    pods: list[dict[str, Any]], status: ModelDeploymentStatus, port: int
+) -> tuple[dict[str, mt.Scrape], dict[str, str]]:
+    """Each serving pod's metrics by pod name, and why a ready pod's could not be read
+    (a pod that is not ready serves no traffic, so its silence is no loss)."""
+    wanted = [
+        p
+        for p in ob.serving_pods(pods, status)
+        if not p.get("metadata", {}).get("deletionTimestamp")
+    ]
+    async with httpx.AsyncClient(timeout=SCRAPE_TIMEOUT, trust_env=False) as client:
+        results = await asyncio.gather(*(_scrape(client, p, port) for p in wanted))
+    scrapes: dict[str, mt.Scrape] = {}
+    failures: dict[str, str] = {}
+    for pod, got in zip(wanted, results, strict=True):
+        name = str(pod["metadata"]["name"])
+        if isinstance(got, str):
+            if ob.pod_ready(pod):
+                failures[name] = got
+        else:
+            scrapes[name] = got
+    return scrapes, failures
+
+
+class AnalysisWindows:
+    """Per ModelDeployment, each pod's scrape when its current step's window began.
+
+    Kept in memory only: after an operator restart a window counts from each pod's start
+    instead (canary pods start with the rollout), which widens it but never fakes it.
+    """
+
+    def __init__(self) -> None:
+        self._windows: dict[tuple[str, str], tuple[WindowKey, dict[str, mt.Scrape]]] = {}
+
+    @staticmethod
+    def _id(md: ModelDeployment) -> tuple[str, str]:
+        return str(md.metadata.namespace), str(md.metadata.name)
+
+    def baseline(self, md: ModelDeployment) -> dict[str, mt.Scrape]:
+        """The scrapes the current step counts from ({} when it began unseen)."""
+        key, scrapes = self._windows.get(self._id(md), (None, {}))
+        return scrapes if key == ob.window_key(md.status) else {}
+
+    def advance(
+        self, md: ModelDeployment, new: ModelDeploymentStatus, scrapes: Mapping[str, mt.Scrape]
+    ) -> None:
+        """A decision entered a new step: its window starts with this tick's scrapes."""
+        if ob.window_key(new) != ob.window_key(md.status):
+            self._windows[self._id(md)] = (ob.window_key(new), dict(scrapes))
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._windows.pop((namespace, name), None)

@@ -1,0 +1,143 @@
+"""What a ModelDeployment's decision asks of the cluster, applied: its serving
+Deployments, Services, autoscaler and route weight; its status and events; and the
+`usedBy` of the ModelVersions it serves.
+
+Every object applied is built by `orchard.builders.serving` from spec and status alone,
+so applying them again is harmless and a restarted operator converges on the same ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from orchard import kube
+from orchard.api.common import API_VERSION, status_patch, to_k8s
+from orchard.api.modeldeployment import ModelDeployment, ModelDeploymentStatus
+from orchard.api.modelversion import ModelVersion
+from orchard.builders import serving as sv
+from orchard.decisions import observing as ob
+from orchard.decisions import rollout as ro
+from orchard.decisions.modelversion import deployments_using
+
+from .traffic_routes import set_route_weight
+
+HPA_API_VERSION = "autoscaling/v2"
+
+
+async def _versions(
+    wanted: tuple[str | None, ...], reads: ob.Reads, namespace: str
+) -> dict[str, ModelVersion]:
+    """The ModelVersions the status serves: as read this tick, else fetched now."""
+    found: dict[str, ModelVersion] = {}
+    for name in {n for n in wanted if n}:
+        body = reads.versions.get(name)
+        if name not in reads.versions:
+            body = await kube.get(API_VERSION, "ModelVersion", name, namespace)
+        mv, _ = ob.version_info(name, body)
+        if mv is not None:
+            found[name] = mv
+    return found
+
+
+async def ensure_children(
+    md: ModelDeployment,
+    status: ModelDeploymentStatus,
+    reads: ob.Reads,
+    obs: ro.Observations,
+    now: dt.datetime,
+    logger: kopf.Logger,
+) -> None:
+    """Apply what the status asks for: Deployments, Services, HPA, HTTPRoute weights.
+
+    Raises `sv.UnsupportedArtifact` for a version no serving pod can read.
+    """
+    settings = sv.ServerSettings.from_env()
+    spec, name, namespace = md.spec, str(md.metadata.name), str(md.metadata.namespace)
+    versions = await _versions((status.stable_version, status.canary_version), reads, namespace)
+    total = obs.stable_desired if spec.autoscaling else spec.replicas
+    stable_mv = versions.get(status.stable_version or "")
+    if stable_mv is not None:
+        replicas = None if spec.autoscaling else ro.stable_replicas(spec, status, total)
+        await kube.apply(sv.deployment(md, "stable", stable_mv, replicas, settings))
+    else:
+        logger.info("stable version %s not found yet", status.stable_version)
+    canary_mv = versions.get(status.canary_version or "")
+    canary_now = int(((reads.canary_deployment or {}).get("spec") or {}).get("replicas") or 0)
+    if status.canary_version and canary_mv is not None:
+        replicas = ro.canary_replicas(spec, status, total)
+        await kube.apply(sv.deployment(md, "canary", canary_mv, replicas, settings))
+    elif canary_now:  # scale the canary away (its Deployment stays, at zero pods)
+        await kube.merge_patch(
+            "apps/v1",
+            "Deployment",
+            sv.deployment_name(name, "canary"),
+            namespace,
+            {"spec": {"replicas": 0}},
+        )
+    for svc in sv.services(md):
+        await kube.apply(svc)
+    hpa = sv.hpa(md)
+    if hpa is not None:
+        await kube.apply(hpa)
+    else:
+        await _remove_own_hpa(md)
+    if reads.traffic.route is not None:
+        await set_route_weight(md, status, reads.traffic.route, now, obs.canary_ready_since, logger)
+
+
+async def _remove_own_hpa(md: ModelDeployment) -> None:
+    """Autoscaling was turned off: remove the autoscaler this deployment made (only it:
+    one of the same name that someone else made is left alone)."""
+    name, namespace = sv.hpa_name(str(md.metadata.name)), str(md.metadata.namespace)
+    existing = await kube.get(HPA_API_VERSION, "HorizontalPodAutoscaler", name, namespace)
+    owners = ((existing or {}).get("metadata") or {}).get("ownerReferences") or []
+    if any(ref.get("uid") == md.metadata.uid for ref in owners):
+        await kube.delete(HPA_API_VERSION, "HorizontalPodAutoscaler", name, namespace)
+
+
+async def write_status(
+    body: Mapping[str, Any],
+    old: ModelDeploymentStatus,
+    decision: ro.Decision,
+    logger: kopf.Logger,
+) -> None:
+    """Patch what changed in status, then post the decision's events."""
+    meta = body["metadata"]
+    patch = status_patch(to_k8s(old), to_k8s(decision.status))
+    if patch:
+        await kube.patch_status("ModelDeployment", meta["name"], meta["namespace"], patch)
+    for event in decision.events:
+        logger.info("%s: %s", event.reason, event.message)
+        try:
+            await kube.post_event(dict(body), event.reason, event.message, type_=event.type)
+        except kube.KubeError as err:
+            logger.warning("cannot post event %s: %s", event.reason, err)
+
+
+async def update_used_by(namespace: str, versions: set[str], exclude: str | None = None) -> None:
+    """Keep ModelVersion status.usedBy in step with the ModelDeployments that use them."""
+    if not versions:
+        return
+    mds = await kube.list_objects(API_VERSION, "ModelDeployment", namespace)
+    mds = [m for m in mds if m.get("metadata", {}).get("name") != exclude]
+    for version in sorted(versions):
+        body = await kube.get(API_VERSION, "ModelVersion", version, namespace)
+        if body is None:
+            continue
+        users = deployments_using(version, mds)
+        if sorted((body.get("status") or {}).get("usedBy") or []) != users:
+            await kube.patch_status("ModelVersion", version, namespace, {"usedBy": users})
+
+
+async def versions_changed(
+    namespace: str, old: ModelDeploymentStatus, new: ModelDeploymentStatus
+) -> None:
+    """The versions served changed: each one's usedBy, old and new, follows."""
+    if (old.stable_version, old.canary_version) == (new.stable_version, new.canary_version):
+        return
+    used = {old.stable_version, old.canary_version, new.stable_version, new.canary_version}
+    await update_used_by(namespace, {v for v in used if v})

@@ -1,0 +1,312 @@
+"""The ModelDeployment controller's I/O layer (read → decide → ensure → write status)
+against an in-memory `orchard.kube` (tests/unit/fake_kube.py).
+
+What is real: the handler code, the pure decisions and builders, and, for the canary's
+window, HTTP to a loopback server that answers /metrics with the model server's own
+exposition. What is not: the API server (the api and e2e tiers run the same code
+against a real one).
+"""
+
+from __future__ import annotations
+
+import copy
+import http.server
+import inspect
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_kube import VERBS, FakeKube
+
+from orchard import kube
+from orchard.handlers import modeldeployment as h
+from orchard.serving.metrics import Metrics
+
+NS = "ml"
+log = logging.getLogger("test")
+
+
+def version(name: str, number: int, accuracy: float = 0.95, uri: str = "") -> dict[str, Any]:
+    return {
+        "apiVersion": kube.API_VERSION,
+        "kind": "ModelVersion",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "model": "iris",
+            "version": number,
+            "task": "classification",
+            "artifact": {
+                "uri": uri or f"pvc://orchard-models/iris/{number}",
+                "digest": "sha256:" + "0" * 64,
+            },
+            "framework": {"name": "scikit-learn", "version": "1.9.1"},
+            "metrics": {"accuracy": accuracy},
+        },
+        "status": {"phase": "Ready"},
+    }
+
+
+def deployment(model_version: str = "iris-v1", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": kube.API_VERSION,
+        "kind": "ModelDeployment",
+        "metadata": {"name": "iris", "namespace": NS},
+        "spec": {"modelVersion": model_version, "replicas": 2, **spec},
+    }
+
+
+def pod(name: str, track: str, version: str, ip: str = "10.0.0.1") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "labels": {
+                "orchard.dev/modeldeployment": "iris",
+                "orchard.dev/track": track,
+                "orchard.dev/model-version": version,
+            },
+        },
+        "status": {
+            "podIP": ip,
+            "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+            ],
+        },
+    }
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeKube:
+    monkeypatch.setenv("ORCHARD_POLICY_FILE", str(tmp_path / "no-policy.yaml"))  # defaults
+    fake = FakeKube().install(monkeypatch)
+    fake.add(version("iris-v1", 1))
+    return fake
+
+
+async def reconcile() -> dict[str, Any]:
+    await h.reconcile(NS, "iris", log)  # type: ignore[arg-type]
+    status = (await kube.get(kube.API_VERSION, "ModelDeployment", "iris", NS) or {})["status"]
+    return dict(status)
+
+
+def test_the_fake_has_the_real_verbs() -> None:
+    for verb in (*VERBS, "post_event"):
+        real, fake = (
+            inspect.signature(getattr(kube, verb)),
+            inspect.signature(getattr(FakeKube, verb)),
+        )
+        assert list(fake.parameters)[1:] == list(real.parameters), verb
+
+
+async def test_a_first_version_gets_its_deployment_services_and_users(cluster: FakeKube) -> None:
+    cluster.add(deployment())
+    status = await reconcile()
+    assert (status["phase"], status["reason"], status["stableVersion"]) == (
+        "Pending",
+        "Deploying",
+        "iris-v1",
+    )
+    stable = cluster.find("Deployment", "iris-stable")
+    assert stable is not None and stable["spec"]["replicas"] == 2
+    owner = stable["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"]) == ("ModelDeployment", "iris")
+    assert cluster.find("Service", "iris") is not None
+    assert cluster.find("Deployment", "iris-canary") is None
+    assert cluster.reasons() == ["Deploying"]
+    assert cluster.find("ModelVersion", "iris-v1")["status"]["usedBy"] == ["iris"]  # type: ignore[index]
+
+    cluster.add(pod("iris-stable-a", "stable", "iris-v1"))
+    status = await reconcile()
+    assert (status["phase"], status["readyReplicas"]) == ("Stable", 1)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Serving")
+    assert status["observedGeneration"] == 1
+
+    writes = len(cluster.writes)
+    await reconcile()  # nothing changed: children re-applied, no status patch, no event
+    assert ("patch_status", "ModelDeployment", "iris") not in cluster.writes[writes:]
+    assert cluster.reasons() == ["Deploying"]
+
+
+async def test_a_new_version_starts_a_canary_beside_the_stable(cluster: FakeKube) -> None:
+    cluster.add(deployment())
+    cluster.add(pod("iris-stable-a", "stable", "iris-v1"))
+    await reconcile()
+    await reconcile()
+    cluster.add(version("iris-v2", 2, accuracy=0.96))
+    body = cluster.find("ModelDeployment", "iris")
+    assert body is not None
+    await kube.merge_patch(
+        kube.API_VERSION, "ModelDeployment", "iris", NS, {"spec": {"modelVersion": "iris-v2"}}
+    )
+    status = await reconcile()
+    assert (status["phase"], status["canaryVersion"], status["currentStep"]) == (
+        "Progressing",
+        "iris-v2",
+        0,
+    )
+    assert cluster.reasons()[-3:] == ["RolloutStarted", "MetricCheckPassed", "StepStarted"]
+    canary = cluster.find("Deployment", "iris-canary")
+    assert canary is not None and canary["spec"]["replicas"] >= 1
+    users = cluster.find("ModelVersion", "iris-v2")["status"]["usedBy"]  # type: ignore[index]
+    assert users == ["iris"]
+
+
+async def test_a_worse_registered_metric_is_rolled_back_before_any_traffic(
+    cluster: FakeKube,
+) -> None:
+    cluster.add(deployment())
+    cluster.add(pod("iris-stable-a", "stable", "iris-v1"))
+    await reconcile()
+    cluster.add(version("iris-v2", 2, accuracy=0.50))
+    await kube.merge_patch(
+        kube.API_VERSION, "ModelDeployment", "iris", NS, {"spec": {"modelVersion": "iris-v2"}}
+    )
+    status = await reconcile()
+    assert (status["phase"], status["reason"]) == ("RolledBack", "MetricDrop")
+    assert status["lastRollback"]["metrics"]["candidate"] == 0.5
+    assert cluster.find("Deployment", "iris-canary") is None  # no pod was ever made
+
+
+async def test_turning_autoscaling_off_removes_only_its_own_autoscaler(
+    cluster: FakeKube,
+) -> None:
+    auto = deployment(autoscaling={"minReplicas": 1, "maxReplicas": 3})
+    cluster.add(auto)
+    await reconcile()
+    hpa = cluster.find("HorizontalPodAutoscaler", "iris")
+    assert hpa is not None and hpa["spec"]["maxReplicas"] == 3
+    await kube.merge_patch(
+        kube.API_VERSION, "ModelDeployment", "iris", NS, {"spec": {"autoscaling": None}}
+    )
+    await reconcile()
+    assert cluster.find("HorizontalPodAutoscaler", "iris") is None
+
+    someone_elses = copy.deepcopy(hpa)
+    someone_elses["metadata"]["ownerReferences"] = [{"uid": "another-owner"}]
+    cluster.add(someone_elses)
+    await reconcile()
+    assert cluster.find("HorizontalPodAutoscaler", "iris") is not None
+
+
+async def test_a_version_no_serving_pod_can_read_is_degraded_once(cluster: FakeKube) -> None:
+    cluster.add(version("iris-gs", 3, uri="https://models.example/iris/3"))
+    cluster.add(deployment("iris-gs"))
+    status = await reconcile()
+    assert (status["phase"], status["reason"]) == ("Degraded", "UnsupportedArtifact")
+    assert "https://models.example/iris/3" in status["message"]
+    await reconcile()
+    assert cluster.reasons() == ["UnsupportedArtifact"]  # said once, not every tick
+
+
+async def test_a_spec_the_operator_cannot_read_ends_in_a_condition_and_one_event(
+    cluster: FakeKube,
+) -> None:
+    cluster.add(deployment(replicas="many"))  # the API server would refuse it: CRD skew
+    status = await reconcile()
+    assert (status["phase"], status["reason"]) == ("Degraded", "SchemaMismatch")
+    await reconcile()
+    assert cluster.reasons() == ["SchemaMismatch"]
+    assert cluster.find("Deployment", "iris-stable") is None
+
+
+async def test_the_admins_policy_refuses_a_server_image_of_its_own(cluster: FakeKube) -> None:
+    cluster.add(deployment(server={"image": "elsewhere/server:1"}))
+    status = await reconcile()
+    assert (status["phase"], status["reason"]) == ("Degraded", "PolicyViolation")
+    assert "spec.server.image" in status["message"]
+    assert cluster.find("Deployment", "iris-stable") is None
+    assert cluster.reasons() == ["PolicyViolation"]
+
+
+async def test_gateway_mode_without_the_gateway_api_says_so(cluster: FakeKube) -> None:
+    cluster.not_served.add("HTTPRoute")
+    cluster.add(deployment(traffic={"mode": "gatewayAPI", "httpRoute": {"name": "iris"}}))
+    status = await reconcile()
+    split = next(c for c in status["conditions"] if c["type"] == "TrafficSplit")
+    assert (split["status"], split["reason"]) == ("False", "GatewayAPIUnavailable")
+
+
+async def test_deleting_a_deployment_takes_it_out_of_used_by(cluster: FakeKube) -> None:
+    cluster.add(deployment())
+    await reconcile()
+    status = {"stableVersion": "iris-v1"}
+    await h.deleted(namespace=NS, name="iris", status=status)
+    assert cluster.find("ModelVersion", "iris-v1")["status"]["usedBy"] == []  # type: ignore[index]
+
+
+# --- The canary's window, over real HTTP ------------------------------------------------
+
+
+class _Pods:
+    """A loopback /metrics per pod address, each the model server's own exposition."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, Metrics] = {}
+
+    def handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        pods = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = pods.metrics[self.server.server_address[0]].render()  # type: ignore[index]
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def serving_pods() -> Iterator[tuple[int, _Pods]]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    pods = _Pods()
+    servers = []
+    for ip in ("127.0.0.1", "127.0.0.2"):
+        pods.metrics[ip] = Metrics("iris")
+        server = http.server.ThreadingHTTPServer((ip, port), pods.handler())
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    yield port, pods
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_step_counts_only_the_requests_since_it_began(
+    cluster: FakeKube, serving_pods: tuple[int, _Pods]
+) -> None:
+    port, pods = serving_pods
+    stable_metrics, canary_metrics = pods.metrics["127.0.0.1"], pods.metrics["127.0.0.2"]
+    for _ in range(500):  # served before the rollout: not the canary step's business
+        stable_metrics.observe_request("v2_infer", 200, 0.003)
+    cluster.add(deployment(server={"port": port}))
+    cluster.add(pod("iris-stable-a", "stable", "iris-v1", ip="127.0.0.1"))
+    await reconcile()
+    cluster.add(version("iris-v2", 2))
+    await kube.merge_patch(
+        kube.API_VERSION, "ModelDeployment", "iris", NS, {"spec": {"modelVersion": "iris-v2"}}
+    )
+    await reconcile()  # step 0 entered; the window's baseline is this tick's scrape
+    cluster.add(pod("iris-canary-a", "canary", "iris-v2", ip="127.0.0.2"))
+    await reconcile()  # canary ready: the step's clock starts
+    for _ in range(7):
+        stable_metrics.observe_request("v2_infer", 200, 0.003)
+        canary_metrics.observe_request("v2_infer", 200, 0.003)
+    status = await reconcile()
+    analysis = status["analysis"]
+    assert analysis["stable"]["requests"] == 7
+    assert analysis["canary"]["requests"] == 7
+    assert analysis["verdict"] == "Inconclusive"  # 14 requests: fewer than minRequests
