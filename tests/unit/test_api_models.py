@@ -73,6 +73,22 @@ def test_snake_case_in_python_camel_case_on_the_wire() -> None:
     assert TrainingJob.model_validate(to_k8s(tj)).spec.evaluation.test_size == 0.25
 
 
+def test_the_minimal_trainingjob_is_model_dataset_and_estimator() -> None:
+    tj = TrainingJob.model_validate(
+        {
+            "kind": "TrainingJob",
+            "metadata": {"name": "iris"},
+            "spec": {
+                "model": "iris",
+                "dataset": {"builtin": "iris"},
+                "estimator": {"name": "RandomForestClassifier"},
+            },
+        }
+    )
+    assert tj.spec.artifacts is None  # the operator's default store, or NoArtifactStore
+    assert "artifacts" not in to_k8s(tj.spec)
+
+
 def test_defaults_fill_in() -> None:
     md = ModelDeployment.model_validate(
         {"kind": "ModelDeployment", "metadata": {"name": "m"}, "spec": {"modelVersion": "m-v1"}}

@@ -21,7 +21,7 @@ from orchard.api.modelversion import (
     ModelVersionSpec,
     Source,
 )
-from orchard.api.trainingjob import TrainingJob
+from orchard.api.trainingjob import Artifacts, TrainingJob
 from orchard.artifacts.redact import redact_uri
 from orchard.builders.training import (
     MANAGED_BY,
@@ -76,9 +76,13 @@ def version_name(model: str, version: int) -> str:
     return f"{model}-v{version}"
 
 
-def model_version(tj: TrainingJob, result: TrainerResult, version: int) -> dict[str, Any]:
+def model_version(
+    tj: TrainingJob, result: TrainerResult, version: int, store: Artifacts | None
+) -> dict[str, Any]:
     """The ModelVersion registering a TrainingJob's (best) result as version `version`.
 
+    `store` is the store the run wrote to (spec.artifacts or the operator's default): the
+    artifact is where the trainer reported it, read back with the store's Secret.
     Validated through the API model, so a malformed trainer report fails here with a
     clear error instead of at the API server.
     """
@@ -105,7 +109,7 @@ def model_version(tj: TrainingJob, result: TrainerResult, version: int) -> dict[
         artifact=ModelArtifact(
             uri=result.artifact_uri,
             digest=result.digest,
-            secret_name=tj.spec.artifacts.secret_name,
+            secret_name=store.secret_name if store is not None else None,
         ),
         framework=Framework(**(result.framework or DEFAULT_FRAMEWORK)),
         metrics=result.metrics,

@@ -16,9 +16,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+from pydantic import ValidationError
 
 from orchard.api.common import API_VERSION, GROUP, to_k8s
-from orchard.api.trainingjob import Search, TrainingJob
+from orchard.api.trainingjob import DEFAULT_ARTIFACTS_ENV, Artifacts, Search, TrainingJob
 from orchard.artifacts.store import DEFAULT_PVC_ROOT, LOCAL_ROOTS_ENV, PVC_ROOT_ENV
 
 DEFAULT_TRAINER_IMAGE = "localhost/orchard/trainer:dev"
@@ -40,18 +41,38 @@ MANAGED_BY = "orchard-operator"
 
 @dataclass(frozen=True)
 class TrainerSettings:
-    """Operator-wide settings of the pods that train and verify."""
+    """Operator-wide settings of the pods that train and verify.
+
+    `default_artifacts` is where a TrainingJob without spec.artifacts writes; like the
+    trainer image it is the admin's own setting, so the policy does not check it.
+    """
 
     image: str = DEFAULT_TRAINER_IMAGE
     image_pull_policy: str = "IfNotPresent"
+    default_artifacts: Artifacts | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TrainerSettings:
+        """The settings in the environment; ValueError for a default store that is no
+        artifact store URI (the operator refuses to start with it)."""
         env = os.environ if env is None else env
         return cls(
             image=env.get(TRAINER_IMAGE_ENV) or DEFAULT_TRAINER_IMAGE,
             image_pull_policy=env.get(TRAINER_PULL_POLICY_ENV) or "IfNotPresent",
+            default_artifacts=_default_artifacts(env.get(DEFAULT_ARTIFACTS_ENV) or None),
         )
+
+
+def _default_artifacts(uri: str | None) -> Artifacts | None:
+    if uri is None:
+        return None
+    try:
+        return Artifacts(uri=uri)
+    except ValidationError as exc:
+        raise ValueError(
+            f"{DEFAULT_ARTIFACTS_ENV}={uri!r} is not an artifact store URI "
+            "(pvc://<claim>/<prefix>, s3://<bucket>/<prefix> or file:///<path>)"
+        ) from exc
 
 
 def bounded_name(base: str, suffix: str = "", limit: int = 63) -> str:
@@ -119,11 +140,11 @@ def trial_count(search: Search) -> int:
     return max(1, min(combinations, search.max_trials))
 
 
-def output_uri(tj: TrainingJob) -> str:
-    """Where the trainer writes: `<artifacts.uri>/<model>/<name>-<uid prefix>` (a search adds
+def output_uri(tj: TrainingJob, store: Artifacts) -> str:
+    """Where the trainer writes: `<store uri>/<model>/<name>-<uid prefix>` (a search adds
     `/trial-<N>`). The uid keeps a re-created TrainingJob of the same name from ever
     overwriting an artifact a ModelVersion already pins."""
-    root = tj.spec.artifacts.uri.rstrip("/")
+    root = store.uri.rstrip("/")
     uid = str(tj.metadata.uid or "").replace("-", "")[:8]
     run = f"{tj.metadata.name}-{uid}" if uid else str(tj.metadata.name)
     return f"{root}/{tj.spec.model}/{run}"
@@ -231,13 +252,16 @@ def secret_env(artifacts_secret: str | None, dataset_secret: str | None) -> list
     return out
 
 
-def training_job(tj: TrainingJob, settings: TrainerSettings | None = None) -> dict[str, Any]:
-    """The batch/v1 Job that trains a TrainingJob (one Indexed Job for a search)."""
+def training_job(
+    tj: TrainingJob, store: Artifacts, settings: TrainerSettings | None = None
+) -> dict[str, Any]:
+    """The batch/v1 Job that trains a TrainingJob (one Indexed Job for a search) and
+    writes to `store` (spec.artifacts or the operator's default, `decisions.training`)."""
     settings = settings or TrainerSettings()
     spec = tj.spec
     name = job_name(tj)
     volumes, mounts = claim_volumes(
-        read_write=[pvc_claim(spec.artifacts.uri)], read_only=[pvc_claim(spec.dataset.uri)]
+        read_write=[pvc_claim(store.uri)], read_only=[pvc_claim(spec.dataset.uri)]
     )
     volumes = [
         {"name": "tmp", "emptyDir": {}},
@@ -254,14 +278,14 @@ def training_job(tj: TrainingJob, settings: TrainerSettings | None = None) -> di
         "image": spec.image or settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["orchard", "train"],
-        "args": ["-f", f"{SPEC_DIR}/{SPEC_FILE}", "--output", output_uri(tj)],
+        "args": ["-f", f"{SPEC_DIR}/{SPEC_FILE}", "--output", output_uri(tj, store)],
         "env": base_env(),
         "volumeMounts": mounts,
         "securityContext": restricted_container_security(),
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if env_from := secret_env(spec.artifacts.secret_name, spec.dataset.secret_name):
+    if env_from := secret_env(store.secret_name, spec.dataset.secret_name):
         container["envFrom"] = env_from
     if spec.resources:
         container["resources"] = dict(spec.resources)

@@ -17,7 +17,9 @@ from typing import Any, Literal
 
 from orchard.api.common import Condition, set_condition
 from orchard.api.trainingjob import (
+    DEFAULT_ARTIFACTS_ENV,
     ArtifactRef,
+    Artifacts,
     PrimaryMetric,
     Search,
     TrainingJobSpec,
@@ -55,6 +57,12 @@ BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 JOB_MISSING = "JobMissing"
 GATE_FAILED = "GateFailed"
 UNSCHEDULABLE = "Unschedulable"
+NO_ARTIFACT_STORE = "NoArtifactStore"
+NO_ARTIFACT_STORE_MESSAGE = (
+    "no artifact store: the spec has no artifacts.uri and the operator no default "
+    f"({DEFAULT_ARTIFACTS_ENV}); set spec.artifacts.uri (pvc://<claim>/<prefix> or "
+    "s3://<bucket>/<prefix>) in a new TrainingJob, or ask the admin for a default store"
+)
 
 
 def clip(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -73,6 +81,15 @@ def parse_time(value: Any) -> datetime | None:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+# --- Where the run writes --------------------------------------------------------
+
+
+def artifact_store(spec: TrainingJobSpec, default: Artifacts | None) -> Artifacts | None:
+    """The store a run writes to: the spec's own, else the operator's default; None when
+    there is neither, and the TrainingJob fails (NO_ARTIFACT_STORE) before a Job exists."""
+    return spec.artifacts if spec.artifacts is not None else default
 
 
 # --- The trainer's termination message ------------------------------------------
