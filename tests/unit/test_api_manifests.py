@@ -91,7 +91,7 @@ def test_samples_kustomization_lists_one_of_each_kind() -> None:
 def test_the_default_artifact_store_is_the_claim_the_samples_make(overlay: str) -> None:
     """The minimal TrainingJob (the sample, no spec.artifacts) writes to the operator's
     default store: the claim manifests/samples makes in the user's namespace."""
-    from orchard.builders.training import TrainerSettings, pvc_claim
+    from orchard.builders.common import TrainerSettings, pvc_claim
 
     deploy = by_kind(render(overlay))[("Deployment", "orchard-operator")]
     (container,) = deploy["spec"]["template"]["spec"]["containers"]

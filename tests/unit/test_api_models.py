@@ -19,6 +19,7 @@ from orchard.api import (
     get_condition,
     is_true,
     parse_duration,
+    parse_timestamp,
     set_condition,
     to_k8s,
 )
@@ -186,6 +187,18 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["2026-11-27T10:00:00Z", "2026-11-27T10:00:00+00:00", "2026-11-27T10:00:00.000Z"]
+)
+def test_parse_timestamp_reads_what_the_api_server_writes(text: str) -> None:
+    assert parse_timestamp(text) == datetime(2026, 11, 27, 10, tzinfo=UTC)
+
+
+def test_parse_timestamp_refuses() -> None:
+    with pytest.raises(ValueError):
+        parse_timestamp("yesterday")
 
 
 def test_estimator_enum_is_the_classifiers_and_regressors() -> None:

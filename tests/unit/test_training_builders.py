@@ -8,21 +8,14 @@ import pytest
 import yaml
 
 from orchard.api.trainingjob import Artifacts, TrainingJob
+from orchard.builders.common import TrainerSettings, bounded_name
 from orchard.builders.modelversion import (
     TRAININGJOB_UID_LABEL,
     model_version,
     verify_job,
     version_name,
 )
-from orchard.builders.training import (
-    TrainerSettings,
-    bounded_name,
-    config_map,
-    job_name,
-    pvc_claim,
-    training_job,
-    trial_count,
-)
+from orchard.builders.training import config_map, job_name, training_job, trial_count
 from orchard.decisions.training import TrainerResult
 
 UID = "6f1c1a1e-0000-4000-8000-000000000001"
@@ -276,20 +269,6 @@ def test_trial_count_agrees_with_the_trainer() -> None:
     assert trial_count(tj.spec.search) == len(trial_list(tj.spec.search, 42)) == 5
 
 
-@pytest.mark.parametrize(
-    ("uri", "claim"),
-    [
-        ("pvc://orchard-artifacts/models", "orchard-artifacts"),
-        ("pvc://c", "c"),
-        ("s3://bucket/x", None),
-        ("file:///tmp/x", None),
-        (None, None),
-    ],
-)
-def test_pvc_claim(uri: str | None, claim: str | None) -> None:
-    assert pvc_claim(uri) == claim
-
-
 def test_names_stay_short_and_stable() -> None:
     long = "a" * 80
     assert bounded_name("short", "-spec") == "short-spec"
@@ -408,21 +387,6 @@ def test_model_version_redacts_a_presigned_dataset_uri() -> None:
 
 
 # --- the operator's default artifact store ----------------------------------------------
-
-
-def test_settings_read_the_default_store() -> None:
-    env = {"ORCHARD_DEFAULT_ARTIFACTS": "pvc://orchard-artifacts/"}
-    assert TrainerSettings.from_env(env).default_artifacts == Artifacts(
-        uri="pvc://orchard-artifacts/"
-    )
-    assert TrainerSettings.from_env({}).default_artifacts is None
-    assert TrainerSettings.from_env({"ORCHARD_DEFAULT_ARTIFACTS": ""}).default_artifacts is None
-
-
-@pytest.mark.parametrize("uri", ["/var/models", "https://models.test/", "s3://models/?x=1"])
-def test_settings_refuse_a_default_store_that_is_no_store(uri: str) -> None:
-    with pytest.raises(ValueError, match="ORCHARD_DEFAULT_ARTIFACTS"):
-        TrainerSettings.from_env({"ORCHARD_DEFAULT_ARTIFACTS": uri})
 
 
 def test_a_spec_without_artifacts_writes_to_the_store_it_is_given() -> None:

@@ -72,6 +72,8 @@ URI_PATTERN = r"^(file|pvc|https?|s3)://.+$"
 ARTIFACTS_URI_PATTERN = r"^(file|pvc|s3)://[^?#]+$"
 # The operator's setting naming the store of a TrainingJob without spec.artifacts.
 DEFAULT_ARTIFACTS_ENV = "ORCHARD_DEFAULT_ARTIFACTS"
+# The container of a training pod: the operator names it so, and reads its report there.
+TRAINER_CONTAINER = "trainer"
 SECRET_NAME_DESC = (
     "Name of a Secret in the same namespace, one the admin's policy lets Orchard mount "
     "(secrets.allowedNames; by default orchard-*),"

@@ -23,12 +23,12 @@ from orchard.api.modelversion import (
 )
 from orchard.api.trainingjob import Artifacts, TrainingJob
 from orchard.artifacts.redact import redact_uri
-from orchard.builders.training import (
-    MANAGED_BY,
+from orchard.builders.common import (
     MODEL_LABEL,
-    PART_OF,
     TRAININGJOB_LABEL,
+    VERIFICATION_COMPONENT,
     TrainerSettings,
+    app_labels,
     base_env,
     bounded_name,
     claim_volumes,
@@ -128,11 +128,8 @@ def model_version(
         "metadata": {
             "name": name,
             "namespace": tj.metadata.namespace,
-            "labels": {
-                "app.kubernetes.io/name": "orchard-model",
-                "app.kubernetes.io/instance": name,
-                "app.kubernetes.io/part-of": PART_OF,
-                "app.kubernetes.io/managed-by": MANAGED_BY,
+            "labels": app_labels("orchard-model", name)
+            | {
                 MODEL_LABEL: tj.spec.model,
                 TRAININGJOB_LABEL: str(tj.metadata.name),
                 TRAININGJOB_UID_LABEL: str(tj.metadata.uid),
@@ -147,12 +144,7 @@ def verify_job_name(mv: ModelVersion) -> str:
 
 
 def verify_labels(mv: ModelVersion) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "orchard-verify",
-        "app.kubernetes.io/instance": str(mv.metadata.name),
-        "app.kubernetes.io/component": "verification",
-        "app.kubernetes.io/part-of": PART_OF,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+    return app_labels("orchard-verify", str(mv.metadata.name), VERIFICATION_COMPONENT) | {
         MODELVERSION_LABEL: str(mv.metadata.name),
         MODEL_LABEL: mv.spec.model,
     }

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from orchard.api.common import parse_timestamp
 from orchard.api.modeldeployment import (
     MODEL_VERSION_LABEL,
     TRACK_LABEL,
@@ -61,7 +62,7 @@ def version_info(
 
 def timestamp(text: str) -> dt.datetime:
     """An RFC 3339 time as the API server writes it ('Z' for UTC)."""
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parse_timestamp(text)
 
 
 def pod_ready(pod: Pod) -> bool:

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from orchard.api.common import Condition, set_condition
+from orchard.api.common import Condition, parse_timestamp, set_condition
 from orchard.api.trainingjob import (
     DEFAULT_ARTIFACTS_ENV,
+    TRAINER_CONTAINER,
     ArtifactRef,
     Artifacts,
     PrimaryMetric,
@@ -31,7 +32,6 @@ from orchard.artifacts.redact import redact_text, redact_uri
 
 # The completion index of a pod of an Indexed Job.
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-TRAINER_CONTAINER = "trainer"
 MAX_TRIALS_IN_STATUS = 50
 MAX_MESSAGE = 1024
 
@@ -72,13 +72,13 @@ def clip(text: str, limit: int = MAX_MESSAGE) -> str:
 
 
 def parse_time(value: Any) -> datetime | None:
-    """A Kubernetes timestamp ("2026-11-27T10:00:00Z") as a datetime, or None."""
+    """An optional status timestamp as a datetime: None when it is missing or unreadable."""
     if not value:
         return None
     if isinstance(value, datetime):
         return value
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return parse_timestamp(str(value))
     except ValueError:
         return None
 

@@ -24,7 +24,7 @@ import yaml
 
 from .. import kube
 from ..api import FINALIZER, GROUP
-from ..builders.training import TrainerSettings
+from ..builders.common import TrainerSettings
 from . import controller_modules, policy
 
 log = logging.getLogger(__name__)

@@ -22,15 +22,18 @@ from pydantic import ValidationError
 from orchard import kube
 from orchard.api.common import API_VERSION, GROUP, VERSION, to_k8s
 from orchard.api.trainingjob import TrainingJob
-from orchard.builders.modelversion import TRAININGJOB_UID_LABEL, model_version, version_name
-from orchard.builders.training import (
+from orchard.builders.common import (
+    COMPONENT_LABEL,
     PART_OF,
+    PART_OF_LABEL,
+    TRAINING_COMPONENT,
     TRAININGJOB_LABEL,
+    VERIFICATION_COMPONENT,
     TrainerSettings,
-    config_map,
-    job_name,
-    training_job,
+    label_selector,
 )
+from orchard.builders.modelversion import TRAININGJOB_UID_LABEL, model_version, version_name
+from orchard.builders.training import config_map, job_name, training_job
 from orchard.decisions import policy as pol
 from orchard.decisions.training import (
     NO_ARTIFACT_STORE,
@@ -61,9 +64,9 @@ RBAC_RULES: list[dict[str, Any]] = [
 ]
 
 POLL_SECONDS = 20.0
-ORCHARD_JOBS = f"app.kubernetes.io/part-of={PART_OF}"
-ORCHARD_BATCH_PODS = (
-    f"app.kubernetes.io/part-of={PART_OF},app.kubernetes.io/component in (training,verification)"
+ORCHARD_JOBS = label_selector({PART_OF_LABEL: PART_OF})
+ORCHARD_BATCH_PODS = label_selector(
+    {PART_OF_LABEL: PART_OF, COMPONENT_LABEL: (TRAINING_COMPONENT, VERIFICATION_COMPONENT)}
 )
 MAX_VERSION_ATTEMPTS = 5
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
