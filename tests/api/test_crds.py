@@ -133,7 +133,7 @@ BAD: list[tuple[str, str, Any, str]] = [
     (TJ, "spec.search", {**SEARCH, "maxTrials": 500}, "spec.search.maxTrials"),
     (TJ, "spec.artifacts.uri", "ftp://store/x/", "spec.artifacts.uri"),
     (TJ, "spec.artifacts.uri", "s3://models/?X-Amz-Signature=abc", "spec.artifacts.uri"),
-    (TJ, "spec.artifacts", _DELETE, "spec.artifacts"),
+    (TJ, "spec.artifacts", {}, "spec.artifacts.uri"),  # optional, but not empty
     (TJ, "spec.backoffLimit", -1, "spec.backoffLimit"),
     (TJ, "spec.estimatorr", {"name": "SVC"}, "spec.estimatorr"),
     (MV, "spec.artifact.digest", "sha256:abc", "spec.artifact.digest"),

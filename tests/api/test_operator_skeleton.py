@@ -436,7 +436,7 @@ async def test_kube_helpers_against_the_api_server(
         tj = await kube.get("orchard.dev/v1alpha1", "TrainingJob", "iris", ns)
         assert tj is not None and tj["spec"]["model"] == "iris"
 
-        from orchard.builders.training import owner_reference
+        from orchard.builders.common import owner_reference
 
         owner = owner_reference("TrainingJob", "iris", tj["metadata"]["uid"])
         child = {

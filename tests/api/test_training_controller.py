@@ -26,7 +26,7 @@ import pytest
 from orchard import kube
 from orchard.api.common import API_VERSION
 from orchard.api.modelversion import ModelVersion
-from orchard.api.trainingjob import TrainingJob
+from orchard.api.trainingjob import Artifacts, TrainingJob
 from orchard.builders.modelversion import verify_job, verify_job_name
 from orchard.builders.training import config_map, job_name, training_job
 from orchard.handlers import modelversion as mv_handlers
@@ -83,6 +83,8 @@ async def fresh_client() -> AsyncIterator[None]:
 
 
 def tj_body(namespace: str, name: str = "iris-rf", **spec: Any) -> dict[str, Any]:
+    """A TrainingJob's body; a field given as None is left out (artifacts=None: the
+    minimal TrainingJob)."""
     base: dict[str, Any] = {
         "model": "iris",
         "dataset": {"builtin": "iris"},
@@ -95,7 +97,7 @@ def tj_body(namespace: str, name: str = "iris-rf", **spec: Any) -> dict[str, Any
         "apiVersion": API_VERSION,
         "kind": "TrainingJob",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": base,
+        "spec": {k: v for k, v in base.items() if v is not None},
     }
 
 
@@ -103,10 +105,16 @@ async def create_tj(namespace: str, name: str = "iris-rf", **spec: Any) -> Train
     return TrainingJob.model_validate(await kube.create(tj_body(namespace, name, **spec)))
 
 
+def own_store(tj: TrainingJob) -> Artifacts:
+    """The store of a TrainingJob that names one, as the controller resolves it."""
+    assert tj.spec.artifacts is not None
+    return tj.spec.artifacts
+
+
 async def create_job(tj: TrainingJob) -> dict[str, Any]:
     """The Job exactly as the controller builds it, but suspended (see module doc)."""
     await tj_handlers._create_once(config_map(tj))
-    job = training_job(tj)
+    job = training_job(tj, own_store(tj))
     job["spec"]["suspend"] = True
     return await kube.create(job)
 
@@ -281,7 +289,7 @@ async def test_built_job_is_accepted_owned_and_created_once(namespace: str) -> N
     tj = await create_tj(namespace)
     assert tj.metadata.uid
     await create_job(tj)
-    again = training_job(tj)
+    again = training_job(tj, own_store(tj))
     with pytest.raises(kube.Conflict):
         await kube.create(again)
     await tj_handlers._create_once(again)  # the handler's path: 409 is fine
@@ -675,3 +683,38 @@ async def test_a_hand_made_model_version_cannot_borrow_a_secret(namespace: str) 
     assert "spec.artifact.secretName" in status["message"] and "db-admin" in status["message"]
     assert await kube.get("batch/v1", "Job", verify_job_name(mv), namespace) is None
     assert events_of(namespace, "PolicyViolation")
+
+
+async def test_a_trainingjob_with_nowhere_to_write_fails_with_no_artifact_store(
+    namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The minimal TrainingJob (no spec.artifacts) on an operator without a default store:
+    the API server accepts it, the controller refuses it before any Job exists, and the
+    condition and the event say what to set."""
+    monkeypatch.delenv("ORCHARD_DEFAULT_ARTIFACTS", raising=False)
+    tj = await create_tj(namespace, artifacts=None)
+    assert tj.spec.artifacts is None
+    body = await get_tj(namespace)
+    await tj_handlers.start(body=kopf.Body(body), namespace=namespace, name="iris-rf", logger=log)
+
+    status = (await get_tj(namespace))["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "NoArtifactStore")
+    assert "spec.artifacts.uri" in status["message"]
+    assert "ORCHARD_DEFAULT_ARTIFACTS" in status["message"]
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == (
+        "False",
+        "NoArtifactStore",
+    )
+    assert (conditions["Failed"]["status"], conditions["Failed"]["reason"]) == (
+        "True",
+        "NoArtifactStore",
+    )
+    assert await kube.get("batch/v1", "Job", job_name(tj), namespace) is None
+    assert await kube.get("v1", "ConfigMap", config_map(tj)["metadata"]["name"], namespace) is None
+    events = events_of(namespace, "NoArtifactStore")
+    assert events and all(
+        e["type"] == "Warning" and "spec.artifacts.uri" in e["message"] for e in events
+    )
+    table = kubectl("get", "tj", "iris-rf", "-n", namespace)
+    assert "Failed" in table and "NoArtifactStore" in table

@@ -87,6 +87,23 @@ def test_samples_kustomization_lists_one_of_each_kind() -> None:
     assert kinds == ["ModelDeployment", "ModelVersion", "PersistentVolumeClaim", "TrainingJob"]
 
 
+@pytest.mark.parametrize("overlay", ["default", "overlays/local"])
+def test_the_default_artifact_store_is_the_claim_the_samples_make(overlay: str) -> None:
+    """The minimal TrainingJob (the sample, no spec.artifacts) writes to the operator's
+    default store: the claim manifests/samples makes in the user's namespace."""
+    from orchard.builders.common import TrainerSettings, pvc_claim
+
+    deploy = by_kind(render(overlay))[("Deployment", "orchard-operator")]
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    store = TrainerSettings.from_env(env).default_artifacts
+    assert store is not None
+    samples = by_kind(render("samples"))
+    claims = [name for kind, name in samples if kind == "PersistentVolumeClaim"]
+    assert claims == [pvc_claim(store.uri)]
+    assert "artifacts" not in samples[("TrainingJob", "iris")]["spec"]
+
+
 def test_operator_image_builds_offline_as_non_root() -> None:
     text = (ROOT / "images" / "operator" / "Dockerfile").read_text()
     assert "ARG BASE_IMAGE" in text and "FROM ${BASE_IMAGE}" in text

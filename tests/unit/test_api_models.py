@@ -19,6 +19,7 @@ from orchard.api import (
     get_condition,
     is_true,
     parse_duration,
+    parse_timestamp,
     set_condition,
     to_k8s,
 )
@@ -71,6 +72,22 @@ def test_snake_case_in_python_camel_case_on_the_wire() -> None:
     assert to_k8s(md.spec)["modelVersion"] == "iris-v1"
     # populate_by_name: Python names work as input too.
     assert TrainingJob.model_validate(to_k8s(tj)).spec.evaluation.test_size == 0.25
+
+
+def test_the_minimal_trainingjob_is_model_dataset_and_estimator() -> None:
+    tj = TrainingJob.model_validate(
+        {
+            "kind": "TrainingJob",
+            "metadata": {"name": "iris"},
+            "spec": {
+                "model": "iris",
+                "dataset": {"builtin": "iris"},
+                "estimator": {"name": "RandomForestClassifier"},
+            },
+        }
+    )
+    assert tj.spec.artifacts is None  # the operator's default store, or NoArtifactStore
+    assert "artifacts" not in to_k8s(tj.spec)
 
 
 def test_defaults_fill_in() -> None:
@@ -170,6 +187,18 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["2026-11-27T10:00:00Z", "2026-11-27T10:00:00+00:00", "2026-11-27T10:00:00.000Z"]
+)
+def test_parse_timestamp_reads_what_the_api_server_writes(text: str) -> None:
+    assert parse_timestamp(text) == datetime(2026, 11, 27, 10, tzinfo=UTC)
+
+
+def test_parse_timestamp_refuses() -> None:
+    with pytest.raises(ValueError):
+        parse_timestamp("yesterday")
 
 
 def test_estimator_enum_is_the_classifiers_and_regressors() -> None:

@@ -53,6 +53,17 @@ def test_command_line() -> None:
         parse("--all-namespaces", "-n", "ml")
 
 
+def test_a_default_artifact_store_that_is_no_store_stops_the_operator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Else every TrainingJob without spec.artifacts would fail on it, one by one."""
+    monkeypatch.setenv("ORCHARD_DEFAULT_ARTIFACTS", "/var/models")
+    monkeypatch.setenv("ORCHARD_POLICY_FILE", "/nonexistent/policy.yaml")  # the default policy
+    memo = kopf.Memo(options=main.Options(metrics_port=0))
+    with pytest.raises(kopf.PermanentError, match="ORCHARD_DEFAULT_ARTIFACTS"):
+        main.startup(settings=kopf.OperatorSettings(), memo=memo, logger=logging.getLogger("t"))
+
+
 def _module(name: str, rules: list[dict[str, list[str]]]) -> ModuleType:
     module = ModuleType(name)
     module.RBAC_RULES = rules  # type: ignore[attr-defined]

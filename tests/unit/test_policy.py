@@ -57,6 +57,8 @@ def test_the_shipped_policy_file_is_the_default_policy() -> None:
 
 def test_the_default_spec_keeps_to_the_default_policy() -> None:
     assert pol.trainingjob_violations(tj_spec(), Policy(), TRAINER) == []
+    # Without spec.artifacts the run writes to the operator's default, the admin's own.
+    assert pol.trainingjob_violations(tj_spec(artifacts=None), Policy(), TRAINER) == []
     assert pol.modelversion_violations(mv_spec(), Policy()) == []
     md = ModelDeploymentSpec(model_version="iris-v1")
     assert pol.modeldeployment_violations(md, Policy(), SERVER) == []

@@ -132,6 +132,35 @@ def test_failures_end_with_a_reason(
     assert not (tmp_path / "out").exists()
 
 
+MINIMAL: dict[str, Any] = {
+    **TRAININGJOB,
+    "spec": {k: TRAININGJOB["spec"][k] for k in ("model", "dataset", "estimator")},
+}
+
+
+def test_the_minimal_trainingjob_trains_with_output_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Model, dataset and estimator: `--output` says where, no spec.artifacts needed."""
+    monkeypatch.setenv("ORCHARD_TERMINATION_LOG", str(tmp_path / "log"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(MINIMAL)))
+    assert main(["train", "-f", "-", "--output", f"file://{tmp_path}/out"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["artifactUri"] == f"file://{tmp_path}/out/"
+    verify_artifact(tmp_path / "out", result["digest"])
+
+
+def test_the_minimal_trainingjob_without_output_has_nowhere_to_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ORCHARD_TERMINATION_LOG", str(tmp_path / "log"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(MINIMAL)))
+    assert main(["train", "-f", "-"]) == 1
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["reason"] == "InvalidSpec"
+    assert "--output" in error["message"] and "spec.artifacts.uri" in error["message"]
+
+
 def test_no_spec_at_all(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "ORCHARD_TRAININGJOB"}
     proc = subprocess.run(

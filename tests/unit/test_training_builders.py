@@ -7,26 +7,20 @@ from typing import Any
 import pytest
 import yaml
 
-from orchard.api.trainingjob import TrainingJob
+from orchard.api.trainingjob import Artifacts, TrainingJob
+from orchard.builders.common import TrainerSettings, bounded_name
 from orchard.builders.modelversion import (
     TRAININGJOB_UID_LABEL,
     model_version,
     verify_job,
     version_name,
 )
-from orchard.builders.training import (
-    TrainerSettings,
-    bounded_name,
-    config_map,
-    job_name,
-    pvc_claim,
-    training_job,
-    trial_count,
-)
+from orchard.builders.training import config_map, job_name, training_job, trial_count
 from orchard.decisions.training import TrainerResult
 
 UID = "6f1c1a1e-0000-4000-8000-000000000001"
 DIGEST = "sha256:" + "ab" * 32
+STORE = Artifacts(uri="pvc://orchard-artifacts/models")  # make_tj's own
 
 
 def make_tj(**spec: Any) -> TrainingJob:
@@ -45,6 +39,12 @@ def make_tj(**spec: Any) -> TrainingJob:
     )
 
 
+def own_store(tj: TrainingJob) -> Artifacts:
+    """The spec's own store, as the handler resolves it when the spec names one."""
+    assert tj.spec.artifacts is not None
+    return tj.spec.artifacts
+
+
 def container(job: dict[str, Any]) -> dict[str, Any]:
     containers: list[dict[str, Any]] = job["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
@@ -52,7 +52,7 @@ def container(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_job_is_owned_labelled_and_restricted() -> None:
-    job = training_job(make_tj())
+    job = training_job(make_tj(), STORE)
     meta = job["metadata"]
     assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
     assert meta["name"] == "penguins-rf" and meta["namespace"] == "ml"
@@ -88,7 +88,7 @@ def test_job_is_owned_labelled_and_restricted() -> None:
 
 
 def test_job_defaults_come_from_spec() -> None:
-    job = training_job(make_tj())
+    job = training_job(make_tj(), STORE)
     assert job["spec"]["backoffLimit"] == 0
     assert job["spec"]["activeDeadlineSeconds"] == 3600
     assert job["spec"]["completions"] == 1
@@ -109,7 +109,7 @@ def test_job_passes_scheduling_and_resources_through() -> None:
         backoffLimit=2,
         activeDeadlineSeconds=600,
     )
-    job = training_job(tj)
+    job = training_job(tj, own_store(tj))
     pod = job["spec"]["template"]["spec"]
     assert container(job)["resources"] == {"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}}
     assert pod["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
@@ -140,7 +140,7 @@ def test_job_passes_scheduling_and_resources_through() -> None:
 def test_image_override_order(
     spec_image: str | None, env: dict[str, str], expected_image: str, policy: str
 ) -> None:
-    job = training_job(make_tj(image=spec_image), TrainerSettings.from_env(env))
+    job = training_job(make_tj(image=spec_image), STORE, TrainerSettings.from_env(env))
     assert container(job)["image"] == expected_image
     assert container(job)["imagePullPolicy"] == policy
 
@@ -166,7 +166,7 @@ def test_claims_are_mounted_where_the_store_looks(
     tj = make_tj(
         dataset={"uri": dataset_uri, "target": "species"}, artifacts={"uri": artifacts_uri}
     )
-    job = training_job(tj)
+    job = training_job(tj, own_store(tj))
     pod = job["spec"]["template"]["spec"]
     mounts = {
         m["mountPath"]: m
@@ -184,7 +184,7 @@ def test_claims_are_mounted_where_the_store_looks(
 def test_spec_reaches_the_trainer_through_a_config_map() -> None:
     tj = make_tj()
     cm = config_map(tj)
-    job = training_job(tj)
+    job = training_job(tj, own_store(tj))
     assert cm["immutable"] is True
     assert cm["metadata"]["ownerReferences"][0]["uid"] == UID
     doc = yaml.safe_load(cm["data"]["trainingjob.yaml"])
@@ -210,12 +210,12 @@ def test_s3_credentials_come_from_secrets() -> None:
         dataset={"uri": "s3://data/penguins.csv", "target": "species", "secretName": "data-s3"},
         artifacts={"uri": "s3://models/", "secretName": "models-s3"},
     )
-    env_from = container(training_job(tj))["envFrom"]
+    env_from = container(training_job(tj, own_store(tj)))["envFrom"]
     assert env_from == [
         {"secretRef": {"name": "models-s3"}},
         {"prefix": "ORCHARD_DATASET_", "secretRef": {"name": "data-s3"}},
     ]
-    assert "envFrom" not in container(training_job(make_tj()))
+    assert "envFrom" not in container(training_job(make_tj(), STORE))
 
 
 @pytest.mark.parametrize(
@@ -245,7 +245,7 @@ def test_search_is_one_indexed_job(
     tj = make_tj(search=search)
     assert tj.spec.search is not None
     assert trial_count(tj.spec.search) == completions
-    spec = training_job(tj)["spec"]
+    spec = training_job(tj, own_store(tj))["spec"]
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == completions
     assert spec["parallelism"] == expected_par
@@ -267,20 +267,6 @@ def test_trial_count_agrees_with_the_trainer() -> None:
     )
     assert tj.spec.search is not None
     assert trial_count(tj.spec.search) == len(trial_list(tj.spec.search, 42)) == 5
-
-
-@pytest.mark.parametrize(
-    ("uri", "claim"),
-    [
-        ("pvc://orchard-artifacts/models", "orchard-artifacts"),
-        ("pvc://c", "c"),
-        ("s3://bucket/x", None),
-        ("file:///tmp/x", None),
-        (None, None),
-    ],
-)
-def test_pvc_claim(uri: str | None, claim: str | None) -> None:
-    assert pvc_claim(uri) == claim
 
 
 def test_names_stay_short_and_stable() -> None:
@@ -309,7 +295,7 @@ RESULT = TrainerResult(
 
 
 def test_model_version_records_result_and_lineage_without_owner() -> None:
-    mv = model_version(make_tj(), RESULT, 3)
+    mv = model_version(make_tj(), RESULT, 3, STORE)
     assert mv["metadata"]["name"] == version_name("penguins", 3) == "penguins-v3"
     assert "ownerReferences" not in mv["metadata"]
     labels = mv["metadata"]["labels"]
@@ -338,7 +324,7 @@ def test_model_version_of_a_search_records_the_trial() -> None:
             "objective": {"metric": "accuracy"},
         }
     )
-    spec = model_version(tj, RESULT, 1)["spec"]
+    spec = model_version(tj, RESULT, 1, STORE)["spec"]
     assert spec["source"]["trial"] == 3
 
 
@@ -348,13 +334,13 @@ def test_model_version_refuses_a_malformed_digest() -> None:
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError):
-        model_version(make_tj(), replace(RESULT, digest="md5:1234"), 1)
+        model_version(make_tj(), replace(RESULT, digest="md5:1234"), 1, STORE)
 
 
 def test_verify_job_checks_the_recorded_digest() -> None:
     from orchard.api.modelversion import ModelVersion
 
-    body = model_version(make_tj(), RESULT, 2)
+    body = model_version(make_tj(), RESULT, 2, STORE)
     body["metadata"]["uid"] = "mv-uid"
     mv = ModelVersion.model_validate(body)
     job = verify_job(mv)
@@ -377,9 +363,9 @@ def test_batch_pods_confine_local_paths_to_the_mounted_claims() -> None:
     from orchard.api.modelversion import ModelVersion
     from orchard.artifacts.store import LOCAL_ROOTS_ENV, PVC_ROOT_ENV
 
-    body = model_version(make_tj(), RESULT, 2)
+    body = model_version(make_tj(), RESULT, 2, STORE)
     body["metadata"]["uid"] = "mv-uid"
-    for job in (training_job(make_tj()), verify_job(ModelVersion.model_validate(body))):
+    for job in (training_job(make_tj(), STORE), verify_job(ModelVersion.model_validate(body))):
         c = container(job)
         env = {e["name"]: e["value"] for e in c["env"]}
         assert env[LOCAL_ROOTS_ENV] == env[PVC_ROOT_ENV] == "/mnt/pvc"
@@ -393,8 +379,53 @@ def test_model_version_redacts_a_presigned_dataset_uri() -> None:
 
     presigned = "https://h.test/p.csv?X-Amz-Credential=AKIAFAKE&X-Amz-Signature=hunter2"
     result = replace(RESULT, dataset={"uri": presigned, "digest": "sha256:" + "cd" * 32})
-    dataset = model_version(make_tj(), result, 1)["spec"]["source"]["dataset"]
+    dataset = model_version(make_tj(), result, 1, STORE)["spec"]["source"]["dataset"]
     assert dataset == {
         "uri": "https://h.test/p.csv?X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED",
         "digest": "sha256:" + "cd" * 32,
     }
+
+
+# --- the operator's default artifact store ----------------------------------------------
+
+
+def test_a_spec_without_artifacts_writes_to_the_store_it_is_given() -> None:
+    """The minimal TrainingJob: the handler passes the operator's default store."""
+    tj = make_tj(artifacts=None)
+    store = TrainerSettings.from_env(
+        {"ORCHARD_DEFAULT_ARTIFACTS": "pvc://orchard-artifacts/"}
+    ).default_artifacts
+    assert tj.spec.artifacts is None and store is not None
+    job = training_job(tj, store)
+    c = container(job)
+    assert c["args"][-2:] == ["--output", "pvc://orchard-artifacts/penguins/penguins-rf-6f1c1a1e"]
+    mounts = {m["mountPath"]: m.get("readOnly") for m in c["volumeMounts"]}
+    assert mounts["/mnt/pvc/orchard-artifacts"] is False  # written
+    assert mounts["/mnt/pvc/datasets"] is True
+    assert "envFrom" not in c
+    # The trainer reads the spec as written: the store reaches it as --output only.
+    doc = yaml.safe_load(config_map(tj)["data"]["trainingjob.yaml"])
+    assert "artifacts" not in doc["spec"]
+
+
+def test_a_store_with_a_secret_gives_the_trainer_its_credentials() -> None:
+    store = Artifacts(uri="s3://models/", secret_name="orchard-s3")
+    c = container(training_job(make_tj(artifacts=None), store))
+    assert c["args"][-1] == "s3://models/penguins/penguins-rf-6f1c1a1e"
+    assert c["envFrom"] == [{"secretRef": {"name": "orchard-s3"}}]
+
+
+@pytest.mark.parametrize(
+    ("store", "secret"),
+    [
+        (Artifacts(uri="s3://models/", secret_name="orchard-s3"), "orchard-s3"),
+        (Artifacts(uri="pvc://orchard-artifacts/"), None),  # the default store: no Secret
+        (None, None),
+    ],
+)
+def test_model_version_records_the_store_the_run_wrote_to(
+    store: Artifacts | None, secret: str | None
+) -> None:
+    artifact = model_version(make_tj(artifacts=None), RESULT, 1, store)["spec"]["artifact"]
+    assert artifact["uri"] == RESULT.artifact_uri  # where the trainer reported it
+    assert artifact.get("secretName") == secret

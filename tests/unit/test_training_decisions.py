@@ -9,10 +9,14 @@ from typing import Any
 import pytest
 
 from orchard.api.common import get_condition
-from orchard.api.trainingjob import Search, TrainingJobSpec, TrainingJobStatus
+from orchard.api.trainingjob import Artifacts, Search, TrainingJobSpec, TrainingJobStatus
 from orchard.decisions.training import (
+    NO_ARTIFACT_STORE,
+    NO_ARTIFACT_STORE_MESSAGE,
+    Outcome,
     TrainerFailure,
     TrainerResult,
+    artifact_store,
     best_trial,
     latest_by_index,
     next_version,
@@ -591,6 +595,41 @@ def test_failed_status_names_the_reason() -> None:
     assert failed_cond is not None and failed_cond.status == "True"
     assert failed_cond.observed_generation == 2
     assert status.model_version is None
+
+
+# --- the artifact store -------------------------------------------------------------
+
+DEFAULT_STORE = Artifacts(uri="pvc://orchard-artifacts/")
+OWN_STORE = Artifacts(uri="s3://models/team-a/", secret_name="orchard-s3")
+
+
+@pytest.mark.parametrize(
+    ("own", "default", "expected"),
+    [
+        (OWN_STORE, DEFAULT_STORE, OWN_STORE),  # the spec's own store wins
+        (OWN_STORE, None, OWN_STORE),
+        (None, DEFAULT_STORE, DEFAULT_STORE),  # the minimal spec: the operator's default
+        (None, None, None),  # nowhere to write
+    ],
+)
+def test_artifact_store_is_the_specs_else_the_operators_default(
+    own: Artifacts | None, default: Artifacts | None, expected: Artifacts | None
+) -> None:
+    assert artifact_store(SPEC.model_copy(update={"artifacts": own}), default) == expected
+
+
+def test_no_artifact_store_fails_with_a_condition_that_says_what_to_set() -> None:
+    minimal = SPEC.model_copy(update={"artifacts": None})
+    assert artifact_store(minimal, None) is None
+    refused = Outcome("Failed", NO_ARTIFACT_STORE, NO_ARTIFACT_STORE_MESSAGE)
+    status = training_status(TrainingJobStatus(), refused, minimal, generation=1, job_name="j")
+    assert (status.phase, status.reason) == ("Failed", "NoArtifactStore")
+    for type_, value in (("Ready", "False"), ("Failed", "True")):
+        cond = get_condition(status.conditions, type_)
+        assert cond is not None and (cond.status, cond.reason) == (value, "NoArtifactStore")
+    assert "spec.artifacts.uri" in NO_ARTIFACT_STORE_MESSAGE
+    assert "ORCHARD_DEFAULT_ARTIFACTS" in NO_ARTIFACT_STORE_MESSAGE
+    assert status.message == NO_ARTIFACT_STORE_MESSAGE
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from .common import (
     is_true,
     now,
     parse_duration,
+    parse_timestamp,
     set_condition,
     to_k8s,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "is_true",
     "now",
     "parse_duration",
+    "parse_timestamp",
     "set_condition",
     "to_k8s",
 ]

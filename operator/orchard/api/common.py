@@ -142,6 +142,12 @@ def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
+def parse_timestamp(text: str) -> datetime:
+    """An RFC 3339 time as the API server writes it ("2026-11-27T10:00:00Z", 'Z' for UTC),
+    timezone-aware; ValueError if it is not one. The one place Orchard reads the format."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
     """The condition of the given type, or None."""
     return next((c for c in conditions if c.type == type_), None)

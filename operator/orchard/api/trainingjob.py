@@ -70,6 +70,10 @@ EstimatorName = Literal[
 URI_PATTERN = r"^(file|pvc|https?|s3)://.+$"
 # A run's path is appended to the artifacts root: a query or fragment has no place there.
 ARTIFACTS_URI_PATTERN = r"^(file|pvc|s3)://[^?#]+$"
+# The operator's setting naming the store of a TrainingJob without spec.artifacts.
+DEFAULT_ARTIFACTS_ENV = "ORCHARD_DEFAULT_ARTIFACTS"
+# The container of a training pod: the operator names it so, and reads its report there.
+TRAINER_CONTAINER = "trainer"
 SECRET_NAME_DESC = (
     "Name of a Secret in the same namespace, one the admin's policy lets Orchard mount "
     "(secrets.allowedNames; by default orchard-*),"
@@ -354,7 +358,13 @@ class TrainingJobSpec(CamelModel):
     )
     gate: Gate | None = Field(default=None, description="Quality bar for registration.")
     search: Search | None = Field(default=None, description="Optional hyperparameter search.")
-    artifacts: Artifacts = Field(description="Where the trained model is written.")
+    artifacts: Artifacts | None = Field(
+        default=None,
+        description="Where the trained model is written. By default the operator's default "
+        f"store ({DEFAULT_ARTIFACTS_ENV}; the shipped manifests set pvc://orchard-artifacts/, "
+        "the claim of that name in the TrainingJob's namespace); with neither, the "
+        "TrainingJob fails with NoArtifactStore.",
+    )
     image: str | None = Field(
         default=None,
         max_length=512,

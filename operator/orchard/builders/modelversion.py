@@ -21,14 +21,14 @@ from orchard.api.modelversion import (
     ModelVersionSpec,
     Source,
 )
-from orchard.api.trainingjob import TrainingJob
+from orchard.api.trainingjob import Artifacts, TrainingJob
 from orchard.artifacts.redact import redact_uri
-from orchard.builders.training import (
-    MANAGED_BY,
+from orchard.builders.common import (
     MODEL_LABEL,
-    PART_OF,
     TRAININGJOB_LABEL,
+    VERIFICATION_COMPONENT,
     TrainerSettings,
+    app_labels,
     base_env,
     bounded_name,
     claim_volumes,
@@ -76,9 +76,13 @@ def version_name(model: str, version: int) -> str:
     return f"{model}-v{version}"
 
 
-def model_version(tj: TrainingJob, result: TrainerResult, version: int) -> dict[str, Any]:
+def model_version(
+    tj: TrainingJob, result: TrainerResult, version: int, store: Artifacts | None
+) -> dict[str, Any]:
     """The ModelVersion registering a TrainingJob's (best) result as version `version`.
 
+    `store` is the store the run wrote to (spec.artifacts or the operator's default): the
+    artifact is where the trainer reported it, read back with the store's Secret.
     Validated through the API model, so a malformed trainer report fails here with a
     clear error instead of at the API server.
     """
@@ -105,7 +109,7 @@ def model_version(tj: TrainingJob, result: TrainerResult, version: int) -> dict[
         artifact=ModelArtifact(
             uri=result.artifact_uri,
             digest=result.digest,
-            secret_name=tj.spec.artifacts.secret_name,
+            secret_name=store.secret_name if store is not None else None,
         ),
         framework=Framework(**(result.framework or DEFAULT_FRAMEWORK)),
         metrics=result.metrics,
@@ -124,11 +128,8 @@ def model_version(tj: TrainingJob, result: TrainerResult, version: int) -> dict[
         "metadata": {
             "name": name,
             "namespace": tj.metadata.namespace,
-            "labels": {
-                "app.kubernetes.io/name": "orchard-model",
-                "app.kubernetes.io/instance": name,
-                "app.kubernetes.io/part-of": PART_OF,
-                "app.kubernetes.io/managed-by": MANAGED_BY,
+            "labels": app_labels("orchard-model", name)
+            | {
                 MODEL_LABEL: tj.spec.model,
                 TRAININGJOB_LABEL: str(tj.metadata.name),
                 TRAININGJOB_UID_LABEL: str(tj.metadata.uid),
@@ -143,12 +144,7 @@ def verify_job_name(mv: ModelVersion) -> str:
 
 
 def verify_labels(mv: ModelVersion) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "orchard-verify",
-        "app.kubernetes.io/instance": str(mv.metadata.name),
-        "app.kubernetes.io/component": "verification",
-        "app.kubernetes.io/part-of": PART_OF,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+    return app_labels("orchard-verify", str(mv.metadata.name), VERIFICATION_COMPONENT) | {
         MODELVERSION_LABEL: str(mv.metadata.name),
         MODEL_LABEL: mv.spec.model,
     }

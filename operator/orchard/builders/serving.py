@@ -28,10 +28,12 @@ from orchard.api.modeldeployment import (
     ModelDeployment,
 )
 from orchard.api.modelversion import ModelVersion
-from orchard.builders.training import (
-    MANAGED_BY,
-    PART_OF,
+from orchard.builders.common import (
+    MODEL_LABEL,
     PVC_ROOT,
+    SERVING_COMPONENT,
+    VERSION_LABEL,
+    app_labels,
     bounded_name,
     owner_reference,
     pvc_claim,
@@ -44,8 +46,6 @@ Track = Literal["stable", "canary"]
 DEFAULT_SERVER_IMAGE = "localhost/orchard/server:dev"
 SERVER_IMAGE_ENV = "ORCHARD_SERVER_IMAGE"
 SERVER_PULL_POLICY_ENV = "ORCHARD_SERVER_IMAGE_PULL_POLICY"
-
-MODEL_LABEL = f"{GROUP}/model"
 
 SERVER_CONTAINER = "server"
 FETCH_CONTAINER = "fetch-model"
@@ -116,19 +116,11 @@ def labels(
     md: ModelDeployment, track: Track | None = None, version: str | None = None
 ) -> dict[str, str]:
     name = str(md.metadata.name)
-    out = {
-        "app.kubernetes.io/name": "orchard-server",
-        "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/component": "serving",
-        "app.kubernetes.io/part-of": PART_OF,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        MODELDEPLOYMENT_LABEL: name,
-    }
-    if track is not None:
-        out[TRACK_LABEL] = track
+    # What the Deployments and Services select by is part of the labels by construction.
+    out = app_labels("orchard-server", name, SERVING_COMPONENT) | selector(name, track)
     if version is not None:
         out[MODEL_VERSION_LABEL] = version
-        out["app.kubernetes.io/version"] = version[:63]
+        out[VERSION_LABEL] = version[:63]
     return out
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchard.api.common import ROLLOUT_ACTION_ANNOTATION
+from orchard.api.common import ROLLOUT_ACTION_ANNOTATION, parse_timestamp
 from orchard.api.modeldeployment import (
     MODEL_VERSION_LABEL,
     TRACK_LABEL,
@@ -60,11 +60,6 @@ def version_info(
     return mv, info
 
 
-def timestamp(text: str) -> dt.datetime:
-    """An RFC 3339 time as the API server writes it ('Z' for UTC)."""
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 def pod_ready(pod: Pod) -> bool:
     """Ready and not on its way out (a terminating pod serves no new traffic)."""
     if (pod.get("metadata") or {}).get("deletionTimestamp"):
@@ -79,7 +74,7 @@ def ready_since(pod: Pod, now: dt.datetime) -> dt.datetime:
     """When a ready pod turned ready (its Ready condition's transition time)."""
     for cond in (pod.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "Ready" and cond.get("lastTransitionTime"):
-            return timestamp(str(cond["lastTransitionTime"]))
+            return parse_timestamp(str(cond["lastTransitionTime"]))
     return now
 
 

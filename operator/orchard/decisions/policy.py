@@ -80,12 +80,14 @@ def trainingjob_violations(
 ) -> list[Violation]:
     """Everything in a TrainingJob's spec that its Job may not be made with."""
     o = policy.overrides
+    # Without spec.artifacts the run writes to the operator's default: the admin's own.
+    store = spec.artifacts
     return [
         *_image(spec.image, trainer_image, policy, "spec.image"),
         *_secret(spec.dataset.secret_name, policy, "spec.dataset.secretName"),
-        *_secret(spec.artifacts.secret_name, policy, "spec.artifacts.secretName"),
+        *_secret(store.secret_name if store else None, policy, "spec.artifacts.secretName"),
         *_claim(spec.dataset.uri, policy, "spec.dataset.uri", write=False),
-        *_claim(spec.artifacts.uri, policy, "spec.artifacts.uri", write=True),
+        *_claim(store.uri if store else None, policy, "spec.artifacts.uri", write=True),
         *_override(bool(spec.node_selector), o.node_selector, "spec.nodeSelector", "nodeSelector"),
         *_override(bool(spec.tolerations), o.tolerations, "spec.tolerations", "tolerations"),
         *_override(bool(spec.resources), o.resources, "spec.resources", "resources"),

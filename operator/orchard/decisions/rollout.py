@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from orchard.api.common import ConditionStatus, parse_duration, set_condition
+from orchard.api.common import ConditionStatus, parse_duration, parse_timestamp, set_condition
 from orchard.api.modeldeployment import (
     ActionRecord,
     AnalysisResult,
@@ -613,7 +613,7 @@ def annotation_set_at(metadata: Mapping[str, Any], key: str) -> datetime | None:
         owned = ((entry.get("fieldsV1") or {}).get("f:metadata") or {}).get("f:annotations") or {}
         if f"f:{key}" not in owned or not entry.get("time"):
             continue
-        at = datetime.fromisoformat(str(entry["time"]).replace("Z", "+00:00"))
+        at = parse_timestamp(str(entry["time"]))
         latest = at if latest is None or at > latest else latest
     return latest
 

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from orchard.api.common import Condition, set_condition
+from orchard.api.common import Condition, parse_timestamp, set_condition
 from orchard.api.trainingjob import (
+    DEFAULT_ARTIFACTS_ENV,
+    TRAINER_CONTAINER,
     ArtifactRef,
+    Artifacts,
     PrimaryMetric,
     Search,
     TrainingJobSpec,
@@ -29,7 +32,6 @@ from orchard.artifacts.redact import redact_text, redact_uri
 
 # The completion index of a pod of an Indexed Job.
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-TRAINER_CONTAINER = "trainer"
 MAX_TRIALS_IN_STATUS = 50
 MAX_MESSAGE = 1024
 
@@ -55,6 +57,12 @@ BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 JOB_MISSING = "JobMissing"
 GATE_FAILED = "GateFailed"
 UNSCHEDULABLE = "Unschedulable"
+NO_ARTIFACT_STORE = "NoArtifactStore"
+NO_ARTIFACT_STORE_MESSAGE = (
+    "no artifact store: the spec has no artifacts.uri and the operator no default "
+    f"({DEFAULT_ARTIFACTS_ENV}); set spec.artifacts.uri (pvc://<claim>/<prefix> or "
+    "s3://<bucket>/<prefix>) in a new TrainingJob, or ask the admin for a default store"
+)
 
 
 def clip(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -64,15 +72,24 @@ def clip(text: str, limit: int = MAX_MESSAGE) -> str:
 
 
 def parse_time(value: Any) -> datetime | None:
-    """A Kubernetes timestamp ("2026-11-27T10:00:00Z") as a datetime, or None."""
+    """An optional status timestamp as a datetime: None when it is missing or unreadable."""
     if not value:
         return None
     if isinstance(value, datetime):
         return value
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return parse_timestamp(str(value))
     except ValueError:
         return None
+
+
+# --- Where the run writes --------------------------------------------------------
+
+
+def artifact_store(spec: TrainingJobSpec, default: Artifacts | None) -> Artifacts | None:
+    """The store a run writes to: the spec's own, else the operator's default; None when
+    there is neither, and the TrainingJob fails (NO_ARTIFACT_STORE) before a Job exists."""
+    return spec.artifacts if spec.artifacts is not None else default
 
 
 # --- The trainer's termination message ------------------------------------------

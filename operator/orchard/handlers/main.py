@@ -24,6 +24,7 @@ import yaml
 
 from .. import kube
 from ..api import FINALIZER, GROUP
+from ..builders.common import TrainerSettings
 from . import controller_modules, policy
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ def configure(settings: kopf.OperatorSettings, options: Options) -> None:
 def startup(
     settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
-    """Apply the settings, read the admin's policy and start the metrics endpoint."""
+    """Apply the settings, read the admin's policy and the trainer's settings, and start
+    the metrics endpoint."""
     options: Options = memo.get("options", Options())
     configure(settings, options)
     try:
@@ -113,6 +115,12 @@ def startup(
     except ValueError as exc:  # a typo must not loosen anything: do not start
         raise kopf.PermanentError(f"{policy.policy_path()}: {exc}") from exc
     logger.info("policy from %s: %s", policy.policy_path(), in_force.model_dump_json(by_alias=True))
+    try:
+        trainer = TrainerSettings.from_env()
+    except ValueError as exc:  # else every TrainingJob would fail on it, one by one
+        raise kopf.PermanentError(str(exc)) from exc
+    default = trainer.default_artifacts
+    logger.info("default artifact store: %s", default.uri if default else "none")
     if options.metrics_port and "metrics_server" not in memo:
         server, _thread = prometheus_client.start_http_server(options.metrics_port)
         memo["metrics_server"] = server

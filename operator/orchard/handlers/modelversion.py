@@ -21,8 +21,8 @@ from pydantic import ValidationError
 from orchard import kube
 from orchard.api.common import API_VERSION, GROUP, VERSION, to_k8s
 from orchard.api.modelversion import ModelVersion
+from orchard.builders.common import TrainerSettings
 from orchard.builders.modelversion import MODELVERSION_LABEL, verify_job, verify_job_name
-from orchard.builders.training import TrainerSettings
 from orchard.decisions import policy as pol
 from orchard.decisions.modelversion import (
     Verification,

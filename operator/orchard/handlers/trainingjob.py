@@ -22,19 +22,25 @@ from pydantic import ValidationError
 from orchard import kube
 from orchard.api.common import API_VERSION, GROUP, VERSION, to_k8s
 from orchard.api.trainingjob import TrainingJob
-from orchard.builders.modelversion import TRAININGJOB_UID_LABEL, model_version, version_name
-from orchard.builders.training import (
+from orchard.builders.common import (
+    COMPONENT_LABEL,
     PART_OF,
+    PART_OF_LABEL,
+    TRAINING_COMPONENT,
     TRAININGJOB_LABEL,
+    VERIFICATION_COMPONENT,
     TrainerSettings,
-    config_map,
-    job_name,
-    training_job,
+    label_selector,
 )
+from orchard.builders.modelversion import TRAININGJOB_UID_LABEL, model_version, version_name
+from orchard.builders.training import config_map, job_name, training_job
 from orchard.decisions import policy as pol
 from orchard.decisions.training import (
+    NO_ARTIFACT_STORE,
+    NO_ARTIFACT_STORE_MESSAGE,
     Outcome,
     TrainerResult,
+    artifact_store,
     next_version,
     registered_version,
     training_outcome,
@@ -58,9 +64,9 @@ RBAC_RULES: list[dict[str, Any]] = [
 ]
 
 POLL_SECONDS = 20.0
-ORCHARD_JOBS = f"app.kubernetes.io/part-of={PART_OF}"
-ORCHARD_BATCH_PODS = (
-    f"app.kubernetes.io/part-of={PART_OF},app.kubernetes.io/component in (training,verification)"
+ORCHARD_JOBS = label_selector({PART_OF_LABEL: PART_OF})
+ORCHARD_BATCH_PODS = label_selector(
+    {PART_OF_LABEL: PART_OF, COMPONENT_LABEL: (TRAINING_COMPONENT, VERIFICATION_COMPONENT)}
 )
 MAX_VERSION_ATTEMPTS = 5
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
@@ -111,13 +117,22 @@ async def start(
         return
     settings = TrainerSettings.from_env()
     violations = pol.trainingjob_violations(tj.spec, policy.current(), settings.image)
-    if violations and await kube.get("batch/v1", "Job", job_name(tj), namespace or "") is None:
-        # Refused before anything exists; a Job made under an earlier policy runs on.
-        await _fail(dict(body), tj, pol.REASON, pol.summary(violations))
+    store = artifact_store(tj.spec, settings.default_artifacts)
+    if violations or store is None:
+        if await kube.get("batch/v1", "Job", job_name(tj), namespace or "") is None:
+            # Refused before anything exists.
+            if violations:
+                reason, message = pol.REASON, pol.summary(violations)
+            else:
+                reason, message = NO_ARTIFACT_STORE, NO_ARTIFACT_STORE_MESSAGE
+            await _fail(dict(body), tj, reason, message)
+            return
+        # A Job made under an earlier policy or default store runs on.
+        await sync(str(namespace), name, logger)
         return
     try:
         await _create_once(config_map(tj))
-        await _create_once(training_job(tj, settings))
+        await _create_once(training_job(tj, store, settings))
     except kube.Invalid as err:  # other refusals are retried: the server or RBAC may recover
         # The API server refused what the spec asks for (e.g. malformed resources): no
         # retry can help, so say why in status and stop.
@@ -263,6 +278,7 @@ async def register(tj: TrainingJob, result: TrainerResult) -> str:
     """
     namespace = str(tj.metadata.namespace)
     uid = str(tj.metadata.uid)
+    store = artifact_store(tj.spec, TrainerSettings.from_env().default_artifacts)
     for _attempt in range(MAX_VERSION_ATTEMPTS):
         versions = await kube.list_objects(API_VERSION, "ModelVersion", namespace)
         if (existing := registered_version(versions, uid, TRAININGJOB_UID_LABEL)) is not None:
@@ -270,7 +286,7 @@ async def register(tj: TrainingJob, result: TrainerResult) -> str:
         number = next_version(versions, tj.spec.model)
         name = version_name(tj.spec.model, number)
         try:
-            await kube.create(model_version(tj, result, number))
+            await kube.create(model_version(tj, result, number, store))
             return name
         except kube.Conflict:
             found = await kube.get(API_VERSION, "ModelVersion", name, namespace)

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output",
         help="URI of the artifact directory: file:///dir, pvc://<claim>/<path>, s3://bucket/prefix "
-        "(default: <spec.artifacts.uri>/<model>/<name>); a search writes to <output>/trial-<N>/",
+        "(default: <spec.artifacts.uri>/<model>/<name>; required without spec.artifacts); "
+        "a search writes to <output>/trial-<N>/",
     )
     parser.add_argument(
         "--trial",

@@ -41,11 +41,17 @@ def output_uri(job: TrainingJob, output: str | None, trial: int) -> str:
     """Where this run's artifact goes.
 
     `output` (the --output flag) names the artifact directory; without it the trainer
-    uses ``<spec.artifacts.uri>/<model>/<TrainingJob name>``. In a search every trial
-    writes to its own ``trial-<N>`` directory below, since all pods of an Indexed Job
-    share one command line.
+    uses ``<spec.artifacts.uri>/<model>/<TrainingJob name>``, and with neither it has
+    nowhere to write (`InvalidSpec`; the operator always passes --output). In a search
+    every trial writes to its own ``trial-<N>`` directory below, since all pods of an
+    Indexed Job share one command line.
     """
     if output is None:
+        if job.spec.artifacts is None:
+            raise InvalidSpec(
+                "no artifact store: pass --output or set spec.artifacts.uri",
+                parameter="artifacts.uri",
+            )
         name = job.metadata.name or "local"
         output = f"{job.spec.artifacts.uri.rstrip('/')}/{job.spec.model}/{name}"
     output = output.rstrip("/")

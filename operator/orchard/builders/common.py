@@ -1,0 +1,211 @@
+"""What every object Orchard builds shares: labels and the selectors that find them again,
+the controller ownerReference, bounded names, the restricted pod security, the claim
+mounts and environment of the batch pods, and the settings of the trainer image's pods.
+
+Pure, like the builders that use it (`training`, `modelversion`, `serving`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from orchard.api.common import API_VERSION, GROUP
+from orchard.api.trainingjob import DEFAULT_ARTIFACTS_ENV, Artifacts
+from orchard.artifacts.store import DEFAULT_PVC_ROOT, LOCAL_ROOTS_ENV, PVC_ROOT_ENV
+
+DEFAULT_TRAINER_IMAGE = "localhost/orchard/trainer:dev"
+TRAINER_IMAGE_ENV = "ORCHARD_TRAINER_IMAGE"
+TRAINER_PULL_POLICY_ENV = "ORCHARD_TRAINER_IMAGE_PULL_POLICY"
+
+PVC_ROOT = DEFAULT_PVC_ROOT  # where pvc://<claim>/ is mounted, and the store looks
+DATASET_SECRET_PREFIX = "ORCHARD_DATASET_"  # orchard.artifacts.store.S3Settings.from_env(prefix)
+RUN_AS = 10001
+
+# --- Labels ----------------------------------------------------------------------------
+
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+VERSION_LABEL = "app.kubernetes.io/version"
+PART_OF = "orchard"
+MANAGED_BY = "orchard-operator"
+# The component of each kind's pods; the operator's watches select the batch ones by it.
+TRAINING_COMPONENT = "training"
+VERIFICATION_COMPONENT = "verification"
+SERVING_COMPONENT = "serving"
+
+TRAININGJOB_LABEL = f"{GROUP}/trainingjob"
+MODEL_LABEL = f"{GROUP}/model"
+
+
+def app_labels(name: str, instance: str, component: str | None = None) -> dict[str, str]:
+    """The app.kubernetes.io labels of an object Orchard makes."""
+    out = {NAME_LABEL: name, INSTANCE_LABEL: instance}
+    if component is not None:
+        out[COMPONENT_LABEL] = component
+    return out | {PART_OF_LABEL: PART_OF, MANAGED_BY_LABEL: MANAGED_BY}
+
+
+def label_selector(labels: Mapping[str, str | Sequence[str]]) -> str:
+    """The label-selector string of `labels`: `key=value`, or `key in (a,b)` for several
+    values. Built from the same constants the builders label with, so a watch cannot
+    drift from what it watches."""
+    terms = []
+    for key, value in labels.items():
+        if isinstance(value, str):
+            terms.append(f"{key}={value}")
+        else:
+            terms.append(f"{key} in ({','.join(value)})")
+    return ",".join(terms)
+
+
+# --- Settings ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """Operator-wide settings of the pods that train and verify.
+
+    `default_artifacts` is where a TrainingJob without spec.artifacts writes; like the
+    trainer image it is the admin's own setting, so the policy does not check it.
+    """
+
+    image: str = DEFAULT_TRAINER_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    default_artifacts: Artifacts | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TrainerSettings:
+        """The settings in the environment; ValueError for a default store that is no
+        artifact store URI (the operator refuses to start with it)."""
+        env = os.environ if env is None else env
+        return cls(
+            image=env.get(TRAINER_IMAGE_ENV) or DEFAULT_TRAINER_IMAGE,
+            image_pull_policy=env.get(TRAINER_PULL_POLICY_ENV) or "IfNotPresent",
+            default_artifacts=_default_artifacts(env.get(DEFAULT_ARTIFACTS_ENV) or None),
+        )
+
+
+def _default_artifacts(uri: str | None) -> Artifacts | None:
+    if uri is None:
+        return None
+    try:
+        return Artifacts(uri=uri)
+    except ValidationError as exc:
+        raise ValueError(
+            f"{DEFAULT_ARTIFACTS_ENV}={uri!r} is not an artifact store URI "
+            "(pvc://<claim>/<prefix>, s3://<bucket>/<prefix> or file:///<path>)"
+        ) from exc
+
+
+# --- Names and owners --------------------------------------------------------------------
+
+
+def bounded_name(base: str, suffix: str = "", limit: int = 63) -> str:
+    """`base` + `suffix`, shortened with a stable hash when longer than `limit`."""
+    name = base + suffix
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    keep = limit - len(suffix) - len(digest) - 1
+    return f"{base[:keep].rstrip('-')}-{digest}{suffix}"
+
+
+def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
+    """The controller ownerReference that makes a child go with its owner."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+# --- Pods --------------------------------------------------------------------------------
+
+
+def pvc_claim(uri: str | None) -> str | None:
+    """The claim a pvc://<claim>/<path> URI names, or None for other schemes."""
+    if not uri:
+        return None
+    parts = urlsplit(uri)
+    return (parts.netloc or None) if parts.scheme == "pvc" else None
+
+
+def claim_volumes(
+    read_write: list[str | None], read_only: list[str | None]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and mounts for every claim the URIs name, each once, mounted where the
+    artifact store looks (`/mnt/pvc/<claim>`); read-only unless something writes to it."""
+    writable = {c for c in read_write if c}
+    claims = sorted(writable | {c for c in read_only if c})
+    volumes, mounts = [], []
+    for i, claim in enumerate(claims):
+        volume = f"pvc-{i}"
+        volumes.append(
+            {
+                "name": volume,
+                "persistentVolumeClaim": {"claimName": claim, "readOnly": claim not in writable},
+            }
+        )
+        mounts.append(
+            {"name": volume, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": claim not in writable}
+        )
+    return volumes, mounts
+
+
+def restricted_pod_security() -> dict[str, Any]:
+    """Pod-level settings that satisfy the `restricted` Pod Security Standard."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def restricted_container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def base_env() -> list[dict[str, Any]]:
+    """Environment every Orchard batch pod needs with a read-only root filesystem.
+
+    Local paths (file://, pvc://) are confined to the mounted claims: the pod's own
+    filesystem holds nothing a user should read (/proc/self/environ holds its Secrets).
+    """
+    return [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": PVC_ROOT_ENV, "value": PVC_ROOT},
+        {"name": LOCAL_ROOTS_ENV, "value": PVC_ROOT},
+    ]
+
+
+def secret_env(artifacts_secret: str | None, dataset_secret: str | None) -> list[dict[str, Any]]:
+    """S3 credentials from Secrets: the artifacts' as plain AWS_* variables, the
+    dataset's under a prefix so that the two may differ."""
+    out: list[dict[str, Any]] = []
+    if artifacts_secret:
+        out.append({"secretRef": {"name": artifacts_secret}})
+    if dataset_secret:
+        out.append({"prefix": DATASET_SECRET_PREFIX, "secretRef": {"name": dataset_secret}})
+    return out
