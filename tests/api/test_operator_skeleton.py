@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from in_cluster import render_install
 
 # The api tier, but for the one e2e test at the end (the image, running in the cluster).
 API = pytest.mark.api
@@ -323,32 +324,6 @@ def test_install_manifests_pass_the_restricted_pod_security_standard(
     assert proc.stdout.count("(server dry run)") == len(docs)
 
 
-def _render_for_namespace(kubeconfig: Path, overlay: str, namespace: str) -> list[dict[str, Any]]:
-    """An install of `overlay` moved into `namespace`, watching only it, with private
-    names for the cluster-scoped objects (so a real install and other tests are untouched)."""
-    docs = []
-    for doc in yaml.safe_load_all(
-        kubectl(kubeconfig, "kustomize", str(REPO / "manifests" / overlay))
-    ):
-        if not doc or doc["kind"] in ("Namespace", "CustomResourceDefinition"):
-            continue
-        meta = doc["metadata"]
-        if "namespace" in meta:
-            meta["namespace"] = namespace
-        else:
-            meta["name"] = f"{meta['name']}-{namespace}"
-        if doc["kind"] == "ClusterRoleBinding":
-            doc["roleRef"]["name"] = f"orchard-{namespace}"
-            for subject in doc["subjects"]:
-                subject["namespace"] = namespace
-        if doc["kind"] == "Deployment":
-            container = doc["spec"]["template"]["spec"]["containers"][0]
-            container["args"] = [a for a in container["args"] if a != "--all-namespaces"]
-            container["args"].append(f"--namespace={namespace}")
-        docs.append(doc)
-    return docs
-
-
 @pytest.fixture(scope="module")
 def operator_image(kubeconfig_node: Path) -> str:
     """localhost/orchard/operator:dev, built from images/operator and loaded if local."""
@@ -376,7 +351,7 @@ def test_operator_image_runs_in_the_cluster_restricted_with_its_role(
     kube, ns = kubeconfig_node, node_namespace
     kubectl(kube, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     kubectl(kube, "label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
-    docs = _render_for_namespace(kube, "overlays/local", ns)
+    docs = render_install(kube, "overlays/local", ns)
     kubectl(kube, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
     try:
         kubectl(kube, "-n", ns, "rollout", "status", "deploy/orchard-operator", "--timeout=120s")

@@ -10,8 +10,9 @@ One story, in order, on one ModelDeployment:
   4. the operator is killed in the middle of a good v4's rollout; a new operator process
      resumes from status and completes it.
 
-The operator runs on the host (`orchard operator -n <ns>`), as a process this test
-starts and kills by its PID; pod IPs on the node's bridge are reachable from the host.
+The operator runs in the cluster as users install it (tests/in_cluster.py: its image, the
+generated role, a restricted namespace); the test kills its pod without a grace period.
+Pod IPs on the node's bridge are reachable from the host, where the traffic comes from.
 The ModelVersions are made by the test: real scikit-learn pipelines trained here and
 written in the artifact format to the PVC's host directory; the ModelVersion
 controller verifies them with its Job as usual.
@@ -28,7 +29,6 @@ import hashlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -42,6 +42,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import stand_in_crd
+from in_cluster import InClusterOperator
 from lightkube import Client
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import PersistentVolume, PersistentVolumeClaim, Service
@@ -51,7 +52,6 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 HARNESS = REPO / "tests" / "cluster" / "harness.py"
-ORCHARD = Path(sys.executable).parent / "orchard"
 FIGURES = Path(os.environ.get("ORCHARD_CLUSTER_DIR", REPO / ".cluster")) / "figures"
 
 MD = create_namespaced_resource("orchard.dev", "v1alpha1", "ModelDeployment", "modeldeployments")
@@ -185,49 +185,6 @@ class Traffic:
         return [entry for entry in list(self.log) if entry[0] >= t]
 
 
-# --- the operator ---------------------------------------------------------------------------
-
-
-@dataclass
-class Operator:
-    """`orchard operator` for one namespace, as a child process of this test."""
-
-    namespace: str
-    kubeconfig: Path
-    logs: Path
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "ORCHARD_SERVER_IMAGE": "localhost/orchard/server:dev",
-            "ORCHARD_TRAINER_IMAGE": "localhost/orchard/trainer:dev",
-        }
-        out = (self.logs / f"operator-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [str(ORCHARD), "operator", "-n", self.namespace, "--metrics-port", "0",
-             "--liveness", ""],
-            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-        )  # fmt: skip
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, like a node losing the pod."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 # --- fixtures -------------------------------------------------------------------------------
 
 
@@ -242,7 +199,7 @@ def orchard_images(kubeconfig_node: Path) -> None:
     (ORCHARD_E2E_REUSE_IMAGES=1 takes the ones already loaded)."""
     if os.environ.get("ORCHARD_E2E_REUSE_IMAGES") == "1":
         return
-    proc = _harness("images", "server", "trainer")
+    proc = _harness("images", "server", "trainer", "operator")
     if proc.returncode != 0:
         pytest.fail(f"could not build the server and trainer images:\n{proc.stdout}{proc.stderr}")
 
@@ -315,34 +272,17 @@ def artifacts(node_client: Client, node_namespace: str) -> dict[str, dict[str, A
 
 @pytest.fixture
 def operator(
-    kubeconfig_node: Path,
-    node_client: Client,
-    node_namespace: str,
-    crds: None,
-    orchard_images: None,
-    tmp_path: Path,
-) -> Iterator[Operator]:
-    op = Operator(node_namespace, kubeconfig_node, tmp_path)
-    op.start()
+    kubeconfig_node: Path, node_namespace: str, orchard_images: None
+) -> Iterator[InClusterOperator]:
+    """The operator as users install it (its image, its generated role), in the test's
+    namespace (restricted Pod Security), watching only it."""
+    op = InClusterOperator(kubeconfig_node, node_namespace, FIGURES / "logs")
+    op.install()
     try:
         yield op
     finally:
-        # Delete Orchard's objects while an operator runs: the ModelVersions' deletion
-        # guard (a finalizer) needs it, or the namespace would wait for it forever.
-        if op.proc is None or op.proc.poll() is not None:
-            op.start()
-        for kind in (MD, MV):
-            for obj in node_client.list(kind, namespace=node_namespace):
-                with contextlib.suppress(Exception):
-                    node_client.delete(kind, obj["metadata"]["name"], namespace=node_namespace)
-        with contextlib.suppress(AssertionError):
-            wait_for("Orchard's objects to go", lambda: not list(
-                node_client.list(MV, namespace=node_namespace)), 60)  # fmt: skip
-        op.stop()
-        for log in sorted(tmp_path.glob("operator-*.log")):
-            dest = FIGURES / "logs" / f"{node_namespace}-{log.name}"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(log.read_bytes())
+        op.uninstall()
+    assert not op.refusals(), "the operator's role refused it:\n" + "\n".join(op.refusals())
 
 
 # --- the story ------------------------------------------------------------------------------
@@ -407,7 +347,7 @@ def test_canary_rollouts(
     node_client: Client,
     node_namespace: str,
     artifacts: dict[str, dict[str, Any]],
-    operator: Operator,
+    operator: InClusterOperator,
 ) -> None:
     ns, client = node_namespace, node_client
     figures: dict[str, Any] = {
@@ -501,8 +441,7 @@ def test_canary_rollouts(
             and s.get("reason") == "Analysing")(md_status(client, ns)), 180)  # fmt: skip
         operator.kill()
         t_killed = time.monotonic()
-        time.sleep(3)
-        operator.start()
+        operator.wait_ready()  # its Deployment makes a new pod, which resumes from status
         wait_for("v4 to be promoted after the restart", lambda: promoted("iris-v4"), 300)
         figures["restart_apply_to_promotion_s"] = round(time.monotonic() - t_v4, 1)
         after_restart = watcher.since(t_killed)
@@ -546,7 +485,7 @@ def test_quiet_canary_pauses_shifted_predictions_roll_back_a_person_promotes(
     node_client: Client,
     node_namespace: str,
     artifacts: dict[str, dict[str, Any]],
-    operator: Operator,
+    operator: InClusterOperator,
 ) -> None:
     """No traffic is no verdict (Paused); a model that answers one class is caught by the
     prediction shift alone; a person promotes a quiet canary by annotation."""
@@ -607,7 +546,7 @@ def test_a_traffic_mode_that_cannot_be_honoured_says_why(
     node_client: Client,
     node_namespace: str,
     artifacts: dict[str, dict[str, Any]],
-    operator: Operator,
+    operator: InClusterOperator,
 ) -> None:
     """gatewayAPI where no HTTPRoute can be had: a False TrafficSplit condition with the
     reason, and a rollout that waits instead of sending traffic some other way."""
@@ -668,7 +607,7 @@ def test_gateway_api_mode_sets_route_weights_step_by_step(
     node_namespace: str,
     artifacts: dict[str, dict[str, Any]],
     httproute_crd: None,
-    operator: Operator,
+    operator: InClusterOperator,
 ) -> None:
     """With traffic.mode gatewayAPI the operator sets the HTTPRoute's backend weights at
     each step; here the test plays the Gateway: it accepts the route and sends each request

@@ -7,9 +7,10 @@
      `kubectl get tj` shows why;
   3. a search of 4 trials, 2 at a time, registers the best trial.
 
-The operator runs on the host (`orchard operator -n <ns>`) as a child process of this
-module. The PVC is the cluster's default class (host-path): the test opens its host
-directory to the trainer's uid, as a storage class that honours fsGroup would.
+The operator runs in the cluster as users install it (tests/in_cluster.py: its image,
+the generated role, a restricted namespace), watching this module's namespace. The PVC
+is the cluster's default class (host-path): the test opens its host directory to the
+trainer's uid, as a storage class that honours fsGroup would.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 import yaml
+from in_cluster import InClusterOperator
 from lightkube import Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, PersistentVolume, PersistentVolumeClaim
@@ -37,7 +38,6 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 HARNESS = REPO / "tests" / "cluster" / "harness.py"
-ORCHARD = Path(sys.executable).parent / "orchard"
 FIGURES = Path(os.environ.get("ORCHARD_CLUSTER_DIR", REPO / ".cluster")) / "figures"
 PENGUINS = REPO / "tests" / "data" / "penguins.csv"
 CLAIM = "orchard-artifacts"
@@ -105,9 +105,10 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def trainer_image(kubeconfig_node: Path) -> None:
-    """The trainer image, built from images/trainer and loaded into the node."""
+    """The trainer (training and verification Jobs) and operator images, built from
+    images/ and loaded into the node."""
     proc = subprocess.run(
-        [sys.executable, str(HARNESS), "images", "trainer"],
+        [sys.executable, str(HARNESS), "images", "trainer", "operator"],
         capture_output=True, text=True, cwd=REPO, check=False,
     )  # fmt: skip
     if proc.returncode != 0:
@@ -148,30 +149,16 @@ def cluster(kubeconfig_node: Path, node_client: Client, trainer_image: None) -> 
     for path in [storage, *storage.rglob("*")]:
         path.chmod(0o777 if path.is_dir() else 0o644)
 
-    logs = FIGURES / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log = (logs / f"{ns}-operator.log").open("wb")
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(kubeconfig_node),
-        "ORCHARD_TRAINER_IMAGE": "localhost/orchard/trainer:dev",
-    }
-    operator = subprocess.Popen(
-        [str(ORCHARD), "operator", "-n", ns, "--metrics-port", "0", "--liveness", ""],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-    )  # fmt: skip
+    operator = InClusterOperator(kubeconfig_node, ns, FIGURES / "logs")
     try:
+        operator.install()
         yield Cluster(kubeconfig_node, ns, storage)
     finally:
-        if operator.poll() is None:
-            operator.send_signal(signal.SIGTERM)
-            try:
-                operator.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                operator.kill()
-                operator.wait(timeout=10)
-        log.close()
+        operator.uninstall()
         node_client.delete(Namespace, ns)
+    assert not operator.refusals(), "the operator's role refused it:\n" + "\n".join(
+        operator.refusals()
+    )
 
 
 def trainingjob(name: str, **spec: Any) -> dict[str, Any]:

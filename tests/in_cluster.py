@@ -1,0 +1,125 @@
+"""The operator as users install it, for the e2e tier: its image, the local overlay's
+Deployment and the generated ClusterRole, in a namespace that enforces the restricted
+Pod Security Standard, watching only that namespace.
+
+`render_install` moves the overlay into one namespace, so tests never touch a real
+install (orchard-system) or each other: namespaced objects go to the test namespace,
+cluster-scoped ones get a private name, and the operator is told to watch only it.
+`InClusterOperator` applies it, waits for it, can kill its pod the way a node loss does,
+and on the way out fails the test if the operator's log shows a refusal of its role.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RESTRICTED = "pod-security.kubernetes.io/enforce=restricted"
+SELECTOR = "app.kubernetes.io/name=orchard,app.kubernetes.io/component=operator"
+ORCHARD_KINDS = ("modeldeployments", "trainingjobs", "modelversions")
+
+
+def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
+    proc = subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"kubectl {' '.join(args)}:\n{proc.stdout}{proc.stderr}"
+    return proc.stdout
+
+
+def render_install(kubeconfig: Path, overlay: str, namespace: str) -> list[dict[str, Any]]:
+    """An install of `overlay` moved into `namespace`, watching only it, with private
+    names for the cluster-scoped objects (so a real install and other tests are untouched)."""
+    docs = []
+    for doc in yaml.safe_load_all(
+        kubectl(kubeconfig, "kustomize", str(REPO / "manifests" / overlay))
+    ):
+        if not doc or doc["kind"] in ("Namespace", "CustomResourceDefinition"):
+            continue
+        meta = doc["metadata"]
+        if "namespace" in meta:
+            meta["namespace"] = namespace
+        else:
+            meta["name"] = f"{meta['name']}-{namespace}"
+        if doc["kind"] == "ClusterRoleBinding":
+            doc["roleRef"]["name"] = f"orchard-{namespace}"
+            for subject in doc["subjects"]:
+                subject["namespace"] = namespace
+        if doc["kind"] == "Deployment":
+            container = doc["spec"]["template"]["spec"]["containers"][0]
+            container["args"] = [a for a in container["args"] if a != "--all-namespaces"]
+            container["args"].append(f"--namespace={namespace}")
+        docs.append(doc)
+    return docs
+
+
+class InClusterOperator:
+    """The local overlay's operator, installed into one test namespace."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, logs: Path) -> None:
+        self.kubeconfig, self.namespace, self.logs = kubeconfig, namespace, logs
+        self.restarts = 0
+        self._seen: list[str] = []  # the logs of pods killed on the way
+
+    def _kubectl(self, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
+        return kubectl(self.kubeconfig, *args, stdin=stdin, timeout=timeout)
+
+    def install(self) -> None:
+        self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+        self._kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f",
+                      str(REPO / "crds"))  # fmt: skip
+        self._kubectl("label", "--overwrite", "namespace", self.namespace, RESTRICTED)
+        docs = render_install(self.kubeconfig, "overlays/local", self.namespace)
+        self._kubectl("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(docs))
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """The pod is Ready and its watches have started (it acts from then on)."""
+        self._kubectl("-n", self.namespace, "rollout", "status", "deploy/orchard-operator",
+                      "--timeout=180s", timeout=200)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while "Starting the watch-stream" not in self.log() and time.monotonic() < deadline:
+            time.sleep(1)
+
+    def log(self) -> str:
+        try:
+            return self._kubectl("-n", self.namespace, "logs", "deploy/orchard-operator")
+        except AssertionError:
+            return ""
+
+    def kill(self) -> None:
+        """Delete the pod at once, without its grace period, like a node that is lost."""
+        self._seen.append(self.log())
+        pod = self._kubectl("-n", self.namespace, "get", "pods", "-l", SELECTOR, "-o", "name")
+        self._kubectl("-n", self.namespace, "delete", "--grace-period=0", "--force",
+                      *pod.split())  # fmt: skip
+        self.restarts += 1
+
+    def uninstall(self) -> None:
+        """Delete Orchard's objects while the operator runs (a ModelVersion's deletion
+        guard needs it), keep its log, then remove its cluster-scoped objects."""
+        for kind in ORCHARD_KINDS:
+            with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+                self._kubectl("-n", self.namespace, "delete", kind, "--all", "--timeout=60s",
+                              timeout=90)  # fmt: skip
+        self._seen.append(self.log())
+        self.logs.mkdir(parents=True, exist_ok=True)
+        (self.logs / f"{self.namespace}-operator.log").write_text("\n".join(self._seen))
+        with contextlib.suppress(AssertionError):
+            self._kubectl("delete", "--ignore-not-found", "--wait=false",
+                          f"clusterrolebinding/orchard-{self.namespace}",
+                          f"clusterrole/orchard-{self.namespace}")  # fmt: skip
+
+    def refusals(self) -> list[str]:
+        """Lines of the operator's log where the API server refused its role."""
+        return [line for line in "\n".join(self._seen).splitlines() if "forbidden" in line.lower()]
