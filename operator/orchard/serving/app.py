@@ -126,10 +126,9 @@ class App:
 
     def set_runner(self, runner: ModelRunner) -> None:
         """Make the model live (the app answers 503 on model routes until then)."""
-        buckets = None
         self.metrics.set_model(
             runner.schema.names, [c.numeric for c in runner.schema.columns],
-            not runner.classification, self.info, buckets,
+            not runner.classification, self.info,
         )  # fmt: skip
         self.runner = runner
 
