@@ -52,7 +52,7 @@ are counted, so every number lies within float32's range (`limits.MAX_ABS_VALUE`
 the float64 sums cannot overflow; they saturate at ±1.8e308 rather than ever become inf
 or NaN. Label values have every control and line-separator character but the newline
 written as `\\xHH` or `\\uHHHH` (a bare carriage return or U+2028 would end the line for
-some parsers, the operator's included), and a string feature adds at most 51 series of
+some parsers, as it once did for the operator's), and a string feature adds at most 51 series of
 short label values (`limits.MAX_CATEGORIES`, `limits.MAX_LABEL_CHARS`).
 
 Endpoints (`orchard.contracts.Endpoint`): v2_infer, v1_predict, v2_model_metadata,
