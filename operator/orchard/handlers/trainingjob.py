@@ -31,10 +31,10 @@ from orchard.builders.training import (
     job_name,
     training_job,
 )
+from orchard.contracts import TrainerReport
 from orchard.decisions import policy as pol
 from orchard.decisions.training import (
     Outcome,
-    TrainerResult,
     next_version,
     registered_version,
     training_outcome,
@@ -254,7 +254,7 @@ async def _observe(tj: TrainingJob) -> Outcome:
     )
 
 
-async def register(tj: TrainingJob, result: TrainerResult) -> str:
+async def register(tj: TrainingJob, result: TrainerReport) -> str:
     """Register the result as `<model>-v<N>`, exactly once per TrainingJob.
 
     A ModelVersion already labelled with this TrainingJob's uid is the registration
