@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from orchard import contracts as wire
+from orchard import contracts
 from orchard.api.common import parse_duration
 from orchard.api.modeldeployment import Analysis as AnalysisSpec
 
@@ -47,15 +47,15 @@ SHIFT_NOISE_Z = 2.0
 class MetricNames:
     """Names and labels of the server metrics the analysis reads (`orchard.contracts`)."""
 
-    requests: str = wire.REQUESTS
-    status_label: str = wire.CODE_LABEL
-    endpoint_label: str = wire.ENDPOINT_LABEL
+    requests: str = contracts.REQUESTS
+    status_label: str = contracts.CODE_LABEL
+    endpoint_label: str = contracts.ENDPOINT_LABEL
     # Only inference requests count: probes and scrapes hit the same server.
-    endpoints: tuple[str, ...] = wire.INFERENCE_ENDPOINTS
-    latency: str = wire.LATENCY
-    predicted_class: str = wire.PREDICTED_CLASS
-    class_label: str = wire.CLASS_LABEL
-    predicted_value: str = wire.PREDICTED_VALUE
+    endpoints: tuple[str, ...] = contracts.INFERENCE_ENDPOINTS
+    latency: str = contracts.LATENCY
+    predicted_class: str = contracts.PREDICTED_CLASS
+    class_label: str = contracts.CLASS_LABEL
+    predicted_value: str = contracts.PREDICTED_VALUE
 
     def is_error(self, status: str) -> bool:
         """A request failed when the server answered 5xx: its fault, not the client's."""

@@ -90,8 +90,8 @@ class TrainerFailure:
 
 
 def _as_result(data: dict[str, Any]) -> TrainerReport | TrainerFailure | None:
-    """A report as `orchard.contracts` declares it (None: not one), with every URI and
-    message redacted again, whatever the trainer's image did."""
+    """A report as `orchard.contracts` declares it (None: not one), its dataset URI and a
+    failure's message redacted again, whatever the trainer's image did."""
     error = data.get("error")
     try:
         if isinstance(error, dict):

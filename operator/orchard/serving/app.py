@@ -98,7 +98,7 @@ class Route:
 
 
 _V2_MODEL = "/v2/models/(?P<model>[^/]*)"
-ROUTES = (
+ROUTES = (  # patterns are tried in this order: inference first
     Route("POST", _V2_MODEL + "/infer", Endpoint.V2_INFER),
     Route("POST", "/v1/models/(?P<model>.*):predict", Endpoint.V1_PREDICT),
     Route("GET", "/v2/health/live", Endpoint.V2_HEALTH_LIVE, "_live"),
