@@ -495,10 +495,11 @@ async def test_search_registers_the_best_trial(namespace: str) -> None:
 
 async def registered(namespace: str) -> ModelVersion:
     tj = await create_tj(namespace)
-    from orchard.decisions.training import TrainerResult, parse_termination_message
+    from orchard.contracts import TrainerReport
+    from orchard.decisions.training import parse_termination_message
 
     res = parse_termination_message(json.dumps(result()))
-    assert isinstance(res, TrainerResult)
+    assert isinstance(res, TrainerReport)
     name = await tj_handlers.register(tj, res)
     body = await kube.get(API_VERSION, "ModelVersion", name, namespace)
     assert body is not None

@@ -14,19 +14,34 @@ from typing import Any
 
 import pytest
 
-from orchard.api.modeldeployment import ModelDeploymentStatus
+from orchard.api.modeldeployment import ModelDeployment, ModelDeploymentStatus
 from orchard.decisions import analysis as an
+from orchard.decisions import observing as ob
 from orchard.handlers import canary_metrics
+from orchard.serving.metrics import Metrics
 
 GOOD = (
     'orchard_requests_total{endpoint="v2_infer",code="200"} 120\n'
     'orchard_predictions_total{class="setosa"} 120\n'
 )
+
+
+def served(requests: int) -> bytes:
+    """What the model server itself writes after `requests` good inference requests."""
+    m = Metrics("iris")
+    for _ in range(requests):
+        m.observe_request("v2_infer", 200, 0.004)
+    m.classes.update({"setosa": requests // 2, "virginica": requests - requests // 2})
+    m.observe_request("v2_health_ready", 200, None)
+    return m.render()
+
+
 ANSWERS: dict[str, tuple[int, bytes]] = {
     "127.0.0.1": (200, GOOD.encode()),
     "127.0.0.2": (500, b'{"error": "internal"}'),
     "127.0.0.3": (200, b"x" * (canary_metrics.MAX_SCRAPE_BYTES + 1024)),
     "127.0.0.4": (200, b'orchard_requests_total{endpoint="v2_infer" 1\n'),
+    "127.0.0.5": (200, served(200)),
 }
 
 
@@ -106,3 +121,29 @@ def test_a_blinded_canary_is_never_a_pass() -> None:
     assert an.unobserved(_result("Pass"), {}).verdict == "Pass"
     failed = an.unobserved(_result("Fail"), {"canary-b": "x"})
     assert failed.verdict == "Fail"  # what was measured on the other pods stands
+
+
+async def test_an_unparsable_scrape_makes_a_passing_canary_inconclusive(port: int) -> None:
+    """Scraped over HTTP, parsed as the controller does: the server's own text from two
+    pods passes, and a third ready canary pod answering garbage holds the verdict."""
+    md = ModelDeployment.model_validate(
+        {
+            "metadata": {"name": "iris", "namespace": "ml"},
+            "spec": {"modelVersion": "iris-v2"},
+            "status": {**STATUS.model_dump(by_alias=True), "currentStep": 0},
+        }
+    )
+    pods = [
+        pod("stable-a", "127.0.0.5", "stable", "iris-v1"),
+        pod("canary-a", "127.0.0.5", "canary", "iris-v2"),
+    ]
+    scrapes, failures = await canary_metrics.scrape_tracks(pods, STATUS, port)
+    assert failures == {}
+    seen = ob.analyse_window(md, pods, scrapes, {}, failures)
+    assert (seen.verdict, seen.canary.requests) == ("Pass", 200), seen.message
+
+    pods.append(pod("canary-b", "127.0.0.4", "canary", "iris-v2"))
+    scrapes, failures = await canary_metrics.scrape_tracks(pods, STATUS, port)
+    blinded = ob.analyse_window(md, pods, scrapes, {}, failures)
+    assert (blinded.verdict, blinded.reason) == ("Inconclusive", "MetricsUnavailable")
+    assert "canary-b (/metrics unreadable: " in blinded.message

@@ -15,6 +15,7 @@ import yaml
 
 from orchard.artifacts import verify_artifact
 from orchard.cli import main
+from orchard.contracts import TrainerReport
 from orchard.trainer.result import MAX_BYTES, fit, report
 
 TRAININGJOB: dict[str, Any] = {
@@ -58,6 +59,10 @@ def test_train_from_a_yaml_file(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert message == proc.stdout.strip()
+    assert list(result) == [  # the shape an operator of any version reads
+        "artifactUri", "digest", "model", "task", "metrics", "framework", "dataset", "trial",
+        "params", "gate", "durationSeconds", "inputs",
+    ]  # fmt: skip
     assert result["artifactUri"] == f"file://{tmp_path}/out/"
     assert result["metrics"]["accuracy"] >= 0.8
     assert result["gate"]["passed"] is True
@@ -126,6 +131,8 @@ def test_failures_end_with_a_reason(
     code = main(["train", "-f", "-", "--output", f"file://{tmp_path}/out"])
     assert code == 1
     result = json.loads(capsys.readouterr().out)
+    assert list(result) == ["error", "trial"]
+    assert list(result["error"])[:2] == ["reason", "message"]
     assert result["error"]["reason"] == reason
     assert text in result["error"]["message"]
     assert json.loads(log.read_text()) == result
@@ -195,7 +202,7 @@ def test_the_result_fits_in_a_termination_message(tmp_path: Path) -> None:
     assert json.loads(data)["error"]["message"].endswith("...")
 
     log = tmp_path / "message"
-    assert report(wide, str(log)) == log.read_bytes()
+    assert report(TrainerReport.model_validate(wide), str(log)) == log.read_bytes()
 
 
 def test_the_widest_builtin_result_fits(tmp_path: Path) -> None:

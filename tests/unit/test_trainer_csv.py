@@ -50,9 +50,9 @@ RAW_ROWS = pd.DataFrame(
 
 def test_categorical_columns_and_missing_values_by_default(tmp_path: Path) -> None:
     result = train(make_job(f"file://{PENGUINS}"), f"file://{tmp_path}/out")
-    assert result["metrics"]["accuracy"] > 0.9
-    assert result["dataset"]["digest"] == sha256_file(PENGUINS)
-    meta = verify_artifact(tmp_path / "out", result["digest"])
+    assert result.metrics["accuracy"] > 0.9
+    assert result.dataset["digest"] == sha256_file(PENGUINS)
+    meta = verify_artifact(tmp_path / "out", result.digest)
     assert {c.name: c.type for c in meta.inputs} == {
         "island": "string",
         "bill_length_mm": "number",
@@ -86,7 +86,7 @@ def test_categorical_columns_and_missing_values_by_default(tmp_path: Path) -> No
 def test_preprocessing_variants(tmp_path: Path, preprocessing: dict[str, Any]) -> None:
     job = make_job(f"file://{PENGUINS}", preprocessing=preprocessing)
     result = train(job, f"file://{tmp_path}/out")
-    assert result["metrics"]["accuracy"] > 0.9
+    assert result.metrics["accuracy"] > 0.9
     model = joblib.load(tmp_path / "out" / "model.joblib")
     assert len(model.predict(RAW_ROWS)) == 3
 
@@ -97,7 +97,7 @@ def test_numeric_impute_none_needs_an_estimator_that_takes_nan(tmp_path: Path) -
         preprocessing={"numeric": {"impute": "none", "scale": "none"}},
         estimator={"name": "HistGradientBoostingClassifier", "params": {"max_iter": 10}},
     )
-    assert train(job, f"file://{tmp_path}/out")["metrics"]["accuracy"] > 0.9
+    assert train(job, f"file://{tmp_path}/out").metrics["accuracy"] > 0.9
 
 
 def test_feature_subset_and_booleans(tmp_path: Path) -> None:
@@ -115,8 +115,8 @@ def test_feature_subset_and_booleans(tmp_path: Path) -> None:
         },
     )
     result = train(job, f"file://{tmp_path}/out")
-    assert [c["name"] for c in result["inputs"]] == ["bill_length_mm", "island", "heavy"]
-    assert result["inputs"][2]["type"] == "boolean"
+    assert [c["name"] for c in result.inputs] == ["bill_length_mm", "island", "heavy"]
+    assert result.inputs[2]["type"] == "boolean"
     meta = verify_artifact(tmp_path / "out")
     assert meta.feature_stats["heavy"].frequencies is not None
     assert set(meta.feature_stats["heavy"].frequencies) == {"true", "false"}
@@ -132,8 +132,8 @@ def test_regression_on_a_csv_with_categories(tmp_path: Path) -> None:
         estimator={"name": "GradientBoostingRegressor", "params": {"n_estimators": 30}},
     )
     result = train(job, f"file://{tmp_path}/out")
-    assert result["task"] == "regression"
-    assert result["metrics"]["r2"] > 0.5
+    assert result.task == "regression"
+    assert result.metrics["r2"] > 0.5
 
 
 def test_pvc_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,8 +141,8 @@ def test_pvc_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "datasets").mkdir()
     (tmp_path / "datasets" / "penguins.csv").write_bytes(PENGUINS.read_bytes())
     result = train(make_job("pvc://datasets/penguins.csv"), "pvc://artifacts/penguins/1")
-    assert result["artifactUri"] == "pvc://artifacts/penguins/1/"
-    verify_artifact(tmp_path / "artifacts" / "penguins" / "1", result["digest"])
+    assert result.artifact_uri == "pvc://artifacts/penguins/1/"
+    verify_artifact(tmp_path / "artifacts" / "penguins" / "1", result.digest)
 
 
 @pytest.fixture
@@ -182,7 +182,7 @@ def https_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
 
 def test_https_dataset(tmp_path: Path, https_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
     result = train(make_job(f"{https_root}/penguins.csv"), f"file://{tmp_path}/out")
-    assert result["dataset"]["digest"] == sha256_file(PENGUINS)
+    assert result.dataset["digest"] == sha256_file(PENGUINS)
     # Without trusting the certificate the download is refused, not silently accepted.
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-ca.pem"))
     monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-such-dir"))
@@ -192,7 +192,7 @@ def test_https_dataset(tmp_path: Path, https_root: str, monkeypatch: pytest.Monk
 
 def test_http_dataset(tmp_path: Path, http_root: str) -> None:
     result = train(make_job(f"{http_root}/penguins.csv"), f"file://{tmp_path}/out")
-    assert result["dataset"] == {
+    assert result.dataset == {
         "uri": f"{http_root}/penguins.csv",
         "digest": sha256_file(PENGUINS),
     }

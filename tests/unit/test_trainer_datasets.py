@@ -48,11 +48,11 @@ def test_every_builtin_dataset(
         estimator={"name": estimator, "params": params},
     )
     result = train(job, f"file://{tmp_path}/out")
-    assert result["artifactUri"] == f"file://{tmp_path}/out/"
-    assert result["metrics"][metric] >= floor, result["metrics"]
-    meta = verify_artifact(local_path(result["artifactUri"]), result["digest"])
+    assert result.artifact_uri == f"file://{tmp_path}/out/"
+    assert result.metrics[metric] >= floor, result.metrics
+    meta = verify_artifact(local_path(result.artifact_uri), result.digest)
     assert meta.dataset.uri == f"builtin:{dataset}"
-    assert meta.dataset.digest == result["dataset"]["digest"]
+    assert meta.dataset.digest == result.dataset["digest"]
     assert meta.estimator.params == params
     assert meta.source.training_job == "tj"
 
@@ -64,14 +64,14 @@ def test_every_builtin_dataset(
     predicted = model.predict(frame[features].head(20))
     assert len(predicted) == 20
     if meta.task == "classification":
-        assert set(result["metrics"]) >= {"accuracy", "f1_macro", "precision_macro", "recall_macro"}
+        assert set(result.metrics) >= {"accuracy", "f1_macro", "precision_macro", "recall_macro"}
         assert meta.output.classes is not None
         assert {str(p) for p in predicted} <= {str(c) for c in meta.output.classes}
         assert abs(sum(meta.prediction_stats["classes"].values()) - 1) < 1e-3
         # Trained on the training rows; the first rows of the data are mostly right.
         assert (predicted == frame["target"].head(20).to_numpy()).mean() >= 0.7
     else:
-        assert set(result["metrics"]) == {"r2", "rmse", "mae"}
+        assert set(result.metrics) == {"r2", "rmse", "mae"}
         assert set(meta.prediction_stats) == {"mean", "std", "quantiles"}
 
 
@@ -95,20 +95,20 @@ def test_same_spec_same_model_and_fingerprint(tmp_path: Path) -> None:
     job = make_job(estimator={"name": "RandomForestClassifier", "params": {"n_estimators": 5}})
     a = train(job, f"file://{tmp_path}/a")
     b = train(job, f"file://{tmp_path}/b")
-    assert a["metrics"] == b["metrics"]
-    assert a["dataset"]["digest"] == b["dataset"]["digest"]
+    assert a.metrics == b.metrics
+    assert a.dataset["digest"] == b.dataset["digest"]
 
 
 def test_cross_validation_metrics(tmp_path: Path) -> None:
     job = make_job(evaluation={"cvFolds": 3, "testSize": 0.25})
-    metrics = train(job, f"file://{tmp_path}/out")["metrics"]
+    metrics = train(job, f"file://{tmp_path}/out").metrics
     assert 0.8 <= metrics["cv_accuracy"] <= 1
     assert metrics["cv_accuracy_std"] >= 0
     assert "cv_f1_macro" in metrics
     reg = make_job(
         dataset={"builtin": "diabetes"}, estimator={"name": "Lasso"}, evaluation={"cvFolds": 2}
     )
-    metrics = train(reg, f"file://{tmp_path}/reg")["metrics"]
+    metrics = train(reg, f"file://{tmp_path}/reg").metrics
     assert metrics["cv_rmse"] > 0  # an error, reported positive
     assert metrics["cv_mae"] > 0
 
@@ -117,7 +117,7 @@ def test_load_model_unpickles_only_verified_bytes(tmp_path: Path) -> None:
     from orchard.artifacts import DigestMismatch, load_model
 
     result = train(make_job(), f"file://{tmp_path}/out")
-    model, meta = load_model(tmp_path / "out", result["digest"])
+    model, meta = load_model(tmp_path / "out", result.digest)
     assert meta.model == "m"
     assert len(model.predict(load_builtin("iris").drop(columns="target").head(3))) == 3
     with pytest.raises(DigestMismatch, match="recorded digest"):
@@ -126,9 +126,9 @@ def test_load_model_unpickles_only_verified_bytes(tmp_path: Path) -> None:
     (tmp_path / "out" / "model.joblib").write_bytes(
         (tmp_path / "other" / "model.joblib").read_bytes()
     )  # a valid pickle, but not the one the metadata pins
-    assert other["digest"] != result["digest"]
+    assert other.digest != result.digest
     with pytest.raises(DigestMismatch, match="refusing to unpickle"):
-        load_model(tmp_path / "out", result["digest"])
+        load_model(tmp_path / "out", result.digest)
 
 
 def test_the_server_accepts_what_the_trainer_writes(tmp_path: Path) -> None:
@@ -138,9 +138,9 @@ def test_the_server_accepts_what_the_trainer_writes(tmp_path: Path) -> None:
         make_job(dataset={"uri": f"file://{PENGUINS}", "target": "species"}),
         f"file://{tmp_path}/out",
     )
-    artifact = serving.verify(tmp_path / "out", result["digest"])
+    artifact = serving.verify(tmp_path / "out", result.digest)
     assert [(c.name, c.type) for c in artifact.columns] == [
-        (i["name"], i["type"]) for i in result["inputs"]
+        (i["name"], i["type"]) for i in result.inputs
     ]
     model = serving.unpickle(artifact)
     frame = pd.read_csv(PENGUINS).drop(columns="species").head(5)

@@ -64,6 +64,6 @@ def test_a_failed_gate_writes_nothing(tmp_path: Path) -> None:
 
 def test_a_passed_gate_is_reported(tmp_path: Path) -> None:
     result = train(make_job(tmp_path, metric="log_loss", max=5.0), f"file://{tmp_path}/out")
-    assert result["gate"]["passed"] is True
-    assert result["gate"]["max"] == 5.0
+    assert result.gate["passed"] is True
+    assert result.gate["max"] == 5.0
     assert (tmp_path / "out" / "metadata.json").exists()

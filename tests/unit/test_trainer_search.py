@@ -117,10 +117,10 @@ def test_a_trial_trains_its_own_parameters_into_its_own_directory(tmp_path: Path
     )
     assert output_uri(job, None, 2) == f"file://{tmp_path}/store/iris/iris-search/trial-2/"
     result = train(job, None, trial=3)
-    assert result["params"] == {"n_estimators": 8, "max_depth": 3}
-    assert result["trial"] == 3
+    assert result.params == {"n_estimators": 8, "max_depth": 3}
+    assert result.trial == 3
     meta = verify_artifact(tmp_path / "store" / "iris" / "iris-search" / "trial-3")
     assert meta.estimator.params == {"n_estimators": 8, "max_depth": 3}
     assert meta.source.trial == 3
     # In a search the gate is the operator's call on the best trial: reported, not raised.
-    assert result["gate"]["passed"] is (result["metrics"]["accuracy"] >= 0.99)
+    assert result.gate["passed"] is (result.metrics["accuracy"] >= 0.99)

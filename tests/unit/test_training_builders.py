@@ -16,7 +16,7 @@ from orchard.builders.modelversion import (
     version_name,
 )
 from orchard.builders.training import config_map, job_name, training_job, trial_count
-from orchard.decisions.training import TrainerResult
+from orchard.contracts import TrainerReport
 
 UID = "6f1c1a1e-0000-4000-8000-000000000001"
 DIGEST = "sha256:" + "ab" * 32
@@ -281,7 +281,7 @@ def test_names_stay_short_and_stable() -> None:
     assert len(job_name(tj)) <= 52
 
 
-RESULT = TrainerResult(
+RESULT = TrainerReport(
     artifact_uri="pvc://orchard-artifacts/models/penguins/penguins-rf-0/",
     digest=DIGEST,
     metrics={"accuracy": 0.97, "f1_macro": 0.96},
@@ -329,12 +329,10 @@ def test_model_version_of_a_search_records_the_trial() -> None:
 
 
 def test_model_version_refuses_a_malformed_digest() -> None:
-    from dataclasses import replace
-
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError):
-        model_version(make_tj(), replace(RESULT, digest="md5:1234"), 1, STORE)
+        model_version(make_tj(), RESULT.model_copy(update={"digest": "md5:1234"}), 1, STORE)
 
 
 def test_verify_job_checks_the_recorded_digest() -> None:
@@ -375,10 +373,10 @@ def test_batch_pods_confine_local_paths_to_the_mounted_claims() -> None:
 
 def test_model_version_redacts_a_presigned_dataset_uri() -> None:
     """Whatever the trainer image reported; the digest still pins the bytes."""
-    from dataclasses import replace
-
     presigned = "https://h.test/p.csv?X-Amz-Credential=AKIAFAKE&X-Amz-Signature=hunter2"
-    result = replace(RESULT, dataset={"uri": presigned, "digest": "sha256:" + "cd" * 32})
+    result = RESULT.model_copy(
+        update={"dataset": {"uri": presigned, "digest": "sha256:" + "cd" * 32}}
+    )
     dataset = model_version(make_tj(), result, 1, STORE)["spec"]["source"]["dataset"]
     assert dataset == {
         "uri": "https://h.test/p.csv?X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED",

@@ -10,12 +10,12 @@ import pytest
 
 from orchard.api.common import get_condition
 from orchard.api.trainingjob import Artifacts, Search, TrainingJobSpec, TrainingJobStatus
+from orchard.contracts import ReportedError, TrainerFailureReport, TrainerReport
 from orchard.decisions.training import (
     NO_ARTIFACT_STORE,
     NO_ARTIFACT_STORE_MESSAGE,
     Outcome,
     TrainerFailure,
-    TrainerResult,
     artifact_store,
     best_trial,
     latest_by_index,
@@ -166,7 +166,7 @@ SEARCH = Search.model_validate(
 
 def test_result_message_parses() -> None:
     parsed = parse_termination_message(result_message(2, accuracy=0.9, f1_macro=0.8))
-    assert isinstance(parsed, TrainerResult)
+    assert isinstance(parsed, TrainerReport)
     assert parsed.digest == DIGEST
     assert parsed.metrics == {"accuracy": 0.9, "f1_macro": 0.8}
     assert parsed.trial == 2
@@ -201,7 +201,7 @@ def test_credentials_in_a_trainer_report_are_redacted() -> None:
     body = json.loads(result_message(None))
     body["dataset"]["uri"] = presigned
     parsed = parse_termination_message(json.dumps(body))
-    assert isinstance(parsed, TrainerResult)
+    assert isinstance(parsed, TrainerReport)
     assert parsed.dataset["uri"] == "https://h.test/p.csv?X-Amz-Signature=REDACTED"
     failure = parse_termination_message(
         error_message("DatasetUnavailable", f"cannot download {presigned}: HTTP Error 403")
@@ -232,8 +232,100 @@ def test_credentials_in_a_trainer_report_are_redacted() -> None:
 def test_non_finite_metrics_are_dropped() -> None:
     text = result_message(None).replace('"accuracy": 0.97', '"accuracy": 0.97, "roc_auc": NaN')
     parsed = parse_termination_message(text)
-    assert isinstance(parsed, TrainerResult)
+    assert isinstance(parsed, TrainerReport)
     assert parsed.metrics == {"accuracy": 0.97}
+
+
+def test_the_report_the_trainer_writes_is_the_one_the_operator_reads() -> None:
+    report = TrainerReport(
+        artifact_uri="pvc://orchard-artifacts/penguins/penguins-rf/",
+        digest=DIGEST,
+        model="penguins",
+        task="classification",
+        metrics={"accuracy": 0.97},
+        framework={"name": "scikit-learn", "version": "1.7.2"},
+        dataset={"uri": "builtin:penguins", "digest": DIGEST},
+        trial=0,
+        params={"max_depth": 4, "criterion": None},
+        gate={"passed": True, "metric": "accuracy", "value": 0.97, "min": 0.9},
+        duration_seconds=1.9,
+        inputs=[{"name": "bill_length_mm", "type": "number"}],
+    )
+    wire = report.wire()
+    assert list(wire) == [  # the shape docs/artifact-format.md gives, in its order
+        "artifactUri", "digest", "model", "task", "metrics", "framework", "dataset", "trial",
+        "params", "gate", "durationSeconds", "inputs",
+    ]  # fmt: skip
+    assert wire["params"] == {"max_depth": 4, "criterion": None}
+    assert parse_termination_message(json.dumps(wire)) == report
+    assert "gate" not in report.model_copy(update={"gate": None}).wire()
+
+    failure = TrainerFailureReport(
+        error=ReportedError.model_validate(
+            {"reason": "GateFailed", "message": "accuracy 0.5 < 0.9", "metric": "accuracy"}
+        )
+    )
+    assert failure.wire() == {
+        "error": {"reason": "GateFailed", "message": "accuracy 0.5 < 0.9", "metric": "accuracy"},
+        "trial": None,
+    }
+    assert parse_termination_message(json.dumps(failure.wire())) == TrainerFailure(
+        "GateFailed", "accuracy 0.5 < 0.9"
+    )
+
+
+def test_an_older_trainers_report_still_parses() -> None:
+    """Only what the operator needs is required; what it does not know is ignored."""
+    minimal = {"artifactUri": "pvc://a/b/", "digest": DIGEST, "metrics": {"r2": 1}}
+    parsed = parse_termination_message(json.dumps({**minimal, "newField": {"x": 1}}))
+    assert parsed == TrainerReport(artifact_uri="pvc://a/b/", digest=DIGEST, metrics={"r2": 1.0})
+    assert parse_termination_message('{"error": {}}') == TrainerFailure("TrainingError", "")
+
+
+def test_fields_of_the_wrong_type_are_left_out_not_the_report() -> None:
+    body = json.loads(result_message(None))
+    body |= {"trial": "3", "task": 7, "inputs": "x", "gate": [], "durationSeconds": "1s"}
+    body["metrics"] = {"accuracy": 0.9, "flag": True, "name": "x", "n": 3, "inf": 1e400}
+    body["metrics"]["huge"] = 10**400  # an integer no double holds
+    body["framework"] = {"name": "scikit-learn", "version": 1.7}
+    body["dataset"] = {"uri": "builtin:iris", "digest": None, "rows": 150}
+    parsed = parse_termination_message(json.dumps(body))
+    assert isinstance(parsed, TrainerReport)
+    assert parsed.metrics == {"accuracy": 0.9, "n": 3.0}
+    assert (parsed.trial, parsed.task, parsed.inputs, parsed.gate) == (None, None, [], None)
+    assert parsed.duration_seconds is None
+    assert parsed.framework == {"name": "scikit-learn", "version": "1.7"}
+    assert parsed.dataset == {"uri": "builtin:iris", "rows": "150"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"digest": DIGEST},
+        {"artifactUri": 5, "digest": DIGEST},
+        {"artifactUri": "pvc://a/b/", "digest": ["sha256:"]},
+        {"artifactUri": "pvc://a/b/", "digest": DIGEST, "metrics": [0.9]},
+        {"artifactUri": "pvc://a/b/", "digest": DIGEST, "framework": "scikit-learn"},
+        {"error": "out of memory"},
+    ],
+)
+def test_a_malformed_report_ends_as_no_report_did(body: dict[str, Any]) -> None:
+    """Exit 0: NoResult; exit 1: TrainingError quoting the message."""
+    text = json.dumps(body)
+    assert parse_termination_message(text) is None
+    done = pod(
+        phase="Succeeded", terminated={"exitCode": 0, "reason": "Completed", "message": text}
+    )
+    complete = job(succeeded=1, completionTime=T1, conditions=[cond("Complete")])
+    assert (training_outcome(complete, [done]).reason, pod_report(done).failure) == (
+        "NoResult",
+        TrainerFailure("NoResult", "the trainer exited 0 but reported no result"),
+    )
+    failed = training_outcome(
+        job(failed=1, conditions=[cond("Failed", "BackoffLimitExceeded")]), [failed_pod(text)]
+    )
+    assert (failed.phase, failed.reason) == ("Failed", "TrainingError")
+    assert failed.message.startswith("the trainer exited with code 1: {")
 
 
 # --- single runs -----------------------------------------------------------------
@@ -434,8 +526,8 @@ def test_retried_pod_newest_wins_but_success_sticks() -> None:
 
 
 def test_best_trial_by_direction_with_ties_to_lowest_index() -> None:
-    def r(**m: float) -> TrainerResult:
-        return TrainerResult("u", DIGEST, m)
+    def r(**m: float) -> TrainerReport:
+        return TrainerReport(artifact_uri="u", digest=DIGEST, metrics=m)
 
     results = {
         0: r(accuracy=0.9, rmse=3.0),

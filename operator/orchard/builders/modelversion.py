@@ -9,7 +9,7 @@ already registered.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from orchard.api.common import API_VERSION, GROUP, to_k8s
 from orchard.api.modelversion import (
@@ -38,6 +38,7 @@ from orchard.builders.common import (
     restricted_pod_security,
     secret_env,
 )
+from orchard.contracts import TrainerReport
 
 TRAININGJOB_UID_LABEL = f"{GROUP}/trainingjob-uid"
 MODELVERSION_LABEL = f"{GROUP}/modelversion"
@@ -48,36 +49,13 @@ DEFAULT_FRAMEWORK = {"name": "scikit-learn", "version": "unknown"}
 _INPUT_TYPES = {"number", "integer", "string", "boolean"}
 
 
-class TrainerResult(Protocol):
-    """What the trainer reported (orchard.decisions.training.TrainerResult has this shape)."""
-
-    @property
-    def artifact_uri(self) -> str: ...
-    @property
-    def digest(self) -> str: ...
-    @property
-    def metrics(self) -> dict[str, float]: ...
-    @property
-    def framework(self) -> dict[str, str]: ...
-    @property
-    def inputs(self) -> list[dict[str, str]]: ...
-    @property
-    def dataset(self) -> dict[str, str]: ...
-    @property
-    def trial(self) -> int | None: ...
-    @property
-    def params(self) -> dict[str, Any]: ...
-    @property
-    def task(self) -> str | None: ...
-
-
 def version_name(model: str, version: int) -> str:
     """`<model>-v<N>`: the name the version is known by everywhere."""
     return f"{model}-v{version}"
 
 
 def model_version(
-    tj: TrainingJob, result: TrainerResult, version: int, store: Artifacts | None
+    tj: TrainingJob, result: TrainerReport, version: int, store: Artifacts | None
 ) -> dict[str, Any]:
     """The ModelVersion registering a TrainingJob's (best) result as version `version`.
 

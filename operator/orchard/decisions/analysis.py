@@ -24,18 +24,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from orchard import contracts
 from orchard.api.common import parse_duration
 from orchard.api.modeldeployment import Analysis as AnalysisSpec
 
 from .metrics_text import Labels, Scrape
 
 Verdict = Literal["Pass", "Fail", "Inconclusive"]
-
-# The metric names the Orchard model server exposes (orchard.serving.metrics).
-REQUESTS = "orchard_requests_total"
-LATENCY = "orchard_request_duration_seconds"
-PREDICTED_CLASS = "orchard_predictions_total"
-PREDICTED_VALUE = "orchard_prediction_value"
 
 # A latency ratio is only held against the canary when both tracks have this many
 # requests in the window (a p95 of a few dozen requests is its slowest one or two: a
@@ -48,22 +43,19 @@ LATENCY_RATIO_FLOOR_SHARE = 0.05  # of maxLatencyP95
 SHIFT_NOISE_Z = 2.0
 
 
-INFERENCE_ENDPOINTS = ("v2_infer", "v1_predict")
-
-
 @dataclass(frozen=True)
 class MetricNames:
-    """Names and labels of the server metrics the analysis reads."""
+    """Names and labels of the server metrics the analysis reads (`orchard.contracts`)."""
 
-    requests: str = REQUESTS
-    status_label: str = "code"
-    endpoint_label: str = "endpoint"
+    requests: str = contracts.REQUESTS
+    status_label: str = contracts.CODE_LABEL
+    endpoint_label: str = contracts.ENDPOINT_LABEL
     # Only inference requests count: probes and scrapes hit the same server.
-    endpoints: tuple[str, ...] = INFERENCE_ENDPOINTS
-    latency: str = LATENCY
-    predicted_class: str = PREDICTED_CLASS
-    class_label: str = "class"
-    predicted_value: str = PREDICTED_VALUE
+    endpoints: tuple[str, ...] = contracts.INFERENCE_ENDPOINTS
+    latency: str = contracts.LATENCY
+    predicted_class: str = contracts.PREDICTED_CLASS
+    class_label: str = contracts.CLASS_LABEL
+    predicted_value: str = contracts.PREDICTED_VALUE
 
     def is_error(self, status: str) -> bool:
         """A request failed when the server answered 5xx: its fault, not the client's."""

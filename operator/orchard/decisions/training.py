@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from orchard.api.common import Condition, parse_timestamp, set_condition
 from orchard.api.trainingjob import (
     DEFAULT_ARTIFACTS_ENV,
@@ -29,6 +31,7 @@ from orchard.api.trainingjob import (
     Trial,
 )
 from orchard.artifacts.redact import redact_text, redact_uri
+from orchard.contracts import ReportedError, TrainerReport
 
 # The completion index of a pod of an Indexed Job.
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -96,61 +99,32 @@ def artifact_store(spec: TrainingJobSpec, default: Artifacts | None) -> Artifact
 
 
 @dataclass(frozen=True)
-class TrainerResult:
-    """A successful run's report: where the artifact is and what it scored."""
-
-    artifact_uri: str
-    digest: str
-    metrics: dict[str, float]
-    framework: dict[str, str] = field(default_factory=dict)
-    inputs: list[dict[str, str]] = field(default_factory=list)
-    dataset: dict[str, str] = field(default_factory=dict)
-    trial: int | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    task: str | None = None
-
-
-@dataclass(frozen=True)
 class TrainerFailure:
-    """A failed run's report: a CamelCase reason and a message for people."""
+    """Why a run failed or waits: a CamelCase reason and a message for people."""
 
     reason: str
     message: str
 
 
-def _as_result(data: Mapping[str, Any]) -> TrainerResult | TrainerFailure | None:
+def _as_result(data: dict[str, Any]) -> TrainerReport | TrainerFailure | None:
+    """A report as `orchard.contracts` declares it (None: not one), its dataset URI and a
+    failure's message redacted again, whatever the trainer's image did."""
     error = data.get("error")
-    if isinstance(error, Mapping):
-        return TrainerFailure(
-            reason=str(error.get("reason") or TRAINING_ERROR),
-            message=clip(redact_text(str(error.get("message") or ""))),
-        )
-    if not isinstance(data.get("artifactUri"), str) or not isinstance(data.get("digest"), str):
+    try:
+        if isinstance(error, dict):
+            failed = ReportedError.model_validate(error)
+            return TrainerFailure(
+                reason=failed.reason or TRAINING_ERROR,
+                message=clip(redact_text(failed.message)),
+            )
+        report = TrainerReport.model_validate(data)
+    except ValidationError:
         return None
-    metrics = {
-        str(k): float(v)
-        for k, v in (data.get("metrics") or {}).items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-    }
-    trial = data.get("trial")
-    return TrainerResult(
-        artifact_uri=data["artifactUri"],
-        digest=data["digest"],
-        metrics=metrics,
-        framework={str(k): str(v) for k, v in (data.get("framework") or {}).items()},
-        inputs=[dict(i) for i in data.get("inputs") or [] if isinstance(i, Mapping)],
-        dataset={
-            str(k): redact_uri(str(v)) if k == "uri" else str(v)
-            for k, v in (data.get("dataset") or {}).items()
-            if v is not None
-        },
-        trial=trial if isinstance(trial, int) and not isinstance(trial, bool) else None,
-        params=dict(data.get("params") or {}),
-        task=data.get("task") if isinstance(data.get("task"), str) else None,
-    )
+    dataset = {k: redact_uri(v) if k == "uri" else v for k, v in report.dataset.items()}
+    return report.model_copy(update={"dataset": dataset})
 
 
-def parse_termination_message(text: str | None) -> TrainerResult | TrainerFailure | None:
+def parse_termination_message(text: str | None) -> TrainerReport | TrainerFailure | None:
     """The trainer's report in a termination message.
 
     The message is the trainer's one JSON object; with FallbackToLogsOnError it may
@@ -167,7 +141,7 @@ def parse_termination_message(text: str | None) -> TrainerResult | TrainerFailur
             data = json.loads(candidate)
         except ValueError:
             continue
-        if isinstance(data, Mapping) and (parsed := _as_result(data)) is not None:
+        if isinstance(data, dict) and (parsed := _as_result(data)) is not None:
             return parsed
     return None
 
@@ -186,7 +160,7 @@ class PodReport:
     phase: PodPhase
     created: str = ""
     finished: str = ""
-    result: TrainerResult | None = None
+    result: TrainerReport | None = None
     failure: TrainerFailure | None = None
     waiting: TrainerFailure | None = None
 
@@ -232,7 +206,7 @@ def pod_report(pod: Mapping[str, Any]) -> PodReport:
         base["finished"] = terminated.get("finishedAt") or ""
         parsed = parse_termination_message(terminated.get("message"))
         exit_code = terminated.get("exitCode", 0)
-        if exit_code == 0 and isinstance(parsed, TrainerResult):
+        if exit_code == 0 and isinstance(parsed, TrainerReport):
             return PodReport(**base, phase="Succeeded", result=parsed)
         if exit_code == 0 and phase == "Succeeded":
             return PodReport(
@@ -275,7 +249,7 @@ def pod_report(pod: Mapping[str, Any]) -> PodReport:
 
 
 def _failure(
-    terminated: Mapping[str, Any], parsed: TrainerResult | TrainerFailure | None
+    terminated: Mapping[str, Any], parsed: TrainerReport | TrainerFailure | None
 ) -> TrainerFailure:
     if terminated.get("reason") == "OOMKilled":
         return TrainerFailure(
@@ -316,7 +290,7 @@ class Outcome:
     message: str
     start_time: datetime | None = None
     completion_time: datetime | None = None
-    result: TrainerResult | None = None
+    result: TrainerReport | None = None
     best_trial: int | None = None
     trials: list[Trial] = field(default_factory=list)
     # True when the Job is still running pods the outcome no longer needs (a pod that
@@ -335,13 +309,13 @@ def _job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | No
     return None
 
 
-def objective_value(result: TrainerResult, metric: str) -> float | None:
+def objective_value(result: TrainerReport, metric: str) -> float | None:
     """The trial's value of the objective metric, if it reported one."""
     return result.metrics.get(metric)
 
 
 def best_trial(
-    results: Mapping[int, TrainerResult], metric: str, direction: str = "maximize"
+    results: Mapping[int, TrainerReport], metric: str, direction: str = "maximize"
 ) -> int | None:
     """The index of the best trial by the objective; ties go to the lowest index.
 
@@ -449,7 +423,7 @@ def training_outcome(
 
 
 def _finished(
-    results: Mapping[int, TrainerResult],
+    results: Mapping[int, TrainerReport],
     reports: Mapping[int, PodReport],
     search: Search | None,
     trials: list[Trial],
@@ -499,7 +473,7 @@ def _finished(
     )
 
 
-def _metrics_line(result: TrainerResult) -> str:
+def _metrics_line(result: TrainerReport) -> str:
     shown = ", ".join(f"{k}={v:.4g}" for k, v in list(result.metrics.items())[:4])
     return f"trained: {shown}" if shown else "trained"
 

@@ -34,12 +34,12 @@ from orchard.builders.common import (
 )
 from orchard.builders.modelversion import TRAININGJOB_UID_LABEL, model_version, version_name
 from orchard.builders.training import config_map, job_name, training_job
+from orchard.contracts import TrainerReport
 from orchard.decisions import policy as pol
 from orchard.decisions.training import (
     NO_ARTIFACT_STORE,
     NO_ARTIFACT_STORE_MESSAGE,
     Outcome,
-    TrainerResult,
     artifact_store,
     next_version,
     registered_version,
@@ -269,7 +269,7 @@ async def _observe(tj: TrainingJob) -> Outcome:
     )
 
 
-async def register(tj: TrainingJob, result: TrainerResult) -> str:
+async def register(tj: TrainingJob, result: TrainerReport) -> str:
     """Register the result as `<model>-v<N>`, exactly once per TrainingJob.
 
     A ModelVersion already labelled with this TrainingJob's uid is the registration

@@ -1,4 +1,4 @@
-"""The ASGI app: a hand-written router for the Open Inference Protocol V1 and V2 over REST.
+"""The ASGI app: the Open Inference Protocol V1 and V2 over REST, routed by `ROUTES`.
 
 Routes (`{m}` is the served model's name; `/versions/{v}` may follow it in V2 paths):
 
@@ -6,6 +6,10 @@ Routes (`{m}` is the served model's name; `/versions/{v}` may follow it in V2 pa
     POST /v2/models/{m}/infer
     GET  /v1/models   /v1/models/{m}          POST /v1/models/{m}:predict
     GET  /metrics
+
+A path that names a model or a version the server does not serve is a 404 before its
+method is looked at, and so is a path no route matches; both are counted under endpoint
+`unknown`. A wrong method is a 405, counted under the route's endpoint.
 
 Errors are `{"error": "..."}` on one line, with the reason counted in
 `orchard_request_errors_total`. Everything a client gets wrong is a 4xx, its error and
@@ -42,14 +46,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from orchard.contracts import INFERENCE_ENDPOINTS, Endpoint
 from orchard.serving.batching import Batcher, PredictionFailed
 from orchard.serving.inputs import BadRequest, InvalidValue, Rows, TooManyRows
 from orchard.serving.limits import PARSE_INLINE_BYTES, Limits
@@ -76,6 +83,53 @@ class HTTPError(Exception):
     def __init__(self, status: int, reason: str, message: str, allow: str | None = None) -> None:
         super().__init__(message)
         self.status, self.reason, self.message, self.allow = status, reason, message, allow
+
+
+@dataclass(frozen=True)
+class Route:
+    """One method on one path. `path` is a regular expression for the whole path, whose
+    `model` group names the model; `handler` names the `App` method that answers (None:
+    an inference request, whose body is read, decoded and batched)."""
+
+    method: str
+    path: str
+    endpoint: Endpoint
+    handler: str | None = None
+
+
+_V2_MODEL = "/v2/models/(?P<model>[^/]*)"
+ROUTES = (  # patterns are tried in this order: inference first
+    Route("POST", _V2_MODEL + "/infer", Endpoint.V2_INFER),
+    Route("POST", "/v1/models/(?P<model>.*):predict", Endpoint.V1_PREDICT),
+    Route("GET", "/v2/health/live", Endpoint.V2_HEALTH_LIVE, "_live"),
+    Route("GET", "/v2/health/ready", Endpoint.V2_HEALTH_READY, "_ready"),
+    Route("GET", "/v2", Endpoint.V2_SERVER_METADATA, "_server_metadata"),
+    Route("GET", _V2_MODEL + "/?", Endpoint.V2_MODEL_METADATA, "_model_metadata"),
+    Route("GET", _V2_MODEL + "/ready", Endpoint.V2_MODEL_READY, "_model_ready"),
+    Route("GET", "/v1/models", Endpoint.V1_MODELS, "_v1_models"),
+    Route("GET", "/v1/models/(?P<model>[^/:]*)", Endpoint.V1_MODEL, "_v1_model"),
+    Route("GET", "/metrics", Endpoint.METRICS, "_render_metrics"),
+)
+# A V2 path may name the version after the model: /v2/models/{m}/versions/{v}/ready is
+# /v2/models/{m}/ready once the model and the version are checked (once: no second one).
+_VERSIONED = re.compile(_V2_MODEL + "/versions/(?P<version>[^/]*)", re.DOTALL)
+
+Methods = dict[str, Route]  # the routes of one path, by method
+Patterns = list[tuple[re.Pattern[str], Methods]]
+
+
+def _index(routes: tuple[Route, ...]) -> tuple[dict[str, Methods], Patterns]:
+    """The table for lookup: literal paths by path, then patterns in table order (no path
+    matches two patterns), each with its routes by method."""
+    literal: dict[str, Methods] = {}
+    patterns: dict[str, Methods] = {}
+    for route in routes:
+        by_path = literal if re.escape(route.path) == route.path else patterns
+        by_path.setdefault(route.path, {})[route.method] = route
+    return literal, [(re.compile(p, re.DOTALL), m) for p, m in patterns.items()]
+
+
+_LITERAL, _PATTERNS = _index(ROUTES)
 
 
 def _bad_request(exc: BadRequest) -> HTTPError:
@@ -126,10 +180,9 @@ class App:
 
     def set_runner(self, runner: ModelRunner) -> None:
         """Make the model live (the app answers 503 on model routes until then)."""
-        buckets = None
         self.metrics.set_model(
             runner.schema.names, [c.numeric for c in runner.schema.columns],
-            not runner.classification, self.info, buckets,
+            not runner.classification, self.info,
         )  # fmt: skip
         self.runner = runner
 
@@ -176,27 +229,28 @@ class App:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         method: str = scope["method"]
-        endpoint = "unknown"
+        endpoint: str = Endpoint.UNKNOWN
         status = 200
         unread = _has_body(scope)  # a body left unread: close the connection after answering
         try:
-            endpoint, handler, allowed = self._route(scope["path"])
-            if method not in allowed:
+            route, allowed = self._route(method, scope["path"])
+            endpoint = route.endpoint
+            if route.method != method:
                 raise HTTPError(
                     405, "method_not_allowed", f"{method} is not allowed here", ", ".join(allowed)
                 )
-            if handler is None:
+            if route.handler is None:
                 runner = self._runner()
                 body = await self._read_body(scope, receive)
                 if body is None:
                     return
                 unread = False
-                v2 = endpoint == "v2_infer"
+                v2 = endpoint == Endpoint.V2_INFER
                 request_id, rows, n = await self._decode(runner, v2, body)
                 del body  # only the rows are needed from here on
                 payload = await self._infer(v2, request_id, rows, n)
             else:
-                payload = handler()
+                payload = getattr(self, route.handler)()
             if isinstance(payload, bytes):  # /metrics
                 await _send(send, 200, payload, b"text/plain; version=0.0.4")
             else:
@@ -217,52 +271,33 @@ class App:
                 send, 500, orjson.dumps({"error": f"internal error: {type(exc).__name__}"}),
                 extra=[_CLOSE] if unread else None,
             )  # fmt: skip
-        timed = endpoint in ("v2_infer", "v1_predict")
+        timed = endpoint in INFERENCE_ENDPOINTS
         self.metrics.observe_request(
             endpoint, status, time.perf_counter() - start if timed else None
         )
 
-    def _route(self, path: str) -> tuple[str, Callable[[], Any] | None, tuple[str, ...]]:
-        """(endpoint label, handler or None for inference, allowed methods)."""
-        get = ("GET",)
-        if path.startswith("/v2/models/"):
-            rest = path[11:]
-            name, _, action = rest.partition("/")
-            if action.startswith("versions/"):
-                version, _, action = action[9:].partition("/")
-                self._model(name)
-                if version != (self.version or ""):
-                    raise HTTPError(404, "not_found", f"model {name!r} has no version {version!r}")
-            if action == "infer":
-                self._model(name)
-                return "v2_infer", None, ("POST",)
-            if action == "ready":
-                self._model(name)
-                return "v2_model_ready", self._model_ready, get
-            if action == "":
-                self._model(name)
-                return "v2_model_metadata", self._model_metadata, get
-        elif path.startswith("/v1/models/"):
-            rest = path[11:]
-            if rest.endswith(":predict"):
-                self._model(rest[:-8])
-                return "v1_predict", None, ("POST",)
-            if "/" not in rest and ":" not in rest:
-                self._model(rest)
-                return "v1_model", self._v1_model, get
-        else:
-            fixed = self._fixed.get(path)
-            if fixed is not None:
-                return fixed[0], getattr(self, fixed[1]), get
-        raise HTTPError(404, "not_found", f"no route for {path}")
+    def _route(self, method: str, path: str) -> tuple[Route, tuple[str, ...]]:
+        """The route that answers `method` on `path` (else one on that path), and the
+        methods allowed there; 404 for a path no route matches or a model not served."""
+        target = path
+        if (versioned := _VERSIONED.match(path)) is not None:
+            name, version = versioned["model"], versioned["version"]
+            self._model(name)
+            if version != (self.version or ""):
+                raise HTTPError(404, "not_found", f"model {name!r} has no version {version!r}")
+            target = f"/v2/models/{name}{path[versioned.end() :]}"
+        methods = _LITERAL.get(target) or self._matching(target, path)
+        route = methods.get(method) or next(iter(methods.values()))
+        return route, tuple(methods)
 
-    _fixed = {
-        "/v2/health/live": ("v2_health_live", "_live"),
-        "/v2/health/ready": ("v2_health_ready", "_ready"),
-        "/v2": ("v2_server_metadata", "_server_metadata"),
-        "/v1/models": ("v1_models", "_v1_models"),
-        "/metrics": ("metrics", "_render_metrics"),
-    }
+    def _matching(self, target: str, path: str) -> Methods:
+        """The routes of the first pattern `target` matches, once its model is checked."""
+        for pattern, methods in _PATTERNS:
+            if (params := pattern.fullmatch(target)) is not None:
+                if "model" in pattern.groupindex:
+                    self._model(params["model"])
+                return methods
+        raise HTTPError(404, "not_found", f"no route for {path}")
 
     def _model(self, name: str) -> None:
         if name != self.name:

@@ -6,7 +6,8 @@ renders the text exposition format (version 0.0.4) on demand.
 The ModelDeployment controller scrapes each pod's `/metrics` to judge a canary:
 request and error counts give the error rate, the latency buckets give p95, and the
 prediction counts (or value histogram) give the prediction shift against the stable
-version and against the artifact's `predictionStats`.
+version and against the artifact's `predictionStats`. The names, labels and endpoint
+values it reads are declared in `orchard.contracts`, for both sides.
 
 =========================================  =========  ======================================
 metric                                     type       meaning (labels)
@@ -51,11 +52,12 @@ are counted, so every number lies within float32's range (`limits.MAX_ABS_VALUE`
 the float64 sums cannot overflow; they saturate at ±1.8e308 rather than ever become inf
 or NaN. Label values have every control and line-separator character but the newline
 written as `\\xHH` or `\\uHHHH` (a bare carriage return or U+2028 would end the line for
-some parsers, the operator's included), and a string feature adds at most 51 series of
+some parsers, as it once did for the operator's), and a string feature adds at most 51 series of
 short label values (`limits.MAX_CATEGORIES`, `limits.MAX_LABEL_CHARS`).
 
-Endpoints: v2_infer, v1_predict, v2_model_metadata, v2_model_ready, v2_server_metadata,
-v2_health_live, v2_health_ready, v1_model, v1_models, metrics, unknown (any other path).
+Endpoints (`orchard.contracts.Endpoint`): v2_infer, v1_predict, v2_model_metadata,
+v2_model_ready, v2_server_metadata, v2_health_live, v2_health_ready, v1_model, v1_models,
+metrics, unknown (any other path).
 """
 
 from __future__ import annotations
@@ -67,6 +69,15 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from orchard.contracts import (
+    CLASS_LABEL,
+    CODE_LABEL,
+    ENDPOINT_LABEL,
+    LATENCY,
+    PREDICTED_CLASS,
+    PREDICTED_VALUE,
+    REQUESTS,
+)
 from orchard.serving.limits import MAX_CATEGORIES, MAX_LABEL_CHARS
 
 if TYPE_CHECKING:
@@ -160,7 +171,7 @@ class Histogram:
 class Metrics:
     """All metrics of the server; feature names come from the model's schema."""
 
-    def __init__(self, model: str, value_buckets: Sequence[float] | None = None) -> None:
+    def __init__(self, model: str) -> None:
         self.model = model
         self.requests: dict[tuple[str, int], int] = {}
         self.errors: dict[tuple[str, str], int] = {}
@@ -169,7 +180,7 @@ class Metrics:
         self.batch_requests = Histogram(BATCH_BUCKETS)
         self.predict_seconds = Histogram(LATENCY_BUCKETS)
         self.classes: dict[str, int] = {}
-        self.values = Histogram(value_buckets or VALUE_BUCKETS)
+        self.values = Histogram(VALUE_BUCKETS)
         self.regression = False
         self.features: list[str] = []
         self.f_numeric: list[bool] = []
@@ -184,9 +195,8 @@ class Metrics:
         self.dropped: dict[str, int] = {}
 
     def set_model(
-        self, features: list[str], numeric: list[bool], regression: bool, info: dict[str, str],
-        value_buckets: Sequence[float] | None = None,
-    ) -> None:  # fmt: skip
+        self, features: list[str], numeric: list[bool], regression: bool, info: dict[str, str]
+    ) -> None:
         """Called once the model is loaded: its feature names and what it predicts."""
         self.features = list(features)
         self.f_numeric = list(numeric)
@@ -194,8 +204,6 @@ class Metrics:
         self.f_count, self.f_missing = [0] * n, [0] * n
         self.f_sum, self.f_squares = [0.0] * n, [0.0] * n
         self.regression = regression
-        if value_buckets:
-            self.values = Histogram(value_buckets)
         self.info = (("model", self.model), *sorted(info.items()))
         self.ready = True
 
@@ -255,21 +263,21 @@ class Metrics:
             out.append(f"# HELP {name} {text}")
             out.append(f"# TYPE {name} {kind}")
 
-        head("orchard_requests_total", "counter", "HTTP requests by endpoint and status code.")
+        head(REQUESTS, "counter", "HTTP requests by endpoint and status code.")
         for (endpoint, code), n in sorted(self.requests.items()):
-            labels = _labels((("endpoint", endpoint), ("code", str(code))))
-            out.append(f"orchard_requests_total{labels} {n}")
+            labels = _labels(((ENDPOINT_LABEL, endpoint), (CODE_LABEL, str(code))))
+            out.append(f"{REQUESTS}{labels} {n}")
         head(
             "orchard_request_errors_total",
             "counter",
             "Requests answered with a status >= 400, by reason.",
         )
         for (endpoint, reason), n in sorted(self.errors.items()):
-            labels = _labels((("endpoint", endpoint), ("reason", reason)))
+            labels = _labels(((ENDPOINT_LABEL, endpoint), ("reason", reason)))
             out.append(f"orchard_request_errors_total{labels} {n}")
-        head("orchard_request_duration_seconds", "histogram", "Latency of inference requests.")
+        head(LATENCY, "histogram", "Latency of inference requests.")
         for endpoint, hist in sorted(self.latency.items()):
-            hist.render("orchard_request_duration_seconds", (("endpoint", endpoint),), out)
+            hist.render(LATENCY, ((ENDPOINT_LABEL, endpoint),), out)
         head("orchard_batch_rows", "histogram", "Rows per predict call.")
         self.batch_rows.render("orchard_batch_rows", (), out)
         head("orchard_batch_requests", "histogram", "Requests grouped into one predict call.")
@@ -277,12 +285,12 @@ class Metrics:
         head("orchard_predict_duration_seconds", "histogram", "Time in the model per batch.")
         self.predict_seconds.render("orchard_predict_duration_seconds", (), out)
         if self.regression:
-            head("orchard_prediction_value", "histogram", "Predicted values.")
-            self.values.render("orchard_prediction_value", (), out)
+            head(PREDICTED_VALUE, "histogram", "Predicted values.")
+            self.values.render(PREDICTED_VALUE, (), out)
         else:
-            head("orchard_predictions_total", "counter", "Predicted rows by class.")
+            head(PREDICTED_CLASS, "counter", "Predicted rows by class.")
             for cls, n in sorted(self.classes.items()):
-                out.append(f"orchard_predictions_total{_labels((('class', cls),))} {n}")
+                out.append(f"{PREDICTED_CLASS}{_labels(((CLASS_LABEL, cls),))} {n}")
         series = (
             ("orchard_feature_observations_total", "counter", "Non-missing inputs.", self.f_count),
             ("orchard_feature_missing_total", "counter", "Missing inputs.", self.f_missing),

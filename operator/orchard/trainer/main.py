@@ -15,12 +15,12 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from orchard.api.trainingjob import TrainingJob
+from orchard.contracts import ReportedError, TrainerFailureReport
 from orchard.trainer.errors import InvalidSpec, TrainerError, TrainingError, without_data
 from orchard.trainer.result import report
 
@@ -110,15 +110,20 @@ def run(args: argparse.Namespace) -> int:
         job = parse_training_job(read_spec_text(args.filename))
         from orchard.trainer.train import train  # the heavy imports, after the cheap checks
 
-        result: dict[str, Any] = train(job, args.output, trial)
+        result = train(job, args.output, trial)
     except TrainerError as exc:
         log.error("%s: %s", exc.reason, exc.message)
-        report({"error": exc.to_dict(), "trial": trial}, args.termination_log)
+        report(failure(exc, trial), args.termination_log)
         return 1
     except Exception as exc:  # the message must still reach the operator
         log.exception("training failed")  # the traceback stays in the pod's log
         err = TrainingError(f"{type(exc).__name__}: {without_data(str(exc))}")
-        report({"error": err.to_dict(), "trial": trial}, args.termination_log)
+        report(failure(err, trial), args.termination_log)
         return 1
     report(result, args.termination_log)
     return 0
+
+
+def failure(exc: TrainerError, trial: int | None) -> TrainerFailureReport:
+    """The report of a run that failed with `exc`."""
+    return TrainerFailureReport(error=ReportedError.model_validate(exc.to_dict()), trial=trial)

@@ -2,7 +2,9 @@
 
 The operator reads it from `status.containerStatuses[].state.terminated.message`, so it
 needs no access to the artifact store. Kubernetes keeps at most 4096 bytes of a
-termination message; the result is compact JSON and sheds optional parts to fit.
+termination message; the result is compact JSON and sheds optional parts to fit. Its
+shape is `orchard.contracts.TrainerReport` (or `TrainerFailureReport`), which the
+operator parses.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from orchard.contracts import TrainerFailureReport, TrainerReport
 
 TERMINATION_LOG_ENV = "ORCHARD_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -61,9 +65,11 @@ def termination_log_path(explicit: str | None = None) -> Path | None:
     return default if default.exists() else None
 
 
-def report(result: dict[str, Any], termination_log: str | None = None) -> bytes:
+def report(
+    result: TrainerReport | TrainerFailureReport, termination_log: str | None = None
+) -> bytes:
     """Print the result to stdout and write it to the termination message file."""
-    data = fit(result)
+    data = fit(result.wire())
     sys.stdout.write(data.decode() + "\n")
     sys.stdout.flush()
     path = termination_log_path(termination_log)

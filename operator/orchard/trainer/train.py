@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from orchard.api.trainingjob import TrainingJob
 from orchard.artifacts import ArtifactError, UnsupportedURI, local_path, put_dir, redact_uri
+from orchard.contracts import TrainerReport
 from orchard.trainer.artifact import (
     feature_stats,
     library_versions,
@@ -79,8 +80,8 @@ def effective_params(job: TrainingJob, trial: int) -> dict[str, Any]:
     return params
 
 
-def train(job: TrainingJob, output: str | None = None, trial: int = 0) -> dict[str, Any]:
-    """Train, evaluate, gate, write the artifact; return the result for the operator.
+def train(job: TrainingJob, output: str | None = None, trial: int = 0) -> TrainerReport:
+    """Train, evaluate, gate, write the artifact; return the report for the operator.
 
     Raises a `TrainerError` subclass on any failure, with nothing written.
     """
@@ -147,19 +148,17 @@ def train(job: TrainingJob, output: str | None = None, trial: int = 0) -> dict[s
             raise ArtifactStoreError(f"cannot write the artifact to {shown}: {exc}") from exc
     log.info("artifact %s %s", shown, digest)
 
-    result: dict[str, Any] = {
-        "artifactUri": shown,
-        "digest": digest,
-        "model": spec.model,
-        "task": task,
-        "metrics": evaluated.metrics,
-        "framework": metadata.framework.model_dump(),
-        "dataset": {"uri": data.uri, "digest": data.digest},
-        "trial": trial,
-        "params": params,
-    }
-    if verdict is not None:
-        result["gate"] = verdict
-    result["durationSeconds"] = round(time.monotonic() - started, 3)
-    result["inputs"] = schema
-    return result
+    return TrainerReport(
+        artifact_uri=shown,
+        digest=digest,
+        model=spec.model,
+        task=task,
+        metrics=evaluated.metrics,
+        framework=metadata.framework.model_dump(),
+        dataset={"uri": data.uri, "digest": data.digest},
+        trial=trial,
+        params=params,
+        gate=verdict,
+        duration_seconds=round(time.monotonic() - started, 3),
+        inputs=schema,
+    )

@@ -1,0 +1,189 @@
+"""What Orchard's processes say to each other, declared once and imported by both sides.
+
+- The model server (`orchard.serving`) writes Prometheus metrics; the operator's canary
+  analysis (`orchard.decisions.analysis`) scrapes and reads them. The names, labels and
+  endpoint values it reads are here.
+- The trainer (`orchard.trainer`) reports its run as one JSON object on stdout and in
+  its pod's termination message; the operator parses it (`orchard.decisions.training`)
+  and registers a ModelVersion from it (`orchard.builders.modelversion`). A success is a
+  `TrainerReport`, a failure a `TrainerFailureReport` (docs/artifact-format.md).
+
+Every image imports this module (server, trainer, operator), so it imports only the
+standard library and pydantic (an import-linter contract in pyproject.toml keeps it so).
+The wire shapes stay as older images write them: the operator reads an older trainer's
+report, and ignores a field it does not know.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+# --- The model server's metrics, as the canary analysis reads them --------------------
+
+REQUESTS = "orchard_requests_total"  # counter (endpoint, code)
+LATENCY = "orchard_request_duration_seconds"  # histogram (endpoint, le)
+PREDICTED_CLASS = "orchard_predictions_total"  # counter (class); classification
+PREDICTED_VALUE = "orchard_prediction_value"  # histogram (le); regression
+
+ENDPOINT_LABEL = "endpoint"
+CODE_LABEL = "code"  # the HTTP status, as digits
+CLASS_LABEL = "class"
+
+
+class Endpoint(StrEnum):
+    """The `endpoint` label of the server's request metrics: one value per route."""
+
+    V2_INFER = "v2_infer"
+    V1_PREDICT = "v1_predict"
+    V2_MODEL_METADATA = "v2_model_metadata"
+    V2_MODEL_READY = "v2_model_ready"
+    V2_SERVER_METADATA = "v2_server_metadata"
+    V2_HEALTH_LIVE = "v2_health_live"
+    V2_HEALTH_READY = "v2_health_ready"
+    V1_MODEL = "v1_model"
+    V1_MODELS = "v1_models"
+    METRICS = "metrics"
+    UNKNOWN = "unknown"  # a path no route serves
+
+
+# Only inference requests are traffic: probes and scrapes reach the same server.
+INFERENCE_ENDPOINTS: tuple[str, ...] = (Endpoint.V2_INFER, Endpoint.V1_PREDICT)
+
+
+# --- The trainer's report ---------------------------------------------------------------
+#
+# Parsing is as lenient as the operator has always been with what it does not need: a
+# field of the wrong type is left out (a metric that is not a finite number, a trial that
+# is not an integer), never the reason to lose a report. Only a report without its
+# `artifactUri` and `digest` (strings), or whose metrics, framework or dataset are not
+# objects, fails to parse.
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+
+def _finite(value: Any) -> bool:
+    """A finite number (a bool is none, nor an integer beyond a double's range)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _or_none(value: Any, kind: type | tuple[type, ...]) -> Any:
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+
+class TrainerReport(_Wire):
+    """A successful run: where the artifact is, what it scored, what it was trained on."""
+
+    artifact_uri: str
+    digest: str
+    model: str | None = None
+    task: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    framework: dict[str, str] = Field(default_factory=dict)
+    dataset: dict[str, str] = Field(default_factory=dict)  # uri, digest
+    trial: int | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    gate: dict[str, Any] | None = None  # passed, metric, value, min, max
+    duration_seconds: float | None = None
+    inputs: list[dict[str, str]] = Field(default_factory=list)  # name, type
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _finite_metrics(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            return value  # not an object: the report is malformed
+        return {k: v for k, v in value.items() if _finite(v)}
+
+    @field_validator("framework", "dataset", mode="before")
+    @classmethod
+    def _strings(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            return value
+        return {k: str(v) for k, v in value.items() if v is not None}
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params(cls, value: Any) -> Any:
+        return value if isinstance(value, dict) else {}
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _inputs(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return []
+        return [
+            {k: str(v) for k, v in i.items() if v is not None} for i in value if isinstance(i, dict)
+        ]
+
+    @field_validator("model", "task", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return _or_none(value, str)
+
+    @field_validator("trial", mode="before")
+    @classmethod
+    def _trial(cls, value: Any) -> Any:
+        return _or_none(value, int)
+
+    @field_validator("duration_seconds", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        return _or_none(value, (int, float))
+
+    @field_validator("gate", mode="before")
+    @classmethod
+    def _gate(cls, value: Any) -> Any:
+        return _or_none(value, dict)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object the trainer writes (fields without a value left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class ReportedError(_Wire):
+    """Why a run failed: a CamelCase reason, a message for people, and details such as
+    `check` and `column` (DataCheckFailed) or `metric`, `value`, `min`, `max` (GateFailed)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    reason: str = ""
+    message: str = ""
+
+    @field_validator("reason", "message", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> str:
+        return str(value) if value else ""
+
+
+class TrainerFailureReport(_Wire):
+    """A failed run: `{"error": {...}, "trial": N}`."""
+
+    error: ReportedError
+    trial: int | None = None
+
+    @field_validator("trial", mode="before")
+    @classmethod
+    def _trial(cls, value: Any) -> Any:
+        return _or_none(value, int)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object the trainer writes (`trial` is null when the run failed before
+        its trial index was known)."""
+        return self.model_dump(by_alias=True)
