@@ -72,7 +72,7 @@ def test_every_builtin_dataset(
         assert (predicted == frame["target"].head(20).to_numpy()).mean() >= 0.7
     else:
         assert set(result.metrics) == {"r2", "rmse", "mae"}
-        assert set(meta.prediction_stats) == {"mean", "std", "quantiles"}
+        assert set(meta.prediction_stats) == {"mean", "std", "quantiles", "bins"}
 
 
 def test_builtin_frames_have_clean_names_and_string_labels() -> None:

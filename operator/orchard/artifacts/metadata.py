@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from orchard.artifacts.digest import sha256_bytes, sha256_file
+from orchard.artifacts.drift import CategoryBins, NumericBins
 from orchard.artifacts.errors import ArtifactNotFound, DigestMismatch, VerificationError
 
 FORMAT_VERSION = 1
@@ -55,6 +56,13 @@ class Output(_Model):
     classes: list[Any] | None = None
 
 
+class Bins(_Model):
+    """Drift bins of a number, fixed at training (see `orchard.artifacts.drift`)."""
+
+    edges: list[float]
+    shares: list[float]
+
+
 class FeatureStats(_Model):
     """Per-column statistics of the training data: the drift baseline."""
 
@@ -66,7 +74,16 @@ class FeatureStats(_Model):
     min: float | None = None
     max: float | None = None
     quantiles: list[float] | None = None
+    bins: Bins | None = None  # numbers; absent in artifacts older than drift checks
     frequencies: dict[str, float] | None = None
+
+    def drift_bins(self) -> NumericBins | CategoryBins | None:
+        """The bins production is counted in for this input (None: no baseline)."""
+        if self.bins is not None:
+            return NumericBins(tuple(self.bins.edges), tuple(self.bins.shares))
+        if self.frequencies:
+            return CategoryBins.from_frequencies(self.frequencies)
+        return None
 
 
 class Source(_Model):

@@ -23,6 +23,7 @@ from orchard.artifacts import (
     sha256_bytes,
     sha256_file,
 )
+from orchard.artifacts.drift import DECILES
 
 TOP_FREQUENCIES = 20
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -45,12 +46,29 @@ def plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def decile_bins(values: np.ndarray) -> dict[str, list[float]]:
+    """Drift bins fixed by the training rows: edges at their deciles (ties merged), and the
+    share of the rows in each bin, counted by the rule production counts with
+    (`orchard.artifacts.drift.NumericBins`: a value on an edge belongs to the bin above)."""
+    finite = values[np.isfinite(values)]
+    if len(finite) == 0:
+        return {"edges": [], "shares": [1.0]}
+    # Deciles that are values of the rows (no interpolation): a discrete input keeps its values.
+    edges = np.unique(np.round(np.quantile(finite, DECILES, method="inverted_cdf"), 6))
+    counts = np.bincount(np.searchsorted(edges, finite, side="right"), minlength=len(edges) + 1)
+    return {
+        "edges": [float(e) for e in edges],
+        "shares": [round(float(c) / len(finite), 6) for c in counts],
+    }
+
+
 def feature_stats(frame: pd.DataFrame, schema: list[dict[str, str]]) -> dict[str, dict[str, Any]]:
     """Per-input statistics of the training data: the baseline for drift checks.
 
-    Numbers: mean, std, min, max and the 10/25/50/75/90th percentiles of the present
-    values. Strings and booleans: the share of each of the most frequent values among
-    the present values (booleans keyed "true"/"false").
+    Numbers: mean, std, min, max, the 10/25/50/75/90th percentiles of the present
+    values and their decile drift bins (`decile_bins`). Strings and booleans: the share of
+    each of the most frequent values among the present values (booleans keyed
+    "true"/"false"), which are also their drift bins.
     """
     out: dict[str, dict[str, Any]] = {}
     for col in schema:
@@ -69,6 +87,7 @@ def feature_stats(frame: pd.DataFrame, schema: list[dict[str, str]]) -> dict[str
                 min=_num(values.min()),
                 max=_num(values.max()),
                 quantiles=[_num(q) for q in np.quantile(values, QUANTILES)],
+                bins=decile_bins(values),
             )
         elif len(present) > 0:
             shares = present.map(_key).value_counts(normalize=True).head(TOP_FREQUENCIES)

@@ -20,6 +20,7 @@ from sklearn.model_selection import KFold, StratifiedKFold, cross_validate, trai
 from sklearn.pipeline import Pipeline
 
 from orchard.api.trainingjob import Evaluation, Gate
+from orchard.trainer.artifact import decile_bins
 from orchard.trainer.errors import GateFailed, TrainingError, without_data
 
 Task = Literal["classification", "regression"]
@@ -97,7 +98,8 @@ def regression_metrics(pipeline: Pipeline, x: pd.DataFrame, y: pd.Series) -> dic
 
 
 def prediction_stats(predicted: np.ndarray, task: Task) -> dict[str, Any]:
-    """The distribution of predictions on the test rows: the prediction-shift baseline."""
+    """The distribution of predictions on the test rows: the prediction-shift baseline
+    (classes: their shares, which are also the drift bins; values: decile drift bins)."""
     if task == "classification":
         labels, counts = np.unique(np.asarray(predicted).astype(str), return_counts=True)
         total = counts.sum()
@@ -111,6 +113,7 @@ def prediction_stats(predicted: np.ndarray, task: Task) -> dict[str, Any]:
         "mean": round(float(values.mean()), 6),
         "std": round(float(values.std()), 6),
         "quantiles": [round(float(q), 6) for q in np.quantile(values, [0.1, 0.25, 0.5, 0.75, 0.9])],
+        "bins": decile_bins(values),
     }
 
 
