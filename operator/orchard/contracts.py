@@ -29,6 +29,12 @@ REQUESTS = "orchard_requests_total"  # counter (endpoint, code)
 LATENCY = "orchard_request_duration_seconds"  # histogram (endpoint, le)
 PREDICTED_CLASS = "orchard_predictions_total"  # counter (class); classification
 PREDICTED_VALUE = "orchard_prediction_value"  # histogram (le); regression
+# Drift: numeric inputs counted in their training bins (orchard.artifacts.drift), and
+# the values outside the training rows' range.
+FEATURE_BIN = "orchard_feature_bin_total"  # counter (feature, bin: 0..len(edges))
+FEATURE_OUT_OF_RANGE = "orchard_feature_out_of_range_total"  # counter (feature)
+FEATURE_LABEL = "feature"
+BIN_LABEL = "bin"
 
 ENDPOINT_LABEL = "endpoint"
 CODE_LABEL = "code"  # the HTTP status, as digits

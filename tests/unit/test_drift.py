@@ -107,3 +107,49 @@ def test_prediction_baselines_have_bins_for_values_and_shares_for_classes() -> N
     assert len(regression["bins"]["edges"]) == 9
     classes = prediction_stats(np.array(["a", "a", "b", "a"]), "classification")
     assert CategoryBins.from_frequencies(classes["classes"]).expected == (0.75, 0.25, 0.0)
+
+
+# --- The server counts production in the same bins ---------------------------------------
+
+
+def test_the_server_counts_inputs_in_the_training_bins_and_psi_finds_the_shifted_one() -> None:
+    """A real model behind the server's own runner and metrics; the exposition read back
+    with prometheus_client's parser, as the operator reads it."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from sklearn.linear_model import LogisticRegression
+
+    from orchard.contracts import FEATURE_BIN, FEATURE_OUT_OF_RANGE
+    from orchard.serving.artifact import Column
+    from orchard.serving.metrics import Metrics
+    from orchard.serving.model import ModelRunner
+
+    rng = np.random.default_rng(7)
+    train = pd.DataFrame({"a": rng.normal(0, 1, 5_000), "b": rng.uniform(0, 10, 5_000)})
+    schema = [{"name": "a", "type": "number"}, {"name": "b", "type": "number"}]
+    baseline = {k: FeatureStats.model_validate(v) for k, v in feature_stats(train, schema).items()}
+    model = LogisticRegression().fit(train.to_numpy(), (train["a"] > 0).to_numpy())
+    runner = ModelRunner(model, [Column("a", "number"), Column("b", "number")], None, baseline)
+    metrics = Metrics("m")
+    metrics.set_model(["a", "b"], [True, True], False, {})
+
+    rows = np.column_stack([rng.normal(0, 1, 1_000), rng.uniform(5, 15, 1_000)])  # b shifted
+    for part in np.array_split(rows, 10):
+        metrics.observe_batch(runner.predict_batch([part], [len(part)]), len(part), 1)
+
+    bins: dict[str, dict[int, float]] = {"a": {}, "b": {}}
+    out_of_range: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            if sample.name == FEATURE_BIN:
+                bins[sample.labels["feature"]][int(sample.labels["bin"])] = sample.value
+            elif sample.name == FEATURE_OUT_OF_RANGE:
+                out_of_range[sample.labels["feature"]] = sample.value
+    scores = {}
+    for name in ("a", "b"):
+        expected = baseline[name].drift_bins()
+        assert isinstance(expected, NumericBins)
+        counts = [bins[name].get(i, 0.0) for i in range(len(expected.expected))]
+        assert sum(counts) == 1_000
+        scores[name] = psi(expected.expected, counts)
+    assert scores["a"] < 0.05 and scores["b"] > PSI_THRESHOLD
+    assert out_of_range["a"] < 10 and 400 < out_of_range["b"] < 600  # b above 10: half

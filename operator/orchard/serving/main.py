@@ -119,7 +119,8 @@ def build_runner(artifact: Any) -> Any:
     from orchard.serving.artifact import unpickle
     from orchard.serving.model import ModelRunner
 
-    return ModelRunner(unpickle(artifact), artifact.columns, artifact.metadata.task)
+    meta = artifact.metadata
+    return ModelRunner(unpickle(artifact), artifact.columns, meta.task, meta.feature_stats)
 
 
 def run(args: argparse.Namespace) -> int:

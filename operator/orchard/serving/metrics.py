@@ -34,6 +34,10 @@ orchard_feature_observations_total         counter    non-missing input values (
 orchard_feature_missing_total              counter    missing input values (feature)
 orchard_feature_value_sum                  gauge      sum of numeric input values (feature)
 orchard_feature_value_sum_squares          gauge      sum of squares of numeric inputs (feature)
+orchard_feature_bin_total                  counter    numeric input values per drift bin fixed
+                                                      at training (feature, bin: 0..10)
+orchard_feature_out_of_range_total         counter    numeric input values outside the
+                                                      training rows' min..max (feature)
 orchard_feature_category_total             counter    string input values (feature, category;
                                                       at most 50 per feature, then __other__;
                                                       a value cut to 64 characters)
@@ -70,9 +74,13 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from orchard.contracts import (
+    BIN_LABEL,
     CLASS_LABEL,
     CODE_LABEL,
     ENDPOINT_LABEL,
+    FEATURE_BIN,
+    FEATURE_LABEL,
+    FEATURE_OUT_OF_RANGE,
     LATENCY,
     PREDICTED_CLASS,
     PREDICTED_VALUE,
@@ -189,6 +197,8 @@ class Metrics:
         self.f_sum: list[float] = []
         self.f_squares: list[float] = []
         self.f_categories: dict[str, dict[str, int]] = {}
+        self.f_bins: dict[int, list[int]] = {}  # by feature index: rows per drift bin
+        self.f_out_of_range: dict[int, int] = {}
         self.ready = False
         self.info: tuple[tuple[str, str], ...] = (("model", model),)
         self.connections_open = 0
@@ -245,6 +255,15 @@ class Metrics:
             self.f_missing[j] += f.missing[j]
             self.f_sum[j] = _add(self.f_sum[j], f.total[j])
             self.f_squares[j] = _add(self.f_squares[j], f.squares[j])
+        for j, rows_per_bin in f.bins.items():
+            if j >= len(self.features):
+                continue
+            total = self.f_bins.setdefault(j, [0] * len(rows_per_bin))
+            for b, n in enumerate(rows_per_bin[: len(total)]):
+                total[b] += n
+        for j, n in f.out_of_range.items():
+            if j < len(self.features):
+                self.f_out_of_range[j] = self.f_out_of_range.get(j, 0) + n
         for name, counts in f.categories.items():  # keys are category_label()s already
             seen = self.f_categories.setdefault(name, {})
             for value, n in counts.items():
@@ -303,6 +322,14 @@ class Metrics:
                 if name.startswith("orchard_feature_value") and not numeric:
                     continue
                 out.append(f"{name}{_labels((('feature', feature),))} {_num(v)}")
+        head(FEATURE_BIN, "counter", "Numeric input values per training drift bin.")
+        for j, per_bin in sorted(self.f_bins.items()):
+            for b, n in enumerate(per_bin):
+                labels = _labels(((FEATURE_LABEL, self.features[j]), (BIN_LABEL, str(b))))
+                out.append(f"{FEATURE_BIN}{labels} {n}")
+        head(FEATURE_OUT_OF_RANGE, "counter", "Numeric input values outside the training range.")
+        for j, n in sorted(self.f_out_of_range.items()):
+            out.append(f"{FEATURE_OUT_OF_RANGE}{_labels(((FEATURE_LABEL, self.features[j]),))} {n}")
         head("orchard_feature_category_total", "counter", "String input values by category.")
         for feature, counts in sorted(self.f_categories.items()):
             for category, n in sorted(counts.items()):

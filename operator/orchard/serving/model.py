@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from orchard.artifacts.metadata import FeatureStats
 from orchard.serving.artifact import Column
 from orchard.serving.inputs import Array, Rows, Schema
 from orchard.serving.metrics import category_label
@@ -31,6 +33,25 @@ class FeatureSummary:
     total: list[float] = field(default_factory=list)
     squares: list[float] = field(default_factory=list)
     categories: dict[str, Counter[str]] = field(default_factory=dict)  # by category_label
+    # Numeric columns with a training baseline: rows per drift bin, and values outside
+    # the training range, by column index.
+    bins: dict[int, list[int]] = field(default_factory=dict)
+    out_of_range: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NumericBaseline:
+    """What a numeric input is checked against: its training bins and range."""
+
+    edges: Array
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, stats: FeatureStats | None) -> NumericBaseline | None:
+        if stats is None or stats.bins is None or stats.min is None or stats.max is None:
+            return None  # an artifact older than drift bins, or a column with no values
+        return cls(np.asarray(stats.bins.edges, dtype=float), stats.min, stats.max)
 
 
 @dataclass
@@ -55,10 +76,17 @@ class BatchResult:
 class ModelRunner:
     """A fitted scikit-learn estimator and the schema its rows follow."""
 
-    def __init__(self, model: Any, columns: list[Column], task: str | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        columns: list[Column],
+        task: str | None = None,
+        baseline: Mapping[str, FeatureStats] | None = None,
+    ) -> None:
         self.model = model
         n_features = getattr(model, "n_features_in_", None)
         self.schema = Schema(columns, int(n_features) if n_features is not None else None)
+        self.baselines = [NumericBaseline.of((baseline or {}).get(n)) for n in self.schema.names]
         # Fitted on a DataFrame (ColumnTransformer by name, say): it needs one back.
         self.needs_frame = hasattr(model, "feature_names_in_") and bool(columns)
         if self.needs_frame:
@@ -144,6 +172,13 @@ class ModelRunner:
                 s.missing.append(int(col.size - finite.size))
                 s.total.append(float(finite.sum()))
                 s.squares.append(float(np.dot(finite, finite)))
+                base = self.baselines[j] if j < len(self.baselines) else None
+                if base is not None:
+                    where = np.searchsorted(base.edges, finite, side="right")
+                    s.bins[j] = np.bincount(where, minlength=len(base.edges) + 1).tolist()
+                    s.out_of_range[j] = int(
+                        np.count_nonzero((finite < base.low) | (finite > base.high))
+                    )
             else:
                 values: Counter[str] = Counter()
                 missing = 0
