@@ -3,7 +3,7 @@ HTTP server of the test dataset (unit).
 
 When KUBECONFIG names a cluster other than the local one (kind, a lab cluster), the
 tests use it and start nothing. Otherwise they use .cluster/kubeconfig and start the
-level they need with tests/cluster/harness.py, which is left running for the next run
+level they need with tests/cluster/harness, which is left running for the next run
 (`make cluster-down` stops it).
 """
 
@@ -26,7 +26,9 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
 REPO = Path(__file__).resolve().parents[1]
-HARNESS = REPO / "tests" / "cluster" / "harness.py"
+# Both run as modules from the checkout: `python -m tests.cluster.harness`, `-m images.build`.
+HARNESS = "tests.cluster.harness"
+BUILD_IMAGES = "images.build"
 LOCAL_KUBECONFIG = Path(os.environ.get("ORCHARD_CLUSTER_DIR", REPO / ".cluster")) / "kubeconfig"
 TESTBOX_IMAGE = "localhost/orchard/testbox:dev"
 
@@ -40,9 +42,9 @@ def external_kubeconfig() -> Path | None:
     return None if path == LOCAL_KUBECONFIG.resolve() else path
 
 
-def _harness(*args: str) -> subprocess.CompletedProcess[str]:
+def _harness(*args: str, module: str = HARNESS) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(HARNESS), *args], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO
     )
 
 
@@ -85,7 +87,7 @@ def kubeconfig_node() -> Path:
 def testbox_image(kubeconfig_node: Path) -> str:
     """localhost/orchard/testbox:dev, built and loaded into the local node if needed."""
     if external_kubeconfig() is None:
-        proc = _harness("images", "testbox")
+        proc = _harness("testbox", module=BUILD_IMAGES)
         if proc.returncode != 0:
             pytest.fail(f"could not build the testbox image:\n{proc.stdout}{proc.stderr}")
     return TESTBOX_IMAGE

@@ -355,7 +355,7 @@ def operator_image(kubeconfig_node: Path) -> str:
     local = Path(os.environ.get("ORCHARD_CLUSTER_DIR", REPO / ".cluster")) / "kubeconfig"
     if kubeconfig_node.resolve() == local.resolve():
         proc = subprocess.run(
-            [sys.executable, str(REPO / "tests" / "cluster" / "harness.py"), "images", "operator"],
+            [sys.executable, "-m", "images.build", "operator"],
             capture_output=True,
             text=True,
             cwd=REPO,

@@ -50,7 +50,6 @@ from lightkube.types import PatchType
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-HARNESS = REPO / "tests" / "cluster" / "harness.py"
 ORCHARD = Path(sys.executable).parent / "orchard"
 FIGURES = Path(os.environ.get("ORCHARD_CLUSTER_DIR", REPO / ".cluster")) / "figures"
 
@@ -231,9 +230,9 @@ class Operator:
 # --- fixtures -------------------------------------------------------------------------------
 
 
-def _harness(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(HARNESS), *args], capture_output=True, text=True,
-                          cwd=REPO)  # fmt: skip
+def _build_images(*names: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "images.build", *names], capture_output=True,
+                          text=True, cwd=REPO)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +241,7 @@ def orchard_images(kubeconfig_node: Path) -> None:
     (ORCHARD_E2E_REUSE_IMAGES=1 takes the ones already loaded)."""
     if os.environ.get("ORCHARD_E2E_REUSE_IMAGES") == "1":
         return
-    proc = _harness("images", "server", "trainer")
+    proc = _build_images("server", "trainer")
     if proc.returncode != 0:
         pytest.fail(f"could not build the server and trainer images:\n{proc.stdout}{proc.stderr}")
 

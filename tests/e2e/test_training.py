@@ -36,7 +36,6 @@ from lightkube.resources.core_v1 import Namespace, PersistentVolume, PersistentV
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-HARNESS = REPO / "tests" / "cluster" / "harness.py"
 ORCHARD = Path(sys.executable).parent / "orchard"
 FIGURES = Path(os.environ.get("ORCHARD_CLUSTER_DIR", REPO / ".cluster")) / "figures"
 PENGUINS = REPO / "tests" / "data" / "penguins.csv"
@@ -107,7 +106,7 @@ class Cluster:
 def trainer_image(kubeconfig_node: Path) -> None:
     """The trainer image, built from images/trainer and loaded into the node."""
     proc = subprocess.run(
-        [sys.executable, str(HARNESS), "images", "trainer"],
+        [sys.executable, "-m", "images.build", "trainer"],
         capture_output=True, text=True, cwd=REPO, check=False,
     )  # fmt: skip
     if proc.returncode != 0:
