@@ -1,5 +1,6 @@
 """Fixtures of every tier: a kubeconfig for a real cluster (api and e2e), and a loopback
-HTTP server of the test dataset (unit).
+HTTP server of the test dataset (unit); `kubectl` and `build_images` for the tests that
+use the cluster.
 
 When KUBECONFIG names a cluster other than the local one (kind, a lab cluster), the
 tests use it and start nothing. Otherwise they use .cluster/kubeconfig and start the
@@ -48,6 +49,35 @@ def _harness(*args: str, module: str = HARNESS) -> subprocess.CompletedProcess[s
     )
 
 
+def build_images(*names: str) -> None:
+    """Build images/<name> for each name and load it into the local node (an image that is
+    up to date is not rebuilt). Another cluster gets its images by other means (`make
+    kind-up`), so nothing is built for it. A failure fails the test."""
+    if external_kubeconfig() is not None:
+        return
+    proc = _harness(*names, module=BUILD_IMAGES)
+    if proc.returncode != 0:
+        pytest.fail(f"could not build {', '.join(names)}:\n{proc.stdout}{proc.stderr}")
+
+
+def kubectl(
+    *args: str,
+    kubeconfig: Path | str | None = None,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """kubectl on `kubeconfig`, else on the cluster KUBECONFIG names. Unless check=False,
+    a failure fails the test with kubectl's output."""
+    where = ["--kubeconfig", str(kubeconfig)] if kubeconfig is not None else []
+    proc = subprocess.run(
+        ["kubectl", *where, *args], input=input, capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
 def _ensure_level(level: str) -> Path:
     external = external_kubeconfig()
     if external is not None:
@@ -86,10 +116,7 @@ def kubeconfig_node() -> Path:
 @pytest.fixture(scope="session")
 def testbox_image(kubeconfig_node: Path) -> str:
     """localhost/orchard/testbox:dev, built and loaded into the local node if needed."""
-    if external_kubeconfig() is None:
-        proc = _harness("testbox", module=BUILD_IMAGES)
-        if proc.returncode != 0:
-            pytest.fail(f"could not build the testbox image:\n{proc.stdout}{proc.stderr}")
+    build_images("testbox")
     return TESTBOX_IMAGE
 
 
