@@ -120,20 +120,24 @@ def testbox_image(kubeconfig_node: Path) -> str:
     return TESTBOX_IMAGE
 
 
-def _client(kubeconfig: Path) -> Client:
-    return Client(KubeConfig.from_file(kubeconfig), field_manager="orchard-tests", trust_env=False)
+def _client(kubeconfig: Path) -> Iterator[Client]:
+    """A client closed at the end of the session: its pooled connections to the API
+    server would otherwise be left to the garbage collector (a ResourceWarning)."""
+    config = KubeConfig.from_file(kubeconfig)
+    with Client(config, field_manager="orchard-tests", trust_env=False) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")
-def api_client(kubeconfig_api: Path) -> Client:
+def api_client(kubeconfig_api: Path) -> Iterator[Client]:
     """A lightkube Client as the cluster admin, on the api level."""
-    return _client(kubeconfig_api)
+    yield from _client(kubeconfig_api)
 
 
 @pytest.fixture(scope="session")
-def node_client(kubeconfig_node: Path) -> Client:
+def node_client(kubeconfig_node: Path) -> Iterator[Client]:
     """A lightkube Client as the cluster admin, on the node level."""
-    return _client(kubeconfig_node)
+    yield from _client(kubeconfig_node)
 
 
 def _namespace(client: Client) -> Iterator[str]:

@@ -205,12 +205,13 @@ class Operator:
             "ORCHARD_SERVER_IMAGE": "localhost/orchard/server:dev",
             "ORCHARD_TRAINER_IMAGE": "localhost/orchard/trainer:dev",
         }
-        out = (self.logs / f"operator-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [str(ORCHARD), "operator", "-n", self.namespace, "--metrics-port", "0",
-             "--liveness", ""],
-            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-        )  # fmt: skip
+        # The child writes to its own copy of the descriptor; ours is closed at once.
+        with (self.logs / f"operator-{self.starts}.log").open("wb") as out:
+            self.proc = subprocess.Popen(
+                [str(ORCHARD), "operator", "-n", self.namespace, "--metrics-port", "0",
+                 "--liveness", ""],
+                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+            )  # fmt: skip
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, like a node losing the pod."""
