@@ -28,7 +28,7 @@ venv: $(BIN)/orchard ## create .venv with every extra installed
 .PHONY: lint
 lint: venv ## ruff, mypy (strict), import contracts, CRDs in step with the models
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check operator tests bench scripts
+	$(BIN)/ruff format --check operator tests bench scripts images
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/orchard crds --check
@@ -47,7 +47,8 @@ test-unit: venv ## unit tests: no cluster, seconds
 
 # --- Local cluster (tests/cluster/README.md) ---------------------------------
 
-HARNESS := $(BIN)/python tests/cluster/harness.py
+HARNESS := $(BIN)/python -m tests.cluster.harness
+BUILD_IMAGES := $(BIN)/python -m images.build
 
 .PHONY: deps
 deps: ## install the Debian packages the cluster and image builds need (root; fast when present)
@@ -71,12 +72,12 @@ cluster-status: venv ## show which cluster components run
 
 .PHONY: images
 images: venv deps ## build every images/*/Dockerfile as localhost/orchard/<dir>:dev and load it into the node
-	$(HARNESS) images
+	$(BUILD_IMAGES)
 
 .PHONY: kind-up
 kind-up: venv ## (with Docker, not on this machine) a kind cluster with the images loaded
 	kind create cluster --name orchard --kubeconfig .cluster/kind.kubeconfig
-	$(HARNESS) images --no-import
+	$(BUILD_IMAGES) --no-import
 	for archive in .cluster/images/*.tar; do kind load image-archive "$$archive" --name orchard; done
 	@echo "export KUBECONFIG=$(CURDIR)/.cluster/kind.kubeconfig  # then make test-e2e"
 
@@ -88,7 +89,7 @@ test-api: venv ## api tests on etcd + kube-apiserver (or the cluster KUBECONFIG 
 .PHONY: test-e2e
 test-e2e: venv ## e2e tests on the node level with every image built and loaded
 	$(HARNESS) up --level node --unless-external
-	$(HARNESS) images --unless-external
+	$(BUILD_IMAGES) --unless-external
 	$(BIN)/pytest tests/e2e tests/api -q -m e2e
 
 # --- The two commands of the README -------------------------------------------
@@ -103,7 +104,7 @@ test: venv deps ## everything on a fresh machine: lint, unit, api and e2e tests 
 .PHONY: demo
 demo: venv deps ## the main job end to end: local cluster, Orchard, a model trained, served, rolled out
 	$(HARNESS) up --level node --unless-external
-	$(HARNESS) images --unless-external
+	$(BUILD_IMAGES) --unless-external
 	KUBECONFIG=$${KUBECONFIG:-$(CURDIR)/.cluster/kubeconfig} $(BIN)/python scripts/demo.py
 
 # --- Benchmarks ---------------------------------------------------------------

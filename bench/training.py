@@ -3,7 +3,7 @@ ModelVersion Ready, beside the same `orchard train` run locally.
 
 Needs the node level of the local cluster (`make cluster-up`, or any cluster through
 KUBECONFIG whose default storage class is host-path) and the trainer image
-(`python tests/cluster/harness.py images trainer`). It makes a namespace with an
+(`python -m images.build trainer`). It makes a namespace with an
 artifact PVC holding tests/data/penguins.csv, runs `orchard operator -n <ns>` on the host,
 and for each round applies one TrainingJob and waits for its ModelVersion to be Ready;
 then it runs `orchard train` on the same spec (file:// URIs) as a local process.

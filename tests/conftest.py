@@ -1,9 +1,10 @@
 """Fixtures of every tier: a kubeconfig for a real cluster (api and e2e), and a loopback
-HTTP server of the test dataset (unit).
+HTTP server of the test dataset (unit); `kubectl` and `build_images` for the tests that
+use the cluster.
 
 When KUBECONFIG names a cluster other than the local one (kind, a lab cluster), the
 tests use it and start nothing. Otherwise they use .cluster/kubeconfig and start the
-level they need with tests/cluster/harness.py, which is left running for the next run
+level they need with tests/cluster/harness, which is left running for the next run
 (`make cluster-down` stops it).
 """
 
@@ -26,7 +27,9 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
 REPO = Path(__file__).resolve().parents[1]
-HARNESS = REPO / "tests" / "cluster" / "harness.py"
+# Both run as modules from the checkout: `python -m tests.cluster.harness`, `-m images.build`.
+HARNESS = "tests.cluster.harness"
+BUILD_IMAGES = "images.build"
 LOCAL_KUBECONFIG = Path(os.environ.get("ORCHARD_CLUSTER_DIR", REPO / ".cluster")) / "kubeconfig"
 TESTBOX_IMAGE = "localhost/orchard/testbox:dev"
 
@@ -40,10 +43,39 @@ def external_kubeconfig() -> Path | None:
     return None if path == LOCAL_KUBECONFIG.resolve() else path
 
 
-def _harness(*args: str) -> subprocess.CompletedProcess[str]:
+def _harness(*args: str, module: str = HARNESS) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(HARNESS), *args], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO
     )
+
+
+def build_images(*names: str) -> None:
+    """Build images/<name> for each name and load it into the local node (an image that is
+    up to date is not rebuilt). Another cluster gets its images by other means (`make
+    kind-up`), so nothing is built for it. A failure fails the test."""
+    if external_kubeconfig() is not None:
+        return
+    proc = _harness(*names, module=BUILD_IMAGES)
+    if proc.returncode != 0:
+        pytest.fail(f"could not build {', '.join(names)}:\n{proc.stdout}{proc.stderr}")
+
+
+def kubectl(
+    *args: str,
+    kubeconfig: Path | str | None = None,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """kubectl on `kubeconfig`, else on the cluster KUBECONFIG names. Unless check=False,
+    a failure fails the test with kubectl's output."""
+    where = ["--kubeconfig", str(kubeconfig)] if kubeconfig is not None else []
+    proc = subprocess.run(
+        ["kubectl", *where, *args], input=input, capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
+    return proc
 
 
 def _ensure_level(level: str) -> Path:
@@ -84,27 +116,28 @@ def kubeconfig_node() -> Path:
 @pytest.fixture(scope="session")
 def testbox_image(kubeconfig_node: Path) -> str:
     """localhost/orchard/testbox:dev, built and loaded into the local node if needed."""
-    if external_kubeconfig() is None:
-        proc = _harness("images", "testbox")
-        if proc.returncode != 0:
-            pytest.fail(f"could not build the testbox image:\n{proc.stdout}{proc.stderr}")
+    build_images("testbox")
     return TESTBOX_IMAGE
 
 
-def _client(kubeconfig: Path) -> Client:
-    return Client(KubeConfig.from_file(kubeconfig), field_manager="orchard-tests", trust_env=False)
+def _client(kubeconfig: Path) -> Iterator[Client]:
+    """A client closed at the end of the session: its pooled connections to the API
+    server would otherwise be left to the garbage collector (a ResourceWarning)."""
+    config = KubeConfig.from_file(kubeconfig)
+    with Client(config, field_manager="orchard-tests", trust_env=False) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")
-def api_client(kubeconfig_api: Path) -> Client:
+def api_client(kubeconfig_api: Path) -> Iterator[Client]:
     """A lightkube Client as the cluster admin, on the api level."""
-    return _client(kubeconfig_api)
+    yield from _client(kubeconfig_api)
 
 
 @pytest.fixture(scope="session")
-def node_client(kubeconfig_node: Path) -> Client:
+def node_client(kubeconfig_node: Path) -> Iterator[Client]:
     """A lightkube Client as the cluster admin, on the node level."""
-    return _client(kubeconfig_node)
+    yield from _client(kubeconfig_node)
 
 
 def _namespace(client: Client) -> Iterator[str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from conftest import kubectl
 
 REPO = Path(__file__).resolve().parents[1]
 RESTRICTED = "pod-security.kubernetes.io/enforce=restricted"
@@ -25,24 +26,12 @@ SELECTOR = "app.kubernetes.io/name=orchard,app.kubernetes.io/component=operator"
 ORCHARD_KINDS = ("modeldeployments", "trainingjobs", "modelversions")
 
 
-def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
-    proc = subprocess.run(
-        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, f"kubectl {' '.join(args)}:\n{proc.stdout}{proc.stderr}"
-    return proc.stdout
-
-
 def render_install(kubeconfig: Path, overlay: str, namespace: str) -> list[dict[str, Any]]:
     """An install of `overlay` moved into `namespace`, watching only it, with private
     names for the cluster-scoped objects (so a real install and other tests are untouched)."""
     docs = []
     for doc in yaml.safe_load_all(
-        kubectl(kubeconfig, "kustomize", str(REPO / "manifests" / overlay))
+        kubectl("kustomize", str(REPO / "manifests" / overlay), kubeconfig=kubeconfig).stdout
     ):
         if not doc or doc["kind"] in ("Namespace", "CustomResourceDefinition"):
             continue
@@ -72,7 +61,7 @@ class InClusterOperator:
         self._seen: list[str] = []  # the logs of pods killed on the way
 
     def _kubectl(self, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
-        return kubectl(self.kubeconfig, *args, stdin=stdin, timeout=timeout)
+        return kubectl(*args, kubeconfig=self.kubeconfig, input=stdin, timeout=timeout).stdout
 
     def install(self) -> None:
         self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))

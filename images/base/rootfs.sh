@@ -1,7 +1,7 @@
 #!/bin/sh
 # Writes the root filesystem of Orchard's base image as a tarball to $1:
 # Debian bookworm (minbase) with Python 3 and venv, and an unprivileged user
-# "orchard" (uid 10001) for images to run as. The image harness hashes this file,
+# "orchard" (uid 10001) for images to run as. images/build.py hashes this file,
 # so any change here gives the base image a new tag and a rebuild.
 set -eu
 out=$1

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest import kubectl
 
 pytestmark = pytest.mark.api
 
@@ -25,31 +25,23 @@ CRD_NAMES = (
 )
 
 
-def kubectl(
-    kubeconfig: Path, *args: str, stdin: str | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def kube(kubeconfig_api: Path) -> Path:
     """The api level with Orchard's CRDs installed from crds/ and established."""
-    kubectl(kubeconfig_api, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     kubectl(
-        kubeconfig_api,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        str(REPO / "crds"),
+        kubeconfig=kubeconfig_api,
+    )
+    kubectl(
         "wait",
         "--for=condition=Established",
         "--timeout=60s",
         *(f"crd/{name}" for name in CRD_NAMES),
+        kubeconfig=kubeconfig_api,
     )
     return kubeconfig_api
 
@@ -61,7 +53,7 @@ def sample(name: str) -> dict[str, Any]:
 
 def test_crds_install_structural_with_names_and_status(kube: Path) -> None:
     for name in CRD_NAMES:
-        crd = json.loads(kubectl(kube, "get", "crd", name, "-o", "json").stdout)
+        crd = json.loads(kubectl("get", "crd", name, "-o", "json", kubeconfig=kube).stdout)
         conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
         assert conditions.get("Established") == "True"
         assert conditions.get("NamesAccepted") == "True"
@@ -69,7 +61,9 @@ def test_crds_install_structural_with_names_and_status(kube: Path) -> None:
         assert "NonStructuralSchema" not in conditions
         assert crd["spec"]["names"]["categories"] == ["orchard"]
         assert crd["spec"]["versions"][0]["subresources"] == {"status": {}}
-    resources = kubectl(kube, "api-resources", "--api-group=orchard.dev", "-o", "wide").stdout
+    resources = kubectl(
+        "api-resources", "--api-group=orchard.dev", "-o", "wide", kubeconfig=kube
+    ).stdout
     for short in ("tj", "mv", "md"):
         assert f" {short} " in resources
 
@@ -79,7 +73,6 @@ def test_every_sample_is_accepted_by_server_side_dry_run(
     kube: Path, api_namespace: str, name: str
 ) -> None:
     out = kubectl(
-        kube,
         "apply",
         "--dry-run=server",
         "--validate=strict",
@@ -87,12 +80,15 @@ def test_every_sample_is_accepted_by_server_side_dry_run(
         api_namespace,
         "-f",
         str(SAMPLES / name),
+        kubeconfig=kube,
     ).stdout
     assert "(server dry run)" in out
 
 
 def test_the_samples_kustomization_applies(kube: Path, api_namespace: str) -> None:
-    out = kubectl(kube, "apply", "--dry-run=server", "-n", api_namespace, "-k", str(SAMPLES)).stdout
+    out = kubectl(
+        "apply", "--dry-run=server", "-n", api_namespace, "-k", str(SAMPLES), kubeconfig=kube
+    ).stdout
     assert out.count("(server dry run)") == 4  # three kinds and the artifacts volume
 
 
@@ -171,7 +167,6 @@ def test_bad_manifest_is_refused_naming_the_field(
 ) -> None:
     obj = changed(name, path, value)
     proc = kubectl(
-        kube,
         "create",
         "--dry-run=server",
         "--validate=strict",
@@ -179,7 +174,8 @@ def test_bad_manifest_is_refused_naming_the_field(
         api_namespace,
         "-f",
         "-",
-        stdin=json.dumps(obj),
+        kubeconfig=kube,
+        input=json.dumps(obj),
         check=False,
     )
     assert proc.returncode != 0, f"accepted: {json.dumps(obj)}\n{proc.stdout}"
@@ -188,9 +184,8 @@ def test_bad_manifest_is_refused_naming_the_field(
 
 def test_model_version_spec_is_immutable(kube: Path, api_namespace: str) -> None:
     ns = ("-n", api_namespace)
-    kubectl(kube, "apply", *ns, "-f", str(SAMPLES / MV))
+    kubectl("apply", *ns, "-f", str(SAMPLES / MV), kubeconfig=kube)
     proc = kubectl(
-        kube,
         "patch",
         *ns,
         "mv",
@@ -198,13 +193,13 @@ def test_model_version_spec_is_immutable(kube: Path, api_namespace: str) -> None
         "--type=merge",
         "-p",
         '{"spec": {"metrics": {"accuracy": 0.99}}}',
+        kubeconfig=kube,
         check=False,
     )
     assert proc.returncode != 0 and "spec is immutable" in proc.stderr, proc.stderr
     # Metadata and status stay writable.
-    kubectl(kube, "label", *ns, "mv", "iris-import-v1", "team=ml")
+    kubectl("label", *ns, "mv", "iris-import-v1", "team=ml", kubeconfig=kube)
     kubectl(
-        kube,
         "patch",
         *ns,
         "mv",
@@ -213,6 +208,7 @@ def test_model_version_spec_is_immutable(kube: Path, api_namespace: str) -> None
         "--type=merge",
         "-p",
         '{"status": {"phase": "Ready"}}',
+        kubeconfig=kube,
     )
 
 
@@ -224,7 +220,15 @@ def test_server_fills_in_the_model_defaults(kube: Path, api_namespace: str) -> N
         "spec": {"modelVersion": "iris-v1"},
     }
     out = kubectl(
-        kube, "create", "-n", api_namespace, "-o", "json", "-f", "-", stdin=json.dumps(minimal)
+        "create",
+        "-n",
+        api_namespace,
+        "-o",
+        "json",
+        "-f",
+        "-",
+        kubeconfig=kube,
+        input=json.dumps(minimal),
     ).stdout
     spec = json.loads(out)["spec"]
     assert spec["replicas"] == 2
@@ -241,7 +245,7 @@ def _explain(kube: Path, field: str) -> str:
     # The CRD's schema reaches the server's OpenAPI document a moment after it is established.
     deadline = time.monotonic() + 60
     while True:
-        proc = kubectl(kube, "explain", field, check=False)
+        proc = kubectl("explain", field, kubeconfig=kube, check=False)
         if proc.returncode == 0 or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -269,7 +273,7 @@ def test_kubectl_get_orchard_lists_the_three_kinds_with_columns(
     kube: Path, api_namespace: str
 ) -> None:
     ns = ("-n", api_namespace)
-    kubectl(kube, "apply", *ns, "-k", str(SAMPLES))
+    kubectl("apply", *ns, "-k", str(SAMPLES), kubeconfig=kube)
     ready = {
         "type": "Ready",
         "status": "True",
@@ -296,7 +300,6 @@ def test_kubectl_get_orchard_lists_the_three_kinds_with_columns(
     }
     for ref, status in statuses.items():
         kubectl(
-            kube,
             "patch",
             *ns,
             ref,
@@ -304,8 +307,9 @@ def test_kubectl_get_orchard_lists_the_three_kinds_with_columns(
             "--type=merge",
             "-p",
             json.dumps({"status": status}),
+            kubeconfig=kube,
         )
-    out = kubectl(kube, "get", "orchard", *ns).stdout
+    out = kubectl("get", "orchard", *ns, kubeconfig=kube).stdout
     tables = [parse_table(t) for t in out.strip().split("\n\n") if t.strip()]
     assert len(tables) == 3, out
     rows = {t[0]["NAME"]: t[0] for t in tables}
@@ -363,11 +367,10 @@ def parse_table(text: str) -> list[dict[str, str]]:
 
 def test_status_is_a_subresource(kube: Path, api_namespace: str) -> None:
     ns = ("-n", api_namespace)
-    kubectl(kube, "apply", *ns, "-f", str(SAMPLES / TJ))
-    before = json.loads(kubectl(kube, "get", *ns, "tj", "iris", "-o", "json").stdout)
+    kubectl("apply", *ns, "-f", str(SAMPLES / TJ), kubeconfig=kube)
+    before = json.loads(kubectl("get", *ns, "tj", "iris", "-o", "json", kubeconfig=kube).stdout)
     # A status write cannot change the spec, and a main-resource write cannot set status.
     kubectl(
-        kube,
         "patch",
         *ns,
         "tj",
@@ -376,17 +379,24 @@ def test_status_is_a_subresource(kube: Path, api_namespace: str) -> None:
         "--type=merge",
         "-p",
         '{"spec": {"model": "other"}, "status": {"phase": "Running"}}',
+        kubeconfig=kube,
     )
     kubectl(
-        kube, "patch", *ns, "tj", "iris", "--type=merge", "-p", '{"status": {"phase": "Failed"}}'
+        "patch",
+        *ns,
+        "tj",
+        "iris",
+        "--type=merge",
+        "-p",
+        '{"status": {"phase": "Failed"}}',
+        kubeconfig=kube,
     )
-    after = json.loads(kubectl(kube, "get", *ns, "tj", "iris", "-o", "json").stdout)
+    after = json.loads(kubectl("get", *ns, "tj", "iris", "-o", "json", kubeconfig=kube).stdout)
     assert after["spec"] == before["spec"]
     assert after["status"]["phase"] == "Running"
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
     # A bad status is refused too: the operator cannot write nonsense either.
     proc = kubectl(
-        kube,
         "patch",
         *ns,
         "tj",
@@ -395,6 +405,7 @@ def test_status_is_a_subresource(kube: Path, api_namespace: str) -> None:
         "--type=merge",
         "-p",
         '{"status": {"phase": "Exploded"}}',
+        kubeconfig=kube,
         check=False,
     )
     assert proc.returncode != 0 and "status.phase" in proc.stderr

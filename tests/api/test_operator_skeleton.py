@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import build_images, kubectl
 from in_cluster import render_install
 
 # The api tier, but for the one e2e test at the end (the image, running in the cluster).
@@ -32,18 +33,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
-    proc = subprocess.run(
-        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, f"kubectl {' '.join(args)}:\n{proc.stdout}{proc.stderr}"
-    return proc.stdout
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -111,15 +100,22 @@ def operator(kubeconfig: Path, tmp_path: Path, *args: str) -> Iterator[Operator]
 
 @pytest.fixture(scope="module")
 def crds(kubeconfig_api: Path) -> Path:
-    kubectl(kubeconfig_api, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     kubectl(
-        kubeconfig_api,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        str(REPO / "crds"),
+        kubeconfig=kubeconfig_api,
+    )
+    kubectl(
         "wait",
         "--for=condition=Established",
         "--timeout=60s",
         "crd",
         "-l",
         "app.kubernetes.io/part-of=orchard",
+        kubeconfig=kubeconfig_api,
     )
     return kubeconfig_api
 
@@ -186,32 +182,22 @@ def test_operator_runs_with_only_its_generated_role(
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
         "subjects": [{"kind": "ServiceAccount", "name": "orchard", "namespace": api_namespace}],
     }
-    kubectl(crds, "create", "serviceaccount", "orchard", "-n", api_namespace)
-    kubectl(crds, "apply", "-f", "-", stdin=yaml.safe_dump_all([role, binding]))
+    kubectl("create", "serviceaccount", "orchard", "-n", api_namespace, kubeconfig=crds)
+    kubectl("apply", "-f", "-", kubeconfig=crds, input=yaml.safe_dump_all([role, binding]))
     try:
-        token = kubectl(crds, "create", "token", "orchard", "-n", api_namespace).strip()
+        token = kubectl(
+            "create", "token", "orchard", "-n", api_namespace, kubeconfig=crds
+        ).stdout.strip()
         config = _token_kubeconfig(crds, token, tmp_path / "kubeconfig")
         # The server's RBAC answers as the declared rules say, no more.
         for verb, resource in PROBES:
             group = resource.partition(".")[2]
             plural = resource.partition(".")[0]
             expected = "yes" if (group, plural, verb) in granted(role) else "no"
-            answer = subprocess.run(
-                [
-                    "kubectl",
-                    "--kubeconfig",
-                    str(config),
-                    "auth",
-                    "can-i",
-                    verb,
-                    resource,
-                    "-n",
-                    api_namespace,
-                ],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            ).stdout.strip()
+            answer = kubectl(
+                "auth", "can-i", verb, resource, "-n", api_namespace,
+                kubeconfig=config, check=False, timeout=30,
+            ).stdout.strip()  # fmt: skip
             assert answer == expected, (verb, resource, answer)
         with operator(config, tmp_path, "--namespace", api_namespace, "--verbose") as op:
             op.wait_alive()
@@ -226,19 +212,10 @@ def test_operator_runs_with_only_its_generated_role(
         if controller_modules():
             assert watches, text[-4000:]
     finally:
-        subprocess.run(
-            [
-                "kubectl",
-                "--kubeconfig",
-                str(crds),
-                "delete",
-                "--ignore-not-found",
-                f"clusterrolebinding/{name}",
-                f"clusterrole/{name}",
-            ],
-            capture_output=True,
-            timeout=60,
-        )
+        kubectl(
+            "delete", "--ignore-not-found", f"clusterrolebinding/{name}", f"clusterrole/{name}",
+            kubeconfig=crds, check=False, timeout=60,
+        )  # fmt: skip
 
 
 PROBES = [
@@ -280,14 +257,14 @@ def test_install_manifests_pass_the_restricted_pod_security_standard(
     """manifests/default, as the API server sees it (server-side dry run, strict fields),
     in a namespace that enforces and warns on the restricted Pod Security Standard."""
     kubectl(
-        crds,
         "label",
         "namespace",
         api_namespace,
         "pod-security.kubernetes.io/enforce=restricted",
         "pod-security.kubernetes.io/warn=restricted",
+        kubeconfig=crds,
     )
-    rendered = kubectl(crds, "kustomize", str(REPO / "manifests" / "default"))
+    rendered = kubectl("kustomize", str(REPO / "manifests" / "default"), kubeconfig=crds).stdout
     docs = []
     for doc in yaml.safe_load_all(rendered):
         if not doc or doc["kind"] in ("Namespace", "CustomResourceDefinition"):
@@ -303,22 +280,10 @@ def test_install_manifests_pass_the_restricted_pod_security_standard(
                 subject["namespace"] = api_namespace
         docs.append(doc)
     assert {d["kind"] for d in docs} >= {"Deployment", "ServiceAccount", "ClusterRole", "Service"}
-    proc = subprocess.run(
-        [
-            "kubectl",
-            "--kubeconfig",
-            str(crds),
-            "apply",
-            "--dry-run=server",
-            "--validate=strict",
-            "-f",
-            "-",
-        ],
-        input=yaml.safe_dump_all(docs),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = kubectl(
+        "apply", "--dry-run=server", "--validate=strict", "-f", "-",
+        kubeconfig=crds, input=yaml.safe_dump_all(docs), check=False, timeout=60,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "Warning" not in proc.stderr, proc.stderr
     assert proc.stdout.count("(server dry run)") == len(docs)
@@ -327,17 +292,7 @@ def test_install_manifests_pass_the_restricted_pod_security_standard(
 @pytest.fixture(scope="module")
 def operator_image(kubeconfig_node: Path) -> str:
     """localhost/orchard/operator:dev, built from images/operator and loaded if local."""
-    local = Path(os.environ.get("ORCHARD_CLUSTER_DIR", REPO / ".cluster")) / "kubeconfig"
-    if kubeconfig_node.resolve() == local.resolve():
-        proc = subprocess.run(
-            [sys.executable, str(REPO / "tests" / "cluster" / "harness.py"), "images", "operator"],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=900,
-        )
-        if proc.returncode != 0:
-            pytest.fail(f"could not build the operator image:\n{proc.stdout}{proc.stderr}")
+    build_images("operator")
     return "localhost/orchard/operator:dev"
 
 
@@ -349,46 +304,57 @@ def test_operator_image_runs_in_the_cluster_restricted_with_its_role(
     Standard: the pod becomes Ready (liveness and readiness on /healthz), reaches the API
     server from inside, and every watch it starts is allowed by the generated role."""
     kube, ns = kubeconfig_node, node_namespace
-    kubectl(kube, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl(kube, "label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
+    kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"), kubeconfig=kube
+    )
+    kubectl(
+        "label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted", kubeconfig=kube
+    )
     docs = render_install(kube, "overlays/local", ns)
-    kubectl(kube, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+    kubectl("apply", "-f", "-", kubeconfig=kube, input=yaml.safe_dump_all(docs))
     try:
-        kubectl(kube, "-n", ns, "rollout", "status", "deploy/orchard-operator", "--timeout=120s")
+        kubectl(
+            "-n",
+            ns,
+            "rollout",
+            "status",
+            "deploy/orchard-operator",
+            "--timeout=120s",
+            kubeconfig=kube,
+        )
         deadline = time.monotonic() + 60
         while True:
-            logs = kubectl(kube, "-n", ns, "logs", "deploy/orchard-operator")
+            logs = kubectl("-n", ns, "logs", "deploy/orchard-operator", kubeconfig=kube).stdout
             started = [line for line in logs.splitlines() if "Starting the watch-stream" in line]
             if any(f"in '{ns}'" in line for line in started) or time.monotonic() > deadline:
                 break
             time.sleep(2)
         assert any(f"in '{ns}'" in line for line in started), logs[-4000:]
         time.sleep(3)  # a refused watch is retried and logged within seconds
-        logs = kubectl(kube, "-n", ns, "logs", "deploy/orchard-operator")
+        logs = kubectl("-n", ns, "logs", "deploy/orchard-operator", kubeconfig=kube).stdout
         assert "forbidden" not in logs.lower(), logs[-4000:]
         pod = json.loads(
             kubectl(
-                kube, "-n", ns, "get", "pods", "-l", "app.kubernetes.io/name=orchard", "-o", "json"
-            )
+                "-n",
+                ns,
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/name=orchard",
+                "-o",
+                "json",
+                kubeconfig=kube,
+            ).stdout
         )["items"][0]
         assert pod["spec"]["containers"][0]["image"] == operator_image
         assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
         assert all(json.loads(line) for line in logs.splitlines() if line.strip())
     finally:
-        subprocess.run(
-            [
-                "kubectl",
-                "--kubeconfig",
-                str(kube),
-                "delete",
-                "--ignore-not-found",
-                "--wait=false",
-                f"clusterrolebinding/orchard-{ns}",
-                f"clusterrole/orchard-{ns}",
-            ],
-            capture_output=True,
-            timeout=60,
-        )
+        kubectl(
+            "delete", "--ignore-not-found", "--wait=false",
+            f"clusterrolebinding/orchard-{ns}", f"clusterrole/orchard-{ns}",
+            kubeconfig=kube, check=False, timeout=60,
+        )  # fmt: skip
 
 
 @API
@@ -406,7 +372,12 @@ async def test_kube_helpers_against_the_api_server(
     try:
         assert await kube.get("orchard.dev/v1alpha1", "TrainingJob", "absent", ns) is None
         kubectl(
-            crds, "apply", "-n", ns, "-f", str(REPO / "manifests" / "samples" / "trainingjob.yaml")
+            "apply",
+            "-n",
+            ns,
+            "-f",
+            str(REPO / "manifests" / "samples" / "trainingjob.yaml"),
+            kubeconfig=crds,
         )
         tj = await kube.get("orchard.dev/v1alpha1", "TrainingJob", "iris", ns)
         assert tj is not None and tj["spec"]["model"] == "iris"
@@ -445,7 +416,6 @@ async def test_kube_helpers_against_the_api_server(
         await kube.post_event(tj, "Started", "training began", type_="Normal")
         events = json.loads(
             kubectl(
-                crds,
                 "get",
                 "events",
                 "-n",
@@ -454,7 +424,8 @@ async def test_kube_helpers_against_the_api_server(
                 "involvedObject.name=iris,reason=Started",
                 "-o",
                 "json",
-            )
+                kubeconfig=crds,
+            ).stdout
         )["items"]
         assert [e["message"] for e in events] == ["training began"]
         assert events[0]["involvedObject"]["uid"] == tj["metadata"]["uid"]

@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import logging
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import stand_in_crd
+from conftest import kubectl, stand_in_crd
 
 from orchard import kube
 from orchard.api.common import API_VERSION
@@ -40,15 +39,6 @@ STAND_INS = [
 log = logging.getLogger("test")
 
 
-def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
-    proc = subprocess.run(
-        ["kubectl", *args], input=input, capture_output=True, text=True, timeout=120, check=False
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")
-    return proc.stdout
-
-
 @pytest.fixture(scope="module")
 def gateway_api(kubeconfig_api: Path) -> Iterator[None]:
     """Orchard's CRDs and the stand-ins; KUBECONFIG set for the operator's client."""
@@ -58,7 +48,7 @@ def gateway_api(kubeconfig_api: Path) -> Iterator[None]:
     installed = []
     for crd in STAND_INS:
         name = crd["metadata"]["name"]
-        present = subprocess.run(["kubectl", "get", "crd", name], capture_output=True, timeout=30)
+        present = kubectl("get", "crd", name, check=False, timeout=30)
         if present.returncode != 0:  # only where Gateway API is absent
             kubectl("apply", "-f", "-", input=json.dumps(crd))
             installed.append(name)
@@ -68,7 +58,7 @@ def gateway_api(kubeconfig_api: Path) -> Iterator[None]:
     for name in installed:  # Established comes a moment before the storage serves (429)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            listed = subprocess.run(["kubectl", "get", name, "-A"], capture_output=True, timeout=30)
+            listed = kubectl("get", name, "-A", check=False, timeout=30)
             if listed.returncode == 0:
                 break
             time.sleep(0.5)
@@ -240,7 +230,7 @@ async def test_a_deployment_the_policy_refuses_creates_nothing(namespaces: tuple
     assert status["observedGeneration"] == 1
     assert await kube.get("apps/v1", "Deployment", "iris-stable", ml) is None
     assert await kube.get("v1", "Service", "iris", ml) is None
-    events = json.loads(kubectl("get", "events", "-n", ml, "-o", "json"))["items"]
+    events = json.loads(kubectl("get", "events", "-n", ml, "-o", "json").stdout)["items"]
     assert {e["type"] for e in events if e["reason"] == "PolicyViolation"} == {"Warning"}
 
 
@@ -266,5 +256,5 @@ async def test_a_version_no_serving_pod_can_read_ends_in_a_condition_not_a_log_l
     status = ((await kube.get(API_VERSION, "ModelDeployment", "iris", ml)) or {})["status"]
     assert (status["phase"], status["reason"]) == ("Degraded", "UnsupportedArtifact")
     assert "https://models.invalid" in status["message"]
-    events = json.loads(kubectl("get", "events", "-n", ml, "-o", "json"))["items"]
+    events = json.loads(kubectl("get", "events", "-n", ml, "-o", "json").stdout)["items"]
     assert {e["type"] for e in events if e["reason"] == "UnsupportedArtifact"} == {"Warning"}

@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import os
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from typing import Any
 
 import kopf
 import pytest
+from conftest import kubectl
 
 from orchard import kube
 from orchard.api.common import API_VERSION
@@ -44,15 +44,6 @@ _NOW = datetime.now(UTC).replace(microsecond=0)
 T0 = (_NOW - timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
 T1 = _NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
 log = logging.getLogger("test")
-
-
-def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
-    proc = subprocess.run(
-        ["kubectl", *args], input=input, capture_output=True, text=True, timeout=60, check=False
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")
-    return proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -360,12 +351,12 @@ async def test_success_registers_one_model_version(namespace: str) -> None:
     assert mv["spec"]["source"]["dataset"]["digest"] == DATASET_DIGEST
     assert mv["spec"]["metrics"]["accuracy"] == 0.95
 
-    events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json"))["items"]
+    events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
     reasons = {e["reason"] for e in events if e["involvedObject"]["name"] == "iris-rf"}
     assert {"Registered", "Succeeded"} <= reasons
 
     # kubectl get tj shows phase, model, metric and version
-    table = kubectl("get", "tj", "iris-rf", "-n", namespace)
+    table = kubectl("get", "tj", "iris-rf", "-n", namespace).stdout
     assert "Succeeded" in table and "accuracy" in table and "iris-v1" in table
 
 
@@ -438,7 +429,7 @@ async def test_failure_reasons_reach_status(
     assert in_message in status["message"]
     assert "modelVersion" not in status
     assert await model_versions(namespace) == []
-    table = kubectl("get", "tj", "iris-rf", "-n", namespace)
+    table = kubectl("get", "tj", "iris-rf", "-n", namespace).stdout
     assert "Failed" in table and reason in table
 
 
@@ -612,7 +603,7 @@ async def test_deletion_guard_holds_while_a_deployment_uses_the_version(namespac
         )
     assert "ModelDeployment(s) iris" in str(err.value)
     assert err.value.delay == mv_handlers.IN_USE_RETRY_SECONDS
-    events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json"))["items"]
+    events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
     assert any(e["reason"] == "InUse" and e["type"] == "Warning" for e in events)
 
 
@@ -630,7 +621,7 @@ async def test_a_job_the_api_server_refuses_fails_the_trainingjob(namespace: str
 
 
 def events_of(namespace: str, reason: str) -> list[dict[str, Any]]:
-    items = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json"))["items"]
+    items = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
     return [e for e in items if e["reason"] == reason]
 
 

@@ -29,8 +29,6 @@ import hashlib
 import json
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +39,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import stand_in_crd
+from conftest import build_images, kubectl, stand_in_crd
 from in_cluster import InClusterOperator
 from lightkube import Client
 from lightkube.generic_resource import create_namespaced_resource
@@ -51,7 +49,6 @@ from lightkube.types import PatchType
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-HARNESS = REPO / "tests" / "cluster" / "harness.py"
 FIGURES = Path(os.environ.get("ORCHARD_CLUSTER_DIR", REPO / ".cluster")) / "figures"
 
 MD = create_namespaced_resource("orchard.dev", "v1alpha1", "ModelDeployment", "modeldeployments")
@@ -188,32 +185,19 @@ class Traffic:
 # --- fixtures -------------------------------------------------------------------------------
 
 
-def _harness(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(HARNESS), *args], capture_output=True, text=True,
-                          cwd=REPO)  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def orchard_images(kubeconfig_node: Path) -> None:
     """The server and trainer images, built from images/ and loaded into the node
     (ORCHARD_E2E_REUSE_IMAGES=1 takes the ones already loaded)."""
-    if os.environ.get("ORCHARD_E2E_REUSE_IMAGES") == "1":
-        return
-    proc = _harness("images", "server", "trainer", "operator")
-    if proc.returncode != 0:
-        pytest.fail(f"could not build the server and trainer images:\n{proc.stdout}{proc.stderr}")
+    if os.environ.get("ORCHARD_E2E_REUSE_IMAGES") != "1":
+        build_images("server", "trainer", "operator")
 
 
 @pytest.fixture(scope="module")
 def crds(kubeconfig_node: Path) -> None:
-    subprocess.run(
-        ["kubectl", "--kubeconfig", str(kubeconfig_node), "apply", "--server-side", "-f",
-         str(REPO / "crds")], check=True, capture_output=True,
-    )  # fmt: skip
-    subprocess.run(
-        ["kubectl", "--kubeconfig", str(kubeconfig_node), "wait", "--for=condition=Established",
-         "--timeout=60s", "-f", str(REPO / "crds")], check=True, capture_output=True,
-    )  # fmt: skip
+    kubectl("apply", "--server-side", "-f", str(REPO / "crds"), kubeconfig=kubeconfig_node)
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"),
+            kubeconfig=kubeconfig_node)  # fmt: skip
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
@@ -579,21 +563,17 @@ HTTPROUTE_CRD = stand_in_crd("gateway.networking.k8s.io", "v1", "HTTPRoute", "ht
 def httproute_crd(kubeconfig_node: Path) -> Iterator[None]:
     """A stand-in HTTPRoute CRD (schema-less) when the Gateway API is not installed; it is
     removed afterwards. Where the real CRDs are installed they are used as they are."""
-    kubectl = ["kubectl", "--kubeconfig", str(kubeconfig_node)]
-    present = subprocess.run([*kubectl, "get", "crd", "httproutes.gateway.networking.k8s.io"],
-                             capture_output=True).returncode == 0  # fmt: skip
+    crd = "crd/httproutes.gateway.networking.k8s.io"
+    present = kubectl("get", crd, kubeconfig=kubeconfig_node, check=False).returncode == 0
     if not present:
-        subprocess.run([*kubectl, "apply", "-f", "-"], input=json.dumps(HTTPROUTE_CRD).encode(),
-                       check=True, capture_output=True)  # fmt: skip
-        subprocess.run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/httproutes.gateway.networking.k8s.io"], check=True,
-                       capture_output=True)  # fmt: skip
+        kubectl("apply", "-f", "-", kubeconfig=kubeconfig_node, input=json.dumps(HTTPROUTE_CRD))
+        kubectl("wait", "--for=condition=Established", "--timeout=60s", crd,
+                kubeconfig=kubeconfig_node)  # fmt: skip
     try:
         yield
     finally:
         if not present:
-            subprocess.run([*kubectl, "delete", "crd", "httproutes.gateway.networking.k8s.io",
-                            "--wait=false"], capture_output=True)  # fmt: skip
+            kubectl("delete", crd, "--wait=false", kubeconfig=kubeconfig_node, check=False)
 
 
 def route_weights(client: Client, ns: str) -> dict[str, int]:

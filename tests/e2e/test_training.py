@@ -19,8 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import build_images, kubectl
 from in_cluster import InClusterOperator
 from lightkube import Client
 from lightkube.models.meta_v1 import ObjectMeta
@@ -37,21 +36,10 @@ from lightkube.resources.core_v1 import Namespace, PersistentVolume, PersistentV
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-HARNESS = REPO / "tests" / "cluster" / "harness.py"
 FIGURES = Path(os.environ.get("ORCHARD_CLUSTER_DIR", REPO / ".cluster")) / "figures"
 PENGUINS = REPO / "tests" / "data" / "penguins.csv"
 CLAIM = "orchard-artifacts"
 TRAIN_TIMEOUT = 300
-
-
-def kubectl(kubeconfig: Path, *args: str, input: str | None = None) -> str:
-    proc = subprocess.run(
-        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
-        input=input, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")
-    return proc.stdout
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
@@ -74,7 +62,7 @@ class Cluster:
         self.storage = storage  # the PVC's directory on the host
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
-        return kubectl(self.kubeconfig, "-n", self.namespace, *args, input=input)
+        return kubectl("-n", self.namespace, *args, kubeconfig=self.kubeconfig, input=input).stdout
 
     def apply(self, obj: dict[str, Any]) -> float:
         """Apply an object; the monotonic time just before."""
@@ -107,22 +95,29 @@ class Cluster:
 def trainer_image(kubeconfig_node: Path) -> None:
     """The trainer (training and verification Jobs) and operator images, built from
     images/ and loaded into the node."""
-    proc = subprocess.run(
-        [sys.executable, str(HARNESS), "images", "trainer", "operator"],
-        capture_output=True, text=True, cwd=REPO, check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        pytest.fail(f"could not build the trainer image:\n{proc.stdout}{proc.stderr}")
+    build_images("trainer", "operator")
 
 
 @pytest.fixture(scope="module")
 def cluster(kubeconfig_node: Path, node_client: Client, trainer_image: None) -> Iterator[Cluster]:
     """A namespace with the CRDs, an artifact PVC (with the penguins CSV on it) and the
     operator watching it."""
-    kubectl(kubeconfig_node, "apply", "--server-side", "--force-conflicts", "-f",
-            str(REPO / "crds"))  # fmt: skip
-    kubectl(kubeconfig_node, "wait", "--for=condition=Established", "--timeout=60s", "-f",
-            str(REPO / "crds"))  # fmt: skip
+    kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        str(REPO / "crds"),
+        kubeconfig=kubeconfig_node,
+    )
+    kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "-f",
+        str(REPO / "crds"),
+        kubeconfig=kubeconfig_node,
+    )
     ns = f"orchard-train-{uuid.uuid4().hex[:6]}"
     node_client.create(Namespace(metadata=ObjectMeta(name=ns, labels={"orchard.dev/test": "true"})))
     node_client.create(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest import kubectl
 
 from orchard.api import KINDS
 from orchard.api.crdgen import crd
@@ -20,13 +20,7 @@ pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl
 
 
 def render(overlay: str) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(MANIFESTS / overlay)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
+    out = kubectl("kustomize", str(MANIFESTS / overlay), timeout=60).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 

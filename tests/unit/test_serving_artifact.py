@@ -112,11 +112,10 @@ def test_serve_starts_and_answers(iris: Path) -> None:
         assert 'orchard_model_info{model="iris",digest="sha256:' in metrics
     finally:
         proc.terminate()
-        proc.wait(20)
+        _, err = proc.communicate(timeout=20)  # reads and closes both pipes
     # uvicorn shuts down gracefully, then re-raises the signal it caught.
     assert proc.returncode in (0, -signal.SIGTERM)
-    assert proc.stderr is not None
-    assert "Finished server process" in proc.stderr.read()
+    assert "Finished server process" in err
 
 
 def test_files_changed_after_the_check_are_not_unpickled(iris: Path, tmp_path: Path) -> None:

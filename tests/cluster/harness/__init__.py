@@ -1,0 +1,22 @@
+"""A real single-node Kubernetes cluster on this machine, for Orchard's api and e2e tests.
+
+Two levels:
+  api   etcd + kube-apiserver: seconds to start; CRDs, watches, status subresources.
+  node  adds containerd + runc, CNI bridge, kubelet, kube-controller-manager,
+        kube-scheduler and kube-proxy (iptables): real pods, Services and PVCs.
+
+Everything runs as root on a private bridge (orchard0, pods 10.244.0.0/24, services
+10.96.0.0/16); forwarding between the bridge and any other interface is dropped, so no
+traffic leaves the machine. Every process started is recorded by PID (with its start
+time, so a reused PID is never signalled) and stopped by that PID.
+
+    python -m tests.cluster.harness up [--level api|node] [--unless-external]
+    python -m tests.cluster.harness status | down | preflight
+
+The images the pods run are built and loaded by images/build.py
+(`python -m images.build [NAME...]`).
+
+Modules, in the order `up` needs them: common (paths, addresses, helpers), preflight,
+processes, pki, network, components, images (pause image, containerd imports),
+lifecycle (up, down, status).
+"""

@@ -1,0 +1,366 @@
+"""`up` (the boot sequence, in order), `down` (and the check that it left nothing), `status`."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+from .common import (
+    BRIDGE,
+    CACHE,
+    CNI_NET,
+    CONFIG,
+    CONTAINERD_SOCK,
+    ETCD_CLIENT,
+    HERE,
+    HOSTPATH_PV,
+    KUBECONFIG,
+    KUBELET_ROOT,
+    LEVELS,
+    LOGS,
+    NODE_IP,
+    NODE_NAME,
+    OUR_CHAIN_PREFIXES,
+    PAUSE_IMAGE,
+    PIDS,
+    POD_LOGS,
+    RUN,
+    STATE,
+    VAR,
+    HarnessError,
+    bin_dirs,
+    binary,
+    run,
+    say,
+)
+from .components import (
+    BOOTSTRAP,
+    apiserver_cmd,
+    controller_manager_cmd,
+    etcd_cmd,
+    scheduler_cmd,
+    write_node_configs,
+)
+from .images import ctr, import_archive, import_built_images, pause_archive
+from .network import ensure_network, remove_iptables_chains, restore_sysctls, set_sysctl
+from .pki import api_request, ensure_pki, https_ok, write_kubeconfig
+from .processes import recorded, rel, running, spawn, stop, tail, wait_for
+
+
+def ensure_binaries() -> None:
+    """Build etcd and the Kubernetes components unless the cache has them (build.sh)."""
+    k8s, etcd = bin_dirs()
+    if not ((k8s / ".complete").exists() and (etcd / ".complete").exists()):
+        say(f"build: binaries missing in {CACHE / 'bin'}; building (log {rel(LOGS / 'build.log')})")
+        LOGS.mkdir(parents=True, exist_ok=True)
+        with (LOGS / "build.log").open("a") as out:
+            build = subprocess.Popen(
+                ["bash", str(HERE / "build.sh")],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            assert build.stdout is not None
+            for line in build.stdout:
+                out.write(line)
+                if line.startswith("build: "):  # progress lines; go's own output stays in the log
+                    say(line.strip())
+            rc = build.wait()
+        if rc != 0:
+            raise HarnessError(f"build failed; last lines:\n{tail(LOGS / 'build.log')}")
+        say("build: done")
+
+
+def up(level: str) -> None:
+    STATE.mkdir(parents=True, exist_ok=True)
+    ensure_binaries()
+    ensure_pki()
+    write_kubeconfig(KUBECONFIG, "orchard-admin", "admin")
+    ensure_network()
+
+    if not running("etcd"):
+        (VAR / "etcd").mkdir(parents=True, exist_ok=True)
+        (VAR / "etcd").chmod(0o700)
+        spawn("etcd", etcd_cmd())
+        wait_for("etcd", lambda: https_ok(f"{ETCD_CLIENT}/health"), 30, "healthy")
+    if not running("kube-apiserver"):
+        spawn("kube-apiserver", apiserver_cmd())
+        wait_for("kube-apiserver", lambda: api_request("GET", "/readyz") == "ok", 60)
+    if level == "api":
+        if not any(running(name) for name in LEVELS["node"][2:]):
+            (STATE / "level").write_text("api")
+        return
+
+    write_node_configs()
+    set_sysctl("net.ipv4.ip_forward", "1")
+    set_sysctl("net.bridge.bridge-nf-call-iptables", "1")
+    apply_manifest(BOOTSTRAP)
+    started: set[str] = set()
+    for name, cmd in [
+        ("kube-controller-manager", controller_manager_cmd()),
+        ("kube-scheduler", scheduler_cmd()),
+    ]:
+        if not running(name):
+            spawn(name, cmd)
+            started.add(name)
+    if not running("containerd"):
+        (RUN / "runc").mkdir(parents=True, exist_ok=True)
+        spawn("containerd", ["containerd", "--config", str(CONFIG / "containerd.toml")])
+        wait_for("containerd", lambda: bool(ctr("version")), 30, "serving")
+    import_archive(PAUSE_IMAGE, pause_archive())
+    import_built_images()
+    if not running("kubelet"):
+        KUBELET_ROOT.mkdir(parents=True, exist_ok=True)
+        POD_LOGS.mkdir(parents=True, exist_ok=True)
+        spawn(
+            "kubelet",
+            [
+                binary("kubelet"),
+                f"--config={CONFIG / 'kubelet.yaml'}",
+                f"--kubeconfig={CONFIG / 'kubelet.kubeconfig'}",
+                f"--hostname-override={NODE_NAME}",
+                f"--node-ip={NODE_IP}",
+                f"--root-dir={KUBELET_ROOT}",
+                "--v=1",
+            ],
+        )
+    if not running("kube-proxy"):
+        spawn(
+            "kube-proxy", [binary("kube-proxy"), f"--config={CONFIG / 'kube-proxy.yaml'}", "--v=1"]
+        )
+        started.add("kube-proxy")
+    # Health endpoints are waited for only on components started now: a running one is
+    # judged by the node's state below, not by a momentary 503.
+    health = {
+        "kube-controller-manager": "https://127.0.0.1:10257/healthz",
+        "kube-scheduler": "https://127.0.0.1:10259/healthz",
+        "kube-proxy": "http://127.0.0.1:10256/healthz",
+    }
+    for name, url in health.items():
+        if name in started:
+            wait_for(name, partial(https_ok, url), 60, "healthy")
+    wait_for("kubelet", node_ready, 120, f"node {NODE_NAME} Ready")
+    wait_for(
+        "kube-controller-manager", default_service_account, 60, "default ServiceAccount present"
+    )
+    (STATE / "level").write_text("node")
+
+
+def node_ready() -> bool:
+    node = api_request("GET", f"/api/v1/nodes/{NODE_NAME}")
+    conditions = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
+    return conditions.get("Ready") == "True" and not node["spec"].get("taints")
+
+
+def default_service_account() -> bool:
+    api_request("GET", "/api/v1/namespaces/default/serviceaccounts/default")
+    return True
+
+
+def apply_manifest(text: str) -> None:
+    run(["kubectl", "--kubeconfig", str(KUBECONFIG), "apply", "-f", "-"], input=text)
+
+
+def stop_containers() -> int:
+    """Kill and delete every container in containerd's k8s.io namespace, via its API."""
+    tasks = ctr("tasks", "ls", "-q", check=False).split()
+    for task in tasks:  # signal all first, so they die in parallel
+        ctr("tasks", "kill", "-a", "-s", "SIGKILL", task, check=False)
+    for task in tasks:
+        ctr("tasks", "delete", "--force", task, check=False)
+    containers = ctr("containers", "ls", "-q", check=False).split()
+    for container in containers:
+        ctr("containers", "delete", container, check=False)
+    return len(containers)
+
+
+def our_mounts() -> list[str]:
+    """Mount points under the node's state directories, deepest first."""
+    roots = (str(RUN) + "/", str(VAR) + "/", str(HOSTPATH_PV) + "/")
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].encode().decode("unicode_escape")
+        if point.startswith(roots) or point in (str(RUN), str(VAR)):
+            points.append(point)
+    return sorted(set(points), key=len, reverse=True)
+
+
+def unmount_all() -> int:
+    count = 0
+    for _ in range(3):
+        points = our_mounts()
+        if not points:
+            break
+        for point in points:
+            if subprocess.run(["umount", point], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", point], capture_output=True)
+            count += 1
+    left = our_mounts()
+    if left:
+        raise HarnessError(f"could not unmount: {', '.join(left)}")
+    return count
+
+
+def down() -> None:
+    start = time.monotonic()
+    if os.geteuid() != 0:
+        raise HarnessError("needs root to stop the cluster")
+    for name in ("kube-proxy", "kubelet", "kube-scheduler", "kube-controller-manager"):
+        stop(name)
+    if running("containerd"):
+        removed = stop_containers()
+        if removed:
+            say(f"containerd: removed {removed} containers")
+    for name in ("containerd", "kube-apiserver", "etcd"):
+        stop(name)
+    for pidfile in PIDS.glob("*.json") if PIDS.exists() else []:
+        proc = recorded(pidfile.stem)
+        if proc:
+            stop(proc.name)
+    mounts = unmount_all()
+    if mounts:
+        say(f"mounts: removed {mounts}")
+    chains = remove_iptables_chains()
+    if chains:
+        say(f"iptables: removed {chains} chains (KUBE-*, CNI-*, ORCHARD-*)")
+    links = run(["ip", "-o", "link", "show"], check=False)
+    for line in links.splitlines():
+        parts = line.split(": ")
+        if len(parts) > 1 and f"master {BRIDGE} " in line:
+            run(["ip", "link", "delete", parts[1].split("@")[0]], check=False)
+    if f": {BRIDGE}:" in links:
+        run(["ip", "link", "delete", BRIDGE])
+        say(f"network: bridge {BRIDGE} deleted")
+    restore_sysctls()
+    remove_pod_cgroups()
+    # Fresh state next time; containerd's image store is kept so images need no re-import.
+    for path in (VAR / "etcd", KUBELET_ROOT, POD_LOGS, RUN, HOSTPATH_PV):
+        shutil.rmtree(path, ignore_errors=True)
+    for link in Path("/var/log/containers").glob("*.log"):
+        with contextlib.suppress(OSError):
+            if str(POD_LOGS) in os.readlink(link):
+                link.unlink()
+    for result in Path("/var/lib/cni/results").glob(f"{CNI_NET}-*"):
+        result.unlink(missing_ok=True)
+    (STATE / "level").unlink(missing_ok=True)
+    left = leftovers()
+    if left:
+        raise HarnessError("down left behind: " + "; ".join(left))
+    say(f"down in {time.monotonic() - start:.1f}s: no process, mount, chain, bridge or veth left")
+
+
+def remove_pod_cgroups() -> None:
+    """Remove the kubelet's (now empty) kubepods cgroups in every hierarchy."""
+    for top in Path("/sys/fs/cgroup").glob("*/kubepods"):
+        for path in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir():
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
+
+
+def leftovers() -> list[str]:
+    """Whatever of the cluster still exists on this machine, one entry per kind."""
+    found: list[str] = []
+    procs = [p.stem for p in PIDS.glob("*.json")] if PIDS.exists() else []
+    procs = [n for n in procs if running(n)]
+    sock = str(CONTAINERD_SOCK).encode()
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if sock in (proc_dir / "cmdline").read_bytes():  # shims of our containerd
+                procs.append(f"pid {proc_dir.name}")
+    if procs:
+        found.append("processes " + ", ".join(procs))
+    if our_mounts():
+        found.append("mounts " + ", ".join(our_mounts()))
+    chains = [
+        line.split()[0][1:]
+        for tool in ("iptables-save", "ip6tables-save")
+        if shutil.which(tool)
+        for line in run([tool], check=False).splitlines()
+        if line.startswith(":") and line[1:].startswith(OUR_CHAIN_PREFIXES)
+    ]
+    if chains:
+        found.append("iptables chains " + ", ".join(sorted(set(chains))))
+    links = [
+        line.split(": ")[1].split("@")[0]
+        for line in run(["ip", "-o", "link", "show"], check=False).splitlines()
+        if f": {BRIDGE}:" in line or f"master {BRIDGE} " in line
+    ]
+    if links:
+        found.append("links " + ", ".join(links))
+    return found
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """Resident and peak resident memory of a process, in KiB."""
+    fields = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0])
+    return fields.get("VmRSS", 0), fields.get("VmHWM", 0)
+
+
+def status() -> int:
+    """What runs, with memory: the figures `make cluster-status` reports."""
+    level = (STATE / "level").read_text() if (STATE / "level").exists() else "none"
+    print(f"level: {level}; kubeconfig: {rel(KUBECONFIG)}")
+    all_up = True
+    total_rss = total_peak = 0
+    for name in LEVELS["node"]:
+        proc = recorded(name)
+        state = "running" if proc and proc.alive() else ("dead" if proc else "stopped")
+        if proc and state != "running":
+            all_up = False
+        detail = ""
+        if proc and state == "running":
+            rss, peak = memory_kib(proc.pid)
+            total_rss, total_peak = total_rss + rss, total_peak + peak
+            detail = f"pid {proc.pid:<7} rss {rss // 1024:5} MiB  peak {peak // 1024:5} MiB"
+        print(f"  {name:24} {state:8} {detail}")
+    print(f"  {'components':33} rss {total_rss // 1024:5} MiB  peak {total_peak // 1024:5} MiB")
+    pods = Path("/sys/fs/cgroup/memory/kubepods")
+    if (pods / "memory.usage_in_bytes").exists():
+        usage = int((pods / "memory.usage_in_bytes").read_text()) // 2**20
+        peak = int((pods / "memory.max_usage_in_bytes").read_text()) // 2**20
+        print(f"  {'pods (kubepods cgroup)':33} now {usage:5} MiB  peak {peak:5} MiB")
+    return 0 if all_up and level != "none" else 1
+
+
+@contextlib.contextmanager
+def locked() -> Iterator[None]:
+    """One harness command at a time per state directory (tests may race to start it)."""
+    STATE.mkdir(parents=True, exist_ok=True)
+    with (STATE / "lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+EXTERNAL_HELP = "do nothing when KUBECONFIG names a cluster other than the local one"
+
+
+def external_kubeconfig() -> Path | None:
+    """The cluster KUBECONFIG names, when it is not this harness's own."""
+    named = os.environ.get("KUBECONFIG")
+    if not named or Path(named).resolve() == KUBECONFIG.resolve():
+        return None
+    return Path(named)
+
+
+def leave_to_external() -> bool:
+    """True, having said so, when KUBECONFIG names another cluster (`--unless-external`)."""
+    external = external_kubeconfig()
+    if external is None:
+        return False
+    print(f"KUBECONFIG names another cluster ({external}); nothing to do here")
+    return True
