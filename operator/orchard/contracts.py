@@ -35,6 +35,13 @@ FEATURE_BIN = "orchard_feature_bin_total"  # counter (feature, bin: 0..len(edges
 FEATURE_OUT_OF_RANGE = "orchard_feature_out_of_range_total"  # counter (feature)
 FEATURE_LABEL = "feature"
 BIN_LABEL = "bin"
+# The training baseline those counts are compared with: each pod states its artifact's
+# (gauges), so the operator needs no access to the artifact store.
+FEATURE_BIN_EXPECTED = "orchard_feature_bin_expected_share"  # gauge (feature, bin)
+FEATURE_CATEGORY = "orchard_feature_category_total"  # counter (feature, category)
+FEATURE_CATEGORY_EXPECTED = "orchard_feature_category_expected_share"  # gauge (feature, category)
+CATEGORY_LABEL = "category"
+OTHER_CATEGORY = "__other__"  # the label of every category beyond the counted ones
 
 ENDPOINT_LABEL = "endpoint"
 CODE_LABEL = "code"  # the HTTP status, as digits

@@ -153,3 +153,79 @@ def test_the_server_counts_inputs_in_the_training_bins_and_psi_finds_the_shifted
         scores[name] = psi(expected.expected, counts)
     assert scores["a"] < 0.05 and scores["b"] > PSI_THRESHOLD
     assert out_of_range["a"] < 10 and 400 < out_of_range["b"] < 600  # b above 10: half
+
+
+def test_the_operator_finds_the_drifted_inputs_across_pods_from_their_metrics() -> None:
+    """Two pods of one version serve a real pipeline (a number, a category); their
+    expositions are parsed, their window summed and compared with the training shares
+    the pods state: the shifted number and the new category are found, the rest is not."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from orchard.decisions.metrics_text import delta, merge, parse_scrape
+    from orchard.decisions.monitoring import feature_drift
+    from orchard.serving.artifact import Column
+    from orchard.serving.metrics import Metrics
+    from orchard.serving.model import ModelRunner
+
+    rng = np.random.default_rng(11)
+    n = 4_000
+    train = pd.DataFrame(
+        {
+            "a": rng.normal(0, 1, n),
+            "b": rng.uniform(0, 10, n),
+            "island": rng.choice(["Biscoe", "Dream", "Torgersen"], n, p=[0.5, 0.3, 0.2]),
+        }
+    )
+    schema = [
+        {"name": "a", "type": "number"},
+        {"name": "b", "type": "number"},
+        {"name": "island", "type": "string"},
+    ]
+    baseline = {k: FeatureStats.model_validate(v) for k, v in feature_stats(train, schema).items()}
+    pipeline = make_pipeline(
+        ColumnTransformer(
+            [("island", OneHotEncoder(handle_unknown="ignore"), ["island"])],
+            remainder="passthrough",
+        ),
+        LogisticRegression(),
+    ).fit(train, train["a"] > 0)
+    columns = [Column("a", "number"), Column("b", "number"), Column("island", "string")]
+
+    def pod() -> tuple[ModelRunner, Metrics]:
+        runner = ModelRunner(pipeline, columns, "classification", baseline)
+        metrics = Metrics("penguins")
+        metrics.set_model(["a", "b", "island"], [True, True, False], False, {})
+        metrics.set_baseline(runner.drift_bins)
+        return runner, metrics
+
+    def serve(runner: ModelRunner, metrics: Metrics, rows: int, shifted: bool) -> None:
+        part = [
+            rng.normal(0, 1, rows),
+            rng.uniform(5, 15, rows) if shifted else rng.uniform(0, 10, rows),
+            np.array(
+                rng.choice(["Biscoe", "Dream", "Emperor"], rows, p=[0.4, 0.3, 0.3])
+                if shifted
+                else rng.choice(["Biscoe", "Dream", "Torgersen"], rows, p=[0.5, 0.3, 0.2]),
+                dtype=object,
+            ),
+        ]
+        metrics.observe_batch(runner.predict_batch([part], [rows]), rows, 1)
+
+    pods = [pod(), pod()]
+    for runner, metrics in pods:  # before the window: in distribution
+        serve(runner, metrics, 300, shifted=False)
+    start = [parse_scrape(m.render().decode()) for _, m in pods]
+    assert [d.psi < 0.05 for d in feature_drift(merge(start), start[0])] == [True] * 3
+
+    for runner, metrics in pods:
+        for _ in range(4):
+            serve(runner, metrics, 100, shifted=True)
+    end = [parse_scrape(m.render().decode()) for _, m in pods]
+    window = merge(delta(before, after) for before, after in zip(start, end, strict=True))
+    drift = {d.feature: d for d in feature_drift(window, end[0])}
+    assert drift["a"].samples == drift["b"].samples == drift["island"].samples == 800
+    assert not drift["a"].drifted() and drift["b"].drifted() and drift["island"].drifted()
+    assert not drift["island"].drifted(min_samples=1_000)  # too few values to say

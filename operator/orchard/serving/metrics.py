@@ -38,6 +38,10 @@ orchard_feature_bin_total                  counter    numeric input values per d
                                                       at training (feature, bin: 0..10)
 orchard_feature_out_of_range_total         counter    numeric input values outside the
                                                       training rows' min..max (feature)
+orchard_feature_bin_expected_share         gauge      the training rows' share per drift bin
+                                                      (feature, bin)
+orchard_feature_category_expected_share    gauge      the training rows' share per category,
+                                                      __other__ the rest (feature, category)
 orchard_feature_category_total             counter    string input values (feature, category;
                                                       at most 50 per feature, then __other__;
                                                       a value cut to 64 characters)
@@ -70,18 +74,24 @@ import math
 import re
 import sys
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from orchard.artifacts.drift import CategoryBins, NumericBins
 from orchard.contracts import (
     BIN_LABEL,
+    CATEGORY_LABEL,
     CLASS_LABEL,
     CODE_LABEL,
     ENDPOINT_LABEL,
     FEATURE_BIN,
+    FEATURE_BIN_EXPECTED,
+    FEATURE_CATEGORY,
+    FEATURE_CATEGORY_EXPECTED,
     FEATURE_LABEL,
     FEATURE_OUT_OF_RANGE,
     LATENCY,
+    OTHER_CATEGORY,
     PREDICTED_CLASS,
     PREDICTED_VALUE,
     REQUESTS,
@@ -97,7 +107,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # two model versions (stable and canary) share their buckets and can be compared.
 _STEPS = [m * 10.0**e for e in range(-2, 6) for m in (1.0, 2.5, 5.0)]
 VALUE_BUCKETS = (*(-v for v in reversed(_STEPS)), 0.0, *_STEPS)
-OTHER = "__other__"
+OTHER = OTHER_CATEGORY
 TRUNCATED = "\u2026"  # the end of a label value cut to MAX_LABEL_CHARS
 _FLOAT_MAX = sys.float_info.max
 # Characters that end a line for some parser (str.splitlines: \r, \v, \f, \x1c-\x1e, \x85,
@@ -199,6 +209,9 @@ class Metrics:
         self.f_categories: dict[str, dict[str, int]] = {}
         self.f_bins: dict[int, list[int]] = {}  # by feature index: rows per drift bin
         self.f_out_of_range: dict[int, int] = {}
+        # The artifact's training baseline: expected shares per bin or category.
+        self.expected_bins: dict[str, tuple[float, ...]] = {}
+        self.expected_categories: dict[str, dict[str, float]] = {}
         self.ready = False
         self.info: tuple[tuple[str, str], ...] = (("model", model),)
         self.connections_open = 0
@@ -216,6 +229,15 @@ class Metrics:
         self.regression = regression
         self.info = (("model", self.model), *sorted(info.items()))
         self.ready = True
+
+    def set_baseline(self, bins: Mapping[str, NumericBins | CategoryBins]) -> None:
+        """The training baseline of the loaded artifact, stated beside the counts."""
+        self.expected_bins = {n: b.expected for n, b in bins.items() if isinstance(b, NumericBins)}
+        self.expected_categories = {
+            n: {category_label(c): share for c, share in zip(b.labels(), b.expected, strict=True)}
+            for n, b in bins.items()
+            if isinstance(b, CategoryBins)
+        }
 
     def observe_request(self, endpoint: str, code: int, seconds: float | None) -> None:
         key = (endpoint, code)
@@ -330,11 +352,21 @@ class Metrics:
         head(FEATURE_OUT_OF_RANGE, "counter", "Numeric input values outside the training range.")
         for j, n in sorted(self.f_out_of_range.items()):
             out.append(f"{FEATURE_OUT_OF_RANGE}{_labels(((FEATURE_LABEL, self.features[j]),))} {n}")
-        head("orchard_feature_category_total", "counter", "String input values by category.")
+        head(FEATURE_BIN_EXPECTED, "gauge", "Training rows' share per drift bin.")
+        for feature, expected in sorted(self.expected_bins.items()):
+            for b, share in enumerate(expected):
+                labels = _labels(((FEATURE_LABEL, feature), (BIN_LABEL, str(b))))
+                out.append(f"{FEATURE_BIN_EXPECTED}{labels} {_num(share)}")
+        head(FEATURE_CATEGORY_EXPECTED, "gauge", "Training rows' share per category.")
+        for feature, by_category in sorted(self.expected_categories.items()):
+            for category, share in sorted(by_category.items()):
+                labels = _labels(((FEATURE_LABEL, feature), (CATEGORY_LABEL, category)))
+                out.append(f"{FEATURE_CATEGORY_EXPECTED}{labels} {_num(share)}")
+        head(FEATURE_CATEGORY, "counter", "String input values by category.")
         for feature, counts in sorted(self.f_categories.items()):
             for category, n in sorted(counts.items()):
-                labels = _labels((("feature", feature), ("category", category)))
-                out.append(f"orchard_feature_category_total{labels} {n}")
+                labels = _labels(((FEATURE_LABEL, feature), (CATEGORY_LABEL, category)))
+                out.append(f"{FEATURE_CATEGORY}{labels} {n}")
         head("orchard_model_ready", "gauge", "1 once the model is loaded and serving.")
         out.append(f"orchard_model_ready {int(self.ready)}")
         head("orchard_model_info", "gauge", "The served model, as labels.")

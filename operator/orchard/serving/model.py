@@ -87,6 +87,11 @@ class ModelRunner:
         n_features = getattr(model, "n_features_in_", None)
         self.schema = Schema(columns, int(n_features) if n_features is not None else None)
         self.baselines = [NumericBaseline.of((baseline or {}).get(n)) for n in self.schema.names]
+        self.drift_bins = {
+            name: bins
+            for name, stats in (baseline or {}).items()
+            if name in self.schema.names and (bins := stats.drift_bins()) is not None
+        }
         # Fitted on a DataFrame (ColumnTransformer by name, say): it needs one back.
         self.needs_frame = hasattr(model, "feature_names_in_") and bool(columns)
         if self.needs_frame:
