@@ -708,5 +708,5 @@ async def test_a_trainingjob_with_nowhere_to_write_fails_with_no_artifact_store(
     assert events and all(
         e["type"] == "Warning" and "spec.artifacts.uri" in e["message"] for e in events
     )
-    table = kubectl("get", "tj", "iris-rf", "-n", namespace)
+    table = kubectl("get", "tj", "iris-rf", "-n", namespace).stdout
     assert "Failed" in table and "NoArtifactStore" in table
