@@ -197,3 +197,15 @@ def test_registered_metric_check(
 ) -> None:
     check = an.registered_metric_check(candidate, stable, 0.05, preferred)
     assert (check.verdict, check.reason) == (verdict, reason), check.message
+
+
+def test_a_bucket_bound_that_is_no_number_is_skipped_not_fatal() -> None:
+    """Whatever a pod serves as `le`, the analysis reads the buckets it can."""
+    text = (
+        'orchard_request_duration_seconds_bucket{endpoint="v2_infer",le="0.1"} 5\n'
+        'orchard_request_duration_seconds_bucket{endpoint="v2_infer",le="soon"} 7\n'
+        'orchard_request_duration_seconds_bucket{endpoint="v2_infer",le="NaN"} 7\n'
+        'orchard_request_duration_seconds_bucket{endpoint="v2_infer",le="+Inf"} 9\n'
+    )
+    window = an.track_window(mt.parse_scrape(text))
+    assert window.latency_buckets == ((0.1, 5.0), (float("inf"), 9.0))

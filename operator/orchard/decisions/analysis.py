@@ -136,7 +136,12 @@ def _buckets(
         le = dict(labels).get("le")
         if le is None:
             continue
-        bound = math.inf if le in ("+Inf", "Inf", "inf") else float(le)
+        try:
+            bound = float(le)  # "+Inf" included
+        except ValueError:
+            continue  # not a bucket bound: what a pod serves never breaks the analysis
+        if math.isnan(bound):
+            continue
         acc[bound] = acc.get(bound, 0.0) + value
     return tuple(sorted(acc.items()))
 
