@@ -78,6 +78,15 @@ def kubectl(
     return proc
 
 
+def install_crds(kubeconfig: Path | str | None = None) -> None:
+    """Orchard's CRDs from crds/, applied server-side and waited for until established."""
+    crds = str(REPO / "crds")
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", crds, kubeconfig=kubeconfig)
+    kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "-f", crds, kubeconfig=kubeconfig
+    )
+
+
 def _ensure_level(level: str) -> Path:
     external = external_kubeconfig()
     if external is not None:

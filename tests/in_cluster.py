@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import kubectl
+from conftest import install_crds, kubectl
 
 REPO = Path(__file__).resolve().parents[1]
 RESTRICTED = "pod-security.kubernetes.io/enforce=restricted"
@@ -64,9 +64,7 @@ class InClusterOperator:
         return kubectl(*args, kubeconfig=self.kubeconfig, input=stdin, timeout=timeout).stdout
 
     def install(self) -> None:
-        self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-        self._kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f",
-                      str(REPO / "crds"))  # fmt: skip
+        install_crds(self.kubeconfig)
         self._kubectl("label", "--overwrite", "namespace", self.namespace, RESTRICTED)
         docs = render_install(self.kubeconfig, "overlays/local", self.namespace)
         self._kubectl("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(docs))

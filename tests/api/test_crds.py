@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import kubectl
+from conftest import install_crds, kubectl
 
 pytestmark = pytest.mark.api
 
@@ -28,21 +28,7 @@ CRD_NAMES = (
 @pytest.fixture(scope="module")
 def kube(kubeconfig_api: Path) -> Path:
     """The api level with Orchard's CRDs installed from crds/ and established."""
-    kubectl(
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        str(REPO / "crds"),
-        kubeconfig=kubeconfig_api,
-    )
-    kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        *(f"crd/{name}" for name in CRD_NAMES),
-        kubeconfig=kubeconfig_api,
-    )
+    install_crds(kubeconfig_api)
     return kubeconfig_api
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import build_images, kubectl
+from conftest import build_images, install_crds, kubectl
 from in_cluster import render_install
 
 # The api tier, but for the one e2e test at the end (the image, running in the cluster).
@@ -100,23 +100,7 @@ def operator(kubeconfig: Path, tmp_path: Path, *args: str) -> Iterator[Operator]
 
 @pytest.fixture(scope="module")
 def crds(kubeconfig_api: Path) -> Path:
-    kubectl(
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        str(REPO / "crds"),
-        kubeconfig=kubeconfig_api,
-    )
-    kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd",
-        "-l",
-        "app.kubernetes.io/part-of=orchard",
-        kubeconfig=kubeconfig_api,
-    )
+    install_crds(kubeconfig_api)
     return kubeconfig_api
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import kopf
 import pytest
-from conftest import kubectl
+from conftest import install_crds, kubectl
 
 from orchard import kube
 from orchard.api.common import API_VERSION
@@ -52,8 +52,7 @@ def api_server(kubeconfig_api: Path) -> Iterator[str]:
     KUBECONFIG is set for the operator's client and for kubectl."""
     saved = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(kubeconfig_api)
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
+    install_crds()
     yield str(kubeconfig_api)
     if saved is None:
         os.environ.pop("KUBECONFIG", None)

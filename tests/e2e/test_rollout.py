@@ -193,13 +193,6 @@ def orchard_images(kubeconfig_node: Path) -> None:
         build_images("server", "trainer", "operator")
 
 
-@pytest.fixture(scope="module")
-def crds(kubeconfig_node: Path) -> None:
-    kubectl("apply", "--server-side", "-f", str(REPO / "crds"), kubeconfig=kubeconfig_node)
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"),
-            kubeconfig=kubeconfig_node)  # fmt: skip
-
-
 def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
     deadline = time.monotonic() + timeout
     while True:

@@ -102,22 +102,6 @@ def trainer_image(kubeconfig_node: Path) -> None:
 def cluster(kubeconfig_node: Path, node_client: Client, trainer_image: None) -> Iterator[Cluster]:
     """A namespace with the CRDs, an artifact PVC (with the penguins CSV on it) and the
     operator watching it."""
-    kubectl(
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        str(REPO / "crds"),
-        kubeconfig=kubeconfig_node,
-    )
-    kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "-f",
-        str(REPO / "crds"),
-        kubeconfig=kubeconfig_node,
-    )
     ns = f"orchard-train-{uuid.uuid4().hex[:6]}"
     node_client.create(Namespace(metadata=ObjectMeta(name=ns, labels={"orchard.dev/test": "true"})))
     node_client.create(
