@@ -29,8 +29,15 @@ REQUESTS = "orchard_requests_total"  # counter (endpoint, code)
 LATENCY = "orchard_request_duration_seconds"  # histogram (endpoint, le)
 PREDICTED_CLASS = "orchard_predictions_total"  # counter (class); classification
 PREDICTED_VALUE = "orchard_prediction_value"  # histogram (le); regression
+# Prediction drift: a regression's predicted values counted in the training drift bins of
+# its test-row predictions, and each pod's statement of that baseline (class shares, or
+# shares per bin), from the artifact's `predictionStats`.
+PREDICTION_BIN = "orchard_prediction_bin_total"  # counter (bin); regression
+PREDICTION_EXPECTED = "orchard_prediction_expected_share"  # gauge (class | bin)
 # Drift: numeric inputs counted in their training bins (orchard.artifacts.drift), and
 # the values outside the training rows' range.
+FEATURE_OBSERVATIONS = "orchard_feature_observations_total"  # counter (feature)
+FEATURE_MISSING = "orchard_feature_missing_total"  # counter (feature)
 FEATURE_BIN = "orchard_feature_bin_total"  # counter (feature, bin: 0..len(edges))
 FEATURE_OUT_OF_RANGE = "orchard_feature_out_of_range_total"  # counter (feature)
 FEATURE_LABEL = "feature"

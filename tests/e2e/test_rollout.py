@@ -73,7 +73,13 @@ def train_artifacts(root: Path) -> dict[str, dict[str, Any]]:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-    from orchard.trainer.artifact import library_versions, sklearn_version, write_artifact
+    from orchard.trainer.artifact import (
+        feature_stats,
+        library_versions,
+        sklearn_version,
+        write_artifact,
+    )
+    from orchard.trainer.evaluate import prediction_stats
 
     iris = load_iris(as_frame=True)
     x = iris.data.set_axis(FEATURES, axis=1)
@@ -95,11 +101,12 @@ def train_artifacts(root: Path) -> dict[str, dict[str, Any]]:
         "iris-v5": Pipeline([("model", DummyClassifier(strategy="most_frequent"))]),
     }  # fmt: skip
     dataset_digest = "sha256:" + hashlib.sha256(x.to_csv(index=False).encode()).hexdigest()
+    inputs = [{"name": f, "type": "number"} for f in FEATURES]
+    baseline = feature_stats(x_train, inputs)  # the drift baseline, as the trainer writes it
     out: dict[str, dict[str, Any]] = {}
     for name, pipe in pipelines.items():
         pipe.fit(x_train, y_train)
         accuracy = float(accuracy_score(y_test, pipe.predict(x_test)))
-        predicted = pd_counts(pipe.predict(x_test))
         directory = root / "iris" / name
         fields = {
             "model": "iris",
@@ -114,9 +121,10 @@ def train_artifacts(root: Path) -> dict[str, dict[str, Any]]:
                 "rows": len(x),
                 "target": "species",
             },
-            "inputs": [{"name": f, "type": "number"} for f in FEATURES],
+            "inputs": inputs,
             "output": {"name": "species", "type": "string", "classes": CLASSES},
-            "predictionStats": {"classes": predicted},
+            "featureStats": baseline,
+            "predictionStats": prediction_stats(pipe.predict(x_test), "classification"),
             "source": {"trainingJob": "e2e-rollout"},
         }
         _, digest = write_artifact(directory, pipe, fields)
@@ -124,12 +132,6 @@ def train_artifacts(root: Path) -> dict[str, dict[str, Any]]:
     for path in [root, *root.rglob("*")]:  # the server runs as an unprivileged user
         path.chmod(0o755 if path.is_dir() else 0o644)
     return out
-
-
-def pd_counts(values: Any) -> dict[str, float]:
-    labels, counts = np.unique(np.asarray(values), return_counts=True)
-    total = counts.sum()
-    return {str(k): round(float(v / total), 4) for k, v in zip(labels, counts, strict=True)}
 
 
 # --- traffic ------------------------------------------------------------------------------
@@ -143,6 +145,7 @@ class Traffic:
     rows: list[list[float]]
     threads: int = 3
     pause: float = 0.03
+    poison_share: float = POISON_SHARE
     log: list[tuple[float, int, str | None]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -155,7 +158,7 @@ class Traffic:
         with httpx.Client(timeout=5.0, trust_env=False, limits=limits) as client:
             while not self._stop.is_set():
                 row = list(rnd.choice(self.rows))
-                if rnd.random() < POISON_SHARE:
+                if rnd.random() < self.poison_share:
                     row[1] = -1.0  # a negative sepal width
                 body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
                                     "data": row}]}  # fmt: skip
@@ -681,3 +684,88 @@ def test_gateway_api_mode_sets_route_weights_step_by_step(
     status = md_status(client, ns)
     assert status.get("lastRollback") is None
     assert client.get(HTTPROUTE, "web", namespace=ns)["spec"]["rules"][1] == theirs
+
+
+# --- monitoring: the stable version watched against its training baseline -------------------
+
+
+def test_monitoring_names_a_shifted_input_across_replicas_and_restarts(
+    node_client: Client,
+    node_namespace: str,
+    artifacts: dict[str, dict[str, Any]],
+    operator: InClusterOperator,
+) -> None:
+    """Two replicas behind the Service: traffic from the data's own distribution is no
+    drift, with every pod's rows counted; the same traffic with petal_length moved by 3 cm
+    is DriftDetected naming that input; an operator restart and a deleted serving pod
+    neither clear the verdict nor lose the window's rows."""
+    from lightkube.resources.core_v1 import Event, Pod
+    from sklearn.datasets import load_iris
+
+    ns, client = node_namespace, node_client
+    monitoring = {"interval": "3s", "window": "10m", "minSamples": 200}
+    create_md(client, ns, "iris-v1", replicas=2, monitoring=monitoring)
+    wait_for("v1 to be stable with two pods", lambda: (lambda s: s.get("phase") == "Stable"
+             and s.get("readyReplicas") == 2)(md_status(client, ns)), 240)  # fmt: skip
+    ip = client.get(Service, "iris", namespace=ns).spec.clusterIP  # type: ignore[union-attr]
+    wait_answering(ip)
+    url = f"http://{ip}:8080/v2/models/iris/infer"
+    rows = [list(map(float, r)) for r in load_iris().data]
+    figures: dict[str, Any] = {"monitoring": monitoring}
+
+    def drift(status: dict[str, Any]) -> str | None:
+        return condition(status, "DriftDetected").get("status")
+
+    traffic = Traffic(url, rows, poison_share=0.0)
+    traffic.start()
+    try:
+        wait_for("in-distribution traffic to be judged", lambda: drift(md_status(client, ns))
+                 in ("True", "False"), 120)  # fmt: skip
+    finally:
+        traffic.stop()
+    status = md_status(client, ns)
+    assert drift(status) == "False", condition(status, "DriftDetected")
+    watched = status["monitoring"]
+    assert watched["version"] == "iris-v1" and watched["pods"] == 2
+    assert watched["samples"] >= 200 and watched["driftScore"] < 0.2, watched
+    assert {i["feature"] for i in watched["inputs"]} <= set(FEATURES)
+
+    shifted = [[a, b, c + 3.0, d] for a, b, c, d in rows]
+    traffic = Traffic(url, shifted, poison_share=0.0)
+    t_shift = time.monotonic()
+    traffic.start()
+    try:
+        wait_for("the shifted input to be detected",
+                 lambda: drift(md_status(client, ns)) == "True", 120)  # fmt: skip
+        figures["shift_to_drift_detected_s"] = round(time.monotonic() - t_shift, 1)
+        status = md_status(client, ns)
+        worst = status["monitoring"]["inputs"][0]
+        assert worst["feature"] == "petal_length" and worst["psi"] > 0.2, status["monitoring"]
+        assert "petal_length" in condition(status, "DriftDetected")["message"]
+        before = status["monitoring"]["samples"]
+
+        operator.kill()  # the window lives on in its ConfigMap
+        operator.wait_ready()
+        pod = client.list(Pod, namespace=ns, labels={"orchard.dev/track": "stable"})
+        client.delete(Pod, next(iter(pod)).metadata.name, namespace=ns)  # type: ignore[union-attr]
+
+        def counted_on() -> dict[str, Any] | None:
+            s = md_status(client, ns)
+            ok = (
+                drift(s) == "True"
+                and s["monitoring"]["lastEvaluated"] > status["monitoring"]["lastEvaluated"]
+                and s["monitoring"]["samples"] > before
+            )
+            return s if ok else None  # fmt: skip
+
+        after = wait_for("the restarted operator to count on", counted_on, 120)
+        assert after["monitoring"]["samples"] > before
+    finally:
+        traffic.stop()
+        FIGURES.mkdir(parents=True, exist_ok=True)
+        (FIGURES / "monitoring.json").write_text(json.dumps(figures, indent=2) + "\n")
+        print("\nmonitoring figures:", json.dumps(figures, indent=2))
+    events = [e for e in client.list(Event, namespace=ns) if e.reason == "Drifted"]
+    assert len(events) == 1 and "petal_length" in (events[0].message or "")
+    table = kubectl("get", "md", "iris", "-n", ns, kubeconfig=operator.kubeconfig).stdout
+    assert "DRIFT" in table.splitlines()[0]

@@ -10,21 +10,17 @@ against a real one).
 from __future__ import annotations
 
 import copy
-import http.server
 import inspect
 import logging
-import socket
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_kube import VERBS, FakeKube
+from fake_pods import MetricsPods, serving_pods_fixture  # noqa: F401 (a fixture)
 
 from orchard import kube
 from orchard.handlers import modeldeployment as h
-from orchard.serving.metrics import Metrics
 
 NS = "ml"
 log = logging.getLogger("test")
@@ -244,49 +240,8 @@ async def test_deleting_a_deployment_takes_it_out_of_used_by(cluster: FakeKube) 
 # --- The canary's window, over real HTTP ------------------------------------------------
 
 
-class _Pods:
-    """A loopback /metrics per pod address, each the model server's own exposition."""
-
-    def __init__(self) -> None:
-        self.metrics: dict[str, Metrics] = {}
-
-    def handler(self) -> type[http.server.BaseHTTPRequestHandler]:
-        pods = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = pods.metrics[self.server.server_address[0]].render()  # type: ignore[index]
-                self.send_response(200)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        return Handler
-
-
-@pytest.fixture
-def serving_pods() -> Iterator[tuple[int, _Pods]]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    pods = _Pods()
-    servers = []
-    for ip in ("127.0.0.1", "127.0.0.2"):
-        pods.metrics[ip] = Metrics("iris")
-        server = http.server.ThreadingHTTPServer((ip, port), pods.handler())
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-    yield port, pods
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
 async def test_a_step_counts_only_the_requests_since_it_began(
-    cluster: FakeKube, serving_pods: tuple[int, _Pods]
+    cluster: FakeKube, serving_pods: tuple[int, MetricsPods]
 ) -> None:
     port, pods = serving_pods
     stable_metrics, canary_metrics = pods.metrics["127.0.0.1"], pods.metrics["127.0.0.2"]

@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
+from orchard.artifacts.drift import PSI_THRESHOLD
+
 from .common import (
     AGE_COLUMN,
     GROUP,
@@ -224,6 +226,38 @@ class Traffic(CamelModel):
         return self
 
 
+class Monitoring(CamelModel):
+    """Watching what the stable version serves against its own training baseline."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Compare the stable pods' inputs and predictions with the training "
+        "baseline every interval (conditions DriftDetected, status.monitoring).",
+    )
+    window: Duration = Field(
+        default="1h",
+        description="The span of traffic each evaluation counts, e.g. 30m, 24h; it restarts "
+        "when another version becomes stable.",
+    )
+    interval: Duration = Field(
+        default="1m", description="How often the stable pods' counts are read and judged."
+    )
+    drift_threshold: float = Field(
+        default=PSI_THRESHOLD,
+        gt=0,
+        le=10,
+        description="Population stability index above which an input or the predictions "
+        "have drifted (0.1 moderate, 0.2 the usual alarm).",
+    )
+    min_samples: int = Field(
+        default=200,
+        ge=1,
+        le=1_000_000_000,
+        description="Fewest predicted rows in the window before drift is judged; fewer "
+        "leave DriftDetected Unknown with reason NotEnoughSamples.",
+    )
+
+
 class ModelDeploymentSpec(CamelModel):
     """Which ModelVersion to serve, how, and how to roll out the next one."""
 
@@ -240,6 +274,9 @@ class ModelDeploymentSpec(CamelModel):
     server: Server = Field(default_factory=Server, description="The model server.")
     canary: Canary = Field(default_factory=Canary, description="How new versions roll out.")
     traffic: Traffic = Field(default_factory=Traffic, description="How traffic is split.")
+    monitoring: Monitoring = Field(
+        default_factory=Monitoring, description="Drift checks of the served version."
+    )
 
 
 DeploymentPhase = Literal["Pending", "Stable", "Progressing", "Paused", "RolledBack", "Degraded"]
@@ -307,6 +344,52 @@ class ActionRecord(CamelModel):
     )
 
 
+class InputDrift(CamelModel):
+    """One input's drift over the monitoring window."""
+
+    feature: str = Field(description="The input's name.")
+    psi: float = Field(ge=0, description="Population stability index against training.")
+    samples: int = Field(ge=0, description="Values counted in the window.")
+    missing_share: float | None = Field(
+        default=None, ge=0, le=1, description="Share of rows where the input was missing."
+    )
+    out_of_range_share: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Share of a number's values outside the training rows' min..max.",
+    )
+
+
+class PredictionDrift(CamelModel):
+    """The predictions' drift over the window: class shares, or a regression's value bins,
+    against the test rows' predictions at training."""
+
+    psi: float = Field(ge=0, description="Population stability index against training.")
+    samples: int = Field(ge=0, description="Predictions counted in the window.")
+
+
+class MonitoringStatus(CamelModel):
+    """The last evaluation of the stable version's traffic against its training baseline."""
+
+    version: str | None = Field(default=None, description="The ModelVersion watched.")
+    window_start: datetime | None = Field(
+        default=None, description="Since when the window counts (at most spec.monitoring.window)."
+    )
+    samples: int = Field(default=0, ge=0, description="Rows predicted in the window.")
+    drift_score: float | None = Field(
+        default=None, ge=0, description="The highest PSI of any input or of the predictions."
+    )
+    inputs: list[InputDrift] = Field(
+        default_factory=list, max_length=10, description="The most drifted inputs, worst first."
+    )
+    prediction_drift: PredictionDrift | None = Field(
+        default=None, description="Drift of the predictions."
+    )
+    pods: int = Field(default=0, ge=0, description="Stable pods whose counts were read.")
+    last_evaluated: datetime | None = Field(default=None, description="When it was made.")
+
+
 class ModelDeploymentStatus(CamelModel):
     """What serves now and where the rollout stands."""
 
@@ -316,7 +399,7 @@ class ModelDeploymentStatus(CamelModel):
     )
     conditions: Conditions = Field(
         default_factory=list,
-        description="Ready, Progressing, Degraded and TrafficSplit conditions.",
+        description="Ready, Progressing, Degraded, TrafficSplit and DriftDetected conditions.",
     )
     stable_version: str | None = Field(default=None, description="ModelVersion serving stably.")
     canary_version: str | None = Field(default=None, description="ModelVersion being rolled out.")
@@ -343,6 +426,9 @@ class ModelDeploymentStatus(CamelModel):
     )
     reason: str | None = Field(default=None, description="Why the deployment is in its phase.")
     message: str | None = Field(default=None, description="Details, for people.")
+    monitoring: MonitoringStatus | None = Field(
+        default=None, description="Drift of the stable version's traffic (spec.monitoring)."
+    )
 
 
 class ModelDeployment(Resource):
@@ -387,6 +473,12 @@ class ModelDeployment(Resource):
                 type="integer",
                 json_path=".status.readyReplicas",
                 description="Ready serving pods.",
+            ),
+            PrinterColumn(
+                name="Drift",
+                type="number",
+                json_path=".status.monitoring.driftScore",
+                description="Highest PSI of the stable version's inputs or predictions.",
             ),
             PrinterColumn(
                 name="URL", type="string", json_path=".status.url", description="URL.", priority=1

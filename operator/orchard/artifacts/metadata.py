@@ -86,6 +86,21 @@ class FeatureStats(_Model):
         return None
 
 
+def prediction_drift_bins(stats: dict[str, Any]) -> NumericBins | CategoryBins | None:
+    """The bins production's predictions are counted in (`predictionStats`): the classes'
+    shares, or a regression's value bins; None for an artifact without them."""
+    classes, bins = stats.get("classes"), stats.get("bins")
+    try:
+        if isinstance(classes, dict) and classes:
+            return CategoryBins.from_frequencies({str(k): float(v) for k, v in classes.items()})
+        if isinstance(bins, dict):
+            parsed = Bins.model_validate(bins)
+            return NumericBins(tuple(parsed.edges), tuple(parsed.shares))
+    except (TypeError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None
+    return None
+
+
 class Source(_Model):
     training_job: str | None = None
     namespace: str | None = None

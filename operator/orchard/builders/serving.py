@@ -104,6 +104,14 @@ def hpa_name(md_name: str) -> str:
     return md_name
 
 
+def monitoring_window_name(md_name: str) -> str:
+    """The ConfigMap that keeps the monitoring window across operator restarts."""
+    return bounded_name(md_name, "-monitoring")
+
+
+MONITORING_WINDOW_KEY = "window.json"
+
+
 def selector(md_name: str, track: Track | None = None) -> dict[str, str]:
     """Label selector of a track's pods, or of both tracks' pods."""
     out = {MODELDEPLOYMENT_LABEL: md_name}
@@ -327,6 +335,17 @@ def track_service(md: ModelDeployment, track: Track) -> dict[str, Any]:
     """A Service of one track: the HTTPRoute's backends."""
     name = str(md.metadata.name)
     return _service(md, track_service_name(name, track), selector(name, track), track)
+
+
+def monitoring_window(md: ModelDeployment, window_json: str) -> dict[str, Any]:
+    """The stored monitoring window (`orchard.decisions.monitoring.dumps`)."""
+    name = monitoring_window_name(str(md.metadata.name))
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(md, name, labels(md)),
+        "data": {MONITORING_WINDOW_KEY: window_json},
+    }
 
 
 def services(md: ModelDeployment) -> list[dict[str, Any]]:

@@ -1,31 +1,85 @@
-"""Input drift of a served version, from its pods' own metrics: pure.
+"""Monitoring a served version from its pods' own metrics: pure.
 
-Each serving pod counts its inputs in the drift bins its artifact fixed at training and
-states that artifact's training shares beside them (see `orchard.contracts`). The
-operator sums the counts of a version's pods over a window (`metrics_text.delta` and
-`merge`, as the canary analysis does) and compares them here with the training shares,
-by the population stability index (`orchard.artifacts.drift`). Numbers are compared bin
-by bin; categories by the training categories plus one bin for every other value.
+Each serving pod counts its inputs in the drift bins its artifact fixed at training, and
+its predictions by class (or, for a regression, in the bins of its test-row predictions),
+and states that artifact's training shares beside them (see `orchard.contracts`). The
+operator keeps a window of those counts summed over the stable pods (`MonitoringWindow`,
+stored in a ConfigMap so that a restart of the operator loses nothing) and compares it
+here with the training shares, by the population stability index
+(`orchard.artifacts.drift`). Numbers are compared bin by bin; categories by the training
+categories plus one bin for every other value.
+
+The window is a list of slices, each the counters' increase over a few scrapes: a slice
+ages out as a whole, so the window spans between `span - slice` and `span`. A pod's
+counters going down mean its process restarted: its new values are all of the increase
+(Prometheus' reset rule), so a restart loses at most what a pod counted since its last
+scrape, and a pod seen for the first time counts its whole life.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from orchard.api.common import Condition, ConditionStatus, parse_timestamp, set_condition
+from orchard.api.modeldeployment import (
+    InputDrift,
+    Monitoring,
+    MonitoringStatus,
+    PredictionDrift,
+)
 from orchard.artifacts.drift import PSI_THRESHOLD, psi
 from orchard.contracts import (
     BIN_LABEL,
     CATEGORY_LABEL,
+    CLASS_LABEL,
     FEATURE_BIN,
     FEATURE_BIN_EXPECTED,
     FEATURE_CATEGORY,
     FEATURE_CATEGORY_EXPECTED,
     FEATURE_LABEL,
+    FEATURE_MISSING,
+    FEATURE_OBSERVATIONS,
+    FEATURE_OUT_OF_RANGE,
     OTHER_CATEGORY,
+    PREDICTED_CLASS,
+    PREDICTED_VALUE,
+    PREDICTION_BIN,
+    PREDICTION_EXPECTED,
 )
 
-from .metrics_text import Scrape
+from .metrics_text import Labels, Scrape, delta, merge
+
+DRIFT_DETECTED = "DriftDetected"
+# Reasons of the DriftDetected condition and the events of its transitions.
+DRIFTED = "Drifted"
+NO_DRIFT = "NoDrift"
+NOT_ENOUGH_SAMPLES = "NotEnoughSamples"
+NO_BASELINE = "NoBaseline"  # an artifact older than drift bins
+DRIFT_RESOLVED = "DriftResolved"
+
+MAX_SLICES = 12  # slices per window: the window's resolution
+MAX_INPUTS_SHOWN = 5  # inputs listed in status, most drifted first
+# The counters a window keeps: the rest of a scrape is not monitoring's.
+WINDOW_COUNTERS = frozenset(
+    {
+        FEATURE_BIN,
+        FEATURE_CATEGORY,
+        FEATURE_OBSERVATIONS,
+        FEATURE_MISSING,
+        FEATURE_OUT_OF_RANGE,
+        PREDICTED_CLASS,
+        PREDICTION_BIN,
+        f"{PREDICTED_VALUE}_count",
+    }
+)
+Counts = dict[tuple[str, Labels], float]
+
+
+# --- Drift of a window against the training baseline -------------------------------------
 
 
 @dataclass(frozen=True)
@@ -38,6 +92,14 @@ class FeatureDrift:
 
     def drifted(self, threshold: float = PSI_THRESHOLD, min_samples: int = 1) -> bool:
         return self.samples >= min_samples and self.psi > threshold
+
+
+def _by_label(scrape: Scrape, name: str, key: str) -> dict[str, float]:
+    return {
+        found[key]: value
+        for (metric, labels), value in scrape.items()
+        if metric == name and key in (found := dict(labels))
+    }
 
 
 def _by_feature(scrape: Scrape, name: str, key: str) -> dict[str, dict[str, float]]:
@@ -82,3 +144,251 @@ def feature_drift(window: Scrape, baseline: Scrape) -> list[FeatureDrift]:
         score, samples = _categorical(expected, categories.get(feature, {}))
         drift.append(FeatureDrift(feature, score, samples))
     return sorted(drift, key=lambda d: (-d.psi, d.feature))
+
+
+def prediction_drift(window: Scrape, baseline: Scrape) -> PredictionDrift | None:
+    """The predictions' PSI against the test rows' at training: class shares (a class
+    training never predicted counts as other), or a regression's value bins. None when
+    the pods state no prediction baseline (an artifact older than it)."""
+    by_class = _by_label(baseline, PREDICTION_EXPECTED, CLASS_LABEL)
+    if by_class:
+        score, samples = _categorical(by_class, _by_label(window, PREDICTED_CLASS, CLASS_LABEL))
+        return PredictionDrift(psi=round(score, 4), samples=samples)
+    by_bin = _by_label(baseline, PREDICTION_EXPECTED, BIN_LABEL)
+    if by_bin:
+        score, samples = _numeric(by_bin, _by_label(window, PREDICTION_BIN, BIN_LABEL))
+        return PredictionDrift(psi=round(score, 4), samples=samples)
+    return None
+
+
+def predicted_rows(window: Scrape) -> int:
+    """Rows the pods predicted in the window (classes counted, or values observed)."""
+    return int(
+        sum(v for (name, _), v in window.items() if name == PREDICTED_CLASS)
+        + sum(v for (name, _), v in window.items() if name == f"{PREDICTED_VALUE}_count")
+    )
+
+
+def input_drift(window: Scrape, baseline: Scrape) -> list[InputDrift]:
+    """Each input with a baseline, most drifted first, with its missing and out-of-range
+    shares (of the window's rows and of a number's present values)."""
+    present = _by_label(window, FEATURE_OBSERVATIONS, FEATURE_LABEL)
+    missing = _by_label(window, FEATURE_MISSING, FEATURE_LABEL)
+    outside = _by_label(window, FEATURE_OUT_OF_RANGE, FEATURE_LABEL)
+
+    def share(part: float | None, whole: float) -> float | None:
+        return None if part is None or whole <= 0 else round(min(part / whole, 1.0), 4)
+
+    return [
+        InputDrift(
+            feature=d.feature,
+            psi=round(d.psi, 4),
+            samples=d.samples,
+            missing_share=share(
+                missing.get(d.feature), present.get(d.feature, 0.0) + missing.get(d.feature, 0.0)
+            ),
+            out_of_range_share=share(outside.get(d.feature), present.get(d.feature, 0.0)),
+        )
+        for d in feature_drift(window, baseline)
+    ]
+
+
+# --- The window ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Slice:
+    """The counters' increase, summed over pods, from `start` to the next slice."""
+
+    start: dt.datetime
+    counts: Counts
+
+
+@dataclass(frozen=True)
+class MonitoringWindow:
+    """The counts of one version's pods over the window, and each pod's last counters
+    (what its next scrape is differenced against)."""
+
+    version: str | None = None
+    pods: Mapping[str, Counts] = field(default_factory=dict)
+    slices: tuple[Slice, ...] = ()
+
+    def totals(self) -> Counts:
+        return merge(s.counts for s in self.slices)
+
+    def start(self) -> dt.datetime | None:
+        return self.slices[0].start if self.slices else None
+
+
+def _kept(scrape: Scrape) -> Counts:
+    return {key: value for key, value in scrape.items() if key[0] in WINDOW_COUNTERS}
+
+
+def advance(
+    window: MonitoringWindow,
+    version: str,
+    scrapes: Mapping[str, Scrape],
+    now: dt.datetime,
+    span: float,
+    interval: float,
+) -> MonitoringWindow:
+    """The window after this tick's scrapes of the version's pods (by pod name).
+
+    Another version restarts the window; a pod not scraped this tick keeps its last
+    counters (it may answer again), a pod that is gone leaves what it counted behind.
+    """
+    if window.version != version:
+        window = MonitoringWindow(version=version)
+    pods = dict(window.pods)
+    increase: Counts = {}
+    for pod, scrape in scrapes.items():
+        now_counts = _kept(scrape)
+        for key, value in delta(pods.get(pod), now_counts).items():
+            if value > 0:
+                increase[key] = increase.get(key, 0.0) + value
+        pods[pod] = now_counts
+    slices = [s for s in window.slices if (now - s.start).total_seconds() < span]
+    step = max(interval, span / MAX_SLICES)
+    if slices and (now - slices[-1].start).total_seconds() < step:
+        slices[-1] = Slice(slices[-1].start, merge([slices[-1].counts, increase]))
+    elif increase or slices:
+        slices.append(Slice(now, increase))
+    return MonitoringWindow(version, pods, tuple(slices))
+
+
+def forget_pods(window: MonitoringWindow, alive: set[str]) -> MonitoringWindow:
+    """Drop the last counters of pods that no longer exist (what they counted stays)."""
+    return MonitoringWindow(
+        window.version, {p: c for p, c in window.pods.items() if p in alive}, window.slices
+    )
+
+
+def _wire(counts: Mapping[tuple[str, Labels], float]) -> list[list[Any]]:
+    return [[name, [list(kv) for kv in labels], value] for (name, labels), value in counts.items()]
+
+
+def _unwire(rows: Any) -> Counts:
+    out: Counts = {}
+    for name, labels, value in rows:
+        key = (str(name), tuple(sorted((str(k), str(v)) for k, v in labels)))
+        out[key] = float(value)
+    return out
+
+
+def dumps(window: MonitoringWindow) -> str:
+    """The window as the JSON the operator stores."""
+    return json.dumps(
+        {
+            "version": window.version,
+            "pods": {pod: _wire(c) for pod, c in sorted(window.pods.items())},
+            "slices": [
+                {"start": s.start.isoformat().replace("+00:00", "Z"), "counts": _wire(s.counts)}
+                for s in window.slices
+            ],
+        },
+        separators=(",", ":"),
+    )
+
+
+def loads(text: str | None) -> MonitoringWindow:
+    """A stored window; an empty one for none, or for text that is not one (a window
+    written by hand, say): monitoring starts counting again rather than stop."""
+    if not text:
+        return MonitoringWindow()
+    try:
+        data = json.loads(text)
+        return MonitoringWindow(
+            version=str(data["version"]) if data.get("version") else None,
+            pods={str(p): _unwire(c) for p, c in data.get("pods", {}).items()},
+            slices=tuple(
+                Slice(parse_timestamp(str(s["start"])), _unwire(s["counts"]))
+                for s in data.get("slices", [])
+            ),
+        )
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return MonitoringWindow()
+
+
+# --- The verdict ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MonitoringDecision:
+    """What one evaluation writes: status.monitoring, the conditions, and events."""
+
+    monitoring: MonitoringStatus
+    conditions: list[Condition]
+    events: list[tuple[str, str, str]]  # (type, reason, message)
+
+
+def _drift_verdict(
+    status: MonitoringStatus, settings: Monitoring
+) -> tuple[ConditionStatus, str, str]:
+    if status.samples < settings.min_samples:
+        return (
+            "Unknown",
+            NOT_ENOUGH_SAMPLES,
+            f"{status.samples} rows predicted in the window, fewer than the "
+            f"{settings.min_samples} drift is judged on",
+        )
+    if status.drift_score is None:
+        return "Unknown", NO_BASELINE, f"{status.version} states no training baseline"
+    limit = settings.drift_threshold
+    drifted = [f"{d.feature} (PSI {d.psi:.2f})" for d in status.inputs if d.psi > limit]
+    prediction = status.prediction_drift
+    if prediction is not None and prediction.psi > limit:
+        drifted.append(f"predictions (PSI {prediction.psi:.2f})")
+    if drifted:
+        return (
+            "True",
+            DRIFTED,
+            f"{', '.join(drifted)} above {limit} over {status.samples} rows",
+        )
+    return (
+        "False",
+        NO_DRIFT,
+        f"highest PSI {status.drift_score:.2f}, at most {limit}, over {status.samples} rows",
+    )
+
+
+def evaluate(
+    window: MonitoringWindow,
+    baseline: Scrape,
+    pods: int,
+    settings: Monitoring,
+    conditions: list[Condition],
+    generation: int | None,
+    now: dt.datetime,
+) -> MonitoringDecision:
+    """Judge the window against the baseline a pod states: status, condition and the
+    events of a transition (into drift, or out of it)."""
+    totals = window.totals()
+    inputs = input_drift(totals, baseline)
+    prediction = prediction_drift(totals, baseline)
+    scores = [d.psi for d in inputs] + ([prediction.psi] if prediction else [])
+    status = MonitoringStatus(
+        version=window.version,
+        window_start=window.start(),
+        samples=predicted_rows(totals),
+        drift_score=max(scores) if scores else None,
+        inputs=inputs[:MAX_INPUTS_SHOWN],
+        prediction_drift=prediction,
+        pods=pods,
+        last_evaluated=now,
+    )
+    verdict, reason, message = _drift_verdict(status, settings)
+    before = next((c for c in conditions if c.type == DRIFT_DETECTED), None)
+    events: list[tuple[str, str, str]] = []
+    if verdict == "True" and (before is None or before.status != "True"):
+        events.append(("Warning", DRIFTED, f"{window.version}: {message}"))
+    elif verdict == "False" and before is not None and before.status == "True":
+        events.append(("Normal", DRIFT_RESOLVED, f"{window.version}: {message}"))
+    new_conditions = set_condition(
+        conditions, DRIFT_DETECTED, verdict, reason, message, generation=generation, at=now
+    )
+    return MonitoringDecision(status, new_conditions, events)
+
+
+def switched_off(conditions: list[Condition]) -> list[Condition]:
+    """Monitoring turned off: its condition goes (status.monitoring goes with it)."""
+    return [c for c in conditions if c.type != DRIFT_DETECTED]

@@ -1,7 +1,8 @@
 """Kopf handlers: the thin wiring of read -> decide -> ensure -> write status.
 
-The only package that imports kopf. `controller_modules()` imports the controller of
-each kind, which registers its handlers with Kopf; each module also declares the
+The only package that imports kopf. `controller_modules()` imports the controllers (one
+per kind, and the monitoring of served ModelDeployments), which register their handlers
+with Kopf; each module also declares the
 RBAC verbs it uses in a module-level `RBAC_RULES` list (see `orchard operator --write-rbac`).
 """
 
@@ -11,8 +12,8 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-# One module per kind, in this package.
-CONTROLLERS = ("trainingjob", "modelversion", "modeldeployment")
+# One module per controller, in this package.
+CONTROLLERS = ("trainingjob", "modelversion", "modeldeployment", "monitoring")
 
 
 def controller_modules() -> list[ModuleType]:

@@ -9,7 +9,7 @@ start of a step is kept as that window's baseline (`AnalysisWindows`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -47,16 +47,13 @@ async def _scrape(client: httpx.AsyncClient, pod: Mapping[str, Any], port: int) 
         return f"/metrics unreadable: {err}"[:200]
 
 
-async def scrape_tracks(
-    pods: list[dict[str, Any]], status: ModelDeploymentStatus, port: int
+async def scrape_pods(
+    pods: Sequence[Mapping[str, Any]], port: int
 ) -> tuple[dict[str, mt.Scrape], dict[str, str]]:
-    """Each serving pod's metrics by pod name, and why a ready pod's could not be read
-    (a pod that is not ready serves no traffic, so its silence is no loss)."""
-    wanted = [
-        p
-        for p in ob.serving_pods(pods, status)
-        if not p.get("metadata", {}).get("deletionTimestamp")
-    ]
+    """Each pod's metrics by pod name (pods on their way out left out), and why a ready
+    pod's could not be read (a pod that is not ready serves no traffic, so its silence
+    is no loss)."""
+    wanted = [p for p in pods if not p.get("metadata", {}).get("deletionTimestamp")]
     async with httpx.AsyncClient(timeout=SCRAPE_TIMEOUT, trust_env=False) as client:
         results = await asyncio.gather(*(_scrape(client, p, port) for p in wanted))
     scrapes: dict[str, mt.Scrape] = {}
@@ -69,6 +66,13 @@ async def scrape_tracks(
         else:
             scrapes[name] = got
     return scrapes, failures
+
+
+async def scrape_tracks(
+    pods: list[dict[str, Any]], status: ModelDeploymentStatus, port: int
+) -> tuple[dict[str, mt.Scrape], dict[str, str]]:
+    """The metrics of both tracks' serving pods (`scrape_pods`)."""
+    return await scrape_pods(ob.serving_pods(pods, status), port)
 
 
 class AnalysisWindows:

@@ -79,6 +79,11 @@ _locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 _windows = AnalysisWindows()
 
 
+def lock(namespace: str, name: str) -> asyncio.Lock:
+    """One reconcile of a ModelDeployment at a time (the monitoring controller's too)."""
+    return _locks[(namespace, name)]
+
+
 def in_progress(status: Mapping[str, Any], **_: Any) -> bool:
     """Only these need polling: a first version coming up, or a rollout under way."""
     return status.get("phase") in (None, *IN_PROGRESS)
@@ -218,7 +223,7 @@ def policy_refusal(md: ModelDeployment, now: dt.datetime) -> ro.Decision | None:
 
 async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> None:
     """Read, decide, ensure the children, write status: one step of the ModelDeployment's life."""
-    async with _locks[(namespace, name)]:
+    async with lock(namespace, name):
         body = await kube.get(API_VERSION, "ModelDeployment", name, namespace)
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             return

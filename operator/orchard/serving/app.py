@@ -184,7 +184,7 @@ class App:
             runner.schema.names, [c.numeric for c in runner.schema.columns],
             not runner.classification, self.info,
         )  # fmt: skip
-        self.metrics.set_baseline(runner.drift_bins)
+        self.metrics.set_baseline(runner.drift_bins, runner.prediction_bins)
         self.runner = runner
 
     def _predict(self, parts: list[Any], sizes: list[int]) -> Any:

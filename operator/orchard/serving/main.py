@@ -116,11 +116,15 @@ def return_large_blocks() -> bool:
 
 def build_runner(artifact: Any) -> Any:
     """Unpickle a verified artifact into a ModelRunner (runs on a thread)."""
+    from orchard.artifacts.metadata import prediction_drift_bins
     from orchard.serving.artifact import unpickle
     from orchard.serving.model import ModelRunner
 
     meta = artifact.metadata
-    return ModelRunner(unpickle(artifact), artifact.columns, meta.task, meta.feature_stats)
+    return ModelRunner(
+        unpickle(artifact), artifact.columns, meta.task, meta.feature_stats,
+        prediction_drift_bins(meta.prediction_stats),
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,6 +30,10 @@ orchard_predictions_total                  counter    predicted rows per class (
                                                       classification only
 orchard_prediction_value                   histogram  predicted values; regression only (fixed
                                                       buckets: ±1, 2.5, 5 x 10^-2..10^5, and 0)
+orchard_prediction_bin_total               counter    predicted values per drift bin fixed at
+                                                      training (bin); regression only
+orchard_prediction_expected_share          gauge      the test rows' prediction shares at
+                                                      training (class, or bin for regression)
 orchard_feature_observations_total         counter    non-missing input values (feature)
 orchard_feature_missing_total              counter    missing input values (feature)
 orchard_feature_value_sum                  gauge      sum of numeric input values (feature)
@@ -89,11 +93,15 @@ from orchard.contracts import (
     FEATURE_CATEGORY,
     FEATURE_CATEGORY_EXPECTED,
     FEATURE_LABEL,
+    FEATURE_MISSING,
+    FEATURE_OBSERVATIONS,
     FEATURE_OUT_OF_RANGE,
     LATENCY,
     OTHER_CATEGORY,
     PREDICTED_CLASS,
     PREDICTED_VALUE,
+    PREDICTION_BIN,
+    PREDICTION_EXPECTED,
     REQUESTS,
 )
 from orchard.serving.limits import MAX_CATEGORIES, MAX_LABEL_CHARS
@@ -212,6 +220,9 @@ class Metrics:
         # The artifact's training baseline: expected shares per bin or category.
         self.expected_bins: dict[str, tuple[float, ...]] = {}
         self.expected_categories: dict[str, dict[str, float]] = {}
+        # The artifact's prediction baseline, and a regression's values counted in its bins.
+        self.expected_predictions: dict[str, float] = {}  # by class, or by bin index
+        self.prediction_bins: list[int] = []
         self.ready = False
         self.info: tuple[tuple[str, str], ...] = (("model", model),)
         self.connections_open = 0
@@ -230,8 +241,18 @@ class Metrics:
         self.info = (("model", self.model), *sorted(info.items()))
         self.ready = True
 
-    def set_baseline(self, bins: Mapping[str, NumericBins | CategoryBins]) -> None:
+    def set_baseline(
+        self,
+        bins: Mapping[str, NumericBins | CategoryBins],
+        predictions: NumericBins | CategoryBins | None = None,
+    ) -> None:
         """The training baseline of the loaded artifact, stated beside the counts."""
+        if isinstance(predictions, NumericBins):
+            self.expected_predictions = {str(b): s for b, s in enumerate(predictions.expected)}
+        elif isinstance(predictions, CategoryBins):
+            self.expected_predictions = dict(
+                zip(predictions.categories, predictions.expected[:-1], strict=True)
+            )
         self.expected_bins = {n: b.expected for n, b in bins.items() if isinstance(b, NumericBins)}
         self.expected_categories = {
             n: {category_label(c): share for c, share in zip(b.labels(), b.expected, strict=True)}
@@ -296,6 +317,11 @@ class Metrics:
             self.classes[cls] = self.classes.get(cls, 0) + n
         for v in p.values:
             self.values.observe(v)
+        if p.bins:
+            if len(self.prediction_bins) != len(p.bins):
+                self.prediction_bins = [0] * len(p.bins)
+            pairs = zip(self.prediction_bins, p.bins, strict=True)
+            self.prediction_bins = [a + b for a, b in pairs]
 
     def render(self) -> bytes:
         out: list[str] = []
@@ -332,9 +358,16 @@ class Metrics:
             head(PREDICTED_CLASS, "counter", "Predicted rows by class.")
             for cls, n in sorted(self.classes.items()):
                 out.append(f"{PREDICTED_CLASS}{_labels(((CLASS_LABEL, cls),))} {n}")
+        head(PREDICTION_BIN, "counter", "Predicted values per training drift bin.")
+        for b, n in enumerate(self.prediction_bins):
+            out.append(f"{PREDICTION_BIN}{_labels(((BIN_LABEL, str(b)),))} {n}")
+        head(PREDICTION_EXPECTED, "gauge", "Test rows' prediction share per class or bin.")
+        key = BIN_LABEL if self.regression else CLASS_LABEL
+        for label, share in sorted(self.expected_predictions.items()):
+            out.append(f"{PREDICTION_EXPECTED}{_labels(((key, label),))} {_num(share)}")
         series = (
-            ("orchard_feature_observations_total", "counter", "Non-missing inputs.", self.f_count),
-            ("orchard_feature_missing_total", "counter", "Missing inputs.", self.f_missing),
+            (FEATURE_OBSERVATIONS, "counter", "Non-missing inputs.", self.f_count),
+            (FEATURE_MISSING, "counter", "Missing inputs.", self.f_missing),
             ("orchard_feature_value_sum", "gauge", "Sum of numeric inputs.", self.f_sum),
             ("orchard_feature_value_sum_squares", "gauge", "Sum of squares.", self.f_squares),
         )

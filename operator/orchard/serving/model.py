@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from orchard.artifacts.drift import CategoryBins, NumericBins
 from orchard.artifacts.metadata import FeatureStats
 from orchard.serving.artifact import Column
 from orchard.serving.inputs import Array, Rows, Schema
@@ -60,6 +61,7 @@ class PredictionSummary:
 
     classes: Counter[str] = field(default_factory=Counter)
     values: list[float] = field(default_factory=list)
+    bins: list[int] = field(default_factory=list)  # values per prediction drift bin
 
 
 @dataclass
@@ -82,6 +84,7 @@ class ModelRunner:
         columns: list[Column],
         task: str | None = None,
         baseline: Mapping[str, FeatureStats] | None = None,
+        prediction_bins: NumericBins | CategoryBins | None = None,
     ) -> None:
         self.model = model
         n_features = getattr(model, "n_features_in_", None)
@@ -92,6 +95,7 @@ class ModelRunner:
             for name, stats in (baseline or {}).items()
             if name in self.schema.names and (bins := stats.drift_bins()) is not None
         }
+        self.prediction_bins = prediction_bins
         # Fitted on a DataFrame (ColumnTransformer by name, say): it needs one back.
         self.needs_frame = hasattr(model, "feature_names_in_") and bool(columns)
         if self.needs_frame:
@@ -213,6 +217,8 @@ class ModelRunner:
                     s.classes[str(v)] += int(c)
             else:
                 s.values.extend(float(v) for v in out.tolist() if math.isfinite(float(v)))
+        if isinstance(self.prediction_bins, NumericBins) and s.values:
+            s.bins = self.prediction_bins.count(s.values)
         return s
 
 

@@ -1,0 +1,214 @@
+"""Monitoring controller: watch what each ModelDeployment's stable version serves.
+
+Beside the rollout (which judges a canary only while one is under way), every served
+ModelDeployment is evaluated every `spec.monitoring.interval`, the shape of
+`trainingjob.sync`: read the stable pods' own /metrics and the stored window; decide
+(`orchard.decisions.monitoring`: the window advanced, its drift against the training
+baseline the pods state, the DriftDetected condition); ensure the window is stored (a
+ConfigMap the ModelDeployment owns, so an operator restart loses nothing); write
+status.monitoring and the condition, and post an event on each transition. It holds the
+ModelDeployment's lock, as the rollout does, and writes only those status keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+import prometheus_client
+from pydantic import ValidationError
+
+from orchard import kube
+from orchard.api.common import API_VERSION, GROUP, VERSION, parse_duration, status_patch, to_k8s
+from orchard.api.modeldeployment import ModelDeployment, ModelDeploymentSpec
+from orchard.builders import serving as sv
+from orchard.decisions import metrics_text as mt
+from orchard.decisions import monitoring as mon
+from orchard.decisions import observing as ob
+
+from .canary_metrics import scrape_pods
+from .modeldeployment import lock
+
+RBAC_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [GROUP], "resources": ["modeldeployments"], "verbs": ["get"]},
+    {"apiGroups": [GROUP], "resources": ["modeldeployments/status"], "verbs": ["patch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
+
+# A ConfigMap holds at most 1 MiB; a window larger than this keeps only its newest slices.
+MAX_STORED_BYTES = 900_000
+
+DRIFT_SCORE = prometheus_client.Gauge(
+    "orchard_modeldeployment_drift_score",
+    "Highest PSI of the stable version's inputs or predictions over the monitoring window.",
+    ["namespace", "name"],
+)
+DRIFT_DETECTED = prometheus_client.Gauge(
+    "orchard_modeldeployment_drift_detected",
+    "1 when DriftDetected is True, 0 when False; absent while Unknown.",
+    ["namespace", "name"],
+)
+MONITORING_SAMPLES = prometheus_client.Gauge(
+    "orchard_modeldeployment_monitoring_samples",
+    "Rows the stable version predicted in the monitoring window.",
+    ["namespace", "name"],
+)
+
+# The windows of this process: the stored ConfigMap is read only when one is missing here.
+_windows: dict[tuple[str, str], mon.MonitoringWindow] = {}
+
+
+def serving(status: Mapping[str, Any], **_: Any) -> bool:
+    """A stable version is served: there is something to watch."""
+    return bool(status.get("stableVersion"))
+
+
+@kopf.daemon(GROUP, VERSION, "modeldeployments", when=serving, cancellation_timeout=5.0)
+async def monitor(
+    stopped: kopf.DaemonStopped,
+    namespace: str | None,
+    name: str,
+    spec: Mapping[str, Any],
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Every monitoring interval, while a stable version serves."""
+    while not stopped:
+        interval = 60.0
+        try:
+            interval = parse_duration(
+                ModelDeploymentSpec.model_validate(dict(spec)).monitoring.interval
+            )
+            await evaluate(str(namespace), name, logger)
+        except Exception as exc:  # keep watching; the next tick retries
+            logger.warning("monitoring failed: %s", exc)
+        await stopped.wait(max(interval, 1.0))
+
+
+@kopf.on.delete(GROUP, VERSION, "modeldeployments", optional=True)
+async def forget(namespace: str | None, name: str, **_: Any) -> None:
+    """The window goes with the deployment (its ConfigMap by garbage collection)."""
+    _windows.pop((str(namespace), name), None)
+    for gauge in (DRIFT_SCORE, DRIFT_DETECTED, MONITORING_SAMPLES):
+        with contextlib.suppress(KeyError):  # never set for this deployment
+            gauge.remove(str(namespace), name)
+
+
+# --- One evaluation ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reads:
+    """What one evaluation looks at."""
+
+    scrapes: dict[str, mt.Scrape]  # the stable pods' metrics, by pod name
+    alive: set[str]  # the names of the stable pods that exist
+    window: mon.MonitoringWindow
+    owned: bool  # whether that ConfigMap (if any) is this deployment's
+
+
+def _owned_by(obj: Mapping[str, Any] | None, md: ModelDeployment) -> bool:
+    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+    return obj is None or any(r.get("uid") == md.metadata.uid for r in refs)
+
+
+async def read(md: ModelDeployment) -> Reads:
+    namespace, name = str(md.metadata.namespace), str(md.metadata.name)
+    pods = await kube.list_objects("v1", "Pod", namespace, labels=sv.selector(name, "stable"))
+    stable = ob.pods_of(pods, "stable", md.status.stable_version)
+    scrapes, _ = await scrape_pods(stable, md.spec.server.port)
+    stored = await kube.get("v1", "ConfigMap", sv.monitoring_window_name(name), namespace)
+    owned = _owned_by(stored, md)
+    window = _windows.get((namespace, name))
+    if window is None and stored is not None and owned:
+        window = mon.loads((stored.get("data") or {}).get(sv.MONITORING_WINDOW_KEY))
+    alive = {str(p["metadata"]["name"]) for p in stable}
+    return Reads(scrapes, alive, window or mon.MonitoringWindow(), owned)
+
+
+def _fitting(window: mon.MonitoringWindow) -> str:
+    """The window's JSON, its oldest slices left out until it fits in a ConfigMap."""
+    text = mon.dumps(window)
+    while len(text) > MAX_STORED_BYTES and window.slices:
+        window = mon.MonitoringWindow(window.version, window.pods, window.slices[1:])
+        text = mon.dumps(window)
+    return text
+
+
+async def ensure_window(md: ModelDeployment, reads: Reads, window: mon.MonitoringWindow) -> None:
+    """Store the window; never over a ConfigMap of the same name that is not ours."""
+    if not reads.owned:
+        return
+    await kube.apply(sv.monitoring_window(md, _fitting(window)))
+
+
+def _export(namespace: str, name: str, decision: mon.MonitoringDecision) -> None:
+    status = decision.monitoring
+    DRIFT_SCORE.labels(namespace, name).set(status.drift_score or 0.0)
+    MONITORING_SAMPLES.labels(namespace, name).set(status.samples)
+    drift = next(c for c in decision.conditions if c.type == mon.DRIFT_DETECTED)
+    if drift.status == "Unknown":
+        with contextlib.suppress(KeyError):  # not set yet
+            DRIFT_DETECTED.remove(namespace, name)
+    else:
+        DRIFT_DETECTED.labels(namespace, name).set(1.0 if drift.status == "True" else 0.0)
+
+
+async def evaluate(namespace: str, name: str, logger: kopf.Logger) -> None:
+    """Read, decide, store the window, write status: one evaluation of the stable version."""
+    async with lock(namespace, name):
+        body = await kube.get(API_VERSION, "ModelDeployment", name, namespace)
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            return
+        try:
+            md = ModelDeployment.model_validate(body)
+        except ValidationError:
+            return  # the rollout controller reports the schema mismatch
+        old = to_k8s(md.status)
+        settings, version = md.spec.monitoring, md.status.stable_version
+        if not settings.enabled or version is None:
+            new = dict(old, conditions=[to_k8s(c) for c in mon.switched_off(md.status.conditions)])
+            new.pop("monitoring", None)
+            patch = status_patch(old, new)
+            if patch:
+                await kube.patch_status("ModelDeployment", name, namespace, patch)
+            _windows.pop((namespace, name), None)
+            return
+        reads = await read(md)
+        if not reads.scrapes:
+            logger.info("monitoring: no stable pod of %s answered /metrics", version)
+            return
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        span, interval = parse_duration(settings.window), parse_duration(settings.interval)
+        window = mon.advance(reads.window, version, reads.scrapes, now, span, interval)
+        window = mon.forget_pods(window, reads.alive)
+        baseline = next(iter(reads.scrapes.values()))
+        decision = mon.evaluate(
+            window, baseline, len(reads.scrapes), settings, md.status.conditions,
+            md.metadata.generation, now,
+        )  # fmt: skip
+        await ensure_window(md, reads, window)
+        _windows[(namespace, name)] = window
+        new = dict(old, monitoring=to_k8s(decision.monitoring))
+        new["conditions"] = [to_k8s(c) for c in decision.conditions]
+        patch = status_patch(old, new)
+        if patch:
+            await kube.patch_status("ModelDeployment", name, namespace, patch)
+        _export(namespace, name, decision)
+        for type_, reason, message in decision.events:
+            logger.info("%s: %s", reason, message)
+            try:
+                await kube.post_event(dict(body), reason, message, type_=type_)
+            except kube.KubeError as err:
+                logger.warning("cannot post event %s: %s", reason, err)
+        if not reads.owned:
+            logger.warning(
+                "ConfigMap %s is not this deployment's: the monitoring window is kept in "
+                "memory only", sv.monitoring_window_name(name),
+            )  # fmt: skip

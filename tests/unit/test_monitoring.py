@@ -1,0 +1,342 @@
+"""Monitoring a served version: prediction drift, the window across restarts, the
+DriftDetected verdict, and the monitoring controller against the fake kube with real
+models behind loopback /metrics (tests/unit/fake_pods.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from fake_kube import FakeKube
+from fake_pods import MetricsPods, serving_pods_fixture  # noqa: F401 (a fixture)
+from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LinearRegression
+
+from orchard import kube
+from orchard.api.modeldeployment import Monitoring
+from orchard.artifacts.metadata import FeatureStats, prediction_drift_bins
+from orchard.contracts import (
+    FEATURE_BIN,
+    FEATURE_BIN_EXPECTED,
+    PREDICTED_CLASS,
+    PREDICTION_EXPECTED,
+)
+from orchard.decisions import monitoring as mon
+from orchard.decisions.metrics_text import Labels, parse_scrape
+from orchard.handlers import monitoring as h
+from orchard.serving.artifact import Column
+from orchard.serving.metrics import Metrics
+from orchard.serving.model import ModelRunner
+from orchard.trainer.artifact import feature_stats
+from orchard.trainer.evaluate import prediction_stats
+
+NS = "ml"
+T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+log = logging.getLogger("test")
+
+
+def key(name: str, **labels: str) -> tuple[str, Labels]:
+    return name, tuple(sorted(labels.items()))
+
+
+def classes(**counts: float) -> dict[tuple[str, Labels], float]:
+    return {key(PREDICTED_CLASS, **{"class": c}): n for c, n in counts.items()}
+
+
+def expected_classes(**shares: float) -> dict[tuple[str, Labels], float]:
+    return {key(PREDICTION_EXPECTED, **{"class": c}): s for c, s in shares.items()}
+
+
+# --- Prediction drift ----------------------------------------------------------------------
+
+
+def test_prediction_drift_compares_class_shares_and_counts_a_new_class_as_other() -> None:
+    baseline = expected_classes(a=0.5, b=0.5)
+    same = mon.prediction_drift(classes(a=510, b=490), baseline)
+    assert same is not None and same.psi < 0.01 and same.samples == 1000
+    new_class = mon.prediction_drift(classes(a=300, b=300, c=400), baseline)
+    assert new_class is not None and new_class.psi > 1.0  # "c" lands in the empty other bin
+    assert mon.prediction_drift(classes(a=1), {}) is None  # an older artifact states none
+
+
+def test_a_regressions_predictions_are_counted_in_the_training_bins_by_the_server() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 10, (2_000, 1))
+    model = LinearRegression().fit(x, 3 * x[:, 0] + rng.normal(0, 1, 2_000))
+    bins = prediction_drift_bins(prediction_stats(model.predict(x[:500]), "regression"))
+    runner = ModelRunner(model, [Column("x", "number")], "regression", None, bins)
+    metrics = Metrics("m")
+    metrics.set_model(["x"], [True], True, {})
+    metrics.set_baseline({}, runner.prediction_bins)
+
+    def serve(rows: np.ndarray) -> mon.PredictionDrift:
+        before = parse_scrape(metrics.render().decode())
+        metrics.observe_batch(runner.predict_batch([rows], [len(rows)]), len(rows), 1)
+        after = parse_scrape(metrics.render().decode())
+        window = {k: v - before.get(k, 0.0) for k, v in after.items()}
+        drift = mon.prediction_drift(window, after)
+        assert drift is not None
+        return drift
+
+    in_range = serve(rng.uniform(0, 10, (1_000, 1)))
+    assert in_range.samples == 1_000 and in_range.psi < 0.05
+    assert serve(rng.uniform(8, 12, (1_000, 1))).psi > 1.0
+
+
+# --- The window ----------------------------------------------------------------------------
+
+
+def bins_scrape(*counts: float) -> dict[tuple[str, Labels], float]:
+    """One pod's cumulative counts of feature "x" in bins 0, 1, … and its predictions."""
+    out = {key(FEATURE_BIN, feature="x", bin=str(b)): n for b, n in enumerate(counts)}
+    out.update(classes(a=sum(counts)))
+    out[key("orchard_requests_total", endpoint="v2_infer", code="200")] = 1.0  # not kept
+    return out
+
+
+def x_bins(window: mon.MonitoringWindow) -> list[float]:
+    totals = window.totals()
+    return [totals.get(key(FEATURE_BIN, feature="x", bin=str(b)), 0.0) for b in range(2)]
+
+
+def test_the_window_sums_each_pods_increase_and_a_restarted_pod_loses_nothing_counted() -> None:
+    w = mon.advance(mon.MonitoringWindow(), "v1", {"a": bins_scrape(10, 0)}, T0, 3600, 60)
+    assert x_bins(w) == [10, 0]  # a pod seen first counts its life so far
+    later = T0 + dt.timedelta(minutes=1)
+    w = mon.advance(w, "v1", {"a": bins_scrape(15, 5), "b": bins_scrape(0, 2)}, later, 3600, 60)
+    assert x_bins(w) == [15, 7]
+    restarted = T0 + dt.timedelta(minutes=2)  # pod a's process restarted: its counters reset
+    w = mon.advance(w, "v1", {"a": bins_scrape(1, 0), "b": bins_scrape(0, 2)}, restarted, 3600, 60)
+    assert x_bins(w) == [16, 7]
+    assert all(name != "orchard_requests_total" for name, _ in w.totals())
+    assert mon.forget_pods(w, {"b"}).pods.keys() == {"b"}
+    assert x_bins(mon.forget_pods(w, {"b"})) == [16, 7]  # a pod gone leaves its counts
+
+
+def test_slices_age_out_as_a_whole_and_another_version_starts_over() -> None:
+    w = mon.MonitoringWindow()
+    for minute in range(0, 30):  # window 10 min in slices of 10/12 min, interval 1 min
+        scrape = {"a": bins_scrape(minute + 1, 0)}
+        w = mon.advance(w, "v1", scrape, T0 + dt.timedelta(minutes=minute), 600, 60)
+    assert len(w.slices) <= mon.MAX_SLICES
+    assert x_bins(w) == [10, 0]  # the last ten minutes' increase, one a minute
+    start = w.start()
+    assert start is not None and start == T0 + dt.timedelta(minutes=20)
+    w = mon.advance(w, "v2", {"c": bins_scrape(3, 3)}, T0 + dt.timedelta(minutes=31), 600, 60)
+    assert (w.version, x_bins(w), list(w.pods)) == ("v2", [3, 3], ["c"])
+
+
+def test_a_stored_window_reads_back_as_it_was_and_anything_else_as_empty() -> None:
+    odd = {key(FEATURE_BIN, feature='he said "x"\n', bin="0"): 4.0}
+    w = mon.advance(mon.MonitoringWindow(), "v1", {"a": bins_scrape(2, 1)}, T0, 600, 60)
+    w = mon.MonitoringWindow(w.version, w.pods, (*w.slices, mon.Slice(T0, odd)))
+    back = mon.loads(mon.dumps(w))
+    assert back == w
+    for text in (None, "", "{", "[]", '{"version": "v1", "slices": [{"start": 3}]}'):
+        assert mon.loads(text) == mon.MonitoringWindow()
+
+
+# --- The verdict ---------------------------------------------------------------------------
+
+
+def drift_window(rows_per_bin: list[float]) -> mon.MonitoringWindow:
+    return mon.advance(mon.MonitoringWindow(), "v1", {"a": bins_scrape(*rows_per_bin)}, T0, 600, 60)
+
+
+BASELINE = {
+    key(FEATURE_BIN_EXPECTED, feature="x", bin="0"): 0.5,
+    key(FEATURE_BIN_EXPECTED, feature="x", bin="1"): 0.5,
+    **expected_classes(a=1.0),
+}
+
+
+def test_drift_is_unknown_until_enough_rows_then_named_and_announced_once() -> None:
+    settings = Monitoring(min_samples=100)
+    few = mon.evaluate(drift_window([40, 10]), BASELINE, 1, settings, [], 1, T0)
+    cond = few.conditions[0]
+    assert (cond.type, cond.status, cond.reason) == ("DriftDetected", "Unknown", "NotEnoughSamples")
+    assert few.monitoring.samples == 50 and few.events == []
+
+    fair = mon.evaluate(drift_window([52, 48]), BASELINE, 1, settings, few.conditions, 1, T0)
+    assert (fair.conditions[0].status, fair.conditions[0].reason) == ("False", "NoDrift")
+    assert fair.events == [] and fair.monitoring.drift_score is not None
+
+    shifted = drift_window([95, 5])
+    drifted = mon.evaluate(shifted, BASELINE, 2, settings, fair.conditions, 1, T0)
+    cond = drifted.conditions[0]
+    assert (cond.status, cond.reason) == ("True", "Drifted") and "x (PSI" in cond.message
+    assert [e[:2] for e in drifted.events] == [("Warning", "Drifted")]
+    assert drifted.monitoring.inputs[0].feature == "x" and drifted.monitoring.pods == 2
+    again = mon.evaluate(shifted, BASELINE, 2, settings, drifted.conditions, 1, T0)
+    assert again.events == []  # still drifted: no second event
+    back = mon.evaluate(drift_window([50, 50]), BASELINE, 2, settings, again.conditions, 1, T0)
+    assert [e[:2] for e in back.events] == [("Normal", "DriftResolved")]
+    assert mon.switched_off(back.conditions) == []
+
+
+# --- The controller, with real models behind real HTTP --------------------------------------
+
+FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+@pytest.fixture(scope="module")
+def iris_model() -> tuple[Any, dict[str, FeatureStats], pd.DataFrame]:
+    data = load_iris(as_frame=True)
+    frame = data.frame.rename(columns=dict(zip(data.feature_names, FEATURES, strict=True)))
+    x = frame[FEATURES]
+    model = RandomForestClassifier(n_estimators=10, random_state=0).fit(x, frame["target"])
+    schema = [{"name": f, "type": "number"} for f in FEATURES]
+    stats = {k: FeatureStats.model_validate(v) for k, v in feature_stats(x, schema).items()}
+    return model, stats, x
+
+
+def start_pod(pods: MetricsPods, ip: str, iris_model: Any) -> ModelRunner:
+    model, stats, x = iris_model
+    runner = ModelRunner(
+        model, [Column(f, "number") for f in FEATURES], "classification", stats,
+        prediction_drift_bins(prediction_stats(model.predict(x), "classification")),
+    )  # fmt: skip
+    metrics = Metrics("iris")
+    metrics.set_model(FEATURES, [True] * 4, False, {})
+    metrics.set_baseline(runner.drift_bins, runner.prediction_bins)
+    pods.metrics[ip] = metrics
+    return runner
+
+
+def send(pods: MetricsPods, ip: str, runner: ModelRunner, rows: pd.DataFrame) -> None:
+    for part in np.array_split(rows.to_numpy(dtype=float), 5):
+        pods.metrics[ip].observe_batch(runner.predict_batch([part], [len(part)]), len(part), 1)
+
+
+def md_pod(name: str, ip: str) -> dict[str, Any]:
+    labels = {
+        "orchard.dev/modeldeployment": "iris",
+        "orchard.dev/track": "stable",
+        "orchard.dev/model-version": "iris-v1",
+    }
+    ready = [{"type": "Ready", "status": "True"}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "status": {"podIP": ip, "conditions": ready},
+    }
+
+
+async def evaluate() -> dict[str, Any]:
+    await h.evaluate(NS, "iris", log)  # type: ignore[arg-type]
+    body = await kube.get(kube.API_VERSION, "ModelDeployment", "iris", NS)
+    return dict((body or {})["status"])
+
+
+def drift_condition(status: dict[str, Any]) -> tuple[str, str]:
+    cond = next(c for c in status["conditions"] if c["type"] == "DriftDetected")
+    return cond["status"], cond["reason"]
+
+
+async def test_the_controller_finds_the_shifted_input_and_keeps_its_window_across_restarts(
+    monkeypatch: pytest.MonkeyPatch,
+    serving_pods: tuple[int, MetricsPods],
+    iris_model: Any,
+) -> None:
+    port, pods = serving_pods
+    cluster = FakeKube().install(monkeypatch)
+    h._windows.clear()
+    cluster.add(
+        {
+            "apiVersion": kube.API_VERSION,
+            "kind": "ModelDeployment",
+            "metadata": {"name": "iris", "namespace": NS, "uid": "md-uid", "generation": 1},
+            "spec": {
+                "modelVersion": "iris-v1",
+                "server": {"port": port},
+                "monitoring": {"minSamples": 200, "window": "1h", "interval": "5s"},
+            },
+            "status": {"phase": "Stable", "stableVersion": "iris-v1"},
+        }
+    )
+    cluster.add(md_pod("iris-stable-a", "127.0.0.1"))
+    cluster.add(md_pod("iris-stable-b", "127.0.0.2"))
+    runners = {ip: start_pod(pods, ip, iris_model) for ip in ("127.0.0.1", "127.0.0.2")}
+    rows = iris_model[2]
+    rng = np.random.default_rng(5)
+
+    def traffic(n: int, shift: float = 0.0) -> None:
+        for ip, runner in runners.items():
+            sample = rows.sample(n, replace=True, random_state=int(rng.integers(1 << 30)))
+            send(pods, ip, runner, sample.assign(petal_length=sample["petal_length"] + shift))
+
+    traffic(60)
+    status = await evaluate()
+    assert drift_condition(status) == ("Unknown", "NotEnoughSamples")
+    assert status["monitoring"]["samples"] == 120 and status["monitoring"]["pods"] == 2
+
+    traffic(100)
+    status = await evaluate()
+    assert drift_condition(status) == ("False", "NoDrift")
+    assert status["monitoring"]["samples"] == 320
+
+    h._windows.clear()  # the operator restarts: the window comes back from its ConfigMap
+    stored = cluster.find("ConfigMap", "iris-monitoring")
+    assert stored is not None and stored["metadata"]["ownerReferences"][0]["uid"] == "md-uid"
+    pods.metrics["127.0.0.2"] = Metrics("iris")  # and pod b's process restarts
+    runners["127.0.0.2"] = start_pod(pods, "127.0.0.2", iris_model)
+    traffic(20)
+    status = await evaluate()
+    assert drift_condition(status) == ("False", "NoDrift")  # no false drift from either
+    assert status["monitoring"]["samples"] == 360  # and nothing counted is lost
+
+    traffic(200, shift=3.0)
+    status = await evaluate()
+    assert drift_condition(status) == ("True", "Drifted")
+    assert status["monitoring"]["inputs"][0]["feature"] == "petal_length"
+    assert status["monitoring"]["inputs"][0]["outOfRangeShare"] > 0.3
+    assert cluster.reasons() == ["Drifted"]
+    assert status["phase"] == "Stable"  # the rollout's status keys are not monitoring's
+
+    await kube.merge_patch(
+        kube.API_VERSION, "ModelDeployment", "iris", NS,
+        {"spec": {"monitoring": {"enabled": False}}},
+    )  # fmt: skip
+    status = await evaluate()
+    assert "monitoring" not in status
+    assert all(c["type"] != "DriftDetected" for c in status["conditions"])
+
+
+async def test_a_configmap_of_the_same_name_that_is_not_ours_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+    serving_pods: tuple[int, MetricsPods],
+    iris_model: Any,
+) -> None:
+    port, pods = serving_pods
+    cluster = FakeKube().install(monkeypatch)
+    h._windows.clear()
+    cluster.add(
+        {
+            "apiVersion": kube.API_VERSION,
+            "kind": "ModelDeployment",
+            "metadata": {"name": "iris", "namespace": NS, "uid": "md-uid", "generation": 1},
+            "spec": {"modelVersion": "iris-v1", "server": {"port": port}},
+            "status": {"phase": "Stable", "stableVersion": "iris-v1"},
+        }
+    )
+    theirs = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "iris-monitoring", "namespace": NS},
+        "data": {"settings": "someone else's"},
+    }
+    cluster.add(theirs)
+    cluster.add(md_pod("iris-stable-a", "127.0.0.1"))
+    runner = start_pod(pods, "127.0.0.1", iris_model)
+    send(pods, "127.0.0.1", runner, iris_model[2])
+    status = await evaluate()
+    assert status["monitoring"]["samples"] == 150
+    kept = cluster.find("ConfigMap", "iris-monitoring")
+    assert kept is not None and kept["data"] == {"settings": "someone else's"}
+    assert ("apply", "ConfigMap", "iris-monitoring") not in cluster.writes
