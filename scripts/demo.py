@@ -7,9 +7,12 @@ the local one, builds the images and then runs this).
 3. serve it with the sample ModelDeployment and ask it for predictions over HTTP;
 4. train a second version (iris-v2) and roll it out as a canary under live traffic:
    the operator walks the steps, analyses each one and promotes it;
-5. show that a spec asking for an image the admin's policy does not allow is refused,
+5. watch the promoted version in production: traffic from the data's own distribution
+   is no drift (DriftDetected False); the same traffic with petal_length moved by 3 cm is
+   DriftDetected True, naming that input;
+6. show that a spec asking for an image the admin's policy does not allow is refused,
    with the rule named, before any pod exists;
-6. show `kubectl get orchard`.
+7. show `kubectl get orchard`.
 
 Every step uses kubectl, as a person would; the script only waits and prints.
 """
@@ -30,7 +33,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "ml"
 SAMPLES = REPO / "manifests" / "samples"
-ROW = {"sepal_length": 6.1, "sepal_width": 2.8, "petal_length": 4.7, "petal_width": 1.2}
+FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+ROW = dict(zip(FEATURES, (6.1, 2.8, 4.7, 1.2), strict=True))
 
 SECOND_TRAINING = {
     "apiVersion": "orchard.dev/v1alpha1",
@@ -125,10 +129,10 @@ def train(manifest: Path | None, obj: dict[str, Any] | None, name: str) -> str:
     return version
 
 
-def predict(url: str) -> str:
+def predict(url: str, row: dict[str, float] = ROW) -> str:
     body = {
         "inputs": [
-            {"name": n, "shape": [1], "datatype": "FP64", "data": [v]} for n, v in ROW.items()
+            {"name": n, "shape": [1], "datatype": "FP64", "data": [v]} for n, v in row.items()
         ]
     }
     response = httpx.post(f"{url}/v2/models/iris/infer", json=body, timeout=5)
@@ -136,17 +140,29 @@ def predict(url: str) -> str:
     return str(response.json()["outputs"][0]["data"][0])
 
 
-class Traffic(threading.Thread):
-    """Steady prediction traffic, so the canary analysis has requests to judge."""
+def iris_rows(petal_shift: float = 0.0) -> list[dict[str, float]]:
+    """The iris rows, as production would send them (petal_length moved, if asked)."""
+    from sklearn.datasets import load_iris
 
-    def __init__(self, url: str) -> None:
+    rows = [dict(zip(FEATURES, map(float, r), strict=True)) for r in load_iris().data]
+    return [r | {"petal_length": r["petal_length"] + petal_shift} for r in rows]
+
+
+class Traffic(threading.Thread):
+    """Steady prediction traffic of iris rows, so the canary analysis has requests to
+    judge and monitoring has rows to count."""
+
+    def __init__(self, url: str, rows: list[dict[str, float]]) -> None:
         super().__init__(daemon=True)
-        self.url, self.stop, self.answers = url, threading.Event(), Counter[str]()
+        self.url, self.rows = url, rows
+        self.stop, self.answers = threading.Event(), Counter[str]()
 
     def run(self) -> None:
+        turn = 0
         while not self.stop.is_set():
+            turn += 1
             try:
-                self.answers[predict(self.url)] += 1
+                self.answers[predict(self.url, self.rows[turn * 7 % len(self.rows)])] += 1
             except httpx.HTTPError as error:
                 self.answers[f"error: {type(error).__name__}"] += 1
             time.sleep(0.05)
@@ -166,6 +182,33 @@ def refused_by_policy() -> None:
     say(f"pods made for it: {len(pods.split())}")
 
 
+def drift_condition() -> dict[str, Any]:
+    status = get("md", "iris").get("status", {})
+    return next((c for c in status.get("conditions", []) if c["type"] == "DriftDetected"), {})
+
+
+def watch_drift(url: str, version: str, traffic: Traffic) -> None:
+    """The promoted version is watched against its training baseline (spec.monitoring)."""
+
+    def judged(verdict: str) -> bool:
+        cond = drift_condition()
+        return cond.get("status") == verdict and version in str(
+            get("md", "iris").get("status", {}).get("monitoring", {}).get("version")
+        )
+
+    wait_for("in-distribution traffic to be judged", lambda: judged("False"), 180, 2)
+    say(f"monitoring {version}, iris rows: DriftDetected False: {drift_condition()['message']}")
+    traffic.stop.set()
+    traffic.join()
+    shifted = Traffic(url, iris_rows(petal_shift=3.0))
+    shifted.start()
+    say("the same traffic with petal_length 3 cm longer")
+    wait_for("the shifted input to be detected", lambda: judged("True"), 180, 2)
+    shifted.stop.set()
+    shifted.join()
+    say(f"DriftDetected True: {drift_condition()['message']}")
+
+
 def main() -> int:
     install()
     prepare_artifact_volume()
@@ -179,7 +222,7 @@ def main() -> int:
     say(f"predict through the Service {url}: {ROW} -> {predict(url)}")
 
     v2 = train(None, SECOND_TRAINING, "iris-gb")
-    traffic = Traffic(url)
+    traffic = Traffic(url, iris_rows())
     traffic.start()
     say(f"rolling out {v2} as a canary under live traffic")
     patch = json.dumps({"spec": {"modelVersion": v2}})
@@ -203,9 +246,8 @@ def main() -> int:
         return bool(status.get("phase") == "Stable" and status.get("stableVersion") == v2)
 
     wait_for(f"{v2} to be promoted", promoted, timeout=420, every=1)
-    traffic.stop.set()
-    traffic.join()
     say(f"{v2} promoted; answers during the rollout: {dict(traffic.answers)}")
+    watch_drift(url, v2, traffic)
     refused_by_policy()
     print(kubectl("get", "orchard", "-n", NAMESPACE))
     return 0
