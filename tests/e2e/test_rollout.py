@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import build_images, kubectl, stand_in_crd
+from conftest import build_images, install_crds, kubectl, stand_in_crd
 from in_cluster import InClusterOperator
 from lightkube import Client
 from lightkube.generic_resource import create_namespaced_resource
@@ -208,9 +208,12 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float =
 
 
 @pytest.fixture
-def artifacts(node_client: Client, node_namespace: str) -> dict[str, dict[str, Any]]:
-    """A PVC of the default class, holding four trained models; their ModelVersions."""
+def artifacts(
+    kubeconfig_node: Path, node_client: Client, node_namespace: str
+) -> dict[str, dict[str, Any]]:
+    """A PVC of the default class, holding the trained models; their ModelVersions."""
     ns = node_namespace
+    install_crds(kubeconfig_node)  # before the operator's install: the versions come first
     node_client.create(
         PersistentVolumeClaim.from_dict(
             {"metadata": {"name": "orchard-artifacts"},
