@@ -50,6 +50,16 @@ FEATURE_CATEGORY_EXPECTED = "orchard_feature_category_expected_share"  # gauge (
 CATEGORY_LABEL = "category"
 OTHER_CATEGORY = "__other__"  # the label of every category beyond the counted ones
 
+# Live accuracy: the rows of earlier requests labelled by feedback, counted by the pod
+# that answered them (orchard.serving.feedback), and feedback no pod could match.
+FEEDBACK_ROWS = "orchard_feedback_rows_total"  # counter
+FEEDBACK_CORRECT = "orchard_feedback_correct_total"  # counter; classification
+FEEDBACK_CLASS_ROWS = "orchard_feedback_class_rows_total"  # counter (class: the true label)
+FEEDBACK_CLASS_CORRECT = "orchard_feedback_class_correct_total"  # counter (class)
+FEEDBACK_ABSOLUTE_ERROR = "orchard_feedback_absolute_error_total"  # counter; regression
+FEEDBACK_SQUARED_ERROR = "orchard_feedback_squared_error_total"  # counter; regression
+FEEDBACK_UNMATCHED = "orchard_feedback_unmatched_total"  # counter: labels of no known request
+
 ENDPOINT_LABEL = "endpoint"
 CODE_LABEL = "code"  # the HTTP status, as digits
 CLASS_LABEL = "class"
@@ -60,6 +70,7 @@ class Endpoint(StrEnum):
 
     V2_INFER = "v2_infer"
     V1_PREDICT = "v1_predict"
+    V2_FEEDBACK = "v2_feedback"
     V2_MODEL_METADATA = "v2_model_metadata"
     V2_MODEL_READY = "v2_model_ready"
     V2_SERVER_METADATA = "v2_server_metadata"

@@ -30,6 +30,7 @@ from orchard.decisions import monitoring as mon
 from orchard.decisions.metrics_text import Labels, parse_scrape
 from orchard.handlers import monitoring as h
 from orchard.serving.artifact import Column
+from orchard.serving.feedback import score
 from orchard.serving.metrics import Metrics
 from orchard.serving.model import ModelRunner
 from orchard.trainer.artifact import feature_stats
@@ -179,6 +180,68 @@ def test_drift_is_unknown_until_enough_rows_then_named_and_announced_once() -> N
     assert mon.switched_off(back.conditions) == []
 
 
+def feedback_window(rows: int, correct: int, **by_class: tuple[int, int]) -> mon.MonitoringWindow:
+    from orchard.contracts import (
+        FEEDBACK_CLASS_CORRECT,
+        FEEDBACK_CLASS_ROWS,
+        FEEDBACK_CORRECT,
+        FEEDBACK_ROWS,
+    )
+
+    scrape = {key(FEEDBACK_ROWS): float(rows), key(FEEDBACK_CORRECT): float(correct)}
+    for c, (n, right) in by_class.items():
+        scrape[key(FEEDBACK_CLASS_ROWS, **{"class": c})] = n
+        scrape[key(FEEDBACK_CLASS_CORRECT, **{"class": c})] = right
+    return mon.advance(mon.MonitoringWindow(), "v1", {"a": scrape}, T0, 600, 60)
+
+
+def accuracy_of(decision: mon.MonitoringDecision) -> tuple[str, str]:
+    cond = next(c for c in decision.conditions if c.type == "AccuracyDegraded")
+    return cond.status, cond.reason
+
+
+def test_live_accuracy_is_judged_against_the_registered_value_once_enough_labels_arrive() -> None:
+    settings = Monitoring.model_validate({"accuracy": {"minLabels": 50}})
+    facts = mon.VersionFacts(task="classification", metrics={"accuracy": 0.95})
+
+    def judge(window: mon.MonitoringWindow, before: list[Any]) -> mon.MonitoringDecision:
+        return mon.evaluate(window, BASELINE, 1, settings, before, 1, T0, facts)
+
+    few = judge(feedback_window(10, 10), [])
+    assert accuracy_of(few) == ("Unknown", "NotEnoughSamples") and few.events == []
+    good = judge(feedback_window(100, 93, a=(60, 58), b=(40, 35)), few.conditions)
+    live = good.monitoring.accuracy
+    assert live is not None and (live.value, live.labels, live.threshold) == (0.93, 100, 0.9025)
+    assert live.recall == {"a": round(58 / 60, 4), "b": 0.875}
+    assert accuracy_of(good) == ("False", "WithinThreshold")
+    bad = judge(feedback_window(100, 80), good.conditions)
+    assert accuracy_of(bad) == ("True", "Degraded")
+    assert [e[:2] for e in bad.events] == [("Warning", "AccuracyDegraded")]
+    assert "0.8000 below 0.9025" in bad.events[0][2]
+    back = judge(feedback_window(100, 99), bad.conditions)
+    assert [e[:2] for e in back.events] == [("Normal", "AccuracyRecovered")]
+
+    unregistered = mon.evaluate(
+        feedback_window(100, 80), BASELINE, 1, settings, [], 1, T0, mon.VersionFacts()
+    )
+    assert accuracy_of(unregistered) == ("Unknown", "NoThreshold")
+
+
+def test_an_error_metric_is_degraded_above_its_threshold() -> None:
+    from orchard.contracts import FEEDBACK_ROWS, FEEDBACK_SQUARED_ERROR
+
+    scrape = {key(FEEDBACK_ROWS): 100.0, key(FEEDBACK_SQUARED_ERROR): 100.0 * 4.0}  # rmse 2
+    window = mon.advance(mon.MonitoringWindow(), "v1", {"a": scrape}, T0, 600, 60)
+    facts = mon.VersionFacts(task="regression", metrics={"rmse": 1.5})
+    decision = mon.evaluate(window, {}, 1, Monitoring(), [], 1, T0, facts)
+    live = decision.monitoring.accuracy
+    assert live is not None and (live.metric, live.value, live.threshold) == ("rmse", 2.0, 1.575)
+    assert accuracy_of(decision) == ("True", "Degraded")
+    explicit = Monitoring.model_validate({"accuracy": {"metric": "rmse", "threshold": 2.5}})
+    within = mon.evaluate(window, {}, 1, explicit, [], 1, T0, facts)
+    assert accuracy_of(within) == ("False", "WithinThreshold")
+
+
 # --- The controller, with real models behind real HTTP --------------------------------------
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -262,6 +325,14 @@ async def test_the_controller_finds_the_shifted_input_and_keeps_its_window_acros
     )
     cluster.add(md_pod("iris-stable-a", "127.0.0.1"))
     cluster.add(md_pod("iris-stable-b", "127.0.0.2"))
+    cluster.add(
+        {
+            "apiVersion": kube.API_VERSION,
+            "kind": "ModelVersion",
+            "metadata": {"name": "iris-v1", "namespace": NS},
+            "spec": {"task": "classification", "metrics": {"accuracy": 0.96}},
+        }
+    )
     runners = {ip: start_pod(pods, ip, iris_model) for ip in ("127.0.0.1", "127.0.0.2")}
     rows = iris_model[2]
     rng = np.random.default_rng(5)
@@ -291,12 +362,24 @@ async def test_the_controller_finds_the_shifted_input_and_keeps_its_window_acros
     assert drift_condition(status) == ("False", "NoDrift")  # no false drift from either
     assert status["monitoring"]["samples"] == 360  # and nothing counted is lost
 
+    labels = iris_model[2].assign(target=load_iris().target)
+    for ip, runner in runners.items():  # true labels for 60 rows, one wrong answer in three
+        labelled = labels.sample(60, random_state=1)
+        predicted = runner.predict(labelled[FEATURES].to_numpy(dtype=float))
+        truth = [int(t) if i % 3 else int(t) + 1 for i, t in enumerate(labelled["target"])]
+        scored = score(predicted, truth, True, runner.classes)
+        pods.metrics[ip].observe_feedback(scored)
     traffic(200, shift=3.0)
     status = await evaluate()
     assert drift_condition(status) == ("True", "Drifted")
+    live = status["monitoring"]["accuracy"]
+    assert live["labels"] == 120 and live["threshold"] == round(0.96 * 0.95, 6)
+    assert 0.55 < live["value"] < 0.7, live
+    accuracy = next(c for c in status["conditions"] if c["type"] == "AccuracyDegraded")
+    assert (accuracy["status"], accuracy["reason"]) == ("True", "Degraded")
     assert status["monitoring"]["inputs"][0]["feature"] == "petal_length"
     assert status["monitoring"]["inputs"][0]["outOfRangeShare"] > 0.3
-    assert cluster.reasons() == ["Drifted"]
+    assert cluster.reasons() == ["Drifted", "AccuracyDegraded"]
     assert status["phase"] == "Stable"  # the rollout's status keys are not monitoring's
 
     await kube.merge_patch(
@@ -305,7 +388,7 @@ async def test_the_controller_finds_the_shifted_input_and_keeps_its_window_acros
     )  # fmt: skip
     status = await evaluate()
     assert "monitoring" not in status
-    assert all(c["type"] != "DriftDetected" for c in status["conditions"])
+    assert all(c["type"] not in ("DriftDetected", "AccuracyDegraded") for c in status["conditions"])
 
 
 async def test_a_configmap_of_the_same_name_that_is_not_ours_is_left_alone(

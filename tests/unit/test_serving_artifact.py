@@ -107,7 +107,7 @@ def test_serve_starts_and_answers(iris: Path) -> None:
             f"http://127.0.0.1:{port}/v1/models/iris:predict",
             json={"instances": [[5.1, 3.5, 1.4, 0.2]]},
         )
-        assert r.json() == {"predictions": [0]}
+        assert r.json()["predictions"] == [0]
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
         assert 'orchard_model_info{model="iris",digest="sha256:' in metrics
     finally:

@@ -214,7 +214,9 @@ def test_unsupported_artifact_uri() -> None:
 
 
 def test_service_selects_both_tracks_by_default() -> None:
-    (svc,) = sv.services(md())
+    svc, peers = sv.services(md())
+    assert (peers["metadata"]["name"], peers["spec"]["clusterIP"]) == ("iris-pods", "None")
+    assert peers["spec"]["selector"] == {"orchard.dev/modeldeployment": "iris"}
     assert svc["metadata"]["name"] == "iris"
     assert svc["spec"]["selector"] == {"orchard.dev/modeldeployment": "iris"}
     assert svc["spec"]["ports"][0]["targetPort"] == "http"
@@ -223,7 +225,7 @@ def test_service_selects_both_tracks_by_default() -> None:
 
 def test_gateway_mode_has_per_track_services_and_route_weights() -> None:
     m = md(traffic={"mode": "gatewayAPI", "httpRoute": {"name": "web"}})
-    main, stable, canary = sv.services(m)
+    main, _, stable, canary = sv.services(m)
     assert main["spec"]["selector"]["orchard.dev/track"] == "stable"
     assert stable["spec"]["selector"]["orchard.dev/track"] == "stable"
     assert canary["metadata"]["name"] == "iris-canary"

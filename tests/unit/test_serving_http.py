@@ -152,7 +152,11 @@ def test_v1_lists_in_schema_order(iris: tuple[str, Any]) -> None:
     base, model = iris
     r = httpx.post(f"{base}/v1/models/iris:predict", json={"instances": IRIS_ROWS})
     assert r.status_code == 200, r.text
-    assert r.json() == {"predictions": model.predict(np.array(IRIS_ROWS)).tolist()}
+    answer = r.json()
+    assert answer["predictions"] == model.predict(np.array(IRIS_ROWS)).tolist()
+    assert set(answer) == {"predictions", "id"} and len(answer["id"]) == 36  # a generated id
+    echoed = httpx.post(f"{base}/v1/models/iris:predict", json={"instances": IRIS_ROWS, "id": "r1"})
+    assert echoed.json()["id"] == "r1"
 
 
 def test_v1_objects_by_column_name(penguins: tuple[str, Any]) -> None:

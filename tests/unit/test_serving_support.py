@@ -164,16 +164,18 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(app: App, wait_ready: bool = True) -> Iterator[str]:
-    """uvicorn (uvloop + httptools) serving `app` on 127.0.0.1; yields the base URL."""
+def running_server(
+    app: App, wait_ready: bool = True, host: str = "127.0.0.1", port: int | None = None
+) -> Iterator[str]:
+    """uvicorn (uvloop + httptools) serving `app` on `host`; yields the base URL."""
     import httpx
     import uvicorn
 
-    port = free_port()
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port, "warning"))
+    port = port or free_port()
+    server = uvicorn.Server(server_config(app, host, port, "warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{host}:{port}"
     deadline = time.monotonic() + 20
     while True:
         try:

@@ -226,6 +226,40 @@ class Traffic(CamelModel):
         return self
 
 
+LiveMetric = Literal["accuracy", "mae", "rmse"]
+
+
+class AccuracyMonitoring(CamelModel):
+    """Live accuracy from feedback: true labels sent after the answers
+    (`POST /v2/models/{name}/feedback`), judged against a threshold."""
+
+    metric: LiveMetric | None = Field(
+        default=None,
+        description="accuracy (higher is better) or mae / rmse (lower is better); by default "
+        "accuracy for a classifier and rmse for a regression.",
+    )
+    threshold: float | None = Field(
+        default=None,
+        ge=0,
+        description="The lowest accuracy, or the highest error, allowed; by default the "
+        "version's registered test value worsened by maxDegradation.",
+    )
+    max_degradation: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Without a threshold: how much worse than the registered test value the "
+        "live metric may be, as a fraction of it (0.05: accuracy 0.95 may fall to 0.9025).",
+    )
+    min_labels: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000_000,
+        description="Fewest labelled rows in the window before accuracy is judged; fewer "
+        "leave AccuracyDegraded Unknown with reason NotEnoughSamples.",
+    )
+
+
 class Monitoring(CamelModel):
     """Watching what the stable version serves against its own training baseline."""
 
@@ -255,6 +289,9 @@ class Monitoring(CamelModel):
         le=1_000_000_000,
         description="Fewest predicted rows in the window before drift is judged; fewer "
         "leave DriftDetected Unknown with reason NotEnoughSamples.",
+    )
+    accuracy: AccuracyMonitoring = Field(
+        default_factory=AccuracyMonitoring, description="Live accuracy from feedback."
     )
 
 
@@ -369,6 +406,24 @@ class PredictionDrift(CamelModel):
     samples: int = Field(ge=0, description="Predictions counted in the window.")
 
 
+class LiveAccuracy(CamelModel):
+    """The stable version measured on the feedback labels of the window's rows."""
+
+    metric: LiveMetric = Field(description="accuracy, mae or rmse.")
+    value: float | None = Field(default=None, description="Measured on the labelled rows.")
+    labels: int = Field(default=0, ge=0, description="Labelled rows in the window.")
+    unmatched: int = Field(
+        default=0, ge=0, description="Labels of feedback no pod could match to an answer."
+    )
+    threshold: float | None = Field(default=None, description="The bound it is judged by.")
+    registered: float | None = Field(
+        default=None, description="The version's registered test value of the metric."
+    )
+    recall: dict[str, float] = Field(
+        default_factory=dict, description="Per true class: the share predicted right."
+    )
+
+
 class MonitoringStatus(CamelModel):
     """The last evaluation of the stable version's traffic against its training baseline."""
 
@@ -386,6 +441,7 @@ class MonitoringStatus(CamelModel):
     prediction_drift: PredictionDrift | None = Field(
         default=None, description="Drift of the predictions."
     )
+    accuracy: LiveAccuracy | None = Field(default=None, description="Live accuracy.")
     pods: int = Field(default=0, ge=0, description="Stable pods whose counts were read.")
     last_evaluated: datetime | None = Field(default=None, description="When it was made.")
 
@@ -399,7 +455,8 @@ class ModelDeploymentStatus(CamelModel):
     )
     conditions: Conditions = Field(
         default_factory=list,
-        description="Ready, Progressing, Degraded, TrafficSplit and DriftDetected conditions.",
+        description="Ready, Progressing, Degraded, TrafficSplit, DriftDetected and "
+        "AccuracyDegraded conditions.",
     )
     stable_version: str | None = Field(default=None, description="ModelVersion serving stably.")
     canary_version: str | None = Field(default=None, description="ModelVersion being rolled out.")
@@ -479,6 +536,12 @@ class ModelDeployment(Resource):
                 type="number",
                 json_path=".status.monitoring.driftScore",
                 description="Highest PSI of the stable version's inputs or predictions.",
+            ),
+            PrinterColumn(
+                name="Accuracy",
+                type="number",
+                json_path=".status.monitoring.accuracy.value",
+                description="The stable version's live accuracy (or error) from feedback.",
             ),
             PrinterColumn(
                 name="URL", type="string", json_path=".status.url", description="URL.", priority=1

@@ -104,6 +104,11 @@ def hpa_name(md_name: str) -> str:
     return md_name
 
 
+def peers_service_name(md_name: str) -> str:
+    """The headless Service whose DNS name lists the serving pods (for feedback)."""
+    return bounded_name(md_name, "-pods")
+
+
 def monitoring_window_name(md_name: str) -> str:
     """The ConfigMap that keeps the monitoring window across operator restarts."""
     return bounded_name(md_name, "-monitoring")
@@ -257,6 +262,9 @@ def deployment(
             {"name": "HOME", "value": "/tmp"},
             {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
+            # Feedback that reaches a pod that did not answer is asked of the others.
+            {"name": "ORCHARD_PEERS", "value": peers_service_name(name)},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         ],
         "readinessProbe": {
             "httpGet": {"path": "/v2/health/ready", "port": "http"},
@@ -348,9 +356,18 @@ def monitoring_window(md: ModelDeployment, window_json: str) -> dict[str, Any]:
     }
 
 
+def peers_service(md: ModelDeployment) -> dict[str, Any]:
+    """A headless Service over both tracks' ready pods: its DNS name resolves to their
+    addresses, which is how a pod finds the others to ask about feedback."""
+    name = str(md.metadata.name)
+    svc = _service(md, peers_service_name(name), selector(name), None)
+    svc["spec"]["clusterIP"] = "None"
+    return svc
+
+
 def services(md: ModelDeployment) -> list[dict[str, Any]]:
-    """Every Service the mode needs."""
-    out = [service(md)]
+    """Every Service the mode needs, and the pods' headless one."""
+    out = [service(md), peers_service(md)]
     if md.spec.traffic.mode == "gatewayAPI":
         out += [track_service(md, "stable"), track_service(md, "canary")]
     return out

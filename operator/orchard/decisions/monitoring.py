@@ -26,7 +26,10 @@ from typing import Any
 
 from orchard.api.common import Condition, ConditionStatus, parse_timestamp, set_condition
 from orchard.api.modeldeployment import (
+    AccuracyMonitoring,
     InputDrift,
+    LiveAccuracy,
+    LiveMetric,
     Monitoring,
     MonitoringStatus,
     PredictionDrift,
@@ -44,6 +47,13 @@ from orchard.contracts import (
     FEATURE_MISSING,
     FEATURE_OBSERVATIONS,
     FEATURE_OUT_OF_RANGE,
+    FEEDBACK_ABSOLUTE_ERROR,
+    FEEDBACK_CLASS_CORRECT,
+    FEEDBACK_CLASS_ROWS,
+    FEEDBACK_CORRECT,
+    FEEDBACK_ROWS,
+    FEEDBACK_SQUARED_ERROR,
+    FEEDBACK_UNMATCHED,
     OTHER_CATEGORY,
     PREDICTED_CLASS,
     PREDICTED_VALUE,
@@ -60,6 +70,13 @@ NO_DRIFT = "NoDrift"
 NOT_ENOUGH_SAMPLES = "NotEnoughSamples"
 NO_BASELINE = "NoBaseline"  # an artifact older than drift bins
 DRIFT_RESOLVED = "DriftResolved"
+ACCURACY_DEGRADED = "AccuracyDegraded"
+# Reasons of the AccuracyDegraded condition and the events of its transitions.
+DEGRADED = "Degraded"
+WITHIN_THRESHOLD = "WithinThreshold"
+NO_THRESHOLD = "NoThreshold"  # no threshold given and no registered value to derive one
+ACCURACY_RECOVERED = "AccuracyRecovered"
+MONITORING_CONDITIONS = (DRIFT_DETECTED, ACCURACY_DEGRADED)
 
 MAX_SLICES = 12  # slices per window: the window's resolution
 MAX_INPUTS_SHOWN = 5  # inputs listed in status, most drifted first
@@ -74,6 +91,13 @@ WINDOW_COUNTERS = frozenset(
         PREDICTED_CLASS,
         PREDICTION_BIN,
         f"{PREDICTED_VALUE}_count",
+        FEEDBACK_ROWS,
+        FEEDBACK_CORRECT,
+        FEEDBACK_CLASS_ROWS,
+        FEEDBACK_CLASS_CORRECT,
+        FEEDBACK_ABSOLUTE_ERROR,
+        FEEDBACK_SQUARED_ERROR,
+        FEEDBACK_UNMATCHED,
     }
 )
 Counts = dict[tuple[str, Labels], float]
@@ -191,6 +215,62 @@ def input_drift(window: Scrape, baseline: Scrape) -> list[InputDrift]:
         )
         for d in feature_drift(window, baseline)
     ]
+
+
+# --- Live accuracy from feedback ----------------------------------------------------------
+
+
+def _total(window: Scrape, name: str) -> float:
+    return sum(v for (metric, _), v in window.items() if metric == name)
+
+
+def higher_is_better(metric: LiveMetric) -> bool:
+    return metric == "accuracy"
+
+
+def default_metric(settings: AccuracyMonitoring, task: str | None) -> LiveMetric:
+    """The spec's metric, else accuracy for a classifier and rmse for a regression."""
+    return settings.metric or ("rmse" if task == "regression" else "accuracy")
+
+
+def threshold(
+    settings: AccuracyMonitoring, metric: LiveMetric, registered: float | None
+) -> float | None:
+    """The spec's bound, else the registered test value worsened by maxDegradation."""
+    if settings.threshold is not None:
+        return settings.threshold
+    if registered is None:
+        return None
+    factor = (
+        1 - settings.max_degradation if higher_is_better(metric) else 1 + settings.max_degradation
+    )
+    return round(registered * factor, 6)
+
+
+def live_accuracy(
+    window: Scrape, metric: LiveMetric, bound: float | None, registered: float | None
+) -> LiveAccuracy:
+    """The metric over the window's labelled rows (None without any), and recall per class."""
+    rows = _total(window, FEEDBACK_ROWS)
+    value: float | None = None
+    if rows > 0:
+        if metric == "accuracy":
+            value = _total(window, FEEDBACK_CORRECT) / rows
+        elif metric == "mae":
+            value = _total(window, FEEDBACK_ABSOLUTE_ERROR) / rows
+        else:
+            value = (_total(window, FEEDBACK_SQUARED_ERROR) / rows) ** 0.5
+    by_class = _by_label(window, FEEDBACK_CLASS_ROWS, CLASS_LABEL)
+    right = _by_label(window, FEEDBACK_CLASS_CORRECT, CLASS_LABEL)
+    return LiveAccuracy(
+        metric=metric,
+        value=None if value is None else round(value, 4),
+        labels=int(rows),
+        unmatched=int(_total(window, FEEDBACK_UNMATCHED)),
+        threshold=bound,
+        registered=registered,
+        recall={c: round(right.get(c, 0.0) / n, 4) for c, n in sorted(by_class.items()) if n > 0},
+    )
 
 
 # --- The window ----------------------------------------------------------------------------
@@ -351,6 +431,58 @@ def _drift_verdict(
     )
 
 
+def _accuracy_verdict(
+    accuracy: LiveAccuracy, settings: AccuracyMonitoring
+) -> tuple[ConditionStatus, str, str]:
+    metric, value, bound = accuracy.metric, accuracy.value, accuracy.threshold
+    if accuracy.labels < settings.min_labels or value is None:
+        return (
+            "Unknown",
+            NOT_ENOUGH_SAMPLES,
+            f"{accuracy.labels} labelled rows in the window, fewer than the "
+            f"{settings.min_labels} {metric} is judged on",
+        )
+    if bound is None:
+        return (
+            "Unknown",
+            NO_THRESHOLD,
+            f"live {metric} {value:.4f}: no threshold given and no registered {metric}",
+        )
+    worse = value < bound if higher_is_better(metric) else value > bound
+    side = "below" if higher_is_better(metric) else "above"
+    if worse:
+        return (
+            "True",
+            DEGRADED,
+            f"live {metric} {value:.4f} {side} {bound} over {accuracy.labels} labels",
+        )
+    return (
+        "False",
+        WITHIN_THRESHOLD,
+        f"live {metric} {value:.4f} within {bound} over {accuracy.labels} labels",
+    )
+
+
+def _transition(
+    type_: str, verdict: ConditionStatus, before: list[Condition], reasons: tuple[str, str]
+) -> tuple[str, str] | None:
+    """The event of a change into (True) or out of (False) a condition: (type, reason)."""
+    old = next((c for c in before if c.type == type_), None)
+    if verdict == "True" and (old is None or old.status != "True"):
+        return "Warning", reasons[0]
+    if verdict == "False" and old is not None and old.status == "True":
+        return "Normal", reasons[1]
+    return None
+
+
+@dataclass(frozen=True)
+class VersionFacts:
+    """What the stable ModelVersion registered: its task and test metrics."""
+
+    task: str | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
 def evaluate(
     window: MonitoringWindow,
     baseline: Scrape,
@@ -359,13 +491,20 @@ def evaluate(
     conditions: list[Condition],
     generation: int | None,
     now: dt.datetime,
+    version: VersionFacts = VersionFacts(),
 ) -> MonitoringDecision:
-    """Judge the window against the baseline a pod states: status, condition and the
-    events of a transition (into drift, or out of it)."""
+    """Judge the window against the baseline a pod states and the version's registered
+    metrics: status, conditions and the events of a transition (into drift or
+    degradation, or out of it)."""
     totals = window.totals()
     inputs = input_drift(totals, baseline)
     prediction = prediction_drift(totals, baseline)
     scores = [d.psi for d in inputs] + ([prediction.psi] if prediction else [])
+    metric = default_metric(settings.accuracy, version.task)
+    registered = version.metrics.get(metric)
+    accuracy = live_accuracy(
+        totals, metric, threshold(settings.accuracy, metric, registered), registered
+    )
     status = MonitoringStatus(
         version=window.version,
         window_start=window.start(),
@@ -373,22 +512,30 @@ def evaluate(
         drift_score=max(scores) if scores else None,
         inputs=inputs[:MAX_INPUTS_SHOWN],
         prediction_drift=prediction,
+        accuracy=accuracy,
         pods=pods,
         last_evaluated=now,
     )
-    verdict, reason, message = _drift_verdict(status, settings)
-    before = next((c for c in conditions if c.type == DRIFT_DETECTED), None)
     events: list[tuple[str, str, str]] = []
-    if verdict == "True" and (before is None or before.status != "True"):
-        events.append(("Warning", DRIFTED, f"{window.version}: {message}"))
-    elif verdict == "False" and before is not None and before.status == "True":
-        events.append(("Normal", DRIFT_RESOLVED, f"{window.version}: {message}"))
-    new_conditions = set_condition(
-        conditions, DRIFT_DETECTED, verdict, reason, message, generation=generation, at=now
+    new_conditions = conditions
+    judged = (
+        (DRIFT_DETECTED, _drift_verdict(status, settings), (DRIFTED, DRIFT_RESOLVED)),
+        (
+            ACCURACY_DEGRADED,
+            _accuracy_verdict(accuracy, settings.accuracy),
+            (ACCURACY_DEGRADED, ACCURACY_RECOVERED),
+        ),
     )
+    for type_, (verdict, reason, message), reasons in judged:
+        event = _transition(type_, verdict, conditions, reasons)
+        if event is not None:
+            events.append((*event, f"{window.version}: {message}"))
+        new_conditions = set_condition(
+            new_conditions, type_, verdict, reason, message, generation=generation, at=now
+        )
     return MonitoringDecision(status, new_conditions, events)
 
 
 def switched_off(conditions: list[Condition]) -> list[Condition]:
-    """Monitoring turned off: its condition goes (status.monitoring goes with it)."""
-    return [c for c in conditions if c.type != DRIFT_DETECTED]
+    """Monitoring turned off: its conditions go (status.monitoring goes with it)."""
+    return [c for c in conditions if c.type not in MONITORING_CONDITIONS]

@@ -4,9 +4,11 @@ Beside the rollout (which judges a canary only while one is under way), every se
 ModelDeployment is evaluated every `spec.monitoring.interval`, the shape of
 `trainingjob.sync`: read the stable pods' own /metrics and the stored window; decide
 (`orchard.decisions.monitoring`: the window advanced, its drift against the training
-baseline the pods state, the DriftDetected condition); ensure the window is stored (a
+baseline the pods state, live accuracy from the feedback the pods counted against the
+version's registered metric); ensure the window is stored (a
 ConfigMap the ModelDeployment owns, so an operator restart loses nothing); write
-status.monitoring and the condition, and post an event on each transition. It holds the
+status.monitoring and the DriftDetected and AccuracyDegraded conditions, and post an event
+on each transition. It holds the
 ModelDeployment's lock, as the rollout does, and writes only those status keys.
 """
 
@@ -36,6 +38,7 @@ from .modeldeployment import lock
 RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [GROUP], "resources": ["modeldeployments"], "verbs": ["get"]},
     {"apiGroups": [GROUP], "resources": ["modeldeployments/status"], "verbs": ["patch"]},
+    {"apiGroups": [GROUP], "resources": ["modelversions"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
@@ -52,6 +55,16 @@ DRIFT_SCORE = prometheus_client.Gauge(
 DRIFT_DETECTED = prometheus_client.Gauge(
     "orchard_modeldeployment_drift_detected",
     "1 when DriftDetected is True, 0 when False; absent while Unknown.",
+    ["namespace", "name"],
+)
+LIVE_ACCURACY = prometheus_client.Gauge(
+    "orchard_modeldeployment_live_accuracy",
+    "The stable version's live accuracy (or mae / rmse) from feedback over the window.",
+    ["namespace", "name", "metric"],
+)
+ACCURACY_DEGRADED = prometheus_client.Gauge(
+    "orchard_modeldeployment_accuracy_degraded",
+    "1 when AccuracyDegraded is True, 0 when False; absent while Unknown.",
     ["namespace", "name"],
 )
 MONITORING_SAMPLES = prometheus_client.Gauge(
@@ -95,9 +108,12 @@ async def monitor(
 async def forget(namespace: str | None, name: str, **_: Any) -> None:
     """The window goes with the deployment (its ConfigMap by garbage collection)."""
     _windows.pop((str(namespace), name), None)
-    for gauge in (DRIFT_SCORE, DRIFT_DETECTED, MONITORING_SAMPLES):
+    for gauge in (DRIFT_SCORE, DRIFT_DETECTED, ACCURACY_DEGRADED, MONITORING_SAMPLES):
         with contextlib.suppress(KeyError):  # never set for this deployment
             gauge.remove(str(namespace), name)
+    for metric in ("accuracy", "mae", "rmse"):
+        with contextlib.suppress(KeyError):
+            LIVE_ACCURACY.remove(str(namespace), name, metric)
 
 
 # --- One evaluation ------------------------------------------------------------------------
@@ -111,6 +127,7 @@ class Reads:
     alive: set[str]  # the names of the stable pods that exist
     window: mon.MonitoringWindow
     owned: bool  # whether that ConfigMap (if any) is this deployment's
+    version: mon.VersionFacts  # what the stable ModelVersion registered
 
 
 def _owned_by(obj: Mapping[str, Any] | None, md: ModelDeployment) -> bool:
@@ -129,7 +146,15 @@ async def read(md: ModelDeployment) -> Reads:
     if window is None and stored is not None and owned:
         window = mon.loads((stored.get("data") or {}).get(sv.MONITORING_WINDOW_KEY))
     alive = {str(p["metadata"]["name"]) for p in stable}
-    return Reads(scrapes, alive, window or mon.MonitoringWindow(), owned)
+    mv = await kube.get(API_VERSION, "ModelVersion", str(md.status.stable_version), namespace)
+    mv_spec = (mv or {}).get("spec") or {}
+    metrics = {
+        k: float(v)
+        for k, v in (mv_spec.get("metrics") or {}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    facts = mon.VersionFacts(task=mv_spec.get("task"), metrics=metrics)
+    return Reads(scrapes, alive, window or mon.MonitoringWindow(), owned, facts)
 
 
 def _fitting(window: mon.MonitoringWindow) -> str:
@@ -149,15 +174,23 @@ async def ensure_window(md: ModelDeployment, reads: Reads, window: mon.Monitorin
 
 
 def _export(namespace: str, name: str, decision: mon.MonitoringDecision) -> None:
+    """The operator's gauges for alerting, per deployment."""
     status = decision.monitoring
     DRIFT_SCORE.labels(namespace, name).set(status.drift_score or 0.0)
     MONITORING_SAMPLES.labels(namespace, name).set(status.samples)
-    drift = next(c for c in decision.conditions if c.type == mon.DRIFT_DETECTED)
-    if drift.status == "Unknown":
-        with contextlib.suppress(KeyError):  # not set yet
-            DRIFT_DETECTED.remove(namespace, name)
-    else:
-        DRIFT_DETECTED.labels(namespace, name).set(1.0 if drift.status == "True" else 0.0)
+    accuracy = status.accuracy
+    if accuracy is not None and accuracy.value is not None:
+        LIVE_ACCURACY.labels(namespace, name, accuracy.metric).set(accuracy.value)
+    for gauge, type_ in (
+        (DRIFT_DETECTED, mon.DRIFT_DETECTED),
+        (ACCURACY_DEGRADED, mon.ACCURACY_DEGRADED),
+    ):
+        verdict = next(c.status for c in decision.conditions if c.type == type_)
+        if verdict == "Unknown":
+            with contextlib.suppress(KeyError):  # not set yet
+                gauge.remove(namespace, name)
+        else:
+            gauge.labels(namespace, name).set(1.0 if verdict == "True" else 0.0)
 
 
 async def evaluate(namespace: str, name: str, logger: kopf.Logger) -> None:
@@ -191,7 +224,7 @@ async def evaluate(namespace: str, name: str, logger: kopf.Logger) -> None:
         baseline = next(iter(reads.scrapes.values()))
         decision = mon.evaluate(
             window, baseline, len(reads.scrapes), settings, md.status.conditions,
-            md.metadata.generation, now,
+            md.metadata.generation, now, reads.version,
         )  # fmt: skip
         await ensure_window(md, reads, window)
         _windows[(namespace, name)] = window

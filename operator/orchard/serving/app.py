@@ -3,7 +3,7 @@
 Routes (`{m}` is the served model's name; `/versions/{v}` may follow it in V2 paths):
 
     GET  /v2/health/live   /v2/health/ready   /v2   /v2/models/{m}   /v2/models/{m}/ready
-    POST /v2/models/{m}/infer
+    POST /v2/models/{m}/infer   /v2/models/{m}/feedback
     GET  /v1/models   /v1/models/{m}          POST /v1/models/{m}:predict
     GET  /metrics
 
@@ -23,8 +23,11 @@ status  reason             when
                            JSON number too large for a double, or a value of the wrong
                            type for its column: refused before the model sees it
 404     not_found          an unknown model, version or path
+404     unmatched          feedback for an id no pod of the deployment answered (or one
+                           forgotten); its labels are counted as unmatched
 405     method_not_allowed a wrong method (with an `allow` header)
 408     body_timeout       the body did not arrive within `--body-timeout`
+409     already_labelled   a second feedback for the same request
 413     too_large          a body over `--max-body-bytes` (refused on its Content-Length
                            before it is read, when it has one)
 413     too_many_rows      more rows than `--max-request-rows`, or a body with more values
@@ -34,6 +37,11 @@ status  reason             when
                            fault, so a canary that raises where the stable answers fails
 500     internal           a fault of the server
 ======  =================  =============================================================
+
+Every inference response carries an `id`: the request's own (a string; any other type
+is a 400), or one the server makes. Feedback (`{"id", "labels"}`, `orchard.serving.feedback`)
+labels that request's rows; a malformed body, a label count that is not the request's row
+count, or a label of the wrong type for the model is a 400 naming the problem.
 
 An answer given before the request's body was read closes the connection. The HTTP
 protocol (`protocol`) answers 408, 431 and 503 itself, before any request reaches the
@@ -58,10 +66,12 @@ import orjson
 
 from orchard.contracts import INFERENCE_ENDPOINTS, Endpoint
 from orchard.serving.batching import Batcher, PredictionFailed
+from orchard.serving.feedback import AlreadyLabelled, RecentPredictions, parse_feedback, score
 from orchard.serving.inputs import BadRequest, InvalidValue, Rows, TooManyRows
 from orchard.serving.limits import PARSE_INLINE_BYTES, Limits
 from orchard.serving.metrics import Metrics
 from orchard.serving.model import ModelRunner, output_data, output_datatype
+from orchard.serving.peers import FORWARDED_HEADER, Peers
 
 log = logging.getLogger("orchard.serving")
 
@@ -89,18 +99,21 @@ class HTTPError(Exception):
 class Route:
     """One method on one path. `path` is a regular expression for the whole path, whose
     `model` group names the model; `handler` names the `App` method that answers (None:
-    an inference request, whose body is read, decoded and batched)."""
+    an inference request, whose body is read, decoded and batched), called with the
+    scope and the body when `body` is set."""
 
     method: str
     path: str
     endpoint: Endpoint
     handler: str | None = None
+    body: bool = False
 
 
 _V2_MODEL = "/v2/models/(?P<model>[^/]*)"
 ROUTES = (  # patterns are tried in this order: inference first
     Route("POST", _V2_MODEL + "/infer", Endpoint.V2_INFER),
     Route("POST", "/v1/models/(?P<model>.*):predict", Endpoint.V1_PREDICT),
+    Route("POST", _V2_MODEL + "/feedback", Endpoint.V2_FEEDBACK, "_feedback", body=True),
     Route("GET", "/v2/health/live", Endpoint.V2_HEALTH_LIVE, "_live"),
     Route("GET", "/v2/health/ready", Endpoint.V2_HEALTH_READY, "_ready"),
     Route("GET", "/v2", Endpoint.V2_SERVER_METADATA, "_server_metadata"),
@@ -155,9 +168,12 @@ class App:
         info: dict[str, str] | None = None,
         on_load_failed: Callable[[BaseException], None] | None = None,
         limits: Limits | None = None,
+        peers: Peers | None = None,
     ) -> None:
         self.name = name
         self.limits = limits or Limits()
+        self.peers = peers
+        self.recent = RecentPredictions(self.limits.feedback_requests, self.limits.feedback_rows)
         self.version = version
         self.load = load
         self.info = info or {}
@@ -250,6 +266,12 @@ class App:
                 request_id, rows, n = await self._decode(runner, v2, body)
                 del body  # only the rows are needed from here on
                 payload = await self._infer(v2, request_id, rows, n)
+            elif route.body:
+                body = await self._read_body(scope, receive)
+                if body is None:
+                    return
+                unread = False
+                payload = await getattr(self, route.handler)(scope, body)
             else:
                 payload = getattr(self, route.handler)()
             if isinstance(payload, bytes):  # /metrics
@@ -354,6 +376,39 @@ class App:
         }
         return meta
 
+    async def _feedback(self, scope: Scope, body: bytes) -> dict[str, Any]:
+        """Label the rows of an earlier answer: this pod's, else a peer's (`feedback`)."""
+        runner = self._runner()
+        try:
+            feedback = parse_feedback(orjson.loads(body))
+        except orjson.JSONDecodeError as exc:
+            raise HTTPError(400, "bad_request", f"malformed JSON: {exc}") from None
+        except BadRequest as exc:
+            raise HTTPError(400, "bad_request", str(exc)) from None
+        if self.recent.knows(feedback.id):
+            try:
+                predictions = self.recent.take(feedback.id)
+                scored = score(predictions, feedback.labels, runner.classification, runner.classes)
+            except AlreadyLabelled as exc:
+                raise HTTPError(409, "already_labelled", str(exc)) from None
+            except BadRequest as exc:
+                raise HTTPError(400, "bad_request", str(exc)) from None
+            self.recent.labelled(feedback.id)
+            self.metrics.observe_feedback(scored)
+            return {"accepted": scored.rows}
+        if _header(scope, FORWARDED_HEADER) is not None:  # a peer asks: only its own pod counts
+            raise HTTPError(404, "not_found", f"no answer with id {feedback.id!r} here")
+        answer = await self.peers.forward(scope["path"], body) if self.peers else None
+        if answer is not None:
+            return _relayed(*answer)
+        self.metrics.observe_unmatched(len(feedback.labels))
+        raise HTTPError(
+            404, "unmatched",
+            f"no pod of this deployment answered a request with id {feedback.id!r} "
+            f"(or it was forgotten: each pod remembers its last "
+            f"{self.limits.feedback_requests} answers); counted as unmatched",
+        )  # fmt: skip
+
     def _v1_model(self) -> dict[str, Any]:
         return {"name": self.name, "ready": self.runner is not None}
 
@@ -396,12 +451,12 @@ class App:
                 if "infinity" in str(exc):  # a number too large for a double, say 1e400
                     raise InvalidValue(f"a JSON number beyond a double's range: {exc}") from None
                 raise BadRequest(f"malformed JSON: {exc}") from None
-            if v2:
-                rows, n = schema.parse_v2(request, max_rows)
-                request_id = request.get("id")
-                return (request_id if isinstance(request_id, str) else None), rows, n
-            rows, n = schema.parse_v1(request, max_rows)
-            return None, rows, n
+            parse = schema.parse_v2 if v2 else schema.parse_v1
+            rows, n = parse(request, max_rows)
+            request_id = request.get("id")  # a dict by now: the parsers insist on an object
+            if request_id is not None and not isinstance(request_id, str):
+                raise BadRequest(f"'id' must be a string, not {type(request_id).__name__}")
+            return request_id, rows, n
         except BadRequest as exc:
             raise _bad_request(exc) from None
 
@@ -410,11 +465,13 @@ class App:
             predictions = await self.batcher.submit(rows, n)
         except PredictionFailed as exc:
             raise HTTPError(500, "prediction_failed", f"prediction failed: {exc}") from None
+        response_id = request_id if request_id is not None else str(uuid.uuid4())
+        self.recent.remember(response_id, predictions)  # for feedback on it
         if not v2:
-            return {"predictions": output_data(predictions)}
+            return {"predictions": output_data(predictions), "id": response_id}
         response: dict[str, Any] = {
             "model_name": self.name,
-            "id": request_id if request_id is not None else str(uuid.uuid4()),
+            "id": response_id,
             "parameters": {},
             "outputs": [
                 {
@@ -429,6 +486,23 @@ class App:
         if self.version:
             response["model_version"] = self.version
         return response
+
+
+_RELAYED_REASONS = {400: "bad_request", 409: "already_labelled", 503: "not_ready"}
+
+
+def _relayed(status: int, content: bytes) -> dict[str, Any]:
+    """A peer's answer to forwarded feedback, as this pod's own."""
+    try:
+        answer = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise HTTPError(502, "internal", f"a peer answered feedback with status {status}")
+    if status == 200:
+        return answer
+    message = str(answer.get("error") or f"a peer answered feedback with status {status}")
+    raise HTTPError(status, _RELAYED_REASONS.get(status, "internal"), message)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

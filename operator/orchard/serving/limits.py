@@ -15,6 +15,8 @@ flag                      environment                     default  beyond it
 --body-timeout            ORCHARD_BODY_TIMEOUT            30 s     408 body_timeout, closed
 --keep-alive-timeout      ORCHARD_KEEP_ALIVE_TIMEOUT      5 s      idle connection closed
 --max-connections         ORCHARD_MAX_CONNECTIONS         512      see below
+--feedback-requests       ORCHARD_FEEDBACK_REQUESTS       100000   the oldest forgotten
+--feedback-rows           ORCHARD_FEEDBACK_ROWS           1000000  the oldest forgotten
 ========================  ==============================  =======  ==========================
 
 - The header timeout runs from the connection's opening, or from its previous response,
@@ -25,6 +27,9 @@ flag                      environment                     default  beyond it
   waiting longest on its client (idle, sending headers or sending a body); only when
   every connection has a request in the model is the new one answered 503 and closed.
   The cap is lowered to fit the process's file descriptor limit (`fit_fd_limit`).
+- Feedback is matched to the answers a pod remembers: at most `--feedback-requests`
+  requests and `--feedback-rows` rows, the oldest forgotten first (feedback for one of
+  those is 404 unmatched, and counted).
 - The row cap also bounds parsing: a body with more JSON values than that many rows of
   the model can hold is refused (413 too_many_rows) before it is parsed.
 - String features reach the metrics as label values: at most `MAX_CATEGORIES` distinct
@@ -110,6 +115,20 @@ class Limits:
         metadata=_flag(
             "--max-connections", "ORCHARD_MAX_CONNECTIONS",
             "most open connections; beyond it, the one waiting longest on its client is closed",
+        ),
+    )  # fmt: skip
+    feedback_requests: int = field(
+        default=100_000,
+        metadata=_flag(
+            "--feedback-requests", "ORCHARD_FEEDBACK_REQUESTS",
+            "most answered requests remembered for feedback",
+        ),
+    )  # fmt: skip
+    feedback_rows: int = field(
+        default=1_000_000,
+        metadata=_flag(
+            "--feedback-rows", "ORCHARD_FEEDBACK_ROWS",
+            "most predicted rows remembered for feedback",
         ),
     )  # fmt: skip
 

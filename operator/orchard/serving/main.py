@@ -72,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         # A string default goes through `type` as a command-line value would, env included.
         add(flag, type=_positive(kind), default=env(var, str(limit.default)),
             help=f"{limit.metadata['help']} (default {limit.default}) [{var}]")  # fmt: skip
+    add(
+        "--peers",
+        default=env("ORCHARD_PEERS"),
+        help="DNS name of the deployment's other pods, asked about feedback this pod "
+        "cannot match [ORCHARD_PEERS]",
+    )
+    add("--pod-ip", default=env("POD_IP"), help="this pod's address, left out of --peers [POD_IP]")
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -139,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from orchard.serving.app import App
+    from orchard.serving.peers import Peers
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     return_large_blocks()
@@ -164,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         info=info,
         on_load_failed=load_failed,
         limits=fit_fd_limit(limits_from(args)),
+        peers=Peers(args.peers, args.port, args.pod_ip) if args.peers else None,
     )
     server = uvicorn.Server(server_config(app, args.host, args.port, args.log_level))
     server.run()

@@ -34,6 +34,16 @@ orchard_prediction_bin_total               counter    predicted values per drift
                                                       training (bin); regression only
 orchard_prediction_expected_share          gauge      the test rows' prediction shares at
                                                       training (class, or bin for regression)
+orchard_feedback_rows_total                counter    rows of this pod's answers labelled by
+                                                      feedback
+orchard_feedback_correct_total             counter    of those, predicted right (classification)
+orchard_feedback_class_rows_total          counter    labelled rows by true class (class; at
+                                                      most 50, then __other__)
+orchard_feedback_class_correct_total       counter    of those, predicted right (class)
+orchard_feedback_absolute_error_total      counter    sum of |label - prediction| (regression)
+orchard_feedback_squared_error_total       counter    sum of (label - prediction)^2
+orchard_feedback_unmatched_total           counter    labels of feedback no pod of the
+                                                      deployment could match to a prediction
 orchard_feature_observations_total         counter    non-missing input values (feature)
 orchard_feature_missing_total              counter    missing input values (feature)
 orchard_feature_value_sum                  gauge      sum of numeric input values (feature)
@@ -96,6 +106,13 @@ from orchard.contracts import (
     FEATURE_MISSING,
     FEATURE_OBSERVATIONS,
     FEATURE_OUT_OF_RANGE,
+    FEEDBACK_ABSOLUTE_ERROR,
+    FEEDBACK_CLASS_CORRECT,
+    FEEDBACK_CLASS_ROWS,
+    FEEDBACK_CORRECT,
+    FEEDBACK_ROWS,
+    FEEDBACK_SQUARED_ERROR,
+    FEEDBACK_UNMATCHED,
     LATENCY,
     OTHER_CATEGORY,
     PREDICTED_CLASS,
@@ -107,6 +124,7 @@ from orchard.contracts import (
 from orchard.serving.limits import MAX_CATEGORIES, MAX_LABEL_CHARS
 
 if TYPE_CHECKING:
+    from orchard.serving.feedback import Scored
     from orchard.serving.model import BatchResult
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -223,6 +241,13 @@ class Metrics:
         # The artifact's prediction baseline, and a regression's values counted in its bins.
         self.expected_predictions: dict[str, float] = {}  # by class, or by bin index
         self.prediction_bins: list[int] = []
+        # Feedback: labelled rows of this pod's answers, and labels no pod could match.
+        self.feedback_rows = 0
+        self.feedback_correct = 0
+        self.feedback_by_class: dict[str, list[int]] = {}  # true label: [rows, correct]
+        self.feedback_absolute_error = 0.0
+        self.feedback_squared_error = 0.0
+        self.feedback_unmatched = 0
         self.ready = False
         self.info: tuple[tuple[str, str], ...] = (("model", model),)
         self.connections_open = 0
@@ -323,6 +348,22 @@ class Metrics:
             pairs = zip(self.prediction_bins, p.bins, strict=True)
             self.prediction_bins = [a + b for a, b in pairs]
 
+    def observe_feedback(self, scored: Scored) -> None:
+        self.feedback_rows += scored.rows
+        self.feedback_correct += scored.correct
+        for label, (rows, correct) in scored.by_class.items():
+            key = category_label(label)
+            if key not in self.feedback_by_class and len(self.feedback_by_class) >= MAX_CATEGORIES:
+                key = OTHER
+            counts = self.feedback_by_class.setdefault(key, [0, 0])
+            counts[0] += rows
+            counts[1] += correct
+        self.feedback_absolute_error = _add(self.feedback_absolute_error, scored.abs_error)
+        self.feedback_squared_error = _add(self.feedback_squared_error, scored.squared_error)
+
+    def observe_unmatched(self, labels: int) -> None:
+        self.feedback_unmatched += labels
+
     def render(self) -> bytes:
         out: list[str] = []
 
@@ -365,6 +406,25 @@ class Metrics:
         key = BIN_LABEL if self.regression else CLASS_LABEL
         for label, share in sorted(self.expected_predictions.items()):
             out.append(f"{PREDICTION_EXPECTED}{_labels(((key, label),))} {_num(share)}")
+        head(FEEDBACK_ROWS, "counter", "Rows of this pod's answers labelled by feedback.")
+        out.append(f"{FEEDBACK_ROWS} {self.feedback_rows}")
+        head(FEEDBACK_UNMATCHED, "counter", "Labels of feedback no pod could match.")
+        out.append(f"{FEEDBACK_UNMATCHED} {self.feedback_unmatched}")
+        if self.regression:
+            head(FEEDBACK_ABSOLUTE_ERROR, "counter", "Sum of absolute errors on labelled rows.")
+            out.append(f"{FEEDBACK_ABSOLUTE_ERROR} {_num(self.feedback_absolute_error)}")
+            head(FEEDBACK_SQUARED_ERROR, "counter", "Sum of squared errors on labelled rows.")
+            out.append(f"{FEEDBACK_SQUARED_ERROR} {_num(self.feedback_squared_error)}")
+        else:
+            head(FEEDBACK_CORRECT, "counter", "Labelled rows predicted right.")
+            out.append(f"{FEEDBACK_CORRECT} {self.feedback_correct}")
+            head(FEEDBACK_CLASS_ROWS, "counter", "Labelled rows by true class.")
+            for label, (rows, _) in sorted(self.feedback_by_class.items()):
+                out.append(f"{FEEDBACK_CLASS_ROWS}{_labels(((CLASS_LABEL, label),))} {rows}")
+            head(FEEDBACK_CLASS_CORRECT, "counter", "Labelled rows predicted right, by class.")
+            for label, (_, correct) in sorted(self.feedback_by_class.items()):
+                labels = _labels(((CLASS_LABEL, label),))
+                out.append(f"{FEEDBACK_CLASS_CORRECT}{labels} {correct}")
         series = (
             (FEATURE_OBSERVATIONS, "counter", "Non-missing inputs.", self.f_count),
             (FEATURE_MISSING, "counter", "Missing inputs.", self.f_missing),

@@ -113,6 +113,7 @@ class ModelRunner:
             )
         self.classification = task == "classification" if task else hasattr(model, "classes_")
         classes = getattr(model, "classes_", None)
+        self.classes = np.asarray(classes) if classes is not None else None
         self.output_datatype = (
             output_datatype(np.asarray(classes)) if self.classification and classes is not None
             else "FP64" if not self.classification else "BYTES"

@@ -1,0 +1,185 @@
+"""Feedback over real HTTP: true labels matched to earlier answers by their id, live
+accuracy in the pod's metrics, every kind of bad feedback refused with its reason, and
+two pods on loopback where feedback reaches the one that did not answer."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from test_serving_support import (
+    app_for,
+    free_port,
+    iris_artifact,
+    regression_artifact,
+    running_server,
+)
+
+from orchard.serving.app import App
+from orchard.serving.feedback import RecentPredictions
+from orchard.serving.limits import Limits
+from orchard.serving.peers import Peers
+
+IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3]]  # 0, 1, 2
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("artifacts")
+    return {"iris": iris_artifact(root / "iris"), "diabetes": regression_artifact(root / "d")}
+
+
+def infer(
+    base: str, model: str, rows: list[list[float]], request_id: str | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "inputs": [{"name": "input-0", "shape": [len(rows), len(rows[0])], "datatype": "FP64",
+                    "data": rows}]
+    }  # fmt: skip
+    if request_id is not None:
+        body["id"] = request_id
+    r = httpx.post(f"{base}/v2/models/{model}/infer", json=body)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def feedback(base: str, model: str, body: Any) -> httpx.Response:
+    return httpx.post(f"{base}/v2/models/{model}/feedback", json=body)
+
+
+def samples(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = httpx.get(f"{base}/metrics").text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+@contextlib.contextmanager
+def serving(artifacts: dict[str, Path], name: str, **kwargs: Any) -> Iterator[str]:
+    with running_server(app_for(artifacts[name], name, **kwargs)) as base:
+        yield base
+
+
+def test_true_labels_give_accuracy_and_recall_and_a_second_feedback_is_refused(
+    artifacts: dict[str, Path],
+) -> None:
+    with serving(artifacts, "iris") as base:
+        answer = infer(base, "iris", IRIS_ROWS)
+        assert len(answer["id"]) == 36  # generated: the request had none
+        r = feedback(base, "iris", {"id": answer["id"], "labels": [0, 1, 1]})  # one wrong
+        assert (r.status_code, r.json()) == (200, {"accepted": 3})
+        again = feedback(base, "iris", {"id": answer["id"], "labels": [0, 1, 2]})
+        assert again.status_code == 409 and "labelled before" in again.json()["error"]
+        got = samples(base)
+        assert got[("orchard_feedback_rows_total", ())] == 3
+        assert got[("orchard_feedback_correct_total", ())] == 2
+        assert got[("orchard_feedback_class_rows_total", (("class", "1"),))] == 2
+        assert got[("orchard_feedback_class_correct_total", (("class", "1"),))] == 1
+        assert got[("orchard_feedback_unmatched_total", ())] == 0
+        # feedback is no inference traffic: the canary analysis never counts it
+        assert got[("orchard_requests_total", (("code", "200"), ("endpoint", "v2_feedback")))] == 1
+
+
+def test_bad_feedback_is_a_4xx_naming_the_problem_and_unknown_ids_are_counted(
+    artifacts: dict[str, Path],
+) -> None:
+    with serving(artifacts, "iris") as base:
+        known = infer(base, "iris", IRIS_ROWS[:2], request_id="req-7")["id"]
+        assert known == "req-7"
+        cases = [
+            ({"id": known, "labels": [0]}, 400, "1 labels for a request of 2 rows"),
+            ({"id": known, "labels": ["setosa", 1]}, 400, "must be a number"),
+            ({"id": known, "labels": [True, 1]}, 400, "must be a number"),
+            ({"id": known}, 400, "'labels' must be a non-empty list"),
+            ({"labels": [1]}, 400, "'id' must be the id"),
+            ([1, 2], 400, "JSON object"),
+            ({"id": known, "labels": [{"a": 1}, 1]}, 400, "label 0 is dict"),
+        ]
+        for body, status, words in cases:
+            r = feedback(base, "iris", body)
+            assert r.status_code == status and words in r.json()["error"], (body, r.text)
+        raw = httpx.post(f"{base}/v2/models/iris/feedback", content=b"{not json")
+        assert raw.status_code == 400 and "malformed JSON" in raw.json()["error"]
+        ok = feedback(base, "iris", {"id": known, "labels": [0, 1]})
+        assert ok.json() == {"accepted": 2}  # refusals left the request to be labelled
+
+        unknown = feedback(base, "iris", {"id": "never-answered", "labels": [1, 2, 0]})
+        assert unknown.status_code == 404 and "unmatched" in unknown.json()["error"]
+        assert samples(base)[("orchard_feedback_unmatched_total", ())] == 3
+        bad_id = httpx.post(
+            f"{base}/v2/models/iris/infer",
+            json={"id": 7, "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
+                                       "data": IRIS_ROWS[0]}]},
+        )  # fmt: skip
+        assert bad_id.status_code == 400 and "'id' must be a string" in bad_id.json()["error"]
+
+
+def test_a_regressions_feedback_gives_absolute_and_squared_errors(
+    artifacts: dict[str, Path],
+) -> None:
+    rows = [[0.01 * i] * 10 for i in range(4)]
+    with serving(artifacts, "diabetes") as base:
+        answer = infer(base, "diabetes", rows)
+        predicted = np.asarray(answer["outputs"][0]["data"], dtype=float)
+        truth = predicted + np.array([1.0, -2.0, 3.0, 0.0])
+        wrong_type = feedback(base, "diabetes", {"id": answer["id"], "labels": ["a"] * 4})
+        assert wrong_type.status_code == 400 and "predicts values" in wrong_type.json()["error"]
+        r = feedback(base, "diabetes", {"id": answer["id"], "labels": truth.tolist()})
+        assert r.json() == {"accepted": 4}
+        got = samples(base)
+        assert got[("orchard_feedback_absolute_error_total", ())] == pytest.approx(6.0)
+        assert got[("orchard_feedback_squared_error_total", ())] == pytest.approx(14.0)
+
+
+def test_feedback_that_reaches_the_other_pod_is_counted_by_the_one_that_answered(
+    artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two pods on one port at two loopback addresses, each the other's peer (the peers'
+    DNS name is resolved in the e2e tier, through a real headless Service)."""
+    port = free_port()
+
+    def pod(ip: str, other: str) -> App:
+        peers = Peers("peers.invalid", port, ip)
+
+        async def addresses() -> list[str]:
+            return [other]
+
+        monkeypatch.setattr(peers, "addresses", addresses)
+        return app_for(artifacts["iris"], "iris", peers=peers)
+
+    a, b = pod("127.0.0.1", "127.0.0.2"), pod("127.0.0.2", "127.0.0.1")
+    with (
+        running_server(a, host="127.0.0.1", port=port) as base_a,
+        running_server(b, host="127.0.0.2", port=port) as base_b,
+    ):
+        answered_by_a = infer(base_a, "iris", IRIS_ROWS)["id"]
+        r = feedback(base_b, "iris", {"id": answered_by_a, "labels": [0, 1, 2]})
+        assert (r.status_code, r.json()) == (200, {"accepted": 3})
+        assert samples(base_a)[("orchard_feedback_correct_total", ())] == 3
+        assert samples(base_b)[("orchard_feedback_rows_total", ())] == 0
+        wrong_count = feedback(base_b, "iris", {"id": answered_by_a, "labels": [0]})
+        assert wrong_count.status_code == 409  # a's answer: labelled already, relayed by b
+        lost = feedback(base_b, "iris", {"id": "nobody", "labels": [1]})
+        assert lost.status_code == 404
+        assert samples(base_b)[("orchard_feedback_unmatched_total", ())] == 1
+        assert samples(base_a)[("orchard_feedback_unmatched_total", ())] == 0  # counted once
+
+
+def test_remembered_answers_are_bounded_by_requests_and_rows() -> None:
+    recent = RecentPredictions(max_ids=3, max_rows=5)
+    for i in range(4):
+        recent.remember(f"r{i}", np.zeros(1))
+    assert not recent.knows("r0") and recent.knows("r3") and len(recent) == 3
+    recent.remember("big", np.zeros(4))  # 1 + 1 + 4 rows > 5: the oldest go
+    assert [recent.knows(f"r{i}") for i in range(4)] == [False, False, False, True]
+    recent.remember("huge", np.zeros(6))  # more rows than may be kept at all: not kept
+    assert not recent.knows("huge") and recent.rows <= 5
+    assert Limits().feedback_requests == 100_000
