@@ -60,6 +60,11 @@ FEEDBACK_ABSOLUTE_ERROR = "orchard_feedback_absolute_error_total"  # counter; re
 FEEDBACK_SQUARED_ERROR = "orchard_feedback_squared_error_total"  # counter; regression
 FEEDBACK_UNMATCHED = "orchard_feedback_unmatched_total"  # counter: labels of no known request
 
+# Estimated accuracy: a sample of rows counted by the classifier's confidence in them, in
+# the bins of orchard.artifacts.calibration, and each bin's held-out accuracy (a gauge).
+CONFIDENCE_BIN = "orchard_confidence_bin_total"  # counter (bin)
+CONFIDENCE_ACCURACY = "orchard_confidence_bin_accuracy"  # gauge (bin)
+
 ENDPOINT_LABEL = "endpoint"
 CODE_LABEL = "code"  # the HTTP status, as digits
 CLASS_LABEL = "class"

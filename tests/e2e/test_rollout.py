@@ -79,7 +79,7 @@ def train_artifacts(root: Path) -> dict[str, dict[str, Any]]:
         sklearn_version,
         write_artifact,
     )
-    from orchard.trainer.evaluate import prediction_stats
+    from orchard.trainer.evaluate import calibration, prediction_stats
 
     iris = load_iris(as_frame=True)
     x = iris.data.set_axis(FEATURES, axis=1)
@@ -125,6 +125,7 @@ def train_artifacts(root: Path) -> dict[str, dict[str, Any]]:
             "output": {"name": "species", "type": "string", "classes": CLASSES},
             "featureStats": baseline,
             "predictionStats": prediction_stats(pipe.predict(x_test), "classification"),
+            "calibration": calibration(pipe, x_test, y_test),
             "source": {"trainingJob": "e2e-rollout"},
         }
         _, digest = write_artifact(directory, pipe, fields)
@@ -732,6 +733,10 @@ def test_monitoring_names_a_shifted_input_across_replicas_and_restarts(
     assert watched["version"] == "iris-v1" and watched["pods"] == 2
     assert watched["samples"] >= 200 and watched["driftScore"] < 0.2, watched
     assert {i["feature"] for i in watched["inputs"]} <= set(FEATURES)
+    estimate = watched["accuracy"]  # before any label: the calibrated confidence only
+    assert estimate["metric"] == "accuracy" and estimate["labels"] == 0, estimate
+    assert estimate["estimatedFrom"] >= 1 and 0.8 <= estimate["estimated"] <= 1.0, estimate
+    assert condition(status, "AccuracyDegraded")["reason"] == "NotEnoughSamples"
 
     shifted = [[a, b, c + 3.0, d] for a, b, c, d in rows]
     traffic = Traffic(url, shifted, poison_share=0.0)

@@ -21,6 +21,8 @@ from orchard import kube
 from orchard.api.modeldeployment import Monitoring
 from orchard.artifacts.metadata import FeatureStats, prediction_drift_bins
 from orchard.contracts import (
+    CONFIDENCE_ACCURACY,
+    CONFIDENCE_BIN,
     FEATURE_BIN,
     FEATURE_BIN_EXPECTED,
     PREDICTED_CLASS,
@@ -423,3 +425,47 @@ async def test_a_configmap_of_the_same_name_that_is_not_ours_is_left_alone(
     kept = cluster.find("ConfigMap", "iris-monitoring")
     assert kept is not None and kept["data"] == {"settings": "someone else's"}
     assert ("apply", "ConfigMap", "iris-monitoring") not in cluster.writes
+
+
+# --- The estimate of accuracy ---------------------------------------------------------------
+
+
+def test_calibrated_confidence_estimates_accuracy_on_new_rows_of_the_same_distribution() -> None:
+    """A real classifier, calibrated on its held-out rows by the trainer's own function;
+    on fresh rows the server's confidence counts estimate the accuracy those rows get."""
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier as Forest
+
+    from orchard.artifacts.metadata import Calibration
+    from orchard.trainer.evaluate import calibration
+
+    x, y = make_classification(n_samples=6_000, n_features=8, n_informative=4, flip_y=0.1,
+                               random_state=4)  # fmt: skip
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(8)])
+    model = Forest(n_estimators=30, min_samples_leaf=5, random_state=0).fit(frame[:3000], y[:3000])
+    calibrated = calibration(model, frame[3000:4500], pd.Series(y[3000:4500]))
+    assert calibrated is not None and sum(calibrated["rows"]) == 1500
+    bins = Calibration.model_validate(calibrated).bins()
+    assert bins is not None
+    runner = ModelRunner(model, [Column(c, "number") for c in frame.columns], "classification",
+                         None, None, bins)  # fmt: skip
+    fresh = frame[4500:].to_numpy()
+    counts = runner.confidence_counts(fresh)
+    window = {key(CONFIDENCE_BIN, bin=str(b)): float(n) for b, n in enumerate(counts)}
+    baseline = {key(CONFIDENCE_ACCURACY, bin=str(b)): a for b, a in enumerate(bins.accuracy)}
+    estimated, rows = mon.estimated_accuracy(window, baseline)
+    actual = float(np.mean(model.predict(frame[4500:]) == y[4500:]))
+    assert rows == 1500 and estimated is not None
+    assert abs(estimated - actual) < 0.03, (estimated, actual)
+    confidence = float(np.mean(model.predict_proba(frame[4500:]).max(axis=1)))
+    assert abs(estimated - actual) < abs(confidence - actual) + 0.005  # no worse than raw
+
+
+def test_a_bin_without_held_out_rows_says_what_a_calibrated_model_would() -> None:
+    from orchard.artifacts.calibration import calibrate, estimate
+
+    bins = calibrate([0.55, 0.55, 0.97, 0.97], [True, False, True, True])
+    assert bins.rows == (0, 2, 0, 0, 0, 0, 2, 0)
+    assert bins.accuracy[0] == 0.25  # empty: the middle of 0..0.5
+    assert bins.accuracy[1] == round((1 + 2 * 0.55) / 4, 6)
+    assert estimate([0] * 8, bins.accuracy) is None

@@ -183,3 +183,42 @@ def test_remembered_answers_are_bounded_by_requests_and_rows() -> None:
     recent.remember("huge", np.zeros(6))  # more rows than may be kept at all: not kept
     assert not recent.knows("huge") and recent.rows <= 5
     assert Limits().feedback_requests == 100_000
+
+
+def test_a_calibrated_classifier_counts_a_sample_of_rows_by_confidence_between_batches() -> None:
+    """The estimate's raw material: rows scored again with predict_proba on the inference
+    thread after their answers went out, counted in the calibration's bins."""
+    import time
+
+    import pandas as pd
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from orchard.artifacts.metadata import Calibration
+    from orchard.serving.artifact import Column
+    from orchard.serving.model import ModelRunner
+    from orchard.trainer.evaluate import calibration
+
+    data = load_iris()
+    model = LogisticRegression(max_iter=500).fit(data.data[::2], data.target[::2])
+    calibrated = calibration(model, data.data[1::2], pd.Series(data.target[1::2]))
+    assert calibrated is not None
+    bins = Calibration.model_validate(calibrated).bins()
+    columns = [Column(f"x{i}", "number") for i in range(4)]
+    runner = ModelRunner(model, columns, "classification", None, None, bins)
+    with running_server(App("iris", lambda: runner)) as base:
+        for _ in range(3):
+            infer(base, "iris", IRIS_ROWS)
+        deadline = time.monotonic() + 10
+        while True:
+            got = samples(base)
+            counted = sum(
+                v for (name, _), v in got.items() if name == "orchard_confidence_bin_total"
+            )
+            if counted >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert counted >= 3  # the first batch is sampled at once, later ones once a second
+        assert bins is not None
+        stated = [got[("orchard_confidence_bin_accuracy", (("bin", str(b)),))] for b in range(8)]
+        assert stated == pytest.approx(list(bins.accuracy))

@@ -422,6 +422,14 @@ class LiveAccuracy(CamelModel):
     recall: dict[str, float] = Field(
         default_factory=dict, description="Per true class: the share predicted right."
     )
+    estimated: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="An estimate of accuracy without labels: the classifier's confidence on a "
+        "sample of the window's rows, calibrated on the held-out rows at training.",
+    )
+    estimated_from: int = Field(default=0, ge=0, description="Sampled rows the estimate rests on.")
 
 
 class MonitoringStatus(CamelModel):

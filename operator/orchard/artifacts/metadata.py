@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from orchard.artifacts.calibration import ConfidenceBins
 from orchard.artifacts.digest import sha256_bytes, sha256_file
 from orchard.artifacts.drift import CategoryBins, NumericBins
 from orchard.artifacts.errors import ArtifactNotFound, DigestMismatch, VerificationError
@@ -61,6 +62,20 @@ class Bins(_Model):
 
     edges: list[float]
     shares: list[float]
+
+
+class Calibration(_Model):
+    """Held-out accuracy per confidence bin (see `orchard.artifacts.calibration`)."""
+
+    edges: list[float]
+    accuracy: list[float]
+    rows: list[int]
+
+    def bins(self) -> ConfidenceBins | None:
+        try:
+            return ConfidenceBins(tuple(self.edges), tuple(self.accuracy), tuple(self.rows))
+        except ValueError:
+            return None
 
 
 class FeatureStats(_Model):
@@ -120,6 +135,7 @@ class Metadata(_Model):
     output: Output
     feature_stats: dict[str, FeatureStats] = Field(default_factory=dict)
     prediction_stats: dict[str, Any] = Field(default_factory=dict)
+    calibration: Calibration | None = None  # classifiers with predict_proba
     files: dict[str, str]
     created_at: str
     source: Source = Field(default_factory=Source)

@@ -34,11 +34,14 @@ from orchard.api.modeldeployment import (
     MonitoringStatus,
     PredictionDrift,
 )
+from orchard.artifacts.calibration import estimate
 from orchard.artifacts.drift import PSI_THRESHOLD, psi
 from orchard.contracts import (
     BIN_LABEL,
     CATEGORY_LABEL,
     CLASS_LABEL,
+    CONFIDENCE_ACCURACY,
+    CONFIDENCE_BIN,
     FEATURE_BIN,
     FEATURE_BIN_EXPECTED,
     FEATURE_CATEGORY,
@@ -98,6 +101,7 @@ WINDOW_COUNTERS = frozenset(
         FEEDBACK_ABSOLUTE_ERROR,
         FEEDBACK_SQUARED_ERROR,
         FEEDBACK_UNMATCHED,
+        CONFIDENCE_BIN,
     }
 )
 Counts = dict[tuple[str, Labels], float]
@@ -247,10 +251,26 @@ def threshold(
     return round(registered * factor, 6)
 
 
+def estimated_accuracy(window: Scrape, baseline: Scrape) -> tuple[float | None, int]:
+    """The accuracy the window's sampled confidences imply, by the held-out accuracy of
+    each confidence bin the pods state (`orchard.artifacts.calibration`), and the rows."""
+    accuracy = _by_label(baseline, CONFIDENCE_ACCURACY, BIN_LABEL)
+    counts = _by_label(window, CONFIDENCE_BIN, BIN_LABEL)
+    bins = sorted(accuracy, key=int)
+    observed = [counts.get(b, 0.0) for b in bins]
+    value = estimate(observed, [accuracy[b] for b in bins]) if bins else None
+    return (None if value is None else round(value, 4)), int(sum(observed))
+
+
 def live_accuracy(
-    window: Scrape, metric: LiveMetric, bound: float | None, registered: float | None
+    window: Scrape,
+    metric: LiveMetric,
+    bound: float | None,
+    registered: float | None,
+    baseline: Scrape | None = None,
 ) -> LiveAccuracy:
-    """The metric over the window's labelled rows (None without any), and recall per class."""
+    """The metric over the window's labelled rows (None without any), recall per class,
+    and for accuracy the estimate from confidence."""
     rows = _total(window, FEEDBACK_ROWS)
     value: float | None = None
     if rows > 0:
@@ -262,6 +282,9 @@ def live_accuracy(
             value = (_total(window, FEEDBACK_SQUARED_ERROR) / rows) ** 0.5
     by_class = _by_label(window, FEEDBACK_CLASS_ROWS, CLASS_LABEL)
     right = _by_label(window, FEEDBACK_CLASS_CORRECT, CLASS_LABEL)
+    estimated, sampled = (
+        estimated_accuracy(window, baseline) if metric == "accuracy" and baseline else (None, 0)
+    )
     return LiveAccuracy(
         metric=metric,
         value=None if value is None else round(value, 4),
@@ -270,6 +293,8 @@ def live_accuracy(
         threshold=bound,
         registered=registered,
         recall={c: round(right.get(c, 0.0) / n, 4) for c, n in sorted(by_class.items()) if n > 0},
+        estimated=estimated,
+        estimated_from=sampled,
     )
 
 
@@ -503,7 +528,7 @@ def evaluate(
     metric = default_metric(settings.accuracy, version.task)
     registered = version.metrics.get(metric)
     accuracy = live_accuracy(
-        totals, metric, threshold(settings.accuracy, metric, registered), registered
+        totals, metric, threshold(settings.accuracy, metric, registered), registered, baseline
     )
     status = MonitoringStatus(
         version=window.version,

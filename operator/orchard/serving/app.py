@@ -70,7 +70,7 @@ from orchard.serving.feedback import AlreadyLabelled, RecentPredictions, parse_f
 from orchard.serving.inputs import BadRequest, InvalidValue, Rows, TooManyRows
 from orchard.serving.limits import PARSE_INLINE_BYTES, Limits
 from orchard.serving.metrics import Metrics
-from orchard.serving.model import ModelRunner, output_data, output_datatype
+from orchard.serving.model import BatchResult, ModelRunner, output_data, output_datatype
 from orchard.serving.peers import FORWARDED_HEADER, Peers
 
 log = logging.getLogger("orchard.serving")
@@ -184,9 +184,10 @@ class App:
             self._predict,
             max_batch_size,
             max_batch_wait,
-            self.metrics.observe_batch,
+            self._observed,
             max_rows=max_batch_rows,
         )
+        self._estimates: set[asyncio.Task[None]] = set()  # samples being scored
         self.loading: asyncio.Task[None] | None = None
         self.load_error: BaseException | None = None
         # One thread decodes large bodies: one at a time, so their memory does not add up.
@@ -200,8 +201,22 @@ class App:
             runner.schema.names, [c.numeric for c in runner.schema.columns],
             not runner.classification, self.info,
         )  # fmt: skip
-        self.metrics.set_baseline(runner.drift_bins, runner.prediction_bins)
+        self.metrics.set_baseline(runner.drift_bins, runner.prediction_bins, runner.confidence_bins)
         self.runner = runner
+
+    def _observed(self, result: BatchResult, rows: int, requests: int) -> None:
+        """A batch was answered: count it, and score its sample for the estimate."""
+        self.metrics.observe_batch(result, rows, requests)
+        if result.sample is not None and self.runner is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._estimate(self.runner, result.sample)
+            )
+            self._estimates.add(task)
+            task.add_done_callback(self._estimates.discard)
+
+    async def _estimate(self, runner: ModelRunner, sample: Rows) -> None:
+        counts = await self.batcher.between_batches(runner.confidence_counts, sample)
+        self.metrics.observe_confidence(counts)
 
     def _predict(self, parts: list[Any], sizes: list[int]) -> Any:
         assert self.runner is not None

@@ -22,9 +22,12 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from orchard.serving.inputs import Array, Rows
 from orchard.serving.model import BatchResult, describe
+
+T = TypeVar("T")
 
 
 class PredictionFailed(Exception):
@@ -83,6 +86,11 @@ class Batcher:
         self._queued_rows += n
         self._wake()
         return await future
+
+    def between_batches(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run `fn` on the inference thread after the batch it is running, if any (work
+        that must not delay an answer, and must not run beside the model)."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _wake(self) -> None:
         w = self._wakeup

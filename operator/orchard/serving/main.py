@@ -131,6 +131,7 @@ def build_runner(artifact: Any) -> Any:
     return ModelRunner(
         unpickle(artifact), artifact.columns, meta.task, meta.feature_stats,
         prediction_drift_bins(meta.prediction_stats),
+        meta.calibration.bins() if meta.calibration else None,
     )  # fmt: skip
 
 

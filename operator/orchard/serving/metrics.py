@@ -44,6 +44,10 @@ orchard_feedback_absolute_error_total      counter    sum of |label - prediction
 orchard_feedback_squared_error_total       counter    sum of (label - prediction)^2
 orchard_feedback_unmatched_total           counter    labels of feedback no pod of the
                                                       deployment could match to a prediction
+orchard_confidence_bin_total               counter    a sample of rows (up to 32 a second) by
+                                                      the classifier's confidence (bin)
+orchard_confidence_bin_accuracy            gauge      each confidence bin's held-out accuracy
+                                                      at training (bin): the estimate's basis
 orchard_feature_observations_total         counter    non-missing input values (feature)
 orchard_feature_missing_total              counter    missing input values (feature)
 orchard_feature_value_sum                  gauge      sum of numeric input values (feature)
@@ -91,12 +95,15 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from orchard.artifacts.calibration import ConfidenceBins
 from orchard.artifacts.drift import CategoryBins, NumericBins
 from orchard.contracts import (
     BIN_LABEL,
     CATEGORY_LABEL,
     CLASS_LABEL,
     CODE_LABEL,
+    CONFIDENCE_ACCURACY,
+    CONFIDENCE_BIN,
     ENDPOINT_LABEL,
     FEATURE_BIN,
     FEATURE_BIN_EXPECTED,
@@ -248,6 +255,9 @@ class Metrics:
         self.feedback_absolute_error = 0.0
         self.feedback_squared_error = 0.0
         self.feedback_unmatched = 0
+        # The estimate of accuracy: sampled rows per confidence bin, and the bins' accuracy.
+        self.confidence_counts: list[int] = []
+        self.confidence_accuracy: tuple[float, ...] = ()
         self.ready = False
         self.info: tuple[tuple[str, str], ...] = (("model", model),)
         self.connections_open = 0
@@ -270,8 +280,12 @@ class Metrics:
         self,
         bins: Mapping[str, NumericBins | CategoryBins],
         predictions: NumericBins | CategoryBins | None = None,
+        confidence: ConfidenceBins | None = None,
     ) -> None:
         """The training baseline of the loaded artifact, stated beside the counts."""
+        if confidence is not None:
+            self.confidence_accuracy = confidence.accuracy
+            self.confidence_counts = [0] * len(confidence.accuracy)
         if isinstance(predictions, NumericBins):
             self.expected_predictions = {str(b): s for b, s in enumerate(predictions.expected)}
         elif isinstance(predictions, CategoryBins):
@@ -361,6 +375,12 @@ class Metrics:
         self.feedback_absolute_error = _add(self.feedback_absolute_error, scored.abs_error)
         self.feedback_squared_error = _add(self.feedback_squared_error, scored.squared_error)
 
+    def observe_confidence(self, counts: list[int]) -> None:
+        if len(counts) == len(self.confidence_counts):
+            self.confidence_counts = [
+                a + b for a, b in zip(self.confidence_counts, counts, strict=True)
+            ]
+
     def observe_unmatched(self, labels: int) -> None:
         self.feedback_unmatched += labels
 
@@ -406,6 +426,12 @@ class Metrics:
         key = BIN_LABEL if self.regression else CLASS_LABEL
         for label, share in sorted(self.expected_predictions.items()):
             out.append(f"{PREDICTION_EXPECTED}{_labels(((key, label),))} {_num(share)}")
+        head(CONFIDENCE_BIN, "counter", "Sampled rows by the classifier's confidence.")
+        for b, n in enumerate(self.confidence_counts):
+            out.append(f"{CONFIDENCE_BIN}{_labels(((BIN_LABEL, str(b)),))} {n}")
+        head(CONFIDENCE_ACCURACY, "gauge", "Held-out accuracy per confidence bin at training.")
+        for b, share in enumerate(self.confidence_accuracy):
+            out.append(f"{CONFIDENCE_ACCURACY}{_labels(((BIN_LABEL, str(b)),))} {_num(share)}")
         head(FEEDBACK_ROWS, "counter", "Rows of this pod's answers labelled by feedback.")
         out.append(f"{FEEDBACK_ROWS} {self.feedback_rows}")
         head(FEEDBACK_UNMATCHED, "counter", "Labels of feedback no pod could match.")

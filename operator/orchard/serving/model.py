@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from orchard.artifacts.calibration import ConfidenceBins
 from orchard.artifacts.drift import CategoryBins, NumericBins
 from orchard.artifacts.metadata import FeatureStats
 from orchard.serving.artifact import Column
@@ -23,6 +24,11 @@ from orchard.serving.inputs import Array, Rows, Schema
 from orchard.serving.metrics import category_label
 
 log = logging.getLogger("orchard.serving")
+
+# The estimate of accuracy rests on a sample: at most this many rows of a batch, at most
+# once in this many seconds, scored again with predict_proba between batches.
+ESTIMATE_ROWS = 32
+ESTIMATE_EVERY = 1.0
 
 
 @dataclass
@@ -73,6 +79,7 @@ class BatchResult:
     predictions: PredictionSummary
     predict_calls: int
     predict_seconds: float
+    sample: Rows | None = None  # rows to score for the estimate of accuracy, when due
 
 
 class ModelRunner:
@@ -85,6 +92,7 @@ class ModelRunner:
         task: str | None = None,
         baseline: Mapping[str, FeatureStats] | None = None,
         prediction_bins: NumericBins | CategoryBins | None = None,
+        confidence_bins: ConfidenceBins | None = None,
     ) -> None:
         self.model = model
         n_features = getattr(model, "n_features_in_", None)
@@ -96,6 +104,9 @@ class ModelRunner:
             if name in self.schema.names and (bins := stats.drift_bins()) is not None
         }
         self.prediction_bins = prediction_bins
+        # Calibrated at training and able to say its confidence: accuracy can be estimated.
+        self.confidence_bins = confidence_bins if hasattr(model, "predict_proba") else None
+        self._next_sample = 0.0
         # Fitted on a DataFrame (ColumnTransformer by name, say): it needs one back.
         self.needs_frame = hasattr(model, "feature_names_in_") and bool(columns)
         if self.needs_frame:
@@ -169,7 +180,28 @@ class ModelRunner:
                         log.warning("predict failed: %s", describe(one))
                         outputs.append(one)
         seconds = time.perf_counter() - start
-        return BatchResult(outputs, features, self.summarise_outputs(outputs), calls, seconds)
+        sample = None
+        if self.confidence_bins is not None and time.monotonic() >= self._next_sample:
+            self._next_sample = time.monotonic() + ESTIMATE_EVERY
+            sample = head(rows, ESTIMATE_ROWS)
+        return BatchResult(
+            outputs, features, self.summarise_outputs(outputs), calls, seconds, sample
+        )
+
+    def confidence_counts(self, rows: Rows) -> list[int]:
+        """Rows per confidence bin (`orchard.artifacts.calibration`); [] when the model
+        cannot score them (the estimate then goes without this sample)."""
+        bins = self.confidence_bins
+        if bins is None:
+            return []
+        try:
+            proba = np.asarray(self.model.predict_proba(self.to_model_input(rows)), dtype=float)
+        except Exception as exc:
+            log.info("predict_proba failed on a sample: %s", describe(exc))
+            return []
+        where = np.searchsorted(np.asarray(bins.edges), proba.max(axis=1), side="right")
+        counts: list[int] = np.bincount(where, minlength=len(bins.accuracy)).tolist()
+        return counts
 
     def summarise_inputs(self, rows: Rows) -> FeatureSummary:
         s = FeatureSummary()
@@ -228,6 +260,13 @@ def describe(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def head(rows: Rows, n: int) -> Rows:
+    """The first n rows (columns of a named schema cut alike)."""
+    if isinstance(rows, list):
+        return [col[:n] for col in rows]
+    return rows[:n]
 
 
 def concat(parts: list[Rows]) -> Rows:

@@ -20,6 +20,7 @@ from sklearn.model_selection import KFold, StratifiedKFold, cross_validate, trai
 from sklearn.pipeline import Pipeline
 
 from orchard.api.trainingjob import Evaluation, Gate
+from orchard.artifacts.calibration import calibrate
 from orchard.trainer.artifact import decile_bins
 from orchard.trainer.errors import GateFailed, TrainingError, without_data
 
@@ -54,6 +55,7 @@ class Evaluated:
     prediction_stats: dict[str, Any]
     train_rows: int
     test_rows: int
+    calibration: dict[str, Any] | None = None
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:
@@ -117,6 +119,17 @@ def prediction_stats(predicted: np.ndarray, task: Task) -> dict[str, Any]:
     }
 
 
+def calibration(pipeline: Pipeline, x: pd.DataFrame, y: pd.Series) -> dict[str, Any] | None:
+    """A classifier's held-out accuracy per confidence bin (`orchard.artifacts.calibration`);
+    None for a model without `predict_proba`."""
+    if not hasattr(pipeline, "predict_proba"):
+        return None
+    confidence = np.asarray(pipeline.predict_proba(x), dtype=float).max(axis=1)
+    correct = np.asarray(pipeline.predict(x)) == np.asarray(y)
+    bins = calibrate(confidence.tolist(), correct.tolist())
+    return {"edges": list(bins.edges), "accuracy": list(bins.accuracy), "rows": list(bins.rows)}
+
+
 def _stratify(y: pd.Series, test_size: float) -> pd.Series | None:
     """Stratify when every class can appear on both sides of the split."""
     counts = y.value_counts()
@@ -158,6 +171,7 @@ def fit_and_evaluate(
             pipeline, x_test, y_test
         )
         predicted = pipeline.predict(x_test)
+        calibrated = calibration(pipeline, x_test, y_test) if task == "classification" else None
     except (ValueError, TypeError, ArithmeticError, MemoryError) as exc:
         raise TrainingError(
             f"fitting {type(pipeline.steps[-1][1]).__name__} failed: "
@@ -169,6 +183,7 @@ def fit_and_evaluate(
         prediction_stats=prediction_stats(predicted, task),
         train_rows=len(x_train),
         test_rows=len(x_test),
+        calibration=calibrated,
     )
 
 

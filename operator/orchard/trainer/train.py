@@ -134,6 +134,7 @@ def train(job: TrainingJob, output: str | None = None, trial: int = 0) -> Traine
         "output": output_info,
         "featureStats": feature_stats(frame, schema),
         "predictionStats": evaluated.prediction_stats,
+        "calibration": evaluated.calibration,
         "source": {
             "trainingJob": job.metadata.name,
             "namespace": job.metadata.namespace,
