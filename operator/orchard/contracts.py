@@ -76,6 +76,7 @@ class Endpoint(StrEnum):
     V2_INFER = "v2_infer"
     V1_PREDICT = "v1_predict"
     V2_FEEDBACK = "v2_feedback"
+    V2_MONITORING = "v2_monitoring"
     V2_MODEL_METADATA = "v2_model_metadata"
     V2_MODEL_READY = "v2_model_ready"
     V2_SERVER_METADATA = "v2_server_metadata"

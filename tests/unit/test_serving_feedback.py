@@ -5,6 +5,7 @@ two pods on loopback where feedback reaches the one that did not answer."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from test_serving_support import (
     app_for,
     free_port,
     iris_artifact,
+    iris_artifact_with_baselines,
     regression_artifact,
     running_server,
 )
@@ -32,7 +34,11 @@ IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3]]  
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("artifacts")
-    return {"iris": iris_artifact(root / "iris"), "diabetes": regression_artifact(root / "d")}
+    return {
+        "iris": iris_artifact(root / "iris"),
+        "iris-baselines": iris_artifact_with_baselines(root / "iris-baselines"),
+        "diabetes": regression_artifact(root / "d"),
+    }
 
 
 def infer(
@@ -188,7 +194,6 @@ def test_remembered_answers_are_bounded_by_requests_and_rows() -> None:
 def test_a_calibrated_classifier_counts_a_sample_of_rows_by_confidence_between_batches() -> None:
     """The estimate's raw material: rows scored again with predict_proba on the inference
     thread after their answers went out, counted in the calibration's bins."""
-    import time
 
     import pandas as pd
     from sklearn.datasets import load_iris
@@ -222,3 +227,28 @@ def test_a_calibrated_classifier_counts_a_sample_of_rows_by_confidence_between_b
         assert bins is not None
         stated = [got[("orchard_confidence_bin_accuracy", (("bin", str(b)),))] for b in range(8)]
         assert stated == pytest.approx(list(bins.accuracy))
+
+
+def test_a_pod_shows_its_own_drift_and_accuracy_since_it_started(
+    artifacts: dict[str, Path],
+) -> None:
+    app = app_for(artifacts["iris-baselines"], "iris", version="3")
+    with running_server(app) as base:
+        shifted = [[r[0], r[1], r[2] + 5.0, r[3]] for r in IRIS_ROWS]
+        answer = infer(base, "iris", shifted * 20)
+        feedback(base, "iris", {"id": answer["id"], "labels": [2] * 60})
+        view = httpx.get(f"{base}/v2/models/iris/monitoring").json()
+        assert (view["model_name"], view["model_version"], view["samples"]) == ("iris", "3", 60)
+        assert view["accuracy"]["labels"] == 60 and 0 <= view["accuracy"]["accuracy"] <= 1
+        assert view["inputs"][0]["feature"] == "petal_length" and view["inputs"][0]["psi"] > 1
+        assert view["inputs"][0]["outOfRangeShare"] > 0.5
+        assert view["predictionDrift"]["samples"] == 60
+        deadline = time.monotonic() + 10
+        while view["accuracy"]["estimatedFrom"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the sample is scored between batches, after the answer
+            view = httpx.get(f"{base}/v2/models/iris/monitoring").json()
+        assert view["accuracy"]["estimatedFrom"] == 32  # the first batch's sample
+        assert 0 < view["accuracy"]["estimated"] <= 1
+        versioned = httpx.get(f"{base}/v2/models/iris/versions/3/monitoring")
+        assert versioned.status_code == 200
+        assert httpx.get(f"{base}/v2/models/other/monitoring").status_code == 404

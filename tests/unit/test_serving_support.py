@@ -29,7 +29,7 @@ from orchard.serving.main import build_runner, server_config
 
 def write_artifact(
     root: Path, model: Any, inputs: list[dict[str, str]], task: str = "classification",
-    name: str = "model",
+    name: str = "model", extra: dict[str, Any] | None = None,
 ) -> Path:  # fmt: skip
     """model.joblib plus a metadata.json listing its sha256, in the trainer's format."""
     import sklearn
@@ -56,6 +56,7 @@ def write_artifact(
         | ({"classes": classes} if classes else {}),
         "files": {"model.joblib": digest},
         "createdAt": "2026-11-27T10:00:00Z",
+        **(extra or {}),
     }
     (root / "metadata.json").write_text(json.dumps(metadata, indent=2))
     return root
@@ -74,6 +75,32 @@ def iris_artifact(root: Path) -> Path:
     )
     cols = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
     return write_artifact(root, model, [{"name": c, "type": "number"} for c in cols], name="iris")
+
+
+def iris_artifact_with_baselines(root: Path) -> Path:
+    """The iris model of `iris_artifact` with the trainer's baselines in its metadata:
+    feature and prediction drift bins, and the calibration of its confidence."""
+    import pandas as pd
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from orchard.trainer.artifact import feature_stats
+    from orchard.trainer.evaluate import calibration, prediction_stats
+
+    data = load_iris()
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+    model.fit(data.data[::2], data.target[::2])
+    cols = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    inputs = [{"name": c, "type": "number"} for c in cols]
+    held_out = data.data[1::2]
+    extra = {
+        "featureStats": feature_stats(pd.DataFrame(data.data[::2], columns=cols), inputs),
+        "predictionStats": prediction_stats(model.predict(held_out), "classification"),
+        "calibration": calibration(model, held_out, pd.Series(data.target[1::2])),
+    }
+    return write_artifact(root, model, inputs, name="iris", extra=extra)
 
 
 def forest_artifact(root: Path, n_estimators: int = 100) -> Path:

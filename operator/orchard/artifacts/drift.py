@@ -13,21 +13,23 @@ with every share floored at `SHARE_FLOOR`, so that an empty bin counts as rare r
 than infinitely different. Read the way the industry does: below 0.1 no shift, 0.1 to
 0.2 a moderate one, above `PSI_THRESHOLD` (0.2) the input has drifted.
 
-Only the standard library: the server counts bins on its request path and the operator
-sums counts across pods, and neither needs numpy for it.
+Only the standard library (and orchard.contracts): the server counts bins on its request
+path and the operator sums counts across pods, and neither needs numpy for it.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from orchard.contracts import OTHER_CATEGORY
 
 PSI_THRESHOLD = 0.2
 SHARE_FLOOR = 1e-4
 DECILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-OTHER = "__other__"  # the bin of categories outside the training baseline's list
+OTHER = OTHER_CATEGORY  # the bin of categories outside the training baseline's list
 
 
 def shares(counts: Sequence[float]) -> list[float]:
@@ -51,6 +53,26 @@ def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
         e, a = max(e, SHARE_FLOOR), max(a, SHARE_FLOOR)
         total += (a - e) * math.log(a / e)
     return total
+
+
+def psi_by_bin(expected: Mapping[str, float], counts: Mapping[str, float]) -> tuple[float, int]:
+    """PSI and the values counted, with bins named by their index ("0", "1", …): the
+    expected bins are all there are (a count in any other bin is left out)."""
+    bins = sorted(expected, key=int)
+    observed = [counts.get(b, 0.0) for b in bins]
+    return psi([expected[b] for b in bins], observed), int(sum(observed))
+
+
+def psi_by_category(
+    expected: Mapping[str, float], counts: Mapping[str, float]
+) -> tuple[float, int]:
+    """PSI and the values counted, by category: the expected categories, then one bin
+    (`OTHER`) for every other value, training's unseen ones included."""
+    known = sorted(c for c in expected if c != OTHER)
+    observed = [counts.get(c, 0.0) for c in known]
+    observed.append(sum(n for c, n in counts.items() if c not in known))
+    shares = [expected[c] for c in known] + [expected.get(OTHER, 0.0)]
+    return psi(shares, observed), int(sum(observed))
 
 
 @dataclass(frozen=True)

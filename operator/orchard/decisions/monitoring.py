@@ -35,7 +35,7 @@ from orchard.api.modeldeployment import (
     PredictionDrift,
 )
 from orchard.artifacts.calibration import estimate
-from orchard.artifacts.drift import PSI_THRESHOLD, psi
+from orchard.artifacts.drift import PSI_THRESHOLD, psi_by_bin, psi_by_category
 from orchard.contracts import (
     BIN_LABEL,
     CATEGORY_LABEL,
@@ -57,7 +57,6 @@ from orchard.contracts import (
     FEEDBACK_ROWS,
     FEEDBACK_SQUARED_ERROR,
     FEEDBACK_UNMATCHED,
-    OTHER_CATEGORY,
     PREDICTED_CLASS,
     PREDICTED_VALUE,
     PREDICTION_BIN,
@@ -141,20 +140,6 @@ def _by_feature(scrape: Scrape, name: str, key: str) -> dict[str, dict[str, floa
     return out
 
 
-def _numeric(expected: Mapping[str, float], counts: Mapping[str, float]) -> tuple[float, int]:
-    bins = sorted(expected, key=int)
-    observed = [counts.get(b, 0.0) for b in bins]
-    return psi([expected[b] for b in bins], observed), int(sum(observed))
-
-
-def _categorical(expected: Mapping[str, float], counts: Mapping[str, float]) -> tuple[float, int]:
-    known = sorted(c for c in expected if c != OTHER_CATEGORY)
-    observed = [counts.get(c, 0.0) for c in known]
-    observed.append(sum(n for c, n in counts.items() if c not in known))
-    shares = [expected[c] for c in known] + [expected.get(OTHER_CATEGORY, 0.0)]
-    return psi(shares, observed), int(sum(observed))
-
-
 def feature_drift(window: Scrape, baseline: Scrape) -> list[FeatureDrift]:
     """Every input with a training baseline, most drifted first.
 
@@ -164,12 +149,12 @@ def feature_drift(window: Scrape, baseline: Scrape) -> list[FeatureDrift]:
     drift: list[FeatureDrift] = []
     numeric = _by_feature(window, FEATURE_BIN, BIN_LABEL)
     for feature, expected in _by_feature(baseline, FEATURE_BIN_EXPECTED, BIN_LABEL).items():
-        score, samples = _numeric(expected, numeric.get(feature, {}))
+        score, samples = psi_by_bin(expected, numeric.get(feature, {}))
         drift.append(FeatureDrift(feature, score, samples))
     categories = _by_feature(window, FEATURE_CATEGORY, CATEGORY_LABEL)
     expected_categories = _by_feature(baseline, FEATURE_CATEGORY_EXPECTED, CATEGORY_LABEL)
     for feature, expected in expected_categories.items():
-        score, samples = _categorical(expected, categories.get(feature, {}))
+        score, samples = psi_by_category(expected, categories.get(feature, {}))
         drift.append(FeatureDrift(feature, score, samples))
     return sorted(drift, key=lambda d: (-d.psi, d.feature))
 
@@ -180,11 +165,11 @@ def prediction_drift(window: Scrape, baseline: Scrape) -> PredictionDrift | None
     the pods state no prediction baseline (an artifact older than it)."""
     by_class = _by_label(baseline, PREDICTION_EXPECTED, CLASS_LABEL)
     if by_class:
-        score, samples = _categorical(by_class, _by_label(window, PREDICTED_CLASS, CLASS_LABEL))
+        score, samples = psi_by_category(by_class, _by_label(window, PREDICTED_CLASS, CLASS_LABEL))
         return PredictionDrift(psi=round(score, 4), samples=samples)
     by_bin = _by_label(baseline, PREDICTION_EXPECTED, BIN_LABEL)
     if by_bin:
-        score, samples = _numeric(by_bin, _by_label(window, PREDICTION_BIN, BIN_LABEL))
+        score, samples = psi_by_bin(by_bin, _by_label(window, PREDICTION_BIN, BIN_LABEL))
         return PredictionDrift(psi=round(score, 4), samples=samples)
     return None
 

@@ -3,7 +3,7 @@
 Routes (`{m}` is the served model's name; `/versions/{v}` may follow it in V2 paths):
 
     GET  /v2/health/live   /v2/health/ready   /v2   /v2/models/{m}   /v2/models/{m}/ready
-    POST /v2/models/{m}/infer   /v2/models/{m}/feedback
+    POST /v2/models/{m}/infer   /v2/models/{m}/feedback     GET  /v2/models/{m}/monitoring
     GET  /v1/models   /v1/models/{m}          POST /v1/models/{m}:predict
     GET  /metrics
 
@@ -71,6 +71,7 @@ from orchard.serving.inputs import BadRequest, InvalidValue, Rows, TooManyRows
 from orchard.serving.limits import PARSE_INLINE_BYTES, Limits
 from orchard.serving.metrics import Metrics
 from orchard.serving.model import BatchResult, ModelRunner, output_data, output_datatype
+from orchard.serving.monitoring import pod_view
 from orchard.serving.peers import FORWARDED_HEADER, Peers
 
 log = logging.getLogger("orchard.serving")
@@ -119,6 +120,7 @@ ROUTES = (  # patterns are tried in this order: inference first
     Route("GET", "/v2", Endpoint.V2_SERVER_METADATA, "_server_metadata"),
     Route("GET", _V2_MODEL + "/?", Endpoint.V2_MODEL_METADATA, "_model_metadata"),
     Route("GET", _V2_MODEL + "/ready", Endpoint.V2_MODEL_READY, "_model_ready"),
+    Route("GET", _V2_MODEL + "/monitoring", Endpoint.V2_MONITORING, "_monitoring"),
     Route("GET", "/v1/models", Endpoint.V1_MODELS, "_v1_models"),
     Route("GET", "/v1/models/(?P<model>[^/:]*)", Endpoint.V1_MODEL, "_v1_model"),
     Route("GET", "/metrics", Endpoint.METRICS, "_render_metrics"),
@@ -423,6 +425,11 @@ class App:
             f"(or it was forgotten: each pod remembers its last "
             f"{self.limits.feedback_requests} answers); counted as unmatched",
         )  # fmt: skip
+
+    def _monitoring(self) -> dict[str, Any]:
+        """This pod's drift and accuracy since it started (`serving.monitoring`)."""
+        self._runner()
+        return pod_view(self.metrics, self.version)
 
     def _v1_model(self) -> dict[str, Any]:
         return {"name": self.name, "ready": self.runner is not None}

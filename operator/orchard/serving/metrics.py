@@ -81,9 +81,9 @@ written as `\\xHH` or `\\uHHHH` (a bare carriage return or U+2028 would end the 
 some parsers, as it once did for the operator's), and a string feature adds at most 51 series of
 short label values (`limits.MAX_CATEGORIES`, `limits.MAX_LABEL_CHARS`).
 
-Endpoints (`orchard.contracts.Endpoint`): v2_infer, v1_predict, v2_model_metadata,
-v2_model_ready, v2_server_metadata, v2_health_live, v2_health_ready, v1_model, v1_models,
-metrics, unknown (any other path).
+Endpoints (`orchard.contracts.Endpoint`): v2_infer, v1_predict, v2_feedback,
+v2_monitoring, v2_model_metadata, v2_model_ready, v2_server_metadata, v2_health_live,
+v2_health_ready, v1_model, v1_models, metrics, unknown (any other path).
 """
 
 from __future__ import annotations
