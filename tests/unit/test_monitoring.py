@@ -5,6 +5,7 @@ models behind loopback /metrics (tests/unit/fake_pods.py)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from typing import Any
 
@@ -134,14 +135,30 @@ def test_slices_age_out_as_a_whole_and_another_version_starts_over() -> None:
     assert (w.version, x_bins(w), list(w.pods)) == ("v2", [3, 3], ["c"])
 
 
-def test_a_stored_window_reads_back_as_it_was_and_anything_else_as_empty() -> None:
+def test_stored_windows_read_back_as_they_were_and_anything_else_as_none() -> None:
     odd = {key(FEATURE_BIN, feature='he said "x"\n', bin="0"): 4.0}
     w = mon.advance(mon.MonitoringWindow(), "v1", {"a": bins_scrape(2, 1)}, T0, 600, 60)
     w = mon.MonitoringWindow(w.version, w.pods, (*w.slices, mon.Slice(T0, odd)))
-    back = mon.loads(mon.dumps(w))
-    assert back == w
-    for text in (None, "", "{", "[]", '{"version": "v1", "slices": [{"start": 3}]}'):
-        assert mon.loads(text) == mon.MonitoringWindow()
+    windows = {"stable": w, "canary": mon.MonitoringWindow("v2")}
+    assert mon.loads(mon.dumps(windows)) == windows
+    bad_slice = '{"stable": {"version": "v1", "slices": [{"start": 3}]}}'
+    for text in (None, "", "{", "[]", bad_slice):
+        assert mon.loads(text) == {}
+
+
+def test_a_canary_counts_apart_and_a_promoted_canary_keeps_its_window() -> None:
+    seen = {
+        "stable": mon.TrackSeen("v1", {"s": bins_scrape(10, 0)}, {"s"}),
+        "canary": mon.TrackSeen("v2", {"c": bins_scrape(0, 4)}, {"c"}),
+    }
+    windows = mon.advance_tracks({}, seen, T0, 600, 60)
+    assert (x_bins(windows["stable"]), x_bins(windows["canary"])) == ([10, 0], [0, 4])
+    later = T0 + dt.timedelta(minutes=1)
+    promoted = {"stable": mon.TrackSeen("v2", {"s2": bins_scrape(0, 1)}, {"s2"})}
+    after = mon.advance_tracks(windows, promoted, later, 600, 60)
+    assert list(after) == ["stable"] and after["stable"].version == "v2"
+    assert x_bins(after["stable"]) == [0, 5]  # the canary's 4 and the new pod's 1
+    assert set(after["stable"].pods) == {"s2"}
 
 
 # --- The verdict ---------------------------------------------------------------------------
@@ -278,11 +295,11 @@ def send(pods: MetricsPods, ip: str, runner: ModelRunner, rows: pd.DataFrame) ->
         pods.metrics[ip].observe_batch(runner.predict_batch([part], [len(part)]), len(part), 1)
 
 
-def md_pod(name: str, ip: str) -> dict[str, Any]:
+def md_pod(name: str, ip: str, track: str = "stable", version: str = "iris-v1") -> dict[str, Any]:
     labels = {
         "orchard.dev/modeldeployment": "iris",
-        "orchard.dev/track": "stable",
-        "orchard.dev/model-version": "iris-v1",
+        "orchard.dev/track": track,
+        "orchard.dev/model-version": version,
     }
     ready = [{"type": "Ready", "status": "True"}]
     return {
@@ -354,7 +371,7 @@ async def test_the_controller_finds_the_shifted_input_and_keeps_its_window_acros
     assert drift_condition(status) == ("False", "NoDrift")
     assert status["monitoring"]["samples"] == 320
 
-    h._windows.clear()  # the operator restarts: the window comes back from its ConfigMap
+    h._windows.clear()  # the operator restarts: the windows come back from their ConfigMap
     stored = cluster.find("ConfigMap", "iris-monitoring")
     assert stored is not None and stored["metadata"]["ownerReferences"][0]["uid"] == "md-uid"
     pods.metrics["127.0.0.2"] = Metrics("iris")  # and pod b's process restarts
@@ -469,3 +486,42 @@ def test_a_bin_without_held_out_rows_says_what_a_calibrated_model_would() -> Non
     assert bins.accuracy[0] == 0.25  # empty: the middle of 0..0.5
     assert bins.accuracy[1] == round((1 + 2 * 0.55) / 4, 6)
     assert estimate([0] * 8, bins.accuracy) is None
+
+
+async def test_a_canary_is_watched_apart_and_only_the_stable_version_is_judged(
+    monkeypatch: pytest.MonkeyPatch,
+    serving_pods: tuple[int, MetricsPods],
+    iris_model: Any,
+) -> None:
+    port, pods = serving_pods
+    cluster = FakeKube().install(monkeypatch)
+    h._windows.clear()
+    cluster.add(
+        {
+            "apiVersion": kube.API_VERSION,
+            "kind": "ModelDeployment",
+            "metadata": {"name": "iris", "namespace": NS, "uid": "md-uid", "generation": 2},
+            "spec": {"modelVersion": "iris-v2", "server": {"port": port},
+                     "monitoring": {"minSamples": 100}},
+            "status": {"phase": "Progressing", "stableVersion": "iris-v1",
+                       "canaryVersion": "iris-v2"},
+        }
+    )  # fmt: skip
+    cluster.add(md_pod("iris-stable-a", "127.0.0.1"))
+    cluster.add(md_pod("iris-canary-a", "127.0.0.2", "canary", "iris-v2"))
+    stable, canary = (start_pod(pods, ip, iris_model) for ip in ("127.0.0.1", "127.0.0.2"))
+    rows = iris_model[2]
+    send(pods, "127.0.0.1", stable, rows)
+    send(pods, "127.0.0.2", canary, rows.assign(petal_length=rows["petal_length"] + 3.0)[:100])
+    status = await evaluate()
+    assert drift_condition(status) == ("False", "NoDrift")  # the stable's 150 rows
+    watched = status["monitoring"]
+    assert (watched["version"], watched["samples"]) == ("iris-v1", 150)
+    assert watched["canary"]["version"] == "iris-v2" and watched["canary"]["samples"] == 100
+    assert watched["canary"]["inputs"][0]["feature"] == "petal_length"
+    assert watched["canary"]["driftScore"] > 0.2
+    stored = cluster.find("ConfigMap", "iris-monitoring")
+    assert stored is not None and set(json.loads(stored["data"]["window.json"])) == {
+        "stable",
+        "canary",
+    }

@@ -432,8 +432,8 @@ class LiveAccuracy(CamelModel):
     estimated_from: int = Field(default=0, ge=0, description="Sampled rows the estimate rests on.")
 
 
-class MonitoringStatus(CamelModel):
-    """The last evaluation of the stable version's traffic against its training baseline."""
+class TrackMonitoring(CamelModel):
+    """One track's traffic over the window, against its version's training baseline."""
 
     version: str | None = Field(default=None, description="The ModelVersion watched.")
     window_start: datetime | None = Field(
@@ -450,7 +450,18 @@ class MonitoringStatus(CamelModel):
         default=None, description="Drift of the predictions."
     )
     accuracy: LiveAccuracy | None = Field(default=None, description="Live accuracy.")
-    pods: int = Field(default=0, ge=0, description="Stable pods whose counts were read.")
+    pods: int = Field(default=0, ge=0, description="Pods whose counts were read.")
+
+
+class MonitoringStatus(TrackMonitoring):
+    """The last evaluation of the stable version's traffic against its training baseline
+    (the conditions judge it), and of a canary's, separately, while one serves."""
+
+    canary: TrackMonitoring | None = Field(
+        default=None,
+        description="The canary's own window while a rollout is under way (no condition "
+        "judges it: the canary analysis does).",
+    )
     last_evaluated: datetime | None = Field(default=None, description="When it was made.")
 
 

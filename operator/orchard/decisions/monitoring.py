@@ -33,6 +33,7 @@ from orchard.api.modeldeployment import (
     Monitoring,
     MonitoringStatus,
     PredictionDrift,
+    TrackMonitoring,
 )
 from orchard.artifacts.calibration import estimate
 from orchard.artifacts.drift import PSI_THRESHOLD, psi_by_bin, psi_by_category
@@ -346,6 +347,32 @@ def advance(
     return MonitoringWindow(version, pods, tuple(slices))
 
 
+@dataclass(frozen=True)
+class TrackSeen:
+    """One track's pods this tick: the version they serve, their scrapes, who exists."""
+
+    version: str
+    scrapes: Mapping[str, Scrape]
+    alive: set[str]
+
+
+def advance_tracks(
+    windows: Mapping[str, MonitoringWindow],
+    seen: Mapping[str, TrackSeen],
+    now: dt.datetime,
+    span: float,
+    interval: float,
+) -> dict[str, MonitoringWindow]:
+    """Every serving track's window after this tick (a track that no longer serves, a
+    rolled-out canary say, leaves its window; a promoted canary's becomes stable's)."""
+    out: dict[str, MonitoringWindow] = {}
+    for track, this in seen.items():
+        window = carried_over(windows, track, this.version)
+        window = advance(window, this.version, this.scrapes, now, span, interval)
+        out[track] = forget_pods(window, this.alive)
+    return out
+
+
 def forget_pods(window: MonitoringWindow, alive: set[str]) -> MonitoringWindow:
     """Drop the last counters of pods that no longer exist (what they counted stays)."""
     return MonitoringWindow(
@@ -365,38 +392,61 @@ def _unwire(rows: Any) -> Counts:
     return out
 
 
-def dumps(window: MonitoringWindow) -> str:
-    """The window as the JSON the operator stores."""
-    return json.dumps(
-        {
-            "version": window.version,
-            "pods": {pod: _wire(c) for pod, c in sorted(window.pods.items())},
-            "slices": [
-                {"start": s.start.isoformat().replace("+00:00", "Z"), "counts": _wire(s.counts)}
-                for s in window.slices
-            ],
-        },
-        separators=(",", ":"),
+def _window_wire(window: MonitoringWindow) -> dict[str, Any]:
+    return {
+        "version": window.version,
+        "pods": {pod: _wire(c) for pod, c in sorted(window.pods.items())},
+        "slices": [
+            {"start": s.start.isoformat().replace("+00:00", "Z"), "counts": _wire(s.counts)}
+            for s in window.slices
+        ],
+    }
+
+
+def _window_unwire(data: Any) -> MonitoringWindow:
+    return MonitoringWindow(
+        version=str(data["version"]) if data.get("version") else None,
+        pods={str(p): _unwire(c) for p, c in data.get("pods", {}).items()},
+        slices=tuple(
+            Slice(parse_timestamp(str(s["start"])), _unwire(s["counts"]))
+            for s in data.get("slices", [])
+        ),
     )
 
 
-def loads(text: str | None) -> MonitoringWindow:
-    """A stored window; an empty one for none, or for text that is not one (a window
-    written by hand, say): monitoring starts counting again rather than stop."""
+TRACKS = ("stable", "canary")
+
+
+def dumps(windows: Mapping[str, MonitoringWindow]) -> str:
+    """Each track's window as the JSON the operator stores."""
+    data = {t: _window_wire(w) for t, w in windows.items() if t in TRACKS}
+    return json.dumps(data, separators=(",", ":"))
+
+
+def loads(text: str | None) -> dict[str, MonitoringWindow]:
+    """The stored windows by track; none for text that is not theirs (written by hand,
+    say): monitoring starts counting again rather than stop."""
     if not text:
-        return MonitoringWindow()
+        return {}
     try:
         data = json.loads(text)
-        return MonitoringWindow(
-            version=str(data["version"]) if data.get("version") else None,
-            pods={str(p): _unwire(c) for p, c in data.get("pods", {}).items()},
-            slices=tuple(
-                Slice(parse_timestamp(str(s["start"])), _unwire(s["counts"]))
-                for s in data.get("slices", [])
-            ),
-        )
+        return {t: _window_unwire(data[t]) for t in TRACKS if t in data}
     except (ValueError, TypeError, KeyError, AttributeError):
-        return MonitoringWindow()
+        return {}
+
+
+def carried_over(
+    windows: Mapping[str, MonitoringWindow], track: str, version: str | None
+) -> MonitoringWindow:
+    """The window a track counts on: its own while it serves the same version, else the
+    other track's when that served it (a promoted canary keeps what it counted)."""
+    own = windows.get(track)
+    if own is not None and own.version == version:
+        return own
+    other = windows.get("canary" if track == "stable" else "stable")
+    if other is not None and other.version == version and version is not None:
+        return other
+    return MonitoringWindow()
 
 
 # --- The verdict ---------------------------------------------------------------------------
@@ -438,6 +488,34 @@ def _drift_verdict(
         "False",
         NO_DRIFT,
         f"highest PSI {status.drift_score:.2f}, at most {limit}, over {status.samples} rows",
+    )
+
+
+def track_status(
+    window: MonitoringWindow,
+    baseline: Scrape,
+    pods: int,
+    settings: Monitoring,
+    version: VersionFacts,
+) -> TrackMonitoring:
+    """One track's window against the baseline its pods state and its registered metric."""
+    totals = window.totals()
+    inputs = input_drift(totals, baseline)
+    prediction = prediction_drift(totals, baseline)
+    scores = [d.psi for d in inputs] + ([prediction.psi] if prediction else [])
+    metric = default_metric(settings.accuracy, version.task)
+    registered = version.metrics.get(metric)
+    return TrackMonitoring(
+        version=window.version,
+        window_start=window.start(),
+        samples=predicted_rows(totals),
+        drift_score=max(scores) if scores else None,
+        inputs=inputs[:MAX_INPUTS_SHOWN],
+        prediction_drift=prediction,
+        accuracy=live_accuracy(
+            totals, metric, threshold(settings.accuracy, metric, registered), registered, baseline
+        ),
+        pods=pods,
     )
 
 
@@ -502,29 +580,15 @@ def evaluate(
     generation: int | None,
     now: dt.datetime,
     version: VersionFacts = VersionFacts(),
+    canary: TrackMonitoring | None = None,
 ) -> MonitoringDecision:
     """Judge the window against the baseline a pod states and the version's registered
     metrics: status, conditions and the events of a transition (into drift or
     degradation, or out of it)."""
-    totals = window.totals()
-    inputs = input_drift(totals, baseline)
-    prediction = prediction_drift(totals, baseline)
-    scores = [d.psi for d in inputs] + ([prediction.psi] if prediction else [])
-    metric = default_metric(settings.accuracy, version.task)
-    registered = version.metrics.get(metric)
-    accuracy = live_accuracy(
-        totals, metric, threshold(settings.accuracy, metric, registered), registered, baseline
-    )
-    status = MonitoringStatus(
-        version=window.version,
-        window_start=window.start(),
-        samples=predicted_rows(totals),
-        drift_score=max(scores) if scores else None,
-        inputs=inputs[:MAX_INPUTS_SHOWN],
-        prediction_drift=prediction,
-        accuracy=accuracy,
-        pods=pods,
-        last_evaluated=now,
+    track = track_status(window, baseline, pods, settings, version)
+    status = MonitoringStatus(**dict(track), canary=canary, last_evaluated=now)
+    accuracy = track.accuracy or LiveAccuracy(
+        metric=default_metric(settings.accuracy, version.task)
     )
     events: list[tuple[str, str, str]] = []
     new_conditions = conditions

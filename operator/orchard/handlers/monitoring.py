@@ -2,7 +2,8 @@
 
 Beside the rollout (which judges a canary only while one is under way), every served
 ModelDeployment is evaluated every `spec.monitoring.interval`, the shape of
-`trainingjob.sync`: read the stable pods' own /metrics and the stored window; decide
+`trainingjob.sync`: read the serving pods' own /metrics (stable's, and a canary's apart)
+and the stored windows; decide
 (`orchard.decisions.monitoring`: the window advanced, its drift against the training
 baseline the pods state, live accuracy from the feedback the pods counted against the
 version's registered metric); ensure the window is stored (a
@@ -28,7 +29,6 @@ from orchard import kube
 from orchard.api.common import API_VERSION, GROUP, VERSION, parse_duration, status_patch, to_k8s
 from orchard.api.modeldeployment import ModelDeployment, ModelDeploymentSpec
 from orchard.builders import serving as sv
-from orchard.decisions import metrics_text as mt
 from orchard.decisions import monitoring as mon
 from orchard.decisions import observing as ob
 
@@ -74,7 +74,7 @@ MONITORING_SAMPLES = prometheus_client.Gauge(
 )
 
 # The windows of this process: the stored ConfigMap is read only when one is missing here.
-_windows: dict[tuple[str, str], mon.MonitoringWindow] = {}
+_windows: dict[tuple[str, str], dict[str, mon.MonitoringWindow]] = {}
 
 
 def serving(status: Mapping[str, Any], **_: Any) -> bool:
@@ -123,11 +123,10 @@ async def forget(namespace: str | None, name: str, **_: Any) -> None:
 class Reads:
     """What one evaluation looks at."""
 
-    scrapes: dict[str, mt.Scrape]  # the stable pods' metrics, by pod name
-    alive: set[str]  # the names of the stable pods that exist
-    window: mon.MonitoringWindow
-    owned: bool  # whether that ConfigMap (if any) is this deployment's
-    version: mon.VersionFacts  # what the stable ModelVersion registered
+    seen: dict[str, mon.TrackSeen]  # stable, and canary while one serves
+    facts: dict[str, mon.VersionFacts]  # what each track's ModelVersion registered
+    windows: dict[str, mon.MonitoringWindow]  # as last stored
+    owned: bool  # whether the window's ConfigMap (if any) is this deployment's
 
 
 def _owned_by(obj: Mapping[str, Any] | None, md: ModelDeployment) -> bool:
@@ -135,42 +134,55 @@ def _owned_by(obj: Mapping[str, Any] | None, md: ModelDeployment) -> bool:
     return obj is None or any(r.get("uid") == md.metadata.uid for r in refs)
 
 
-async def read(md: ModelDeployment) -> Reads:
-    namespace, name = str(md.metadata.namespace), str(md.metadata.name)
-    pods = await kube.list_objects("v1", "Pod", namespace, labels=sv.selector(name, "stable"))
-    stable = ob.pods_of(pods, "stable", md.status.stable_version)
-    scrapes, _ = await scrape_pods(stable, md.spec.server.port)
-    stored = await kube.get("v1", "ConfigMap", sv.monitoring_window_name(name), namespace)
-    owned = _owned_by(stored, md)
-    window = _windows.get((namespace, name))
-    if window is None and stored is not None and owned:
-        window = mon.loads((stored.get("data") or {}).get(sv.MONITORING_WINDOW_KEY))
-    alive = {str(p["metadata"]["name"]) for p in stable}
-    mv = await kube.get(API_VERSION, "ModelVersion", str(md.status.stable_version), namespace)
-    mv_spec = (mv or {}).get("spec") or {}
+async def _version_facts(namespace: str, version: str) -> mon.VersionFacts:
+    mv = await kube.get(API_VERSION, "ModelVersion", version, namespace)
+    spec = (mv or {}).get("spec") or {}
     metrics = {
         k: float(v)
-        for k, v in (mv_spec.get("metrics") or {}).items()
+        for k, v in (spec.get("metrics") or {}).items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
-    facts = mon.VersionFacts(task=mv_spec.get("task"), metrics=metrics)
-    return Reads(scrapes, alive, window or mon.MonitoringWindow(), owned, facts)
+    return mon.VersionFacts(task=spec.get("task"), metrics=metrics)
 
 
-def _fitting(window: mon.MonitoringWindow) -> str:
-    """The window's JSON, its oldest slices left out until it fits in a ConfigMap."""
-    text = mon.dumps(window)
-    while len(text) > MAX_STORED_BYTES and window.slices:
-        window = mon.MonitoringWindow(window.version, window.pods, window.slices[1:])
-        text = mon.dumps(window)
+async def read(md: ModelDeployment) -> Reads:
+    namespace, name, st = str(md.metadata.namespace), str(md.metadata.name), md.status
+    pods = await kube.list_objects("v1", "Pod", namespace, labels=sv.selector(name))
+    seen: dict[str, mon.TrackSeen] = {}
+    facts: dict[str, mon.VersionFacts] = {}
+    for track, version in (("stable", st.stable_version), ("canary", st.canary_version)):
+        if version is None:
+            continue
+        mine = ob.pods_of(pods, track, version)
+        scrapes, _ = await scrape_pods(mine, md.spec.server.port)
+        seen[track] = mon.TrackSeen(version, scrapes, {str(p["metadata"]["name"]) for p in mine})
+        facts[track] = await _version_facts(namespace, version)
+    stored = await kube.get("v1", "ConfigMap", sv.monitoring_window_name(name), namespace)
+    owned = _owned_by(stored, md)
+    windows = _windows.get((namespace, name))
+    if windows is None and stored is not None and owned:
+        windows = mon.loads((stored.get("data") or {}).get(sv.MONITORING_WINDOW_KEY))
+    return Reads(seen, facts, windows or {}, owned)
+
+
+def _fitting(windows: dict[str, mon.MonitoringWindow]) -> str:
+    """The windows' JSON, their oldest slices left out until it fits in a ConfigMap."""
+    text = mon.dumps(windows)
+    while len(text) > MAX_STORED_BYTES and any(w.slices for w in windows.values()):
+        windows = {
+            t: mon.MonitoringWindow(w.version, w.pods, w.slices[1:]) for t, w in windows.items()
+        }
+        text = mon.dumps(windows)
     return text
 
 
-async def ensure_window(md: ModelDeployment, reads: Reads, window: mon.MonitoringWindow) -> None:
-    """Store the window; never over a ConfigMap of the same name that is not ours."""
+async def ensure_windows(
+    md: ModelDeployment, reads: Reads, windows: dict[str, mon.MonitoringWindow]
+) -> None:
+    """Store the windows; never over a ConfigMap of the same name that is not ours."""
     if not reads.owned:
         return
-    await kube.apply(sv.monitoring_window(md, _fitting(window)))
+    await kube.apply(sv.monitoring_window(md, _fitting(windows)))
 
 
 def _export(namespace: str, name: str, decision: mon.MonitoringDecision) -> None:
@@ -214,20 +226,29 @@ async def evaluate(namespace: str, name: str, logger: kopf.Logger) -> None:
             _windows.pop((namespace, name), None)
             return
         reads = await read(md)
-        if not reads.scrapes:
+        stable = reads.seen["stable"]
+        if not stable.scrapes:
             logger.info("monitoring: no stable pod of %s answered /metrics", version)
             return
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         span, interval = parse_duration(settings.window), parse_duration(settings.interval)
-        window = mon.advance(reads.window, version, reads.scrapes, now, span, interval)
-        window = mon.forget_pods(window, reads.alive)
-        baseline = next(iter(reads.scrapes.values()))
-        decision = mon.evaluate(
-            window, baseline, len(reads.scrapes), settings, md.status.conditions,
-            md.metadata.generation, now, reads.version,
+        windows = mon.advance_tracks(reads.windows, reads.seen, now, span, interval)
+        canary = reads.seen.get("canary")
+        canary_status = (
+            mon.track_status(
+                windows["canary"], next(iter(canary.scrapes.values())), len(canary.scrapes),
+                settings, reads.facts["canary"],
+            )
+            if canary is not None and canary.scrapes
+            else None
         )  # fmt: skip
-        await ensure_window(md, reads, window)
-        _windows[(namespace, name)] = window
+        decision = mon.evaluate(
+            windows["stable"], next(iter(stable.scrapes.values())), len(stable.scrapes),
+            settings, md.status.conditions, md.metadata.generation, now, reads.facts["stable"],
+            canary_status,
+        )  # fmt: skip
+        await ensure_windows(md, reads, windows)
+        _windows[(namespace, name)] = windows
         new = dict(old, monitoring=to_k8s(decision.monitoring))
         new["conditions"] = [to_k8s(c) for c in decision.conditions]
         patch = status_patch(old, new)
