@@ -44,6 +44,7 @@ HOSTPATH_PV = Path("/tmp/hostpath_pv")  # fixed by the in-tree host-path provisi
 PAUSE_IMAGE = "localhost/orchard/pause:3.10"
 IMAGE_PREFIX = "localhost/orchard"
 ISOLATE_CHAIN = "ORCHARD-ISOLATE"
+ISOLATE_INPUT_CHAIN = "ORCHARD-ISOLATE-INPUT"
 OUR_CHAIN_PREFIXES = ("KUBE-", "CNI-", "ORCHARD-")
 
 LEVELS = {
