@@ -253,7 +253,8 @@ def down() -> None:
     left = leftovers()
     if left:
         raise HarnessError("down left behind: " + "; ".join(left))
-    say(f"down in {time.monotonic() - start:.1f}s: no process, mount, chain, bridge or veth left")
+    elapsed = time.monotonic() - start
+    say(f"down in {elapsed:.1f}s: no process, socket, mount, chain, bridge or veth left")
 
 
 def remove_pod_cgroups() -> None:
@@ -277,8 +278,20 @@ def leftovers() -> list[str]:
         with contextlib.suppress(OSError):
             if sock in (proc_dir / "cmdline").read_bytes():  # shims of our containerd
                 procs.append(f"pid {proc_dir.name}")
+    # Any process of a binary the harness built, recorded or not (a pidfile lost to a
+    # crash, a component started by hand: one local cluster runs at a time, so it is a
+    # leftover), and any server socket still bound to the node's address.
+    ours = str(CACHE / "bin") + "/"
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            exe = os.readlink(proc_dir / "exe")
+            if exe.startswith(ours):
+                procs.append(f"pid {proc_dir.name} ({Path(exe.split(' (deleted)')[0]).name})")
     if procs:
         found.append("processes " + ", ".join(procs))
+    sockets = bound_to(NODE_IP)
+    if sockets:
+        found.append(f"sockets on {NODE_IP}: " + ", ".join(sockets))
     if our_mounts():
         found.append("mounts " + ", ".join(our_mounts()))
     chains = [
@@ -298,6 +311,22 @@ def leftovers() -> list[str]:
     if links:
         found.append("links " + ", ".join(links))
     return found
+
+
+def bound_to(address: str) -> list[str]:
+    """The listening TCP and bound UDP sockets of this network namespace on an IPv4
+    address (a connection closing there, in TIME_WAIT, belongs to nobody)."""
+    hexaddr = "".join(f"{int(octet):02X}" for octet in reversed(address.split(".")))
+    listening = {"tcp": "0A", "udp": "07"}  # TCP_LISTEN; TCP_CLOSE is an unconnected UDP socket
+    found = []
+    for proto, state in listening.items():
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/net/{proto}").read_text().splitlines()[1:]:
+                fields = line.split()
+                ip, _, port = fields[1].partition(":")
+                if ip == hexaddr and fields[3] == state:
+                    found.append(f"{proto} {int(port, 16)}")
+    return sorted(set(found))
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
