@@ -55,7 +55,7 @@ deps: ## install the Debian packages the cluster and image builds need (root; fa
 	tests/cluster/deps.sh
 
 .PHONY: cluster-build
-cluster-build: ## build etcd and the Kubernetes components from Go sources into $ORCHARD_CACHE (once)
+cluster-build: ## build etcd, the Kubernetes components and CoreDNS from Go sources into $ORCHARD_CACHE (once)
 	tests/cluster/build.sh
 
 .PHONY: cluster-up

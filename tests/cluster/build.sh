@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes server components and etcd from their upstream Go modules at
-# the versions pinned in versions.env, into $ORCHARD_CACHE/bin/<name>-<version>/.
+# Builds the Kubernetes server components, etcd and CoreDNS from their upstream Go
+# modules at the versions pinned in versions.env, into $ORCHARD_CACHE/bin/<name>-<version>/.
 # A finished build is marked with a .complete stamp, so an interrupted build is
-# never mistaken for a cache hit. Prints the two output directories on success.
-#   build.sh            build what is missing (kubernetes, etcd)
-#   build.sh etcd       build only etcd
+# never mistaken for a cache hit. Prints the output directories on success.
+#   build.sh            build what is missing (etcd, kubernetes, coredns)
+#   build.sh etcd       build only etcd (or only kubernetes, only coredns)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
@@ -75,9 +75,51 @@ build_etcd() {
   echo "$out"
 }
 
+# The plugins compiled into CoreDNS, in no particular order (plugin.cfg decides it):
+# those the harness's Corefile uses (components.corefile). No forward plugin, so the
+# cluster's DNS cannot send a query anywhere. The cache key is the version alone, so
+# after changing this list remove $ORCHARD_CACHE/bin/coredns-<version>/.
+COREDNS_PLUGINS_BUILT="bind errors kubernetes loadbalance"
+
+build_coredns() {
+  local out="$CACHE/bin/coredns-$COREDNS_VERSION"
+  [ -f "$out/.complete" ] && { echo "$out"; return; }
+  mkdir -p "$out"
+  local work; work=$(workdir)
+  local dir
+  dir=$(cd "$work" && go mod download -json "github.com/coredns/coredns@$COREDNS_VERSION" \
+    | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -f "$dir/plugin.cfg" ] || { log "no plugin.cfg in the coredns module at $COREDNS_VERSION"; exit 1; }
+  # CoreDNS's documented way to choose its plugins: edit plugin.cfg, then `go generate`
+  # (directives_generate.go) writes the plugin imports and the directive order; the
+  # build then uses the module's own go.mod and go.sum, as a release build does.
+  cp -R "$dir/." "$work/coredns"
+  chmod -R u+w "$work/coredns"
+  awk -F: -v keep="$COREDNS_PLUGINS_BUILT" '
+    BEGIN { n = split(keep, names, " "); for (i = 1; i <= n; i++) want[names[i]] = 1 }
+    /^#/ || NF == 0 { next }
+    $1 in want { print }' "$dir/plugin.cfg" > "$work/coredns/plugin.cfg"
+  local wanted found
+  wanted=$(wc -w <<< "$COREDNS_PLUGINS_BUILT")
+  found=$(wc -l < "$work/coredns/plugin.cfg")
+  [ "$wanted" -eq "$found" ] || {
+    log "coredns $COREDNS_VERSION has only $found of the plugins $COREDNS_PLUGINS_BUILT"; exit 1; }
+  local start; start=$(date +%s)
+  log "building coredns $COREDNS_VERSION (plugins: $COREDNS_PLUGINS_BUILT) into $out ..."
+  local ldflags="-s -w -X github.com/coredns/coredns/coremain.gitTag=$COREDNS_VERSION"
+  (cd "$work/coredns" \
+    && COREDNS_PLUGINS="" go run directives_generate.go \
+    && go build -trimpath -tags grpcnotrace -ldflags "$ldflags" -o "$out/coredns" .)
+  rm -rf "$work"
+  touch "$out/.complete"
+  log "built coredns $COREDNS_VERSION in $(( $(date +%s) - start ))s"
+  echo "$out"
+}
+
 case "${1:-all}" in
-  all) build_etcd; build_kubernetes ;;
+  all) build_etcd; build_kubernetes; build_coredns ;;
   etcd) build_etcd ;;
   kubernetes) build_kubernetes ;;
-  *) echo "usage: $0 [all|etcd|kubernetes]" >&2; exit 2 ;;
+  coredns) build_coredns ;;
+  *) echo "usage: $0 [all|etcd|kubernetes|coredns]" >&2; exit 2 ;;
 esac

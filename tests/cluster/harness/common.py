@@ -32,6 +32,11 @@ NODE_IP = "10.244.0.1"
 POD_CIDR = "10.244.0.0/24"
 SERVICE_CIDR = "10.96.0.0/16"
 KUBERNETES_SERVICE_IP = "10.96.0.1"
+CLUSTER_DOMAIN = "cluster.local"
+# The cluster's DNS (CoreDNS, a host process) answers on the bridge address, UDP and TCP;
+# kubelet gives pods this one nameserver and no other.
+DNS_IP = NODE_IP
+DNS_PORT = 53
 API_PORT = 6443
 ETCD_CLIENT = "http://127.0.0.1:12379"
 ETCD_PEER = "http://127.0.0.1:12380"
@@ -44,6 +49,7 @@ HOSTPATH_PV = Path("/tmp/hostpath_pv")  # fixed by the in-tree host-path provisi
 PAUSE_IMAGE = "localhost/orchard/pause:3.10"
 IMAGE_PREFIX = "localhost/orchard"
 ISOLATE_CHAIN = "ORCHARD-ISOLATE"
+ISOLATE_INPUT_CHAIN = "ORCHARD-ISOLATE-INPUT"
 OUR_CHAIN_PREFIXES = ("KUBE-", "CNI-", "ORCHARD-")
 
 LEVELS = {
@@ -56,6 +62,7 @@ LEVELS = {
         "kube-scheduler",
         "kubelet",
         "kube-proxy",
+        "coredns",
     ],
 }
 
@@ -92,20 +99,26 @@ def versions() -> dict[str, str]:
     return out
 
 
-def bin_dirs() -> tuple[Path, Path]:
+def bin_dirs() -> dict[str, Path]:
+    """Where build.sh puts each build (kubernetes, etcd, coredns): one directory per version."""
     v = versions()
-    return (
-        CACHE / "bin" / f"kubernetes-{v['KUBERNETES_VERSION']}",
-        CACHE / "bin" / f"etcd-{v['ETCD_VERSION']}",
-    )
+    return {
+        name: CACHE / "bin" / f"{name}-{v[f'{name.upper()}_VERSION']}"
+        for name in ("kubernetes", "etcd", "coredns")
+    }
+
+
+def built() -> bool:
+    """True when every build has finished (its .complete stamp is there)."""
+    return all((path / ".complete").exists() for path in bin_dirs().values())
 
 
 def binary(name: str) -> str:
-    k8s, etcd = bin_dirs()
-    if name == "etcd":
-        return str(etcd / "etcd")
+    dirs = bin_dirs()
+    if name in ("etcd", "coredns"):
+        return str(dirs[name] / name)
     if name.startswith("kube"):
-        return str(k8s / name)
+        return str(dirs["kubernetes"] / name)
     found = shutil.which(name)
     if not found:
         raise HarnessError(f"{name} is not installed; run `make deps`")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,13 @@ import yaml
 from .common import (
     API_PORT,
     BRIDGE,
+    CLUSTER_DOMAIN,
     CNI_BIN,
     CNI_NET,
     CONFIG,
     CONTAINERD_SOCK,
+    DNS_IP,
+    DNS_PORT,
     ETCD_CLIENT,
     ETCD_PEER,
     NODE_IP,
@@ -204,8 +208,10 @@ def kubelet_config() -> dict[str, Any]:
         "cgroupDriver": "cgroupfs",
         "failSwapOn": False,
         "podLogsDir": str(POD_LOGS),
-        "clusterDomain": "cluster.local",
-        # No host resolver for pods: their DNS queries would leave the machine.
+        # Pods get the cluster's DNS as their only nameserver, and no host resolver: it
+        # would send their queries off the machine, and CoreDNS forwards nothing.
+        "clusterDomain": CLUSTER_DOMAIN,
+        "clusterDNS": [DNS_IP],
         "resolvConf": "",
         "serializeImagePulls": False,
         "evictionHard": {
@@ -239,6 +245,44 @@ def kube_proxy_config() -> dict[str, Any]:
     }
 
 
+def reverse_zone(cidr: str) -> str:
+    """The in-addr.arpa zone of a network on an octet boundary (10.96.0.0/16 -> 96.10...)."""
+    net = ipaddress.ip_network(cidr)
+    if net.prefixlen % 8:
+        raise ValueError(f"{cidr}: a reverse zone needs a prefix on an octet boundary")
+    octets = str(net.network_address).split(".")[: net.prefixlen // 8]
+    return ".".join(reversed(octets)) + ".in-addr.arpa"
+
+
+def dns_zones() -> list[str]:
+    """What the cluster's DNS answers for: the cluster domain, the pod and Service reverse
+    zones. A question about any other name is REFUSED: there is no forward plugin."""
+    return [CLUSTER_DOMAIN, reverse_zone(POD_CIDR), reverse_zone(SERVICE_CIDR)]
+
+
+def corefile() -> str:
+    zones = dns_zones()
+    keys = " ".join(f"{zone}:{DNS_PORT}" for zone in zones)
+    return f"""# Written by tests/cluster/harness: the local cluster's DNS. It is authoritative for
+# {", ".join(zones)} and answers nothing else (REFUSED):
+# no forward plugin, no upstream, so no query leaves the machine.
+{keys} {{
+    bind {DNS_IP}
+    errors
+    kubernetes {" ".join(zones)} {{
+        kubeconfig {CONFIG / "coredns.kubeconfig"}
+        pods insecure
+        ttl 5
+    }}
+    loadbalance
+}}
+"""
+
+
+def coredns_cmd() -> list[str]:
+    return [binary("coredns"), "-conf", str(CONFIG / "Corefile")]
+
+
 BOOTSTRAP = """
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
@@ -248,6 +292,28 @@ metadata:
 provisioner: kubernetes.io/host-path
 reclaimPolicy: Delete
 volumeBindingMode: Immediate
+---
+# What CoreDNS's kubernetes plugin reads: kubeadm's system:coredns without what this
+# Corefile does not use (Endpoints, and Pods, which only `pods verified` watches).
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: system:coredns
+rules:
+- apiGroups: [""]
+  resources: [services, namespaces]
+  verbs: [list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: system:coredns
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: system:coredns}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:coredns"}
 """
 
 
@@ -258,12 +324,14 @@ def write_node_configs() -> None:
         ("scheduler", "scheduler"),
         ("kubelet", "kubelet-client"),
         ("kube-proxy", "kube-proxy"),
+        ("coredns", "coredns"),
     ]:
         user = f"system:node:{NODE_NAME}" if name == "kubelet" else name
         write_kubeconfig(CONFIG / f"{name}.kubeconfig", user, cert)
     write_if_changed(CONFIG / "containerd.toml", containerd_config())
     write_if_changed(CONFIG / "kubelet.yaml", yaml.safe_dump(kubelet_config()))
     write_if_changed(CONFIG / "kube-proxy.yaml", yaml.safe_dump(kube_proxy_config()))
+    write_if_changed(CONFIG / "Corefile", corefile())
     net = RUN / "cni" / "net.d"
     net.mkdir(parents=True, exist_ok=True)
     write_if_changed(net / "10-orchard.conflist", json.dumps(cni_config(), indent=2))

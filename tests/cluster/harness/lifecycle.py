@@ -15,14 +15,18 @@ from pathlib import Path
 from .common import (
     BRIDGE,
     CACHE,
+    CLUSTER_DOMAIN,
     CNI_NET,
     CONFIG,
     CONTAINERD_SOCK,
+    DNS_IP,
+    DNS_PORT,
     ETCD_CLIENT,
     HERE,
     HOSTPATH_PV,
     KUBECONFIG,
     KUBELET_ROOT,
+    KUBERNETES_SERVICE_IP,
     LEVELS,
     LOGS,
     NODE_IP,
@@ -35,8 +39,8 @@ from .common import (
     STATE,
     VAR,
     HarnessError,
-    bin_dirs,
     binary,
+    built,
     run,
     say,
 )
@@ -44,10 +48,12 @@ from .components import (
     BOOTSTRAP,
     apiserver_cmd,
     controller_manager_cmd,
+    coredns_cmd,
     etcd_cmd,
     scheduler_cmd,
     write_node_configs,
 )
+from .dns import query
 from .images import ctr, import_archive, import_built_images, pause_archive
 from .network import ensure_network, remove_iptables_chains, restore_sysctls, set_sysctl
 from .pki import api_request, ensure_pki, https_ok, write_kubeconfig
@@ -55,9 +61,8 @@ from .processes import recorded, rel, running, spawn, stop, tail, wait_for
 
 
 def ensure_binaries() -> None:
-    """Build etcd and the Kubernetes components unless the cache has them (build.sh)."""
-    k8s, etcd = bin_dirs()
-    if not ((k8s / ".complete").exists() and (etcd / ".complete").exists()):
+    """Build etcd, the Kubernetes components and CoreDNS unless the cache has them (build.sh)."""
+    if not built():
         say(f"build: binaries missing in {CACHE / 'bin'}; building (log {rel(LOGS / 'build.log')})")
         LOGS.mkdir(parents=True, exist_ok=True)
         with (LOGS / "build.log").open("a") as out:
@@ -136,6 +141,8 @@ def up(level: str) -> None:
             "kube-proxy", [binary("kube-proxy"), f"--config={CONFIG / 'kube-proxy.yaml'}", "--v=1"]
         )
         started.add("kube-proxy")
+    if not running("coredns"):
+        spawn("coredns", coredns_cmd())
     # Health endpoints are waited for only on components started now: a running one is
     # judged by the node's state below, not by a momentary 503.
     health = {
@@ -146,6 +153,7 @@ def up(level: str) -> None:
     for name, url in health.items():
         if name in started:
             wait_for(name, partial(https_ok, url), 60, "healthy")
+    wait_for("coredns", dns_answers, 60, f"answering on {DNS_IP}:{DNS_PORT} (UDP and TCP)")
     wait_for("kubelet", node_ready, 120, f"node {NODE_NAME} Ready")
     wait_for(
         "kube-controller-manager", default_service_account, 60, "default ServiceAccount present"
@@ -157,6 +165,17 @@ def node_ready() -> bool:
     node = api_request("GET", f"/api/v1/nodes/{NODE_NAME}")
     conditions = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
     return conditions.get("Ready") == "True" and not node["spec"].get("taints")
+
+
+def dns_answers() -> bool:
+    """The cluster's DNS gives the kubernetes Service's ClusterIP over UDP and TCP (so it
+    reads the API server), and refuses a name outside the cluster (so it forwards none)."""
+    name = f"kubernetes.default.svc.{CLUSTER_DOMAIN}"
+    for tcp in (False, True):
+        reply = query(name, DNS_IP, port=DNS_PORT, tcp=tcp, timeout=1)
+        if reply.rcode != "NOERROR" or reply.addresses != [KUBERNETES_SERVICE_IP]:
+            return False
+    return query("example.com", DNS_IP, port=DNS_PORT, timeout=1).rcode == "REFUSED"
 
 
 def default_service_account() -> bool:
@@ -212,7 +231,7 @@ def down() -> None:
     start = time.monotonic()
     if os.geteuid() != 0:
         raise HarnessError("needs root to stop the cluster")
-    for name in ("kube-proxy", "kubelet", "kube-scheduler", "kube-controller-manager"):
+    for name in ("coredns", "kube-proxy", "kubelet", "kube-scheduler", "kube-controller-manager"):
         stop(name)
     if running("containerd"):
         removed = stop_containers()
@@ -253,7 +272,8 @@ def down() -> None:
     left = leftovers()
     if left:
         raise HarnessError("down left behind: " + "; ".join(left))
-    say(f"down in {time.monotonic() - start:.1f}s: no process, mount, chain, bridge or veth left")
+    elapsed = time.monotonic() - start
+    say(f"down in {elapsed:.1f}s: no process, socket, mount, chain, bridge or veth left")
 
 
 def remove_pod_cgroups() -> None:
@@ -277,8 +297,20 @@ def leftovers() -> list[str]:
         with contextlib.suppress(OSError):
             if sock in (proc_dir / "cmdline").read_bytes():  # shims of our containerd
                 procs.append(f"pid {proc_dir.name}")
+    # Any process of a binary the harness built, recorded or not (a pidfile lost to a
+    # crash, a component started by hand: one local cluster runs at a time, so it is a
+    # leftover), and any server socket still bound to the node's address.
+    ours = str(CACHE / "bin") + "/"
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            exe = os.readlink(proc_dir / "exe")
+            if exe.startswith(ours):
+                procs.append(f"pid {proc_dir.name} ({Path(exe.split(' (deleted)')[0]).name})")
     if procs:
         found.append("processes " + ", ".join(procs))
+    sockets = bound_to(NODE_IP)
+    if sockets:
+        found.append(f"sockets on {NODE_IP}: " + ", ".join(sockets))
     if our_mounts():
         found.append("mounts " + ", ".join(our_mounts()))
     chains = [
@@ -298,6 +330,22 @@ def leftovers() -> list[str]:
     if links:
         found.append("links " + ", ".join(links))
     return found
+
+
+def bound_to(address: str) -> list[str]:
+    """The listening TCP and bound UDP sockets of this network namespace on an IPv4
+    address (a connection closing there, in TIME_WAIT, belongs to nobody)."""
+    hexaddr = "".join(f"{int(octet):02X}" for octet in reversed(address.split(".")))
+    listening = {"tcp": "0A", "udp": "07"}  # TCP_LISTEN; TCP_CLOSE is an unconnected UDP socket
+    found = []
+    for proto, state in listening.items():
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/net/{proto}").read_text().splitlines()[1:]:
+                fields = line.split()
+                ip, _, port = fields[1].partition(":")
+                if ip == hexaddr and fields[3] == state:
+                    found.append(f"{proto} {int(port, 16)}")
+    return sorted(set(found))
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
@@ -329,6 +377,12 @@ def status() -> int:
             detail = f"pid {proc.pid:<7} rss {rss // 1024:5} MiB  peak {peak // 1024:5} MiB"
         print(f"  {name:24} {state:8} {detail}")
     print(f"  {'components':33} rss {total_rss // 1024:5} MiB  peak {total_peak // 1024:5} MiB")
+    if running("coredns"):
+        try:
+            answered = "answers" if dns_answers() else "does not answer as it should"
+        except OSError as err:
+            answered = f"does not answer ({err})"
+        print(f"  {'cluster DNS':24} {DNS_IP}:{DNS_PORT} {answered}")
     pods = Path("/sys/fs/cgroup/memory/kubepods")
     if (pods / "memory.usage_in_bytes").exists():
         usage = int((pods / "memory.usage_in_bytes").read_text()) // 2**20

@@ -14,6 +14,7 @@ from pathlib import Path
 from .common import (
     BRIDGE,
     ISOLATE_CHAIN,
+    ISOLATE_INPUT_CHAIN,
     NODE_IP,
     OUR_CHAIN_PREFIXES,
     POD_CIDR,
@@ -66,10 +67,14 @@ def ensure_network() -> None:
 
 
 def ensure_isolation() -> None:
-    """Drop every forwarded packet that would cross between the bridge and another link.
+    """Drop every forwarded packet that would cross between the bridge and another link,
+    and every packet for the pod network that another link delivers to this host.
 
-    The CNI bridge plugin turns on ip_forward; these rules (in mangle, which kube-proxy
-    leaves alone) keep pods from reaching or being reached from any other network.
+    The CNI bridge plugin turns on ip_forward; the FORWARD rules (in mangle, which
+    kube-proxy leaves alone) keep pods from reaching or being reached from any other
+    network. The INPUT rules keep the servers on the node's address (the API server, the
+    kubelet, the cluster's DNS on port 53, NodePorts) from answering anything but this
+    host itself (loopback) and its pods (the bridge), whatever another machine routes here.
     """
     ipt = ["iptables", "-w", "-t", "mangle"]
     if subprocess.run([*ipt, "-S", ISOLATE_CHAIN], capture_output=True).returncode != 0:
@@ -77,6 +82,13 @@ def ensure_isolation() -> None:
         run([*ipt, "-A", ISOLATE_CHAIN, "-i", BRIDGE, "!", "-o", BRIDGE, "-j", "DROP"])
         run([*ipt, "-A", ISOLATE_CHAIN, "!", "-i", BRIDGE, "-o", BRIDGE, "-j", "DROP"])
     jump = ["FORWARD", "-j", ISOLATE_CHAIN]
+    if subprocess.run([*ipt, "-C", *jump], capture_output=True).returncode != 0:
+        run([*ipt, "-I", *jump])
+    if subprocess.run([*ipt, "-S", ISOLATE_INPUT_CHAIN], capture_output=True).returncode != 0:
+        run([*ipt, "-N", ISOLATE_INPUT_CHAIN])
+        run([*ipt, "-A", ISOLATE_INPUT_CHAIN, "-i", "lo", "-j", "RETURN"])
+        run([*ipt, "-A", ISOLATE_INPUT_CHAIN, "!", "-i", BRIDGE, "-j", "DROP"])
+    jump = ["INPUT", "-d", POD_CIDR, "-j", ISOLATE_INPUT_CHAIN]
     if subprocess.run([*ipt, "-C", *jump], capture_output=True).returncode != 0:
         run([*ipt, "-I", *jump])
 

@@ -26,33 +26,34 @@ from .common import (
 
 
 def ensure_pki() -> None:
-    """A cluster CA and every certificate the components need (openssl, 1 year)."""
+    """A cluster CA and every certificate the components need (openssl, 1 year). A PKI
+    made before a component was added gets just that component's certificate."""
     PKI.mkdir(parents=True, exist_ok=True)
-    if (PKI / ".complete").exists():
-        return
-    say("pki: generating CA, serving and client certificates")
+    fresh = not (PKI / ".complete").exists()
     ossl = ["openssl"]
-    run([*ossl, "genrsa", "-out", str(PKI / "ca.key"), "2048"])
-    run(
-        [
-            *ossl,
-            "req",
-            "-x509",
-            "-new",
-            "-nodes",
-            "-key",
-            str(PKI / "ca.key"),
-            "-sha256",
-            "-days",
-            "3650",
-            "-subj",
-            "/CN=orchard-local-ca",
-            "-out",
-            str(PKI / "ca.crt"),
-        ]
-    )
-    run([*ossl, "genrsa", "-out", str(PKI / "sa.key"), "2048"])
-    run([*ossl, "rsa", "-in", str(PKI / "sa.key"), "-pubout", "-out", str(PKI / "sa.pub")])
+    if fresh:
+        say("pki: generating CA, serving and client certificates")
+        run([*ossl, "genrsa", "-out", str(PKI / "ca.key"), "2048"])
+        run(
+            [
+                *ossl,
+                "req",
+                "-x509",
+                "-new",
+                "-nodes",
+                "-key",
+                str(PKI / "ca.key"),
+                "-sha256",
+                "-days",
+                "3650",
+                "-subj",
+                "/CN=orchard-local-ca",
+                "-out",
+                str(PKI / "ca.crt"),
+            ]
+        )
+        run([*ossl, "genrsa", "-out", str(PKI / "sa.key"), "2048"])
+        run([*ossl, "rsa", "-in", str(PKI / "sa.key"), "-pubout", "-out", str(PKI / "sa.pub")])
     api_sans = [
         f"IP:{NODE_IP}",
         "IP:127.0.0.1",
@@ -77,8 +78,14 @@ def ensure_pki() -> None:
         ("scheduler", "/CN=system:kube-scheduler", [], "clientAuth"),
         ("kubelet-client", f"/O=system:nodes/CN=system:node:{NODE_NAME}", [], "clientAuth"),
         ("kube-proxy", "/CN=system:kube-proxy", [], "clientAuth"),
+        # CoreDNS reads Services, EndpointSlices and Namespaces as this user, bound to the
+        # system:coredns ClusterRole (components.BOOTSTRAP), as kubeadm binds its pods.
+        ("coredns", "/CN=system:coredns", [], "clientAuth"),
     ]
-    for name, subj, sans, usage in certs:
+    missing = [c for c in certs if fresh or not (PKI / f"{c[0]}.crt").exists()]
+    if missing and not fresh:
+        say(f"pki: adding certificates for {', '.join(c[0] for c in missing)}")
+    for name, subj, sans, usage in missing:
         key, csr, crt = (PKI / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
         run([*ossl, "genrsa", "-out", str(key), "2048"])
         run([*ossl, "req", "-new", "-key", str(key), "-subj", subj, "-out", str(csr)])
@@ -114,6 +121,8 @@ def ensure_pki() -> None:
         )
         csr.unlink()
         ext.unlink()
+    if not missing:
+        return
     for key in PKI.glob("*.key"):
         key.chmod(0o600)
     (PKI / ".complete").touch()

@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .common import CNI_BIN, HarnessError, bin_dirs, say
+from .common import CNI_BIN, HarnessError, built, say
 
 
 def preflight(level: str) -> list[str]:
@@ -14,10 +14,8 @@ def preflight(level: str) -> list[str]:
     problems: list[str] = []
     if os.geteuid() != 0:
         problems.append("needs root: the cluster creates a bridge, iptables rules and mounts")
-    k8s, etcd = bin_dirs()
-    built = (k8s / ".complete").exists() and (etcd / ".complete").exists()
-    if not built and not shutil.which("go"):
-        problems.append("Go is not installed: it is needed to build Kubernetes and etcd")
+    if not built() and not shutil.which("go"):
+        problems.append("Go is not installed: it is needed to build Kubernetes, etcd and CoreDNS")
     tools = ["ip", "iptables", "openssl"]
     if level == "node":
         tools += ["containerd", "containerd-shim-runc-v2", "runc", "ctr", "conntrack"]
