@@ -738,6 +738,41 @@ def test_monitoring_names_a_shifted_input_across_replicas_and_restarts(
     assert estimate["estimatedFrom"] >= 1 and 0.8 <= estimate["estimated"] <= 1.0, estimate
     assert condition(status, "AccuracyDegraded")["reason"] == "NotEnoughSamples"
 
+    # True labels as feedback, each sent on a new connection: about half reach the pod
+    # that did not answer, which asks the other through the headless Service's DNS name.
+    iris = load_iris()
+    truth = [CLASSES[t] for t in iris.target]
+
+    def labelled(rows_and_labels: list[tuple[list[float], str]]) -> list[int]:
+        codes = []
+        limits = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(timeout=5.0, trust_env=False, limits=limits) as http:
+            for row, label in rows_and_labels:
+                body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
+                                    "data": row}]}  # fmt: skip
+                answer = http.post(url, json=body).json()
+                sent = http.post(url.replace("/infer", "/feedback"),
+                                 json={"id": answer["id"], "labels": [label]})  # fmt: skip
+                codes.append(sent.status_code)
+        return codes
+
+    assert set(labelled(list(zip(rows, truth, strict=True)))) == {200}
+
+    def accuracy_judged(verdict: str) -> dict[str, Any] | None:
+        s = md_status(client, ns)
+        return s if condition(s, "AccuracyDegraded").get("status") == verdict else None
+
+    status = wait_for("true labels to be judged", lambda: accuracy_judged("False"), 60)
+    live = status["monitoring"]["accuracy"]
+    offline = artifacts["iris-v1"]["accuracy"]
+    figures["live_accuracy"], figures["offline_accuracy"] = live["value"], round(offline, 4)
+    assert live["labels"] == 150 and live["unmatched"] == 0, live
+    assert abs(live["value"] - offline) <= 0.05, (live, offline)
+    wrong = [CLASSES[(t + 1) % 3] for t in iris.target]
+    assert set(labelled(list(zip(rows, wrong, strict=True)) * 2)) == {200}
+    status = wait_for("wrong labels to degrade accuracy", lambda: accuracy_judged("True"), 60)
+    assert status["monitoring"]["accuracy"]["value"] < 0.5
+
     shifted = [[a, b, c + 3.0, d] for a, b, c, d in rows]
     traffic = Traffic(url, shifted, poison_share=0.0)
     t_shift = time.monotonic()
