@@ -337,7 +337,12 @@ async def test_the_controller_finds_the_shifted_input_and_keeps_its_window_acros
             "spec": {
                 "modelVersion": "iris-v1",
                 "server": {"port": port},
-                "monitoring": {"minSamples": 200, "window": "1h", "interval": "5s"},
+                "monitoring": {
+                    "minSamples": 200,
+                    "window": "1h",
+                    "interval": "5s",
+                    "collection": {"sampleRate": 1},
+                },
             },
             "status": {"phase": "Stable", "stableVersion": "iris-v1"},
         }
@@ -349,7 +354,11 @@ async def test_the_controller_finds_the_shifted_input_and_keeps_its_window_acros
             "apiVersion": kube.API_VERSION,
             "kind": "ModelVersion",
             "metadata": {"name": "iris-v1", "namespace": NS},
-            "spec": {"task": "classification", "metrics": {"accuracy": 0.96}},
+            "spec": {
+                "task": "classification",
+                "metrics": {"accuracy": 0.96},
+                "artifact": {"uri": "pvc://orchard-artifacts/iris/1/"},
+            },
         }
     )
     runners = {ip: start_pod(pods, ip, iris_model) for ip in ("127.0.0.1", "127.0.0.2")}
@@ -365,6 +374,7 @@ async def test_the_controller_finds_the_shifted_input_and_keeps_its_window_acros
     status = await evaluate()
     assert drift_condition(status) == ("Unknown", "NotEnoughSamples")
     assert status["monitoring"]["samples"] == 120 and status["monitoring"]["pods"] == 2
+    assert status["monitoring"]["collection"] == "pvc://orchard-artifacts/collected/ml/iris/"
 
     traffic(100)
     status = await evaluate()
@@ -502,7 +512,7 @@ async def test_a_canary_is_watched_apart_and_only_the_stable_version_is_judged(
             "kind": "ModelDeployment",
             "metadata": {"name": "iris", "namespace": NS, "uid": "md-uid", "generation": 2},
             "spec": {"modelVersion": "iris-v2", "server": {"port": port},
-                     "monitoring": {"minSamples": 100}},
+                     "monitoring": {"minSamples": 100, "collection": {"sampleRate": 1}}},
             "status": {"phase": "Progressing", "stableVersion": "iris-v1",
                        "canaryVersion": "iris-v2"},
         }
@@ -520,6 +530,7 @@ async def test_a_canary_is_watched_apart_and_only_the_stable_version_is_judged(
     assert watched["canary"]["version"] == "iris-v2" and watched["canary"]["samples"] == 100
     assert watched["canary"]["inputs"][0]["feature"] == "petal_length"
     assert watched["canary"]["driftScore"] > 0.2
+    assert watched["collection"].startswith("not collecting: the version's artifact")
     stored = cluster.find("ConfigMap", "iris-monitoring")
     assert stored is not None and set(json.loads(stored["data"]["window.json"])) == {
         "stable",

@@ -340,3 +340,42 @@ def test_settings_from_env() -> None:
     s = sv.ServerSettings.from_env({"ORCHARD_SERVER_IMAGE": "x/y:z"})
     assert s.image == "x/y:z" and s.image_pull_policy == "IfNotPresent"
     assert sv.ServerSettings.from_env({}).image == sv.DEFAULT_SERVER_IMAGE
+
+
+# --- collection -------------------------------------------------------------------------------
+
+
+def test_nothing_is_collected_unless_the_spec_asks() -> None:
+    dep = sv.deployment(md(), "stable", mv(), 2)
+    assert all(v["name"] != "collection" for v in dep["spec"]["template"]["spec"]["volumes"])
+    assert "ORCHARD_COLLECT_DIR" not in {e["name"] for e in container(dep)["env"]}
+
+
+def test_collection_writes_only_the_deployments_own_directory_of_the_claim() -> None:
+    m = md(monitoring={"collection": {"sampleRate": 0.5, "flushInterval": "10s"}})
+    dep = sv.deployment(m, "stable", mv(), 2)
+    pod = dep["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "collection"]
+    assert volume["persistentVolumeClaim"] == {"claimName": "orchard-artifacts"}
+    (mount,) = [m for m in container(dep)["volumeMounts"] if m["name"] == "collection"]
+    assert (mount["subPath"], mount["mountPath"]) == ("collected/ml/iris", sv.COLLECT_ROOT)
+    artifact = next(m for m in container(dep)["volumeMounts"] if m["name"] == "artifact")
+    assert artifact["readOnly"] is True  # the artifacts stay out of the server's reach
+    env = {e["name"]: e.get("value") for e in container(dep)["env"]}
+    assert env["ORCHARD_COLLECT_DIR"] == f"{sv.COLLECT_ROOT}/iris-v2"
+    assert env["ORCHARD_COLLECT_SAMPLE_RATE"] == "0.5"
+    assert container(dep)["args"][-4:] == [
+        "--collect-flush-seconds", "10", "--collect-segment-rows", "10000",
+    ]  # fmt: skip
+    place = sv.collection_place(m, mv().spec.artifact.uri)
+    assert place is not None and place.uri == "pvc://orchard-artifacts/collected/ml/iris/"
+
+
+def test_a_named_place_is_used_and_an_artifact_on_s3_needs_one() -> None:
+    named = md(monitoring={"collection": {"sampleRate": 1, "uri": "pvc://prod-data/served"}})
+    place = sv.collection_place(named, "s3://bucket/iris/2/")
+    assert place is not None and (place.claim, place.path) == ("prod-data", "served/ml/iris")
+    unnamed = md(monitoring={"collection": {"sampleRate": 1}})
+    assert sv.collection_place(unnamed, "s3://bucket/iris/2/") is None
+    with pytest.raises(ValueError, match="must not leave its claim"):
+        md(monitoring={"collection": {"sampleRate": 1, "uri": "pvc://data/../other"}})

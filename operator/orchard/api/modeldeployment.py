@@ -260,6 +260,51 @@ class AccuracyMonitoring(CamelModel):
     )
 
 
+class Collection(CamelModel):
+    """Production data kept for retraining: a sample of requests (rows, prediction, id,
+    time, version) and the feedback labels, written by each serving pod as Parquet
+    segments (docs/collection.md)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.uri) || !self.uri.split('/').exists(s, s == '..')",
+                "collection.uri must not leave its claim (no '..')",
+                field_path=".uri",
+            )
+        )
+    )
+
+    sample_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of inference requests collected (0: none, 1: every one). Off by "
+        "default: what production sends is kept only where someone chose to keep it.",
+    )
+    uri: str | None = Field(
+        default=None,
+        max_length=1024,
+        pattern=r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/]+)*/?$",
+        description="Where: pvc://<claim>/<path>/, under which each deployment writes "
+        "<namespace>/<name>/<version>/; by default the stable version's artifact claim, "
+        "path collected/. The directory must be writable by the serving pods.",
+    )
+    flush_interval: Duration = Field(
+        default="30s", description="Longest a collected row waits in memory before it is written."
+    )
+
+    @model_validator(mode="after")
+    def _within_claim(self) -> Self:
+        if self.uri is not None and ".." in self.uri.split("/"):
+            raise ValueError("collection.uri must not leave its claim (no '..')")
+        return self
+
+    max_segment_rows: int = Field(
+        default=10_000, ge=100, le=1_000_000, description="Most rows in one Parquet segment."
+    )
+
+
 class Monitoring(CamelModel):
     """Watching what the stable version serves against its own training baseline."""
 
@@ -292,6 +337,9 @@ class Monitoring(CamelModel):
     )
     accuracy: AccuracyMonitoring = Field(
         default_factory=AccuracyMonitoring, description="Live accuracy from feedback."
+    )
+    collection: Collection = Field(
+        default_factory=Collection, description="Production data kept for retraining."
     )
 
 
@@ -457,6 +505,11 @@ class MonitoringStatus(TrackMonitoring):
     """The last evaluation of the stable version's traffic against its training baseline
     (the conditions judge it), and of a canary's, separately, while one serves."""
 
+    collection: str | None = Field(
+        default=None,
+        description="Where the serving pods write collected requests and labels "
+        "(spec.monitoring.collection), or why they cannot.",
+    )
     canary: TrackMonitoring | None = Field(
         default=None,
         description="The canary's own window while a rollout is under way (no condition "

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from orchard.api.common import GROUP
+from orchard.api.common import GROUP, parse_duration
 from orchard.api.modeldeployment import (
     GATEWAY_GROUP,
     MODEL_VERSION_LABEL,
@@ -52,6 +52,8 @@ FETCH_CONTAINER = "fetch-model"
 MODEL_ROOT = "/models"
 FETCHED_DIR = f"{MODEL_ROOT}/artifact"
 PRESTOP_SECONDS = 3
+COLLECT_ROOT = "/var/run/orchard/collected"  # the deployment's collection directory
+COLLECTED_DIR = "collected/"  # under the artifact claim, when the spec names no place
 DEFAULT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "50m", "memory": "256Mi"}}
 
 # The init container's whole program: copy an S3 prefix into the shared emptyDir with
@@ -215,6 +217,62 @@ def artifact_volumes(
 # --- Children -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CollectionPlace:
+    """Where a deployment's pods write collected data: a directory of a claim."""
+
+    claim: str
+    path: str  # within the claim: <uri path>/<namespace>/<name>
+
+    @property
+    def uri(self) -> str:
+        return f"pvc://{self.claim}/{self.path}/"
+
+
+def collection_place(md: ModelDeployment, artifact_uri: str) -> CollectionPlace | None:
+    """The spec's place, else `collected/` on the version's artifact claim; None when
+    nothing is collected or no place can be had (an artifact that is not on a claim)."""
+    collection = md.spec.monitoring.collection
+    if not md.spec.monitoring.enabled or collection.sample_rate <= 0:
+        return None
+    uri = collection.uri
+    if uri is None:
+        claim = pvc_claim(artifact_uri)
+        uri = f"pvc://{claim}/{COLLECTED_DIR}" if claim else None
+    claim = pvc_claim(uri)
+    if uri is None or claim is None:
+        return None
+    base = urlsplit(uri).path.strip("/")
+    path = "/".join(p for p in (base, str(md.metadata.namespace), str(md.metadata.name)) if p)
+    if ".." in path.split("/"):
+        return None  # refused at admission too
+    return CollectionPlace(claim, path)
+
+
+def _collection(
+    md: ModelDeployment, mv: ModelVersion
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """(volumes, mounts, env, args) for the server to collect into its place, if any.
+    The mount is the deployment's own directory of the claim (a subPath), writable; the
+    rest of the claim, artifacts included, stays out of reach."""
+    place = collection_place(md, mv.spec.artifact.uri)
+    if place is None:
+        return [], [], [], []
+    settings = md.spec.monitoring.collection
+    volume = {"name": "collection", "persistentVolumeClaim": {"claimName": place.claim}}
+    mount = {"name": "collection", "mountPath": COLLECT_ROOT, "subPath": place.path}
+    env: list[dict[str, Any]] = [
+        {"name": "ORCHARD_COLLECT_DIR", "value": f"{COLLECT_ROOT}/{mv.metadata.name}"},
+        {"name": "ORCHARD_COLLECT_SAMPLE_RATE", "value": f"{settings.sample_rate:g}"},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    args = [
+        "--collect-flush-seconds", f"{parse_duration(settings.flush_interval):g}",
+        "--collect-segment-rows", str(settings.max_segment_rows),
+    ]  # fmt: skip
+    return [volume], [mount], env, args
+
+
 def deployment(
     md: ModelDeployment,
     track: Track,
@@ -233,6 +291,7 @@ def deployment(
     server = md.spec.server
     image = server.image or settings.image
     model_dir, volumes, mounts, inits = artifact_volumes(mv, image, settings.image_pull_policy)
+    collect_volumes, collect_mounts, collect_env, collect_args = _collection(md, mv)
     pod_labels = labels(md, track, version) | {MODEL_LABEL: mv.spec.model}
     args = [
         "serve",
@@ -251,6 +310,7 @@ def deployment(
     ]
     if server.max_batch_wait_ms is not None:
         args += ["--max-batch-wait-ms", f"{server.max_batch_wait_ms:g}"]
+    args += collect_args
     container = {
         "name": SERVER_CONTAINER,
         "image": image,
@@ -265,6 +325,7 @@ def deployment(
             # Feedback that reaches a pod that did not answer is asked of the others.
             {"name": "ORCHARD_PEERS", "value": peers_service_name(name)},
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            *collect_env,
         ],
         "readinessProbe": {
             "httpGet": {"path": "/v2/health/ready", "port": "http"},
@@ -283,7 +344,7 @@ def deployment(
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
         "resources": md.spec.resources or DEFAULT_RESOURCES,
         "securityContext": restricted_container_security(),
-        "volumeMounts": [*mounts, {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [*mounts, *collect_mounts, {"name": "tmp", "mountPath": "/tmp"}],
     }
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector(name, track)},
@@ -301,7 +362,11 @@ def deployment(
                 "terminationGracePeriodSeconds": 10,
                 "initContainers": inits,
                 "containers": [container],
-                "volumes": [*volumes, {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+                "volumes": [
+                    *volumes,
+                    *collect_volumes,
+                    {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+                ],
             },
         },
     }

@@ -569,6 +569,7 @@ class VersionFacts:
 
     task: str | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
+    artifact_uri: str = ""
 
 
 def evaluate(
@@ -581,12 +582,15 @@ def evaluate(
     now: dt.datetime,
     version: VersionFacts = VersionFacts(),
     canary: TrackMonitoring | None = None,
+    collection: str | None = None,
 ) -> MonitoringDecision:
     """Judge the window against the baseline a pod states and the version's registered
     metrics: status, conditions and the events of a transition (into drift or
     degradation, or out of it)."""
     track = track_status(window, baseline, pods, settings, version)
-    status = MonitoringStatus(**dict(track), canary=canary, last_evaluated=now)
+    status = MonitoringStatus(
+        **dict(track), collection=collection, canary=canary, last_evaluated=now
+    )
     accuracy = track.accuracy or LiveAccuracy(
         metric=default_metric(settings.accuracy, version.task)
     )

@@ -66,6 +66,7 @@ import orjson
 
 from orchard.contracts import INFERENCE_ENDPOINTS, Endpoint
 from orchard.serving.batching import Batcher, PredictionFailed
+from orchard.serving.collection import Collector
 from orchard.serving.feedback import AlreadyLabelled, RecentPredictions, parse_feedback, score
 from orchard.serving.inputs import BadRequest, InvalidValue, Rows, TooManyRows
 from orchard.serving.limits import PARSE_INLINE_BYTES, Limits
@@ -171,10 +172,12 @@ class App:
         on_load_failed: Callable[[BaseException], None] | None = None,
         limits: Limits | None = None,
         peers: Peers | None = None,
+        collector: Collector | None = None,
     ) -> None:
         self.name = name
         self.limits = limits or Limits()
         self.peers = peers
+        self.collector = collector
         self.recent = RecentPredictions(self.limits.feedback_requests, self.limits.feedback_rows)
         self.version = version
         self.load = load
@@ -182,6 +185,7 @@ class App:
         self.on_load_failed = on_load_failed
         self.runner: ModelRunner | None = None
         self.metrics = Metrics(name)
+        self.metrics.collection = collector.counts if collector is not None else None
         self.batcher = Batcher(
             self._predict,
             max_batch_size,
@@ -242,6 +246,8 @@ class App:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.batcher.start()
+                if self.collector is not None:
+                    self.collector.start()
                 if self.load is not None and self.runner is None:
                     self.loading = asyncio.get_running_loop().create_task(self._load())
                 await send({"type": "lifespan.startup.complete"})
@@ -249,6 +255,8 @@ class App:
                 self.runner = None  # not ready while draining
                 await self.batcher.stop()
                 self._parser.shutdown(wait=False, cancel_futures=True)
+                if self.collector is not None:  # after the last answer: all of it is written
+                    await self.collector.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -412,6 +420,8 @@ class App:
                 raise HTTPError(400, "bad_request", str(exc)) from None
             self.recent.labelled(feedback.id)
             self.metrics.observe_feedback(scored)
+            if self.collector is not None:
+                self.collector.record_labels(feedback.id, feedback.labels)
             return {"accepted": scored.rows}
         if _header(scope, FORWARDED_HEADER) is not None:  # a peer asks: only its own pod counts
             raise HTTPError(404, "not_found", f"no answer with id {feedback.id!r} here")
@@ -489,6 +499,8 @@ class App:
             raise HTTPError(500, "prediction_failed", f"prediction failed: {exc}") from None
         response_id = request_id if request_id is not None else str(uuid.uuid4())
         self.recent.remember(response_id, predictions)  # for feedback on it
+        if self.collector is not None:
+            self.collector.record_request(response_id, rows, predictions, n)
         if not v2:
             return {"predictions": output_data(predictions), "id": response_id}
         response: dict[str, Any] = {

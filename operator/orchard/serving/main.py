@@ -19,8 +19,10 @@ import argparse
 import ctypes
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchard.serving.limits import LIMIT_FIELDS, Limits, fit_fd_limit
@@ -79,6 +81,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cannot match [ORCHARD_PEERS]",
     )
     add("--pod-ip", default=env("POD_IP"), help="this pod's address, left out of --peers [POD_IP]")
+    add(
+        "--collect-dir",
+        default=env("ORCHARD_COLLECT_DIR"),
+        help="write a sample of requests and the feedback labels as Parquet segments here "
+        "(docs/collection.md) [ORCHARD_COLLECT_DIR]",
+    )
+    add(
+        "--collect-sample-rate",
+        type=float,
+        default=float(env("ORCHARD_COLLECT_SAMPLE_RATE", "1.0")),
+        help="share of requests collected, 0..1 [ORCHARD_COLLECT_SAMPLE_RATE]",
+    )
+    add("--collect-flush-seconds", type=_positive(float), default=30.0,
+        help="longest a collected row waits in memory")  # fmt: skip
+    add("--collect-segment-rows", type=_positive(int), default=10_000,
+        help="most rows in one segment")  # fmt: skip
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -147,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from orchard.serving.app import App
+    from orchard.serving.collection import Collector
     from orchard.serving.peers import Peers
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
@@ -158,6 +177,14 @@ def run(args: argparse.Namespace) -> int:
         "estimator": meta.estimator.name,
     }
     server: uvicorn.Server | None = None
+    collector = None
+    if args.collect_dir:
+        collector = Collector(
+            Path(args.collect_dir), os.environ.get("POD_NAME") or socket.gethostname(),
+            args.model_version, [(c.name, c.numeric) for c in artifact.columns],
+            regression=meta.task == "regression", sample_rate=args.collect_sample_rate,
+            flush_interval=args.collect_flush_seconds, max_segment_rows=args.collect_segment_rows,
+        )  # fmt: skip
 
     def load_failed(_: BaseException) -> None:
         if server is not None:
@@ -174,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
         on_load_failed=load_failed,
         limits=fit_fd_limit(limits_from(args)),
         peers=Peers(args.peers, args.port, args.pod_ip) if args.peers else None,
+        collector=collector,
     )
     server = uvicorn.Server(server_config(app, args.host, args.port, args.log_level))
     server.run()

@@ -48,6 +48,11 @@ orchard_confidence_bin_total               counter    a sample of rows (up to 32
                                                       the classifier's confidence (bin)
 orchard_confidence_bin_accuracy            gauge      each confidence bin's held-out accuracy
                                                       at training (bin): the estimate's basis
+orchard_collected_rows_total               counter    request rows written to collection
+                                                      segments (kind: requests | labels)
+orchard_collection_dropped_rows_total      counter    request rows not collected: buffer full
+orchard_collection_segments_total          counter    Parquet segments written (result: written
+                                                      | failed | removed)
 orchard_feature_observations_total         counter    non-missing input values (feature)
 orchard_feature_missing_total              counter    missing input values (feature)
 orchard_feature_value_sum                  gauge      sum of numeric input values (feature)
@@ -131,6 +136,7 @@ from orchard.contracts import (
 from orchard.serving.limits import MAX_CATEGORIES, MAX_LABEL_CHARS
 
 if TYPE_CHECKING:
+    from orchard.serving.collection import CollectionCounts
     from orchard.serving.feedback import Scored
     from orchard.serving.model import BatchResult
 
@@ -258,6 +264,7 @@ class Metrics:
         # The estimate of accuracy: sampled rows per confidence bin, and the bins' accuracy.
         self.confidence_counts: list[int] = []
         self.confidence_accuracy: tuple[float, ...] = ()
+        self.collection: CollectionCounts | None = None  # when the server collects
         self.ready = False
         self.info: tuple[tuple[str, str], ...] = (("model", model),)
         self.connections_open = 0
@@ -432,6 +439,20 @@ class Metrics:
         head(CONFIDENCE_ACCURACY, "gauge", "Held-out accuracy per confidence bin at training.")
         for b, share in enumerate(self.confidence_accuracy):
             out.append(f"{CONFIDENCE_ACCURACY}{_labels(((BIN_LABEL, str(b)),))} {_num(share)}")
+        if self.collection is not None:
+            c = self.collection
+            head("orchard_collected_rows_total", "counter", "Rows written to collection segments.")
+            out.append(f'orchard_collected_rows_total{{kind="requests"}} {c.rows}')
+            out.append(f'orchard_collected_rows_total{{kind="labels"}} {c.labels}')
+            head("orchard_collection_dropped_rows_total", "counter", "Rows not collected.")
+            out.append(f"orchard_collection_dropped_rows_total {c.dropped}")
+            head("orchard_collection_segments_total", "counter", "Collection segments.")
+            for result, n in (
+                ("written", c.segments),
+                ("failed", c.errors),
+                ("removed", c.removed),
+            ):
+                out.append(f'orchard_collection_segments_total{{result="{result}"}} {n}')
         head(FEEDBACK_ROWS, "counter", "Rows of this pod's answers labelled by feedback.")
         out.append(f"{FEEDBACK_ROWS} {self.feedback_rows}")
         head(FEEDBACK_UNMATCHED, "counter", "Labels of feedback no pod could match.")
