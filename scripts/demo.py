@@ -9,7 +9,8 @@ the local one, builds the images and then runs this).
    the operator walks the steps, analyses each one and promotes it;
 5. watch the promoted version in production: traffic from the data's own distribution
    is no drift (DriftDetected False); the same traffic with petal_length moved by 3 cm is
-   DriftDetected True, naming that input;
+   DriftDetected True, naming that input; the requests it served are collected as
+   Parquet segments on the artifact claim;
 6. show that a spec asking for an image the admin's policy does not allow is refused,
    with the rule named, before any pod exists;
 7. show `kubectl get orchard`.
@@ -207,6 +208,29 @@ def watch_drift(url: str, version: str, traffic: Traffic) -> None:
     shifted.stop.set()
     shifted.join()
     say(f"DriftDetected True: {drift_condition()['message']}")
+    show_collected(version)
+
+
+COUNT_COLLECTED = """
+import glob, sys
+import pyarrow.parquet as pq
+files = glob.glob(sys.argv[1] + "/requests/*.parquet")
+print(len(files), sum(pq.read_metadata(f).num_rows for f in files))
+"""
+
+
+def show_collected(version: str) -> None:
+    """What a serving pod wrote for retraining (read inside the pod: any cluster)."""
+    where = get("md", "iris").get("status", {}).get("monitoring", {}).get("collection")
+
+    def counted() -> tuple[int, int] | None:
+        out = kubectl("exec", "-n", NAMESPACE, "deploy/iris-stable", "--", "python", "-c",
+                      COUNT_COLLECTED, f"/var/run/orchard/collected/{version}")  # fmt: skip
+        segments, rows = (int(x) for x in out.split())
+        return (segments, rows) if rows else None
+
+    segments, rows = wait_for("the first collected segments", counted, 60, 3)
+    say(f"collected for retraining under {where}{version}/: {rows} rows in {segments} segments")
 
 
 def main() -> int:

@@ -148,6 +148,7 @@ class Traffic:
     pause: float = 0.03
     poison_share: float = POISON_SHARE
     log: list[tuple[float, int, str | None]] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)  # of every answer with status 200
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
 
@@ -166,6 +167,8 @@ class Traffic:
                 try:
                     resp = client.post(self.url, json=body)
                     version = resp.json().get("model_version") if resp.status_code == 200 else None
+                    if resp.status_code == 200:
+                        self.ids.append(resp.json()["id"])
                     self.log.append((time.monotonic(), resp.status_code, version))
                 except (httpx.HTTPError, ValueError):
                     self.log.append((time.monotonic(), 0, None))
@@ -812,3 +815,63 @@ def test_monitoring_names_a_shifted_input_across_replicas_and_restarts(
     assert len(events) == 1 and "petal_length" in (events[0].message or "")
     table = kubectl("get", "md", "iris", "-n", ns, kubeconfig=operator.kubeconfig).stdout
     assert "DRIFT" in table.splitlines()[0]
+
+
+def test_collection_keeps_every_answer_of_a_pod_deleted_under_traffic(
+    node_client: Client,
+    node_namespace: str,
+    artifacts: dict[str, dict[str, Any]],
+    operator: InClusterOperator,
+) -> None:
+    """At sample rate 1.0 the Parquet segments on the claim hold every request answered,
+    those of a pod deleted in the middle of the traffic included (it writes what it
+    buffered at SIGTERM, after its last answer), each row as it was sent."""
+    import pyarrow.parquet as pq
+    from lightkube.resources.core_v1 import Pod
+    from sklearn.datasets import load_iris
+
+    ns, client = node_namespace, node_client
+    pvc = client.get(PersistentVolumeClaim, "orchard-artifacts", namespace=ns)
+    assert pvc.spec is not None and pvc.spec.volumeName
+    volume = client.get(PersistentVolume, pvc.spec.volumeName)
+    assert volume.spec is not None and volume.spec.hostPath is not None
+    root = Path(volume.spec.hostPath.path)
+    root.chmod(0o777)  # host-path volumes ignore fsGroup; the pods' uid writes here
+    collection = {"sampleRate": 1.0, "flushInterval": "5s"}
+    create_md(client, ns, "iris-v1", replicas=2, monitoring={"collection": collection})
+    wait_for("v1 to be stable with two pods", lambda: (lambda s: s.get("phase") == "Stable"
+             and s.get("readyReplicas") == 2)(md_status(client, ns)), 240)  # fmt: skip
+    ip = client.get(Service, "iris", namespace=ns).spec.clusterIP  # type: ignore[union-attr]
+    wait_answering(ip)
+    rows = [list(map(float, r)) for r in load_iris().data]
+    traffic = Traffic(f"http://{ip}:8080/v2/models/iris/infer", rows, poison_share=0.0)
+    traffic.start()
+    try:
+        time.sleep(4)
+        pods = list(client.list(Pod, namespace=ns, labels={"orchard.dev/track": "stable"}))
+        deleted = pods[0].metadata.name  # type: ignore[union-attr]
+        client.delete(Pod, deleted, namespace=ns)  # graceful, as a rollout or a drain does
+        time.sleep(6)
+    finally:
+        traffic.stop()
+    answered = set(traffic.ids)
+    directory = root / "collected" / ns / "iris" / "iris-v1" / "requests"
+
+    def collected() -> set[str] | None:
+        files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+        ids = {i for f in files for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()}
+        return ids if answered <= ids else None
+
+    wait_for("every answer to be collected", collected, 30)
+    segments = sorted(directory.glob("*.parquet"))
+    writers = {f.name.rsplit("-", 2)[0] for f in segments}
+    assert deleted in writers, (deleted, writers)  # the deleted pod wrote its part
+    assert len(answered) >= 100
+    table = pq.read_table(segments[0]).to_pandas()
+    assert {"id", "row", "time", "model_version", "prediction", *FEATURES} <= set(table.columns)
+    assert set(table["model_version"]) == {"iris-v1"}
+    assert table[FEATURES].to_numpy().tolist()[0] in rows
+    status = md_status(client, ns)
+    assert status["monitoring"]["collection"] == "pvc://orchard-artifacts/collected/" + (
+        f"{ns}/iris/"
+    )

@@ -221,7 +221,10 @@ class App:
             task.add_done_callback(self._estimates.discard)
 
     async def _estimate(self, runner: ModelRunner, sample: Rows) -> None:
-        counts = await self.batcher.between_batches(runner.confidence_counts, sample)
+        try:
+            counts = await self.batcher.between_batches(runner.confidence_counts, sample)
+        except (RuntimeError, asyncio.CancelledError):  # the server is shutting down
+            return
         self.metrics.observe_confidence(counts)
 
     def _predict(self, parts: list[Any], sizes: list[int]) -> Any:
