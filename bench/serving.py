@@ -167,6 +167,9 @@ class Server:
             argv = [str(ENVS / "orchard/bin/orchard"), "serve", "--model-dir", str(bench.dir),
                     "--model-name", bench.name, "--host", "127.0.0.1", "--port", str(self.port),
                     "--log-level", "warning"]  # fmt: skip
+            if self.options.get("collect"):  # every request kept as Parquet segments
+                argv += ["--collect-to", str(work / f"{self.label}-{bench.name}-collected"),
+                         "--collect-sample-rate", "1"]  # fmt: skip
         elif self.kind == "kserve":
             argv = [str(ENVS / "kserve/bin/python"), str(HERE / "servers/kserve_sklearn.py"),
                     "--model_name", bench.name, "--model_dir", str(bench.dir),
@@ -304,6 +307,7 @@ def run_load(server: Server, url: str, body: bytes, conc: int, seconds: float, w
 def servers() -> list[Server]:
     return [
         Server("orchard", "orchard", v1=True),
+        Server("orchard-collect", "orchard", v1=True, options={"collect": True}),
         Server("kserve", "kserve", v1=True),
         Server("mlserver", "mlserver", v1=False),
         Server("mlserver-pw0", "mlserver", v1=False, options={"parallel_workers": 0}),

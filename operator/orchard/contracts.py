@@ -65,6 +65,10 @@ FEEDBACK_UNMATCHED = "orchard_feedback_unmatched_total"  # counter: labels of no
 CONFIDENCE_BIN = "orchard_confidence_bin_total"  # counter (bin)
 CONFIDENCE_ACCURACY = "orchard_confidence_bin_accuracy"  # gauge (bin)
 
+# Collection to S3: the serving pod's credentials come as these variables with this prefix
+# (the operator writes them from the spec's Secret; the server reads them).
+COLLECT_ENV_PREFIX = "ORCHARD_COLLECT_"
+
 ENDPOINT_LABEL = "endpoint"
 CODE_LABEL = "code"  # the HTTP status, as digits
 CLASS_LABEL = "class"

@@ -348,7 +348,7 @@ def test_settings_from_env() -> None:
 def test_nothing_is_collected_unless_the_spec_asks() -> None:
     dep = sv.deployment(md(), "stable", mv(), 2)
     assert all(v["name"] != "collection" for v in dep["spec"]["template"]["spec"]["volumes"])
-    assert "ORCHARD_COLLECT_DIR" not in {e["name"] for e in container(dep)["env"]}
+    assert "ORCHARD_COLLECT_TO" not in {e["name"] for e in container(dep)["env"]}
 
 
 def test_collection_writes_only_the_deployments_own_directory_of_the_claim() -> None:
@@ -362,7 +362,7 @@ def test_collection_writes_only_the_deployments_own_directory_of_the_claim() -> 
     artifact = next(m for m in container(dep)["volumeMounts"] if m["name"] == "artifact")
     assert artifact["readOnly"] is True  # the artifacts stay out of the server's reach
     env = {e["name"]: e.get("value") for e in container(dep)["env"]}
-    assert env["ORCHARD_COLLECT_DIR"] == f"{sv.COLLECT_ROOT}/iris-v2"
+    assert env["ORCHARD_COLLECT_TO"] == f"{sv.COLLECT_ROOT}/iris-v2"
     assert env["ORCHARD_COLLECT_SAMPLE_RATE"] == "0.5"
     assert container(dep)["args"][-4:] == [
         "--collect-flush-seconds", "10", "--collect-segment-rows", "10000",
@@ -374,7 +374,15 @@ def test_collection_writes_only_the_deployments_own_directory_of_the_claim() -> 
 def test_a_named_place_is_used_and_an_artifact_on_s3_needs_one() -> None:
     named = md(monitoring={"collection": {"sampleRate": 1, "uri": "pvc://prod-data/served"}})
     place = sv.collection_place(named, "s3://bucket/iris/2/")
-    assert place is not None and (place.claim, place.path) == ("prod-data", "served/ml/iris")
+    assert place is not None and (place.root, place.path) == ("prod-data", "served/ml/iris")
+    on_s3 = md(monitoring={"collection": {"sampleRate": 1, "uri": "s3://prod-data/served/",
+                                          "secretName": "collect-creds"}})  # fmt: skip
+    dep = sv.deployment(on_s3, "stable", mv("s3://bucket/iris/2/"), 2)
+    assert all(v["name"] != "collection" for v in dep["spec"]["template"]["spec"]["volumes"])
+    env = {e["name"]: e for e in container(dep)["env"]}
+    assert env["ORCHARD_COLLECT_TO"]["value"] == "s3://prod-data/served/ml/iris/iris-v2/"
+    key = env["ORCHARD_COLLECT_AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]
+    assert (key["name"], key["key"]) == ("collect-creds", "AWS_SECRET_ACCESS_KEY")
     unnamed = md(monitoring={"collection": {"sampleRate": 1}})
     assert sv.collection_place(unnamed, "s3://bucket/iris/2/") is None
     with pytest.raises(ValueError, match="must not leave its claim"):

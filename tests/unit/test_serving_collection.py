@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from test_artifacts_s3 import s3_endpoint, s3_env  # noqa: F401 (fixtures)
 from test_serving_support import app_for, iris_artifact, mixed_artifact, running_server
 
 from orchard.serving.collection import Collector
@@ -26,7 +27,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"iris": iris_artifact(root / "iris"), "mixed": mixed_artifact(root / "mixed")}
 
 
-def iris_collector(directory: Path, **kwargs: Any) -> Collector:
+def iris_collector(directory: Path | str, **kwargs: Any) -> Collector:
     return Collector(directory, "pod-a", "iris-v3", [(c, True) for c in IRIS], **kwargs)
 
 
@@ -141,3 +142,33 @@ async def test_a_directory_that_cannot_be_written_is_counted_and_serving_goes_on
     collector.record_request("r", np.ones((2, 4)), np.zeros(2, dtype=int), 2)
     await collector.close()
     assert (collector.counts.errors, collector.counts.rows) == (1, 0)
+
+
+@pytest.mark.usefixtures("s3_env")
+async def test_segments_reach_an_s3_prefix_whole_one_put_each() -> None:
+    """Against moto's S3 server on loopback (the fixtures of test_artifacts_s3)."""
+    import io
+    import os
+
+    import boto3
+
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="orchard-collect")
+    collector = iris_collector(
+        "s3://orchard-collect/prod/ml/iris/iris-v3/", max_segment_rows=100, flush_interval=3600
+    )
+    for i in range(15):
+        collector.record_request(f"r{i}", np.full((10, 4), float(i)), np.zeros(10, dtype=int), 10)
+    collector.record_labels("r1", [2] * 10)
+    await collector.close()
+    listed = s3.list_objects_v2(Bucket="orchard-collect", Prefix="prod/ml/iris/iris-v3/")
+    keys = sorted(o["Key"] for o in listed["Contents"])
+    requests = [k for k in keys if "/requests/pod-a-" in k]
+    assert len(requests) == 2 and any("/labels/pod-a-" in k for k in keys)  # 150 rows: 100 + 50
+    frames = [
+        pq.read_table(io.BytesIO(s3.get_object(Bucket="orchard-collect", Key=k)["Body"].read()))
+        for k in requests
+    ]
+    assert sum(f.num_rows for f in frames) == 150 == collector.counts.rows
+    assert not list(collector.directory.rglob("*.parquet"))  # the staging copies are gone

@@ -285,10 +285,17 @@ class Collection(CamelModel):
     uri: str | None = Field(
         default=None,
         max_length=1024,
-        pattern=r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/]+)*/?$",
-        description="Where: pvc://<claim>/<path>/, under which each deployment writes "
-        "<namespace>/<name>/<version>/; by default the stable version's artifact claim, "
-        "path collected/. The directory must be writable by the serving pods.",
+        pattern=r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?|s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9])"
+        r"(/[^/]+)*/?$",
+        description="Where: pvc://<claim>/<path>/ or s3://<bucket>/<prefix>/, under which "
+        "each deployment writes <namespace>/<name>/<version>/; by default collected/ on the "
+        "version's artifact claim (an artifact on S3 needs a uri). A claim's directory must "
+        "be writable by the serving pods.",
+    )
+    secret_name: DnsSubdomain | None = Field(
+        default=None,
+        description="For an s3:// uri: the Secret with AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY and optionally AWS_ENDPOINT_URL that may write there.",
     )
     flush_interval: Duration = Field(
         default="30s", description="Longest a collected row waits in memory before it is written."

@@ -40,6 +40,7 @@ from orchard.builders.common import (
     restricted_container_security,
     restricted_pod_security,
 )
+from orchard.contracts import COLLECT_ENV_PREFIX
 
 Track = Literal["stable", "canary"]
 
@@ -219,19 +220,22 @@ def artifact_volumes(
 
 @dataclass(frozen=True)
 class CollectionPlace:
-    """Where a deployment's pods write collected data: a directory of a claim."""
+    """Where a deployment's pods write collected data: a directory of a claim, or a
+    prefix of a bucket."""
 
-    claim: str
-    path: str  # within the claim: <uri path>/<namespace>/<name>
+    scheme: Literal["pvc", "s3"]
+    root: str  # the claim, or the bucket
+    path: str  # within it: <uri path>/<namespace>/<name>
 
     @property
     def uri(self) -> str:
-        return f"pvc://{self.claim}/{self.path}/"
+        return f"{self.scheme}://{self.root}/{self.path}/"
 
 
 def collection_place(md: ModelDeployment, artifact_uri: str) -> CollectionPlace | None:
     """The spec's place, else `collected/` on the version's artifact claim; None when
-    nothing is collected or no place can be had (an artifact that is not on a claim)."""
+    nothing is collected or no place can be had (an artifact on S3 and no uri: the
+    serving pods get no write access to the artifact bucket unless the spec says so)."""
     collection = md.spec.monitoring.collection
     if not md.spec.monitoring.enabled or collection.sample_rate <= 0:
         return None
@@ -239,38 +243,56 @@ def collection_place(md: ModelDeployment, artifact_uri: str) -> CollectionPlace 
     if uri is None:
         claim = pvc_claim(artifact_uri)
         uri = f"pvc://{claim}/{COLLECTED_DIR}" if claim else None
-    claim = pvc_claim(uri)
-    if uri is None or claim is None:
+    if uri is None:
         return None
-    base = urlsplit(uri).path.strip("/")
+    parts = urlsplit(uri)
+    if parts.scheme not in ("pvc", "s3") or not parts.netloc:
+        return None
+    base = parts.path.strip("/")
     path = "/".join(p for p in (base, str(md.metadata.namespace), str(md.metadata.name)) if p)
     if ".." in path.split("/"):
         return None  # refused at admission too
-    return CollectionPlace(claim, path)
+    return CollectionPlace("pvc" if parts.scheme == "pvc" else "s3", parts.netloc, path)
 
 
 def _collection(
     md: ModelDeployment, mv: ModelVersion
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     """(volumes, mounts, env, args) for the server to collect into its place, if any.
-    The mount is the deployment's own directory of the claim (a subPath), writable; the
-    rest of the claim, artifacts included, stays out of reach."""
+    On a claim the mount is the deployment's own directory of it (a subPath), writable;
+    the rest of the claim, artifacts included, stays out of reach. On S3 the spec's
+    Secret gives the server its credentials, under COLLECT_ENV_PREFIX."""
     place = collection_place(md, mv.spec.artifact.uri)
     if place is None:
         return [], [], [], []
     settings = md.spec.monitoring.collection
-    volume = {"name": "collection", "persistentVolumeClaim": {"claimName": place.claim}}
-    mount = {"name": "collection", "mountPath": COLLECT_ROOT, "subPath": place.path}
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if place.scheme == "pvc":
+        volumes = [{"name": "collection", "persistentVolumeClaim": {"claimName": place.root}}]
+        mounts = [{"name": "collection", "mountPath": COLLECT_ROOT, "subPath": place.path}]
+        target = f"{COLLECT_ROOT}/{mv.metadata.name}"
+    else:
+        target = f"{place.uri}{mv.metadata.name}/"
     env: list[dict[str, Any]] = [
-        {"name": "ORCHARD_COLLECT_DIR", "value": f"{COLLECT_ROOT}/{mv.metadata.name}"},
+        {"name": "ORCHARD_COLLECT_TO", "value": target},
         {"name": "ORCHARD_COLLECT_SAMPLE_RATE", "value": f"{settings.sample_rate:g}"},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
+    if place.scheme == "s3" and settings.secret_name:
+        env.extend(
+            {
+                "name": f"{COLLECT_ENV_PREFIX}{key}",
+                "valueFrom": {"secretKeyRef": {"name": settings.secret_name, "key": key,
+                                               "optional": key.endswith("URL")}},
+            }
+            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
+        )  # fmt: skip
     args = [
         "--collect-flush-seconds", f"{parse_duration(settings.flush_interval):g}",
         "--collect-segment-rows", str(settings.max_segment_rows),
     ]  # fmt: skip
-    return [volume], [mount], env, args
+    return volumes, mounts, env, args
 
 
 def deployment(

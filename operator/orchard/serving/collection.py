@@ -6,10 +6,11 @@ the buffer into Parquet segments every `flush_interval` seconds, or sooner once
 `max_segment_rows` rows wait, and at shutdown (SIGTERM) everything still buffered is
 written before the process exits, so nothing accepted is lost. Memory is bounded
 (`max_buffered_rows`: beyond it a request is not collected, and counted as dropped), and
-so is disk (`max_segments` per pod and kind: the oldest segment of this pod goes first,
-and is counted). A segment is written beside its final name and renamed into place, so a
-reader never sees half of one. The layout, which a TrainingJob reads back, is in
-docs/collection.md:
+so is a directory's disk (`max_segments` per pod and kind: the oldest segment of this pod
+goes first, and is counted; a bucket's retention is its lifecycle rules'). A segment is
+written beside its final name and renamed into place, or staged in /tmp and uploaded in
+one PUT to an s3:// prefix, so a reader never sees half of one. The layout, which a
+TrainingJob reads back, is in docs/collection.md:
 
     <dir>/requests/<pod>-<start>-<seq>.parquet  id, row, time, model_version, <inputs>, prediction
     <dir>/labels/<pod>-<start>-<seq>.parquet    id, row, time, model_version, label
@@ -23,6 +24,7 @@ import datetime as dt
 import logging
 import os
 import random
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from orchard.contracts import COLLECT_ENV_PREFIX
 from orchard.serving.inputs import Array, Rows
 
 log = logging.getLogger("orchard.serving")
@@ -81,7 +84,7 @@ class Collector:
 
     def __init__(
         self,
-        directory: Path,
+        target: str | Path,  # a directory, or an s3:// prefix
         pod: str,
         version: str | None,
         columns: list[tuple[str, bool]],  # (name, numeric) of each input, in schema order
@@ -93,7 +96,12 @@ class Collector:
         max_buffered_rows: int = 200_000,
         max_segments: int = 10_000,
     ) -> None:
-        self.directory, self.pod, self.version = directory, pod, version or ""
+        text = str(target)
+        self.s3_prefix = text if text.startswith("s3://") else None
+        self.directory = (
+            Path(tempfile.mkdtemp(prefix="orchard-collect-")) if self.s3_prefix else Path(target)
+        )
+        self.pod, self.version = pod, version or ""
         self.columns, self.regression = columns, regression
         self.sample_rate = sample_rate
         self.flush_interval, self.max_segment_rows = flush_interval, max_segment_rows
@@ -179,8 +187,11 @@ class Collector:
 
             pq.write_table(table, tmp, compression="zstd")
             os.replace(tmp, folder / name)
+            if self.s3_prefix is not None:  # one PUT: the object appears whole, or not at all
+                self._upload(folder / name, f"{kind}/{name}")
         except Exception as exc:  # disk full, a directory not writable: count, keep serving
-            log.warning("cannot write a %s segment to %s: %s", kind, self.directory, exc)
+            where = self.s3_prefix or self.directory
+            log.warning("cannot write a %s segment to %s: %s", kind, where, exc)
             self.counts.errors += 1
             return
         self.counts.segments += 1
@@ -189,6 +200,16 @@ class Collector:
         else:
             self.counts.labels += buf.count
         self._keep_within(folder)
+
+    def _upload(self, local: Path, key: str) -> None:
+        from orchard.artifacts.store import S3Settings, S3Store, split_s3
+
+        try:
+            store = S3Store(S3Settings.from_env(COLLECT_ENV_PREFIX))
+            bucket, prefix = split_s3(str(self.s3_prefix))
+            store.client.upload_file(str(local), bucket, f"{prefix.rstrip('/')}/{key}".lstrip("/"))
+        finally:
+            local.unlink(missing_ok=True)  # the local copy only stages the upload
 
     def _keep_within(self, folder: Path) -> None:
         mine = sorted(folder.glob(f"{self.pod}-*.parquet"))

@@ -22,7 +22,6 @@ import os
 import socket
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchard.serving.limits import LIMIT_FIELDS, Limits, fit_fd_limit
@@ -82,10 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--pod-ip", default=env("POD_IP"), help="this pod's address, left out of --peers [POD_IP]")
     add(
-        "--collect-dir",
-        default=env("ORCHARD_COLLECT_DIR"),
-        help="write a sample of requests and the feedback labels as Parquet segments here "
-        "(docs/collection.md) [ORCHARD_COLLECT_DIR]",
+        "--collect-to",
+        default=env("ORCHARD_COLLECT_TO"),
+        help="write a sample of requests and the feedback labels as Parquet segments into "
+        "this directory or s3:// prefix (docs/collection.md) [ORCHARD_COLLECT_TO]",
     )
     add(
         "--collect-sample-rate",
@@ -178,9 +177,9 @@ def run(args: argparse.Namespace) -> int:
     }
     server: uvicorn.Server | None = None
     collector = None
-    if args.collect_dir:
+    if args.collect_to:
         collector = Collector(
-            Path(args.collect_dir), os.environ.get("POD_NAME") or socket.gethostname(),
+            args.collect_to, os.environ.get("POD_NAME") or socket.gethostname(),
             args.model_version, [(c.name, c.numeric) for c in artifact.columns],
             regression=meta.task == "regression", sample_rate=args.collect_sample_rate,
             flush_interval=args.collect_flush_seconds, max_segment_rows=args.collect_segment_rows,
