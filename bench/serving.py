@@ -59,8 +59,11 @@ def env_specs() -> dict[str, list[str]]:
     }
 
 
-def ensure_envs() -> None:
+def ensure_envs(kinds: set[str] | None = None) -> None:
+    """The environments of these server kinds (all by default), created or brought up to date."""
     for name, reqs in env_specs().items():
+        if kinds is not None and name not in kinds:
+            continue
         env = ENVS / name
         marker = env / ".bench-ready"
         want = json.dumps(reqs)
@@ -323,7 +326,7 @@ def main() -> int:
     seconds = a.seconds or (2.0 if a.quick else 8.0)
     warmup = 0.5 if a.quick else 2.0
     passes = 1 if a.quick else 2
-    ensure_envs()
+    ensure_envs({s.kind for s in servers() if not a.only or s.label in a.only})
     work = Path(tempfile.mkdtemp(prefix="orchard-bench-"))
     benches = make_models(work)
     rows: list[dict[str, Any]] = []
