@@ -355,12 +355,24 @@ def test_collection_writes_only_the_deployments_own_directory_of_the_claim() -> 
     m = md(monitoring={"collection": {"sampleRate": 0.5, "flushInterval": "10s"}})
     dep = sv.deployment(m, "stable", mv(), 2)
     pod = dep["spec"]["template"]["spec"]
-    (volume,) = [v for v in pod["volumes"] if v["name"] == "collection"]
-    assert volume["persistentVolumeClaim"] == {"claimName": "orchard-artifacts"}
-    (mount,) = [m for m in container(dep)["volumeMounts"] if m["name"] == "collection"]
-    assert (mount["subPath"], mount["mountPath"]) == ("collected/ml/iris", sv.COLLECT_ROOT)
-    artifact = next(m for m in container(dep)["volumeMounts"] if m["name"] == "artifact")
+    # one volume for the claim (kubelet mounts a claim once per pod), mounted twice
+    (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert volume["persistentVolumeClaim"] == {"claimName": "orchard-artifacts", "readOnly": False}
+    mounts = {m["mountPath"]: m for m in container(dep)["volumeMounts"]}
+    collect = mounts[sv.COLLECT_ROOT]
+    assert (collect["name"], collect["subPath"]) == (volume["name"], "collected/ml/iris")
+    assert "readOnly" not in collect
+    artifact = mounts["/mnt/pvc/orchard-artifacts"]
     assert artifact["readOnly"] is True  # the artifacts stay out of the server's reach
+    assert "subPath" not in artifact
+    other = md(monitoring={"collection": {"sampleRate": 1, "uri": "pvc://prod-data/served/"}})
+    volumes = sv.deployment(other, "stable", mv(), 2)["spec"]["template"]["spec"]["volumes"]
+    claims = {
+        v["name"]: v["persistentVolumeClaim"] for v in volumes if "persistentVolumeClaim" in v
+    }
+    assert claims["artifact"]["readOnly"] is True and claims["collection"] == {
+        "claimName": "prod-data"
+    }
     env = {e["name"]: e.get("value") for e in container(dep)["env"]}
     assert env["ORCHARD_COLLECT_TO"] == f"{sv.COLLECT_ROOT}/iris-v2"
     assert env["ORCHARD_COLLECT_SAMPLE_RATE"] == "0.5"

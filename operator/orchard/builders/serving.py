@@ -295,6 +295,26 @@ def _collection(
     return volumes, mounts, env, args
 
 
+def _one_volume_per_claim(
+    volumes: list[dict[str, Any]], extra: list[dict[str, Any]], mounts: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The extra volumes and their mounts, with a claim that a volume already holds mounted
+    from that volume: kubelet never mounts two volumes of one claim in a pod. The shared
+    volume is then writable, and each mount says whether it is (the artifact's is not)."""
+    by_claim = {
+        v["persistentVolumeClaim"]["claimName"]: v for v in volumes if "persistentVolumeClaim" in v
+    }
+    kept, renamed = [], {}
+    for volume in extra:
+        held = by_claim.get(volume.get("persistentVolumeClaim", {}).get("claimName"))
+        if held is None:
+            kept.append(volume)
+            continue
+        held["persistentVolumeClaim"]["readOnly"] = False
+        renamed[volume["name"]] = held["name"]
+    return kept, [m | {"name": renamed.get(m["name"], m["name"])} for m in mounts]
+
+
 def deployment(
     md: ModelDeployment,
     track: Track,
@@ -314,6 +334,9 @@ def deployment(
     image = server.image or settings.image
     model_dir, volumes, mounts, inits = artifact_volumes(mv, image, settings.image_pull_policy)
     collect_volumes, collect_mounts, collect_env, collect_args = _collection(md, mv)
+    collect_volumes, collect_mounts = _one_volume_per_claim(
+        volumes, collect_volumes, collect_mounts
+    )
     pod_labels = labels(md, track, version) | {MODEL_LABEL: mv.spec.model}
     args = [
         "serve",
