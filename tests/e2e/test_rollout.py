@@ -838,7 +838,8 @@ def test_collection_keeps_every_answer_of_a_pod_deleted_under_traffic(
     root = Path(volume.spec.hostPath.path)
     root.chmod(0o777)  # host-path volumes ignore fsGroup; the pods' uid writes here
     collection = {"sampleRate": 1.0, "flushInterval": "5s"}
-    create_md(client, ns, "iris-v1", replicas=2, monitoring={"collection": collection})
+    create_md(client, ns, "iris-v1", replicas=2,
+              monitoring={"collection": collection, "interval": "3s"})  # fmt: skip
     wait_for("v1 to be stable with two pods", lambda: (lambda s: s.get("phase") == "Stable"
              and s.get("readyReplicas") == 2)(md_status(client, ns)), 240)  # fmt: skip
     ip = client.get(Service, "iris", namespace=ns).spec.clusterIP  # type: ignore[union-attr]
@@ -867,11 +868,14 @@ def test_collection_keeps_every_answer_of_a_pod_deleted_under_traffic(
     writers = {f.name.rsplit("-", 2)[0] for f in segments}
     assert deleted in writers, (deleted, writers)  # the deleted pod wrote its part
     assert len(answered) >= 100
+    figures = {"answered": len(answered), "segments": len(segments), "writers": len(writers)}
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    (FIGURES / "collection.json").write_text(json.dumps(figures, indent=2) + "\n")
+    print("\ncollection figures:", json.dumps(figures))
     table = pq.read_table(segments[0]).to_pandas()
     assert {"id", "row", "time", "model_version", "prediction", *FEATURES} <= set(table.columns)
     assert set(table["model_version"]) == {"iris-v1"}
     assert table[FEATURES].to_numpy().tolist()[0] in rows
-    status = md_status(client, ns)
-    assert status["monitoring"]["collection"] == "pvc://orchard-artifacts/collected/" + (
-        f"{ns}/iris/"
-    )
+    where = wait_for("the place in status", lambda: (md_status(client, ns).get("monitoring")
+                     or {}).get("collection"), 30)  # fmt: skip
+    assert where == f"pvc://orchard-artifacts/collected/{ns}/iris/"
