@@ -6,10 +6,10 @@ the buffer into Parquet segments every `flush_interval` seconds, or sooner once
 `max_segment_rows` rows wait, and at shutdown (SIGTERM) everything still buffered is
 written before the process exits, so nothing accepted is lost. Memory is bounded
 (`max_buffered_rows`: beyond it a request is not collected, and counted as dropped), and
-so is a directory's disk (`max_segments` per pod and kind: the oldest segment of this pod
-goes first, and is counted; a bucket's retention is its lifecycle rules'). A segment is
-written beside its final name and renamed into place, or staged in /tmp and uploaded in
-one PUT to an s3:// prefix, so a reader never sees half of one. The layout, which a
+so is a directory's disk (`max_segments` per process and kind: the oldest segment this
+process wrote goes first, and is counted; a bucket's retention is its lifecycle rules').
+A segment is written beside its final name and renamed into place, or staged in /tmp and
+uploaded in one PUT to an s3:// prefix, so a reader never sees half of one. The layout, which a
 TrainingJob reads back, is in docs/collection.md:
 
     <dir>/requests/<pod>-<start>-<seq>.parquet  id, row, time, model_version, <inputs>, prediction
@@ -26,6 +26,7 @@ import os
 import random
 import tempfile
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,7 @@ class Collector:
         self._start = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         self._seq = 0
         self._buffers = {REQUESTS: _Buffer(), LABELS: _Buffer()}
+        self._written: dict[str, deque[Path]] = {REQUESTS: deque(), LABELS: deque()}
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="orchard-collect")
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -199,7 +201,8 @@ class Collector:
             self.counts.rows += buf.count
         else:
             self.counts.labels += buf.count
-        self._keep_within(folder)
+        if self.s3_prefix is None:
+            self._keep_within(kind, folder / name)
 
     def _upload(self, local: Path, key: str) -> None:
         from orchard.artifacts.store import S3Settings, S3Store, split_s3
@@ -211,10 +214,13 @@ class Collector:
         finally:
             local.unlink(missing_ok=True)  # the local copy only stages the upload
 
-    def _keep_within(self, folder: Path) -> None:
-        mine = sorted(folder.glob(f"{self.pod}-*.parquet"))
-        for old in mine[: max(0, len(mine) - self.max_segments)]:
-            old.unlink(missing_ok=True)
+    def _keep_within(self, kind: str, written: Path) -> None:
+        """This process's segments of a kind, the oldest removed beyond max_segments (no
+        listing of the directory, which holds every pod's)."""
+        mine = self._written[kind]
+        mine.append(written)
+        while len(mine) > self.max_segments:
+            mine.popleft().unlink(missing_ok=True)
             self.counts.removed += 1
 
     def _common(self, buf: _Buffer, sizes: list[int]) -> dict[str, Any]:
