@@ -224,16 +224,24 @@ class Collector:
             self.counts.removed += 1
 
     def _common(self, buf: _Buffer, sizes: list[int]) -> dict[str, Any]:
+        """id, row, time and model_version of every row: built in arrow's and numpy's C
+        code (one index array), not per row in Python, to keep the GIL for serving."""
         import pyarrow as pa
 
+        counts = np.asarray(sizes, dtype=np.int64)
+        request = np.repeat(np.arange(len(sizes)), counts)  # each row's request
+        starts = np.cumsum(counts) - counts
+        total = int(counts.sum())
         return {
-            "id": pa.array(np.repeat(np.asarray(buf.ids, dtype=object), sizes), pa.string()),
-            "row": pa.array(np.concatenate([np.arange(n) for n in sizes]), pa.int32()),
+            "id": pa.array(buf.ids, pa.string()).take(pa.array(request)),
+            "row": pa.array((np.arange(total) - starts[request]).astype(np.int32)),
             "time": pa.array(
-                (np.repeat(np.asarray(buf.times), sizes) * 1000).astype("int64"),
+                (np.asarray(buf.times)[request] * 1000).astype(np.int64),
                 pa.timestamp("ms", tz="UTC"),
             ),
-            "model_version": pa.array([self.version] * sum(sizes), pa.string()),
+            "model_version": pa.array([self.version], pa.string()).take(
+                pa.array(np.zeros(total, dtype=np.int64))
+            ),
         }
 
     def _requests_table(self, buf: _Buffer) -> Any:
@@ -241,19 +249,25 @@ class Collector:
 
         sizes = [len(v) for v in buf.values]
         data = self._common(buf, sizes)
+        matrix = [r for r in buf.rows if not isinstance(r, list)]
+        whole = np.concatenate(matrix) if len(matrix) == len(buf.rows) and matrix else None
         for j, (name, numeric) in enumerate(self.columns):
-            parts = [r[j] if isinstance(r, list) else r[:, j] for r in buf.rows]
-            values = np.concatenate(parts) if parts else np.array([])
+            if whole is not None:  # every request one 2-D array: slice the columns of one
+                values = whole[:, j]
+            else:
+                parts = [r[j] if isinstance(r, list) else r[:, j] for r in buf.rows]
+                values = np.concatenate(parts) if parts else np.array([])
             if numeric:
                 data[name] = pa.array(values.astype(float), pa.float64())
             else:
                 data[name] = pa.array([v if isinstance(v, str) else None for v in values])
         predictions = np.concatenate([np.asarray(v) for v in buf.values])
-        data["prediction"] = (
-            pa.array(predictions.astype(float), pa.float64())
-            if self.regression
-            else pa.array([str(v) for v in predictions.tolist()], pa.string())
-        )
+        if self.regression:
+            data["prediction"] = pa.array(predictions.astype(float), pa.float64())
+        elif predictions.dtype.kind in "iu":  # integer class labels as text, cast in arrow
+            data["prediction"] = pa.array(predictions).cast(pa.string())
+        else:
+            data["prediction"] = pa.array([str(v) for v in predictions.tolist()], pa.string())
         return pa.table(data)
 
     def _labels_table(self, buf: _Buffer) -> Any:
