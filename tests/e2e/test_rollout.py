@@ -837,7 +837,8 @@ def test_collection_keeps_every_answer_of_a_pod_deleted_under_traffic(
     assert volume.spec is not None and volume.spec.hostPath is not None
     root = Path(volume.spec.hostPath.path)
     root.chmod(0o777)  # host-path volumes ignore fsGroup; the pods' uid writes here
-    collection = {"sampleRate": 1.0, "flushInterval": "5s"}
+    collection = {"sampleRate": 1.0, "flushInterval": "5s",
+                  "uri": "pvc://orchard-artifacts/collected/"}  # fmt: skip
     create_md(client, ns, "iris-v1", replicas=2,
               monitoring={"collection": collection, "interval": "3s"})  # fmt: skip
     wait_for("v1 to be stable with two pods", lambda: (lambda s: s.get("phase") == "Stable"

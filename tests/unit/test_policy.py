@@ -188,3 +188,22 @@ def test_a_refused_deployment_is_degraded_and_says_so_once() -> None:
     assert [(e.type, e.reason) for e in first.events] == [("Warning", "PolicyViolation")]
     again = ro.refused(spec, st, now, 3, pol.REASON, "spec.server.image: no")
     assert again.events == []
+
+
+def test_collection_writes_only_where_specs_may_write_with_a_secret_they_may_use() -> None:
+    def collecting(uri: str, secret: str | None = None) -> ModelDeploymentSpec:
+        collection = {"sampleRate": 1, "uri": uri, "secretName": secret}
+        return ModelDeploymentSpec.model_validate(
+            {"modelVersion": "iris-v1", "monitoring": {"collection": collection}}
+        )
+
+    allowed = collecting("pvc://orchard-artifacts/collected/")
+    assert pol.modeldeployment_violations(allowed, Policy(), SERVER) == []
+    other_claim = collecting("pvc://finance-ledger/collected/")
+    assert rules(pol.modeldeployment_violations(other_claim, Policy(), SERVER)) == [
+        ("spec.monitoring.collection.uri", "claims.writable")
+    ]
+    bucket = collecting("s3://ml-data/served/", secret="cloud-admin-keys")
+    assert rules(pol.modeldeployment_violations(bucket, Policy(), SERVER)) == [
+        ("spec.monitoring.collection.secretName", "secrets.allowedNames")
+    ]

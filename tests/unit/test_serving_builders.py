@@ -352,7 +352,8 @@ def test_nothing_is_collected_unless_the_spec_asks() -> None:
 
 
 def test_collection_writes_only_the_deployments_own_directory_of_the_claim() -> None:
-    m = md(monitoring={"collection": {"sampleRate": 0.5, "flushInterval": "10s"}})
+    m = md(monitoring={"collection": {"sampleRate": 0.5, "flushInterval": "10s",
+                                      "uri": "pvc://orchard-artifacts/collected/"}})  # fmt: skip
     dep = sv.deployment(m, "stable", mv(), 2)
     pod = dep["spec"]["template"]["spec"]
     # one volume for the claim (kubelet mounts a claim once per pod), mounted twice
@@ -379,13 +380,13 @@ def test_collection_writes_only_the_deployments_own_directory_of_the_claim() -> 
     assert container(dep)["args"][-4:] == [
         "--collect-flush-seconds", "10", "--collect-segment-rows", "10000",
     ]  # fmt: skip
-    place = sv.collection_place(m, mv().spec.artifact.uri)
+    place = sv.collection_place(m)
     assert place is not None and place.uri == "pvc://orchard-artifacts/collected/ml/iris/"
 
 
-def test_a_named_place_is_used_and_an_artifact_on_s3_needs_one() -> None:
+def test_the_place_is_the_specs_on_a_claim_or_a_bucket_and_a_rate_needs_one() -> None:
     named = md(monitoring={"collection": {"sampleRate": 1, "uri": "pvc://prod-data/served"}})
-    place = sv.collection_place(named, "s3://bucket/iris/2/")
+    place = sv.collection_place(named)
     assert place is not None and (place.root, place.path) == ("prod-data", "served/ml/iris")
     on_s3 = md(monitoring={"collection": {"sampleRate": 1, "uri": "s3://prod-data/served/",
                                           "secretName": "collect-creds"}})  # fmt: skip
@@ -395,7 +396,9 @@ def test_a_named_place_is_used_and_an_artifact_on_s3_needs_one() -> None:
     assert env["ORCHARD_COLLECT_TO"]["value"] == "s3://prod-data/served/ml/iris/iris-v2/"
     key = env["ORCHARD_COLLECT_AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]
     assert (key["name"], key["key"]) == ("collect-creds", "AWS_SECRET_ACCESS_KEY")
-    unnamed = md(monitoring={"collection": {"sampleRate": 1}})
-    assert sv.collection_place(unnamed, "s3://bucket/iris/2/") is None
+    with pytest.raises(ValueError, match=r"collection\.uri is required"):
+        md(monitoring={"collection": {"sampleRate": 1}})
+    off = md(monitoring={"collection": {"uri": "pvc://prod-data/served"}})  # rate 0
+    assert sv.collection_place(off) is None
     with pytest.raises(ValueError, match="must not leave its claim"):
         md(monitoring={"collection": {"sampleRate": 1, "uri": "pvc://data/../other"}})

@@ -271,7 +271,13 @@ class Collection(CamelModel):
                 "!has(self.uri) || !self.uri.split('/').exists(s, s == '..')",
                 "collection.uri must not leave its claim (no '..')",
                 field_path=".uri",
-            )
+            ),
+            cel(
+                "!has(self.sampleRate) || self.sampleRate == 0.0 || has(self.uri)",
+                "collection.uri is required when collection.sampleRate is above 0",
+                field_path=".uri",
+                reason="FieldValueRequired",
+            ),
         )
     )
 
@@ -287,10 +293,10 @@ class Collection(CamelModel):
         max_length=1024,
         pattern=r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?|s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9])"
         r"(/[^/]+)*/?$",
-        description="Where: pvc://<claim>/<path>/ or s3://<bucket>/<prefix>/, under which "
-        "each deployment writes <namespace>/<name>/<version>/; by default collected/ on the "
-        "version's artifact claim (an artifact on S3 needs a uri). A claim's directory must "
-        "be writable by the serving pods.",
+        description="Where (required with a sampleRate above 0): pvc://<claim>/<path>/ or "
+        "s3://<bucket>/<prefix>/, under which each deployment writes "
+        "<namespace>/<name>/<version>/. A claim must be one the admin's policy lets specs "
+        "write (claims.writable), and its directory writable by the serving pods.",
     )
     secret_name: DnsSubdomain | None = Field(
         default=None,
@@ -302,9 +308,11 @@ class Collection(CamelModel):
     )
 
     @model_validator(mode="after")
-    def _within_claim(self) -> Self:
+    def _place(self) -> Self:
         if self.uri is not None and ".." in self.uri.split("/"):
             raise ValueError("collection.uri must not leave its claim (no '..')")
+        if self.sample_rate > 0 and self.uri is None:
+            raise ValueError("collection.uri is required when collection.sampleRate is above 0")
         return self
 
     max_segment_rows: int = Field(

@@ -54,7 +54,6 @@ MODEL_ROOT = "/models"
 FETCHED_DIR = f"{MODEL_ROOT}/artifact"
 PRESTOP_SECONDS = 3
 COLLECT_ROOT = "/var/run/orchard/collected"  # the deployment's collection directory
-COLLECTED_DIR = "collected/"  # under the artifact claim, when the spec names no place
 DEFAULT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "50m", "memory": "256Mi"}}
 
 # The init container's whole program: copy an S3 prefix into the shared emptyDir with
@@ -232,18 +231,13 @@ class CollectionPlace:
         return f"{self.scheme}://{self.root}/{self.path}/"
 
 
-def collection_place(md: ModelDeployment, artifact_uri: str) -> CollectionPlace | None:
-    """The spec's place, else `collected/` on the version's artifact claim; None when
-    nothing is collected or no place can be had (an artifact on S3 and no uri: the
-    serving pods get no write access to the artifact bucket unless the spec says so)."""
+def collection_place(md: ModelDeployment) -> CollectionPlace | None:
+    """The deployment's directory of the spec's place; None when nothing is collected.
+    The place is always the spec's (the admin's policy judges it): serving pods get write
+    access to no claim or bucket that the spec does not name."""
     collection = md.spec.monitoring.collection
-    if not md.spec.monitoring.enabled or collection.sample_rate <= 0:
-        return None
     uri = collection.uri
-    if uri is None:
-        claim = pvc_claim(artifact_uri)
-        uri = f"pvc://{claim}/{COLLECTED_DIR}" if claim else None
-    if uri is None:
+    if not md.spec.monitoring.enabled or collection.sample_rate <= 0 or uri is None:
         return None
     parts = urlsplit(uri)
     if parts.scheme not in ("pvc", "s3") or not parts.netloc:
@@ -262,7 +256,7 @@ def _collection(
     On a claim the mount is the deployment's own directory of it (a subPath), writable;
     the rest of the claim, artifacts included, stays out of reach. On S3 the spec's
     Secret gives the server its credentials, under COLLECT_ENV_PREFIX."""
-    place = collection_place(md, mv.spec.artifact.uri)
+    place = collection_place(md)
     if place is None:
         return [], [], [], []
     settings = md.spec.monitoring.collection

@@ -569,7 +569,6 @@ class VersionFacts:
 
     task: str | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
-    artifact_uri: str = ""
 
 
 def evaluate(

@@ -106,7 +106,10 @@ def modeldeployment_violations(
     spec: ModelDeploymentSpec, policy: Policy, server_image: str
 ) -> list[Violation]:
     """Everything in a ModelDeployment's spec that its serving pods may not be made with."""
+    collection = spec.monitoring.collection
     return [
         *_image(spec.server.image, server_image, policy, "spec.server.image"),
         *_override(bool(spec.resources), policy.overrides.resources, "spec.resources", "resources"),
+        *_secret(collection.secret_name, policy, "spec.monitoring.collection.secretName"),
+        *_claim(collection.uri, policy, "spec.monitoring.collection.uri", write=True),
     ]

@@ -142,21 +142,13 @@ async def _version_facts(namespace: str, version: str) -> mon.VersionFacts:
         for k, v in (spec.get("metrics") or {}).items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
-    artifact = str((spec.get("artifact") or {}).get("uri") or "")
-    return mon.VersionFacts(task=spec.get("task"), metrics=metrics, artifact_uri=artifact)
+    return mon.VersionFacts(task=spec.get("task"), metrics=metrics)
 
 
-def collection_note(md: ModelDeployment, facts: mon.VersionFacts) -> str | None:
-    """Where the stable pods collect to, or why they cannot; None when nothing is asked."""
-    if md.spec.monitoring.collection.sample_rate <= 0:
-        return None
-    place = sv.collection_place(md, facts.artifact_uri)
-    if place is None:
-        return (
-            "not collecting: the version's artifact is not on a claim; "
-            "set spec.monitoring.collection.uri to pvc://<claim>/<path>/"
-        )
-    return place.uri
+def collection_note(md: ModelDeployment) -> str | None:
+    """Where the serving pods collect to; None when nothing is asked."""
+    place = sv.collection_place(md)
+    return None if place is None else place.uri
 
 
 async def read(md: ModelDeployment) -> Reads:
@@ -259,7 +251,7 @@ async def evaluate(namespace: str, name: str, logger: kopf.Logger) -> None:
         decision = mon.evaluate(
             windows["stable"], next(iter(stable.scrapes.values())), len(stable.scrapes),
             settings, md.status.conditions, md.metadata.generation, now, reads.facts["stable"],
-            canary_status, collection_note(md, reads.facts["stable"]),
+            canary_status, collection_note(md),
         )  # fmt: skip
         await ensure_windows(md, reads, windows)
         _windows[(namespace, name)] = windows
