@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from test_serving_support import (
     app_for,
     free_port,
@@ -23,6 +22,7 @@ from test_serving_support import (
     running_server,
 )
 
+from orchard.decisions.metrics_text import parse_scrape
 from orchard.serving.app import App
 from orchard.serving.feedback import RecentPredictions
 from orchard.serving.limits import Limits
@@ -60,12 +60,8 @@ def feedback(base: str, model: str, body: Any) -> httpx.Response:
 
 
 def samples(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(f"{base}/metrics").text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    """The pod's /metrics as the operator reads them."""
+    return parse_scrape(httpx.get(f"{base}/metrics").text)
 
 
 @contextlib.contextmanager

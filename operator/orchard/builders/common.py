@@ -132,6 +132,13 @@ def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
     }
 
 
+def owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    """Whether an object names `uid` among its ownerReferences (a child found by name
+    may be someone else's)."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return uid is not None and any(ref.get("uid") == uid for ref in refs)
+
+
 # --- Pods --------------------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from orchard import kube
 from orchard.api.common import API_VERSION, GROUP, VERSION, to_k8s
 from orchard.api.modelversion import ModelVersion
-from orchard.builders.common import TrainerSettings
+from orchard.builders.common import TrainerSettings, owned_by
 from orchard.builders.modelversion import MODELVERSION_LABEL, verify_job, verify_job_name
 from orchard.decisions import policy as pol
 from orchard.decisions.modelversion import (
@@ -134,10 +134,7 @@ async def sync(namespace: str, name: str, logger: kopf.Logger) -> None:
             return
         mv = _parse(body)
         job = await kube.get("batch/v1", "Job", verify_job_name(mv), namespace)
-        if job is not None and not any(
-            ref.get("uid") == mv.metadata.uid
-            for ref in job.get("metadata", {}).get("ownerReferences") or []
-        ):
+        if job is not None and not owned_by(job, mv.metadata.uid):
             job = None  # someone else's Job by that name: not evidence about this artifact
         pods = (
             await kube.list_objects(

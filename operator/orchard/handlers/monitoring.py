@@ -29,6 +29,7 @@ from orchard import kube
 from orchard.api.common import API_VERSION, GROUP, VERSION, parse_duration, status_patch, to_k8s
 from orchard.api.modeldeployment import ModelDeployment, ModelDeploymentSpec
 from orchard.builders import serving as sv
+from orchard.builders.common import owned_by
 from orchard.decisions import monitoring as mon
 from orchard.decisions import observing as ob
 
@@ -129,11 +130,6 @@ class Reads:
     owned: bool  # whether the window's ConfigMap (if any) is this deployment's
 
 
-def _owned_by(obj: Mapping[str, Any] | None, md: ModelDeployment) -> bool:
-    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
-    return obj is None or any(r.get("uid") == md.metadata.uid for r in refs)
-
-
 async def _version_facts(namespace: str, version: str) -> mon.VersionFacts:
     mv = await kube.get(API_VERSION, "ModelVersion", version, namespace)
     spec = (mv or {}).get("spec") or {}
@@ -154,17 +150,17 @@ def collection_note(md: ModelDeployment) -> str | None:
 async def read(md: ModelDeployment) -> Reads:
     namespace, name, st = str(md.metadata.namespace), str(md.metadata.name), md.status
     pods = await kube.list_objects("v1", "Pod", namespace, labels=sv.selector(name))
+    scrapes, _ = await scrape_pods(ob.serving_pods(pods, st), md.spec.server.port)
     seen: dict[str, mon.TrackSeen] = {}
     facts: dict[str, mon.VersionFacts] = {}
     for track, version in (("stable", st.stable_version), ("canary", st.canary_version)):
         if version is None:
             continue
-        mine = ob.pods_of(pods, track, version)
-        scrapes, _ = await scrape_pods(mine, md.spec.server.port)
-        seen[track] = mon.TrackSeen(version, scrapes, {str(p["metadata"]["name"]) for p in mine})
+        mine = {str(p["metadata"]["name"]) for p in ob.pods_of(pods, track, version)}
+        seen[track] = mon.TrackSeen(version, {p: scrapes[p] for p in mine if p in scrapes}, mine)
         facts[track] = await _version_facts(namespace, version)
     stored = await kube.get("v1", "ConfigMap", sv.monitoring_window_name(name), namespace)
-    owned = _owned_by(stored, md)
+    owned = stored is None or owned_by(stored, md.metadata.uid)
     windows = _windows.get((namespace, name))
     if windows is None and stored is not None and owned:
         windows = mon.loads((stored.get("data") or {}).get(sv.MONITORING_WINDOW_KEY))

@@ -19,6 +19,7 @@ from orchard.api.common import API_VERSION, status_patch, to_k8s
 from orchard.api.modeldeployment import ModelDeployment, ModelDeploymentStatus
 from orchard.api.modelversion import ModelVersion
 from orchard.builders import serving as sv
+from orchard.builders.common import owned_by
 from orchard.decisions import observing as ob
 from orchard.decisions import rollout as ro
 from orchard.decisions.modelversion import deployments_using
@@ -94,8 +95,7 @@ async def _remove_own_hpa(md: ModelDeployment) -> None:
     one of the same name that someone else made is left alone)."""
     name, namespace = sv.hpa_name(str(md.metadata.name)), str(md.metadata.namespace)
     existing = await kube.get(HPA_API_VERSION, "HorizontalPodAutoscaler", name, namespace)
-    owners = ((existing or {}).get("metadata") or {}).get("ownerReferences") or []
-    if any(ref.get("uid") == md.metadata.uid for ref in owners):
+    if existing is not None and owned_by(existing, md.metadata.uid):
         await kube.delete(HPA_API_VERSION, "HorizontalPodAutoscaler", name, namespace)
 
 

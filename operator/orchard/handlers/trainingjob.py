@@ -31,6 +31,7 @@ from orchard.builders.common import (
     VERIFICATION_COMPONENT,
     TrainerSettings,
     label_selector,
+    owned_by,
 )
 from orchard.builders.modelversion import TRAININGJOB_UID_LABEL, model_version, version_name
 from orchard.builders.training import config_map, job_name, training_job
@@ -251,14 +252,12 @@ async def _suspend(job: str, namespace: str) -> None:
 async def _observe(tj: TrainingJob) -> Outcome:
     namespace = str(tj.metadata.namespace)
     job = await kube.get("batch/v1", "Job", job_name(tj), namespace)
-    if job is not None:
-        owners = job.get("metadata", {}).get("ownerReferences") or []
-        if not any(ref.get("uid") == tj.metadata.uid for ref in owners):
-            return Outcome(
-                "Failed",
-                "JobConflict",
-                f"a Job named {job_name(tj)} exists and does not belong to this TrainingJob",
-            )
+    if job is not None and not owned_by(job, tj.metadata.uid):
+        return Outcome(
+            "Failed",
+            "JobConflict",
+            f"a Job named {job_name(tj)} exists and does not belong to this TrainingJob",
+        )
     pods: list[dict[str, Any]] = []
     if job is not None:
         pods = await kube.list_objects(
