@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,51 @@ def cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeKube:
     return fake
 
 
+def evaluation_pod(
+    job: dict[str, Any], report: dict[str, Any], exit_code: int = 0
+) -> dict[str, Any]:
+    """The evaluation Job's pod, ended with `orchard evaluate`'s report."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": job["metadata"]["name"] + "-x",
+            "namespace": NS,
+            "labels": {"batch.kubernetes.io/controller-uid": job["metadata"]["uid"]},
+        },
+        "status": {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "containerStatuses": [
+                {
+                    "name": "evaluate",
+                    "state": {"terminated": {"exitCode": exit_code, "message": json.dumps(report)}},
+                }
+            ],
+        },
+    }
+
+
+def scored(candidate: float, baseline: float, rows: int = 180) -> dict[str, Any]:
+    return {
+        "rows": rows,
+        "heldoutRows": 30,
+        "productionRows": rows - 30,
+        "datasetDigest": "sha256:" + "1" * 64,
+        "candidate": {"metrics": {"accuracy": candidate}},
+        "baseline": {"metrics": {"accuracy": baseline}},
+    }
+
+
+async def evaluate(cluster: FakeKube, report: dict[str, Any], exit_code: int = 0) -> dict[str, Any]:
+    """Let the evaluation Job the last tick asked for end with `report`; one more tick."""
+    jobs = [o for (_, kind, _, _), o in cluster.objects.items() if kind == "Job"]
+    assert len(jobs) == 1, jobs
+    job = jobs[0]
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["orchard", "evaluate"]
+    cluster.add(evaluation_pod(job, report, exit_code))
+    return await reconcile()
+
+
 async def reconcile() -> dict[str, Any]:
     await h.reconcile(NS, "iris", log)  # type: ignore[arg-type]
     status = (await kube.get(kube.API_VERSION, "ModelDeployment", "iris", NS) or {})["status"]
@@ -142,19 +188,51 @@ async def test_a_new_version_starts_a_canary_beside_the_stable(cluster: FakeKube
         kube.API_VERSION, "ModelDeployment", "iris", NS, {"spec": {"modelVersion": "iris-v2"}}
     )
     status = await reconcile()
+    assert (status["phase"], status["reason"], status["canaryVersion"]) == (
+        "Progressing",
+        "Evaluating",
+        "iris-v2",
+    )
+    canary = cluster.find("Deployment", "iris-canary")
+    assert canary is None or canary["spec"]["replicas"] == 0  # no pod before the verdict
+    status = await evaluate(cluster, scored(0.96, 0.95))
     assert (status["phase"], status["canaryVersion"], status["currentStep"]) == (
         "Progressing",
         "iris-v2",
         0,
     )
-    assert cluster.reasons()[-3:] == ["RolloutStarted", "MetricCheckPassed", "StepStarted"]
+    assert status["evaluation"]["verdict"] == "Pass" and status["evaluation"]["rows"] == 180
+    assert cluster.reasons()[-4:] == [
+        "RolloutStarted", "Evaluating", "EvaluationPassed", "StepStarted"
+    ]  # fmt: skip
+    record = cluster.find("ModelVersion", "iris-v2")["status"]["evaluations"]  # type: ignore[index]
+    assert [(r["against"], r["verdict"], r["value"]) for r in record] == [("iris-v1", "Pass", 0.96)]
     canary = cluster.find("Deployment", "iris-canary")
     assert canary is not None and canary["spec"]["replicas"] >= 1
     users = cluster.find("ModelVersion", "iris-v2")["status"]["usedBy"]  # type: ignore[index]
     assert users == ["iris"]
 
 
-async def test_a_worse_registered_metric_is_rolled_back_before_any_traffic(
+async def test_worse_on_the_same_rows_is_rolled_back_before_any_traffic(
+    cluster: FakeKube,
+) -> None:
+    cluster.add(deployment())
+    cluster.add(pod("iris-stable-a", "stable", "iris-v1"))
+    await reconcile()
+    cluster.add(version("iris-v2", 2, accuracy=0.99))  # registered on another test set
+    await kube.merge_patch(
+        kube.API_VERSION, "ModelDeployment", "iris", NS, {"spec": {"modelVersion": "iris-v2"}}
+    )
+    await reconcile()
+    status = await evaluate(cluster, scored(0.50, 0.95))
+    assert (status["phase"], status["reason"]) == ("RolledBack", "MetricDrop")
+    assert status["lastRollback"]["metrics"]["candidate"] == 0.5
+    assert "on the same 180 rows" in status["message"], status["message"]
+    canary = cluster.find("Deployment", "iris-canary")
+    assert canary is None or canary["spec"]["replicas"] == 0  # no pod was ever asked for
+
+
+async def test_a_failed_evaluation_falls_back_to_the_registered_metrics(
     cluster: FakeKube,
 ) -> None:
     cluster.add(deployment())
@@ -164,10 +242,13 @@ async def test_a_worse_registered_metric_is_rolled_back_before_any_traffic(
     await kube.merge_patch(
         kube.API_VERSION, "ModelDeployment", "iris", NS, {"spec": {"modelVersion": "iris-v2"}}
     )
-    status = await reconcile()
+    await reconcile()
+    failure = {"error": {"reason": "NoEvaluationRows", "message": "no held-out rows"}}
+    status = await evaluate(cluster, failure, exit_code=1)
+    assert status["evaluation"]["phase"] == "Failed"
+    assert status["evaluation"]["reason"] == "NoEvaluationRows"
     assert (status["phase"], status["reason"]) == ("RolledBack", "MetricDrop")
-    assert status["lastRollback"]["metrics"]["candidate"] == 0.5
-    assert cluster.find("Deployment", "iris-canary") is None  # no pod was ever made
+    assert "EvaluationFailed" in cluster.reasons()
 
 
 async def test_turning_autoscaling_off_removes_only_its_own_autoscaler(
@@ -254,7 +335,8 @@ async def test_a_step_counts_only_the_requests_since_it_began(
     await kube.merge_patch(
         kube.API_VERSION, "ModelDeployment", "iris", NS, {"spec": {"modelVersion": "iris-v2"}}
     )
-    await reconcile()  # step 0 entered; the window's baseline is this tick's scrape
+    await reconcile()
+    await evaluate(cluster, scored(0.95, 0.95))  # step 0 entered; the window's baseline
     cluster.add(pod("iris-canary-a", "canary", "iris-v2", ip="127.0.0.2"))
     await reconcile()  # canary ready: the step's clock starts
     for _ in range(7):

@@ -1,8 +1,10 @@
 """ModelDeployment: serve a ModelVersion, and roll a new one out as a canary with analysis.
 
-Changing `spec.modelVersion` starts a rollout: the new version serves a growing share of
-traffic, step by step, while its error rate, latency and predictions are compared with
-the stable version's; a failed analysis rolls it back.
+A new target version (`spec.modelVersion` changed, or one `spec.track` selected) starts a
+rollout: it is first scored against the stable version on the same rows, then serves a
+growing share of traffic, step by step, while its error rate, latency and predictions are
+compared with the stable version's; a failed analysis rolls it back. `spec.retrain` trains
+new versions on a trigger (`orchard.api.improvement`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ from .common import (
     ResourceInfo,
     cel,
     validations,
+)
+from .improvement import (
+    EvaluationStatus,
+    Retrain,
+    RetrainingStatus,
+    Track,
+    TrackingStatus,
 )
 
 RolloutAction = Literal["promote", "abort"]
@@ -359,9 +368,39 @@ class Monitoring(CamelModel):
 
 
 class ModelDeploymentSpec(CamelModel):
-    """Which ModelVersion to serve, how, and how to roll out the next one."""
+    """Which ModelVersion to serve (named, or followed by a rule), how, how to roll out
+    the next one, and when to train one."""
 
-    model_version: DnsSubdomain = Field(description="Name of the ModelVersion to serve.")
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.modelVersion) != has(self.track)",
+                "set exactly one of modelVersion or track",
+                reason="FieldValueInvalid",
+            ),
+            cel(
+                "!has(self.retrain) || !has(self.retrain.template.spec) || !has(self.track) "
+                "|| self.retrain.template.spec.model == self.track.model",
+                "retrain.template.spec.model must be the tracked model",
+                field_path=".retrain.template.spec.model",
+            ),
+        )
+    )
+
+    model_version: DnsSubdomain | None = Field(
+        default=None,
+        description="Name of the ModelVersion to serve; or leave it out and set track.",
+    )
+    track: Track | None = Field(
+        default=None,
+        description="Follow a registered model: the operator selects the version "
+        "(status.targetVersion) and rolls it out.",
+    )
+    retrain: Retrain | None = Field(
+        default=None,
+        description="Train a new version on a trigger (drift, accuracy, a schedule, new "
+        "labels); with track, a better one rolls out by itself.",
+    )
     replicas: int = Field(
         default=2, ge=0, le=100, description="Serving pods of the stable version."
     )
@@ -377,6 +416,15 @@ class ModelDeploymentSpec(CamelModel):
     monitoring: Monitoring = Field(
         default_factory=Monitoring, description="Drift checks of the served version."
     )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Self:
+        if (self.model_version is None) == (self.track is None):
+            raise ValueError("set exactly one of modelVersion or track")
+        template = self.retrain.template.spec if self.retrain is not None else None
+        if template is not None and self.track is not None and template.model != self.track.model:
+            raise ValueError("retrain.template.spec.model must be the tracked model")
+        return self
 
 
 DeploymentPhase = Literal["Pending", "Stable", "Progressing", "Paused", "RolledBack", "Degraded"]
@@ -545,6 +593,11 @@ class ModelDeploymentStatus(CamelModel):
         description="Ready, Progressing, Degraded, TrafficSplit, DriftDetected and "
         "AccuracyDegraded conditions.",
     )
+    target_version: str | None = Field(
+        default=None,
+        description="The version the deployment moves to: spec.modelVersion, or the one "
+        "spec.track selected.",
+    )
     stable_version: str | None = Field(default=None, description="ModelVersion serving stably.")
     canary_version: str | None = Field(default=None, description="ModelVersion being rolled out.")
     canary_weight: CanaryWeight | None = Field(
@@ -573,6 +626,17 @@ class ModelDeploymentStatus(CamelModel):
     monitoring: MonitoringStatus | None = Field(
         default=None, description="Drift of the stable version's traffic (spec.monitoring)."
     )
+    tracking: TrackingStatus | None = Field(
+        default=None, description="What spec.track selected, and the challengers refused."
+    )
+    evaluation: EvaluationStatus | None = Field(
+        default=None,
+        description="The last champion / challenger evaluation: the candidate and the stable "
+        "version scored on the same rows before any traffic moved.",
+    )
+    retraining: RetrainingStatus | None = Field(
+        default=None, description="The last retraining (spec.retrain) and its result."
+    )
 
 
 class ModelDeployment(Resource):
@@ -587,10 +651,16 @@ class ModelDeployment(Resource):
         "as canaries with automated analysis and rollback.",
         printer_columns=[
             PrinterColumn(
-                name="Version",
+                name="Tracks",
                 type="string",
-                json_path=".spec.modelVersion",
-                description="Desired ModelVersion.",
+                json_path=".spec.track.model",
+                description="The registered model followed (spec.track).",
+            ),
+            PrinterColumn(
+                name="Target",
+                type="string",
+                json_path=".status.targetVersion",
+                description="The ModelVersion the deployment moves to.",
             ),
             PHASE_COLUMN,
             READY_COLUMN,

@@ -111,6 +111,21 @@ class ModelVersionSpec(CamelModel):
 ModelVersionPhase = Literal["Pending", "Verifying", "Ready", "Failed"]
 
 
+class VersionEvaluation(CamelModel):
+    """This version scored against a serving one on the same rows, before it took traffic."""
+
+    deployment: str = Field(description="The ModelDeployment that asked.")
+    against: str = Field(description="The version it was compared with (the stable).")
+    metric: str | None = Field(default=None, description="The metric judged.")
+    value: float | None = Field(default=None, description="This version's value.")
+    against_value: float | None = Field(default=None, description="The other version's value.")
+    rows: int | None = Field(default=None, ge=0, description="Rows both were scored on.")
+    dataset_digest: str | None = Field(default=None, description="sha256 of those rows.")
+    verdict: Literal["Pass", "Fail"] | None = Field(default=None, description="The verdict.")
+    reason: str | None = Field(default=None, description="Its reason, in a word.")
+    at: datetime | None = Field(default=None, description="When.")
+
+
 class ModelVersionStatus(CamelModel):
     """What the operator verified about the version."""
 
@@ -131,6 +146,11 @@ class ModelVersionStatus(CamelModel):
     )
     reason: str | None = Field(default=None, description="Why the version is in its phase.")
     message: str | None = Field(default=None, description="Details, for people.")
+    evaluations: list[VersionEvaluation] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Champion / challenger evaluations of this version, newest last.",
+    )
 
 
 class ModelVersion(Resource):

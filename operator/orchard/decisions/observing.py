@@ -25,8 +25,10 @@ from orchard.api.modeldeployment import (
 from orchard.api.modelversion import ModelVersion
 
 from . import analysis as an
+from . import evaluation as ev
 from . import metrics_text as mt
 from . import rollout as ro
+from . import tracking as tk
 
 Pod = Mapping[str, Any]
 
@@ -161,13 +163,48 @@ class Reads:
     unscraped: Mapping[str, str] = field(default_factory=dict)
     baseline: Mapping[str, mt.Scrape] = field(default_factory=dict)
     action: RolloutAction | None = None  # a rollout-action annotation still to act on
+    # With spec.track: what was selected from the namespace's ModelVersions.
+    selection: tk.Selection | None = None
+    # The evaluation Job's outcome for status.evaluation's pair, while it runs.
+    evaluation: ev.Seen | None = None
 
 
-def version_names(md: ModelDeployment) -> tuple[str, ...]:
+def select_target(
+    md: ModelDeployment, model_versions: Sequence[Mapping[str, Any]]
+) -> tk.Selection | None:
+    """With spec.track: the version to move to, from the namespace's ModelVersions."""
+    track, st = md.spec.track, md.status
+    if track is None:
+        return None
+    versions = tk.registered(model_versions, track.model)
+    return tk.select(track, versions, st.stable_version,
+                     tk.refused_against(st.tracking, st.stable_version))  # fmt: skip
+
+
+def target_of(md: ModelDeployment, selection: tk.Selection | None) -> str | None:
+    """The version the deployment moves to: the spec's, or the one selected."""
+    if md.spec.track is None:
+        return md.spec.model_version
+    return selection.target if selection is not None else None
+
+
+def version_names(md: ModelDeployment, target: str | None = None) -> tuple[str, ...]:
     """The ModelVersions a tick reads: the stable one (or the first to serve) and the
-    one the spec names."""
-    stable = md.status.stable_version or md.spec.model_version
-    return tuple(dict.fromkeys(n for n in (stable, md.spec.model_version) if n))
+    target."""
+    target = target or md.spec.model_version
+    stable = md.status.stable_version or target
+    return tuple(dict.fromkeys(n for n in (stable, target) if n))
+
+
+def judging(md: ModelDeployment, task: str | None) -> ev.Judging:
+    """How a candidate is judged against the stable version on the same rows: with
+    track select best, it must improve by minImprovement; otherwise it must not drop by
+    more than canary.analysis.maxMetricDrop."""
+    track, analysis = md.spec.track, md.spec.canary.analysis
+    chosen = (track.metric if track else None) or analysis.metric or tk.default_metric(task)
+    if track is not None and track.select == "best":
+        return ev.Judging(chosen, "improve", track.min_improvement)
+    return ev.Judging(chosen, "no-drop", analysis.max_metric_drop)
 
 
 def pending_action(body: Mapping[str, Any]) -> RolloutAction | None:
@@ -189,9 +226,11 @@ def observe(md: ModelDeployment, reads: Reads, url: str, now: dt.datetime) -> ro
     """Everything `rollout.decide` needs, from what the controller read: pod counts,
     the versions' state, and the verdict on the current step's window while one is live."""
     st, pods = md.status, reads.pods
-    stable_name = st.stable_version or md.spec.model_version
-    _, stable = version_info(stable_name, reads.versions.get(stable_name))
-    _, candidate = version_info(md.spec.model_version, reads.versions.get(md.spec.model_version))
+    target = target_of(md, reads.selection)
+    stable_name = st.stable_version or target
+    _, stable = version_info(stable_name, reads.versions.get(stable_name or ""))
+    candidate_mv, candidate = version_info(target, reads.versions.get(target or ""))
+    task = candidate_mv.spec.task if candidate_mv is not None else None
     analysis = (
         analyse_window(md, pods, reads.scrapes, reads.baseline, reads.unscraped)
         if live_step(st)
@@ -214,4 +253,8 @@ def observe(md: ModelDeployment, reads: Reads, url: str, now: dt.datetime) -> ro
         route_weight=reads.traffic.route_weight,
         canary_ready_since=min((ready_since(p, now) for p in canary_pods), default=None),
         url=url,
+        target=target,
+        selection=reads.selection,
+        judging=judging(md, task),
+        evaluation=reads.evaluation,
     )

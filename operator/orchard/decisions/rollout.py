@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from orchard.api.common import ConditionStatus, parse_duration, parse_timestamp, set_condition
+from orchard.api.improvement import EvaluationStatus, RefusedVersion
 from orchard.api.modeldeployment import (
     ActionRecord,
     AnalysisResult,
@@ -46,11 +47,15 @@ from orchard.api.modeldeployment import (
 )
 
 from . import analysis as an
+from . import evaluation as ev
+from . import tracking as tk
 from . import traffic as tr
 
 HISTORY_LIMIT = 10
 # A canary whose pods are not ready this long after its step began is rolled back.
 CANARY_READY_TIMEOUT = timedelta(seconds=180)
+# An evaluation Job that has not reported this long after it was asked for has failed.
+EVALUATION_TIMEOUT = timedelta(seconds=600)
 
 # Reasons (status.reason, conditions, events): the words a person or a script looks for.
 DEPLOYING = "Deploying"
@@ -66,6 +71,10 @@ ROLLOUT_RESTARTED = "RolloutRestarted"
 ROLLOUT_CANCELLED = "RolloutCancelled"
 METRIC_CHECK_PASSED = "MetricCheckPassed"
 METRIC_DROP = "MetricDrop"
+EVALUATING = ev.EVALUATING
+EVALUATION_PASSED = "EvaluationPassed"
+CHALLENGER_REFUSED = "ChallengerRefused"
+TARGET_SELECTED = "TargetSelected"
 STEP_STARTED = "StepStarted"
 WAITING_FOR_CANARY = "WaitingForCanary"
 ANALYSING = "Analysing"
@@ -119,7 +128,7 @@ class Observations:
     stable_desired: int = 0
     # Ready pods of the canary Deployment that run status.canaryVersion.
     canary_ready: int = 0
-    candidate: VersionInfo | None = None  # spec.modelVersion
+    candidate: VersionInfo | None = None  # the target version
     stable: VersionInfo | None = None  # status.stableVersion
     analysis: an.Result | None = None  # verdict on the canary's window this step
     traffic_ok: bool = True
@@ -131,6 +140,14 @@ class Observations:
     route_weight: int | None = None
     canary_ready_since: datetime | None = None
     url: str | None = None
+    # The version to move to: spec.modelVersion, or what spec.track selected (then
+    # `selection` says why; None: nothing to select yet). Unset: spec.modelVersion.
+    target: str | None = None
+    selection: tk.Selection | None = None
+    # How the candidate is judged against the stable version, and the evaluation Job's
+    # outcome for status.evaluation's pair (None: not read, or none asked for yet).
+    judging: ev.Judging | None = None
+    evaluation: ev.Seen | None = None
 
 
 @dataclass
@@ -252,6 +269,25 @@ class _Machine:
     def split_message(self, desired: int) -> str:
         return f"canary {self.st_effective()}% by {self.split.means} (asked {desired}%)"
 
+    # the target
+    def record_target(self, target: str | None) -> None:
+        """status.targetVersion, and with spec.track what was selected and why."""
+        st, selection = self.st, self.obs.selection
+        if target is not None and target != st.target_version and selection is not None:
+            self.event("Normal", TARGET_SELECTED, selection.message)
+        st.target_version = target
+        if self.spec.track is not None and selection is not None:
+            st.tracking = tk.tracking_status(self.spec.track, selection, st.tracking)
+        elif self.spec.track is None:
+            st.tracking = None
+
+    def nothing_to_serve(self) -> None:
+        """Tracking a model that has no Ready version: wait, saying so."""
+        text = self.obs.selection.message if self.obs.selection else "no version to serve"
+        self.set_phase("Pending", WAITING_FOR_MODEL_VERSION, text)
+        self.cond("Degraded", "False", WAITING_FOR_MODEL_VERSION, text)
+        self.cond("Progressing", "False", WAITING_FOR_MODEL_VERSION, text)
+
     # transitions
     def start(self, version: str) -> None:
         if self.st.canary_version is not None:
@@ -270,8 +306,11 @@ class _Machine:
             "Normal", ROLLOUT_STARTED, f"rolling out {version} over {self.st.stable_version}"
         )
 
+    def target(self) -> str | None:
+        return self.obs.target or self.spec.model_version
+
     def rollback(self, reason: str, message: str, metrics: dict[str, float]) -> None:
-        canary = self.st.canary_version or self.spec.model_version
+        canary = self.st.canary_version or self.target() or ""
         stable = self.st.stable_version or ""
         self.st.last_rollback = Rollback(
             from_=canary, to=stable, reason=reason, metrics=dict(metrics), at=self.now
@@ -284,7 +323,7 @@ class _Machine:
         self.event("Warning", ROLLED_BACK, text)
 
     def promote(self, manual: bool) -> None:
-        version = self.st.canary_version or self.spec.model_version
+        version = self.st.canary_version or self.target() or ""
         old = self.st.stable_version
         self.st.stable_version = version
         self.st.canary_version = version  # promoting: canary pods serve until stable is up
@@ -310,8 +349,13 @@ class _Machine:
 
     # the decision
     def run(self, action: tuple[RolloutAction, str] | None) -> None:
-        st, spec = self.st, self.spec
-        target = spec.model_version
+        st = self.st
+        selected = self.target()
+        self.record_target(selected)
+        if selected is None:  # tracking a model with no Ready version yet
+            self.nothing_to_serve()
+            return
+        target: str = selected
 
         never_served = (
             st.stable_version is not None
@@ -481,6 +525,8 @@ class _Machine:
                 f"ModelVersion {cand.name} is {cand.phase or 'not verified yet'}"
             )
             return
+        if self.obs.judging is not None and not self.evaluated(cand.name):
+            return
         stable_metrics = self.obs.stable.metrics if self.obs.stable is not None else {}
         check = an.registered_metric_check(
             cand.metrics, stable_metrics, settings.max_metric_drop, settings.metric
@@ -495,6 +541,78 @@ class _Machine:
             return
         self.event("Normal", METRIC_CHECK_PASSED, check.message)
         self.start_step(0)
+
+    def evaluated(self, candidate: str) -> bool:
+        """The champion / challenger gate (`orchard.decisions.evaluation`): ask for the
+        evaluation, wait for it, judge it. True when the candidate is to be judged on its
+        registered metrics instead (the evaluation could not be made, and status says why);
+        otherwise the decision is made here (a step starts, or the candidate is refused)."""
+        st, obs, judging = self.st, self.obs, self.obs.judging
+        assert judging is not None
+        baseline = st.stable_version or ""
+        asked = st.evaluation
+        if asked is None or (asked.candidate, asked.baseline) != (candidate, baseline):
+            st.evaluation = EvaluationStatus(
+                candidate=candidate, baseline=baseline, started_at=self.now
+            )
+            text = f"scoring {candidate} against {baseline} on the same rows ({judging.describe()})"
+            self.set_phase("Progressing", EVALUATING, text)
+            self.cond("Progressing", "True", EVALUATING, text)
+            self.event("Normal", EVALUATING, text)
+            return False
+        if asked.phase == "Running":
+            seen = obs.evaluation or ev.Seen("Running")
+            started = asked.started_at or self.now
+            if seen.phase == "Running" and self.now - started > EVALUATION_TIMEOUT:
+                waited = int(EVALUATION_TIMEOUT.total_seconds())
+                seen = ev.Seen(
+                    "Failed", reason=ev.EVALUATION_FAILED, message=f"no result after {waited}s"
+                )
+            if seen.phase == "Running":
+                text = f"scoring {candidate} against {baseline} on the same rows"
+                self.set_phase("Progressing", EVALUATING, text)
+                return False
+            verdict = (
+                ev.judge(seen.figures, judging.metric, judging.rule, judging.bound)
+                if seen.figures is not None
+                else None
+            )
+            st.evaluation = asked = ev.status_of(asked, seen, verdict, self.now)
+            if verdict is None:
+                self.event("Warning", ev.EVALUATION_FAILED,
+                           f"evaluation of {candidate} failed ({seen.reason}: {seen.message}); "
+                           "judging the registered metrics instead")  # fmt: skip
+        if asked.verdict is None:
+            return True  # it failed: the registered metrics judge
+        if asked.verdict == "Pass":
+            self.event("Normal", EVALUATION_PASSED, asked.message or "")
+            self.start_step(0)
+        elif self.spec.track is not None:
+            self.refuse(asked.reason or ev.NOT_BETTER, asked.message or "")
+        else:
+            figures = {"candidate": asked.candidate_value or 0.0,
+                       "stable": asked.baseline_value or 0.0,
+                       "improvement": asked.improvement or 0.0}  # fmt: skip
+            self.rollback(asked.reason or METRIC_DROP, asked.message or "", figures)
+        return False
+
+    def refuse(self, reason: str, message: str) -> None:
+        """A tracked challenger that did not beat the stable version: it takes no
+        traffic, is recorded as refused (never proposed again against this stable), and
+        the stable version serves on; not a failure."""
+        st = self.st
+        candidate, stable = st.canary_version or "", st.stable_version or ""
+        if st.tracking is not None:
+            st.tracking = tk.with_refusal(
+                st.tracking,
+                RefusedVersion(version=candidate, against=stable, reason=reason,
+                               message=message, at=self.now),
+            )  # fmt: skip
+        self.end_rollout()
+        text = f"{candidate} not rolled out: {message}"
+        self.set_phase("Stable", reason, text)
+        self.cond("Progressing", "False", CHALLENGER_REFUSED, text)
+        self.event("Normal", CHALLENGER_REFUSED, text)
 
     def wait_for_candidate(self, text: str) -> None:
         self.set_phase("Progressing", WAITING_FOR_MODEL_VERSION, text)

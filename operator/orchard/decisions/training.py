@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -124,16 +124,12 @@ def _as_result(data: dict[str, Any]) -> TrainerReport | TrainerFailure | None:
     return report.model_copy(update={"dataset": dataset})
 
 
-def parse_termination_message(text: str | None) -> TrainerReport | TrainerFailure | None:
-    """The trainer's report in a termination message.
-
-    The message is the trainer's one JSON object; with FallbackToLogsOnError it may
-    instead be the tail of the log, whose last JSON line is the same report.
-    """
+def termination_objects(text: str | None) -> Iterator[dict[str, Any]]:
+    """The JSON objects a termination message may be: the whole message (the process's
+    one report), else with FallbackToLogsOnError the tail of its log, last line first."""
     if not text or not text.strip():
-        return None
-    candidates = [text, *reversed(text.strip().splitlines())]
-    for candidate in candidates:
+        return
+    for candidate in [text, *reversed(text.strip().splitlines())]:
         candidate = candidate.strip()
         if not candidate.startswith("{"):
             continue
@@ -141,7 +137,14 @@ def parse_termination_message(text: str | None) -> TrainerReport | TrainerFailur
             data = json.loads(candidate)
         except ValueError:
             continue
-        if isinstance(data, dict) and (parsed := _as_result(data)) is not None:
+        if isinstance(data, dict):
+            yield data
+
+
+def parse_termination_message(text: str | None) -> TrainerReport | TrainerFailure | None:
+    """The trainer's report in a termination message (`termination_objects`)."""
+    for data in termination_objects(text):
+        if (parsed := _as_result(data)) is not None:
             return parsed
     return None
 

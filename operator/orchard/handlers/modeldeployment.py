@@ -11,7 +11,8 @@ status, so a restarted operator resumes where it was. Triggers:
 - a change of the `orchard.dev/rollout-action` annotation (promote | abort), acted on once;
 - a daemon, only while the phase is Pending, Progressing or Paused, every analysis
   interval (it stops by itself when the rollout ends);
-- events of the Deployments it owns (pods becoming ready, or going away).
+- events of the Deployments it owns (pods becoming ready, or going away);
+- a ModelVersion turning Ready, for the deployments that track its model (`spec.track`).
 """
 
 from __future__ import annotations
@@ -33,14 +34,24 @@ from orchard.api.modeldeployment import (
     ModelDeployment,
     ModelDeploymentSpec,
 )
+from orchard.builders import improvement as imp
 from orchard.builders import serving as sv
+from orchard.builders.common import owned_by
+from orchard.decisions import evaluation as ev
 from orchard.decisions import observing as ob
 from orchard.decisions import policy as pol
 from orchard.decisions import rollout as ro
 from orchard.handlers import policy
 
 from .canary_metrics import AnalysisWindows, scrape_tracks
-from .serving_children import ensure_children, update_used_by, versions_changed, write_status
+from .serving_children import (
+    ensure_children,
+    ensure_evaluation,
+    record_evaluation,
+    update_used_by,
+    versions_changed,
+    write_status,
+)
 from .traffic_routes import traffic_state
 
 # The verbs of this controller and of the modules it drives (serving_children,
@@ -54,8 +65,10 @@ RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [GROUP], "resources": ["modeldeployments/status"], "verbs": ["get", "patch"]},
     # blockOwnerDeletion on the children's ownerReferences needs this.
     {"apiGroups": [GROUP], "resources": ["modeldeployments/finalizers"], "verbs": ["update"]},
-    {"apiGroups": [GROUP], "resources": ["modelversions"], "verbs": ["get", "list"]},
+    {"apiGroups": [GROUP], "resources": ["modelversions"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [GROUP], "resources": ["modelversions/status"], "verbs": ["get", "patch"]},
+    # The evaluation Job of a candidate (serving_children.ensure_evaluation).
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "create"]},
     {
         "apiGroups": ["apps"],
         "resources": ["deployments"],
@@ -74,6 +87,7 @@ RBAC_RULES: list[dict[str, Any]] = [
 ]
 
 IN_PROGRESS = ("Pending", "Progressing", "Paused")
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 
 _locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 _windows = AnalysisWindows()
@@ -176,6 +190,33 @@ async def deployment_changed(
             logger.warning("reconcile of %s failed: %s", owner, exc)
 
 
+def version_ready(status: Mapping[str, Any], **_: Any) -> bool:
+    return status.get("phase") == "Ready"
+
+
+_ready_seen: set[tuple[str, str]] = set()
+
+
+@kopf.on.event(GROUP, VERSION, "modelversions", when=version_ready)
+async def model_version_ready(
+    namespace: str | None, name: str, spec: Mapping[str, Any], logger: kopf.Logger, **_: Any
+) -> None:
+    """A ModelVersion turned Ready: the deployments of its namespace that track its model
+    select again (once per version and process; a restarted operator resumes them all)."""
+    key = (str(namespace), name)
+    if key in _ready_seen:
+        return
+    _ready_seen.add(key)
+    model = spec.get("model")
+    for body in await kube.list_objects(API_VERSION, "ModelDeployment", str(namespace)):
+        track = (body.get("spec") or {}).get("track") or {}
+        if model and track.get("model") == model:
+            try:
+                await reconcile(str(namespace), body["metadata"]["name"], logger)
+            except Exception as exc:  # events are not retried; the daemon or the next one will
+                logger.warning("reconcile of %s failed: %s", body["metadata"]["name"], exc)
+
+
 @kopf.on.delete(GROUP, VERSION, "modeldeployments", optional=True)
 async def deleted(namespace: str | None, name: str, status: Mapping[str, Any], **_: Any) -> None:
     """Children go by garbage collection; the versions it used lose it from usedBy."""
@@ -188,11 +229,34 @@ async def deleted(namespace: str | None, name: str, status: Mapping[str, Any], *
 # --- One step --------------------------------------------------------------------------
 
 
+async def evaluation_outcome(md: ModelDeployment) -> ev.Seen | None:
+    """While status.evaluation runs: where its Job stands (its pod's report once done)."""
+    asked, namespace = md.status.evaluation, str(md.metadata.namespace)
+    if asked is None or asked.phase != "Running":
+        return None
+    name = imp.evaluation_job_name(md, asked.candidate, asked.baseline)
+    job = await kube.get("batch/v1", "Job", name, namespace)
+    if job is None or not owned_by(job, md.metadata.uid):
+        return ev.Seen("Running")
+    pods = await kube.list_objects(
+        "v1", "Pod", namespace, labels={JOB_UID_LABEL: job["metadata"]["uid"]}
+    )
+    return ev.job_outcome(job, pods)
+
+
 async def read(md: ModelDeployment, body: Mapping[str, Any]) -> ob.Reads:
     """Everything this tick's decision looks at, fetched; nothing is decided here."""
     namespace, name, st = str(md.metadata.namespace), str(md.metadata.name), md.status
+    listed = (
+        await kube.list_objects(API_VERSION, "ModelVersion", namespace)
+        if md.spec.track is not None
+        else []
+    )
+    selection = ob.select_target(md, listed)
+    by_name = {str(v["metadata"]["name"]): v for v in listed}
     versions = {
-        v: await kube.get(API_VERSION, "ModelVersion", v, namespace) for v in ob.version_names(md)
+        v: by_name[v] if v in by_name else await kube.get(API_VERSION, "ModelVersion", v, namespace)
+        for v in ob.version_names(md, ob.target_of(md, selection))
     }
     pods = await kube.list_objects("v1", "Pod", namespace, labels=sv.selector(name))
     stable, canary = [
@@ -205,7 +269,7 @@ async def read(md: ModelDeployment, body: Mapping[str, Any]) -> ob.Reads:
     scrapes, unscraped = await scrape_tracks(pods, st, md.spec.server.port) if live else ({}, {})
     return ob.Reads(
         versions, pods, stable, canary, traffic, scrapes, unscraped,
-        _windows.baseline(md), ob.pending_action(body),
+        _windows.baseline(md), ob.pending_action(body), selection, await evaluation_outcome(md),
     )  # fmt: skip
 
 
@@ -239,10 +303,12 @@ async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> None:
             _windows.advance(md, decision.status, reads.scrapes)
             try:
                 await ensure_children(md, decision.status, reads, obs, now, logger)
+                await ensure_evaluation(md, decision.status, reads, logger)
             except sv.UnsupportedArtifact as exc:  # a version no serving pod can read
                 decision = ro.refused(
                     md.spec, md.status, now, md.metadata.generation,
                     ro.UNSUPPORTED_ARTIFACT, str(exc),
                 )  # fmt: skip
         await write_status(body, md.status, decision, logger)
+        await record_evaluation(md, md.status, decision.status)
         await versions_changed(namespace, md.status, decision.status)

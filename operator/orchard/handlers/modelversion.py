@@ -160,8 +160,10 @@ async def _write_status(
     new_status = to_k8s(new)
     if new_status == to_k8s(mv.status):
         return
-    # usedBy belongs to the ModelDeployment controller: never write back a stale copy.
+    # usedBy and evaluations belong to the ModelDeployment controller: never write back a
+    # stale copy.
     new_status.pop("usedBy", None)
+    new_status.pop("evaluations", None)
     name, namespace = str(mv.metadata.name), str(mv.metadata.namespace)
     await kube.patch_status("ModelVersion", name, namespace, new_status)
     if new.phase != mv.status.phase:

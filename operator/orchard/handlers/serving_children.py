@@ -1,6 +1,6 @@
 """What a ModelDeployment's decision asks of the cluster, applied: its serving
-Deployments, Services, autoscaler and route weight; its status and events; and the
-`usedBy` of the ModelVersions it serves.
+Deployments, Services, autoscaler and route weight; the evaluation Job of a candidate;
+its status and events; and the `usedBy` and `evaluations` of the ModelVersions it serves.
 
 Every object applied is built by `orchard.builders.serving` from spec and status alone,
 so applying them again is harmless and a restarted operator converges on the same ones.
@@ -8,6 +8,7 @@ so applying them again is harmless and a restarted operator converges on the sam
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Mapping
 from typing import Any
@@ -17,9 +18,10 @@ import kopf
 from orchard import kube
 from orchard.api.common import API_VERSION, status_patch, to_k8s
 from orchard.api.modeldeployment import ModelDeployment, ModelDeploymentStatus
-from orchard.api.modelversion import ModelVersion
+from orchard.api.modelversion import ModelVersion, VersionEvaluation
+from orchard.builders import improvement as imp
 from orchard.builders import serving as sv
-from orchard.builders.common import owned_by
+from orchard.builders.common import TrainerSettings, owned_by
 from orchard.decisions import observing as ob
 from orchard.decisions import rollout as ro
 from orchard.decisions.modelversion import deployments_using
@@ -88,6 +90,67 @@ async def ensure_children(
         await _remove_own_hpa(md)
     if reads.traffic.route is not None:
         await set_route_weight(md, status, reads.traffic.route, now, obs.canary_ready_since, logger)
+
+
+async def ensure_evaluation(
+    md: ModelDeployment, status: ModelDeploymentStatus, reads: ob.Reads, logger: kopf.Logger
+) -> None:
+    """The evaluation status asks for, while it runs: its Job, made once (a Job of that
+    name that is not this deployment's is left alone, and the evaluation times out)."""
+    asked = status.evaluation
+    if asked is None or asked.phase != "Running":
+        return
+    namespace = str(md.metadata.namespace)
+    name = imp.evaluation_job_name(md, asked.candidate, asked.baseline)
+    asked.job = name
+    existing = await kube.get("batch/v1", "Job", name, namespace)
+    if existing is not None:
+        if not owned_by(existing, md.metadata.uid):
+            logger.warning("Job %s exists and is not this deployment's", name)
+        return
+    versions = await _versions((asked.candidate, asked.baseline), reads, namespace)
+    candidate, baseline = versions.get(asked.candidate), versions.get(asked.baseline)
+    if candidate is None or baseline is None:
+        return  # gone: the evaluation times out and says so
+    since = candidate.metadata.creation_timestamp
+    job = imp.evaluation_job(
+        md,
+        candidate,
+        baseline,
+        dt.datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None,
+        TrainerSettings.from_env(),
+    )
+    with contextlib.suppress(kube.Conflict):  # made by an earlier tick
+        await kube.create(job)
+
+
+async def record_evaluation(
+    md: ModelDeployment, old: ModelDeploymentStatus, new: ModelDeploymentStatus
+) -> None:
+    """A verdict just given: the candidate ModelVersion's status keeps it too."""
+    done = new.evaluation
+    if done is None or done.verdict is None or done == old.evaluation:
+        return
+    namespace = str(md.metadata.namespace)
+    body = await kube.get(API_VERSION, "ModelVersion", done.candidate, namespace)
+    if body is None:
+        return
+    record = VersionEvaluation(
+        deployment=str(md.metadata.name),
+        against=done.baseline,
+        metric=done.metric,
+        value=done.candidate_value,
+        against_value=done.baseline_value,
+        rows=done.rows,
+        dataset_digest=done.dataset_digest,
+        verdict=done.verdict,
+        reason=done.reason,
+        at=done.at,
+    )
+    kept = list((body.get("status") or {}).get("evaluations") or [])
+    await kube.patch_status(
+        "ModelVersion", done.candidate, namespace, {"evaluations": [*kept, to_k8s(record)][-10:]}
+    )
 
 
 async def _remove_own_hpa(md: ModelDeployment) -> None:

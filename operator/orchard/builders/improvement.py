@@ -1,0 +1,204 @@
+"""The objects a ModelDeployment's improvement loop owns: the evaluation Job that scores
+a candidate against the stable version on the same rows, and the TrainingJob of a
+retraining. Pure functions from typed objects to plain dicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from orchard.api.common import API_VERSION, GROUP, to_k8s
+from orchard.api.improvement import TriggerType
+from orchard.api.modeldeployment import MODELDEPLOYMENT_LABEL, ModelDeployment
+from orchard.api.modelversion import ModelVersion
+from orchard.api.trainingjob import TrainingJobSpec
+from orchard.builders.common import (
+    MODEL_LABEL,
+    TrainerSettings,
+    app_labels,
+    base_env,
+    bounded_name,
+    claim_volumes,
+    owner_reference,
+    pvc_claim,
+    restricted_container_security,
+    restricted_pod_security,
+    secret_env,
+)
+from orchard.builders.serving import collection_place
+
+EVALUATION_COMPONENT = "evaluation"
+EVALUATION_CONTAINER = "evaluate"  # orchard.decisions.evaluation reads its report there
+EVALUATION_DEADLINE_SECONDS = 600
+EVALUATION_TTL_SECONDS = 3600
+# The lineage of a retraining's TrainingJob, which its ModelVersion records.
+TRIGGER_ANNOTATION = f"{GROUP}/retrain-trigger"
+PARENT_ANNOTATION = f"{GROUP}/parent-version"
+DEPLOYMENT_ANNOTATION = f"{GROUP}/retrained-for"
+
+
+def _stamp(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+def evaluation_job_name(md: ModelDeployment, candidate: str, baseline: str) -> str:
+    """One Job per (candidate, baseline) pair: a retried tick finds the one it made."""
+    pair = hashlib.sha256(f"{candidate}\0{baseline}".encode()).hexdigest()[:8]
+    return bounded_name(str(md.metadata.name), f"-eval-{pair}", limit=63)
+
+
+def collected_uri(md: ModelDeployment) -> str | None:
+    """The deployment's collection directory as a URI the trainer image reads."""
+    place = collection_place(md)
+    if place is None:
+        return None
+    return place.uri
+
+
+def evaluation_job(
+    md: ModelDeployment,
+    candidate: ModelVersion,
+    baseline: ModelVersion,
+    since: datetime | None,
+    settings: TrainerSettings | None = None,
+) -> dict[str, Any]:
+    """The Job that runs `orchard evaluate` on the candidate and the stable version: the
+    candidate's held-out rows plus the labelled production rows collected since `since`
+    (when the candidate was registered, so none of them trained it)."""
+    settings = settings or TrainerSettings()
+    name = evaluation_job_name(md, str(candidate.metadata.name), str(baseline.metadata.name))
+    collected = collected_uri(md)
+    args = [
+        "--candidate", candidate.spec.artifact.uri,
+        "--candidate-digest", candidate.spec.artifact.digest,
+        "--baseline", baseline.spec.artifact.uri,
+        "--baseline-digest", baseline.spec.artifact.digest,
+    ]  # fmt: skip
+    if collected is not None:
+        args += ["--collected", collected]
+        if since is not None:
+            args += ["--since", _stamp(since)]
+    volumes, mounts = claim_volumes(
+        read_write=[],
+        read_only=[
+            pvc_claim(candidate.spec.artifact.uri),
+            pvc_claim(baseline.spec.artifact.uri),
+            pvc_claim(collected),
+        ],
+    )
+    labels = app_labels("orchard-evaluate", str(md.metadata.name), EVALUATION_COMPONENT) | {
+        MODELDEPLOYMENT_LABEL: str(md.metadata.name),
+        MODEL_LABEL: candidate.spec.model,
+    }
+    container: dict[str, Any] = {
+        "name": EVALUATION_CONTAINER,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["orchard", "evaluate"],
+        "args": args,
+        "env": base_env(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
+        "securityContext": restricted_container_security(),
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+    }
+    collection_secret = md.spec.monitoring.collection.secret_name if collected else None
+    if env_from := secret_env(candidate.spec.artifact.secret_name, collection_secret):
+        container["envFrom"] = env_from
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": md.metadata.namespace,
+            "labels": labels,
+            "ownerReferences": [
+                owner_reference("ModelDeployment", str(md.metadata.name), str(md.metadata.uid))
+            ],
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": EVALUATION_DEADLINE_SECONDS,
+            "ttlSecondsAfterFinished": EVALUATION_TTL_SECONDS,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": restricted_pod_security(),
+                    "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}, *volumes],
+                },
+            },
+        },
+    }
+
+
+def retrain_name(md: ModelDeployment, count: int) -> str:
+    """`<deployment>-retrain-<n>`: the n-th retraining of this deployment."""
+    return bounded_name(str(md.metadata.name), f"-retrain-{count}", limit=52)
+
+
+def retrain_spec(
+    md: ModelDeployment,
+    template: TrainingJobSpec,
+    since: datetime,
+    until: datetime,
+) -> TrainingJobSpec:
+    """The template's spec with the deployment's collected, labelled rows of the window
+    added to its dataset (when the deployment collects)."""
+    spec = template.model_copy(deep=True)
+    collected = collected_uri(md)
+    retrain = md.spec.retrain
+    if collected is None or retrain is None:
+        return spec
+    rows = {
+        "uri": collected,
+        "since": _stamp(since),
+        "until": _stamp(until),
+        "minRows": retrain.min_collected_rows,
+    }
+    if md.spec.monitoring.collection.secret_name:
+        rows["secretName"] = md.spec.monitoring.collection.secret_name
+    dataset = to_k8s(spec.dataset) | {"collected": rows}
+    return spec.model_copy(update={"dataset": type(spec.dataset).model_validate(dataset)})
+
+
+def retrain_training_job(
+    md: ModelDeployment,
+    spec: TrainingJobSpec,
+    count: int,
+    trigger: TriggerType,
+    parent: str | None,
+) -> dict[str, Any]:
+    """The TrainingJob of the deployment's `count`-th retraining, owned by it (it goes
+    with the deployment; the ModelVersion it registers stays), its lineage annotated."""
+    name = retrain_name(md, count)
+    annotations = {TRIGGER_ANNOTATION: trigger, DEPLOYMENT_ANNOTATION: str(md.metadata.name)}
+    if parent:
+        annotations[PARENT_ANNOTATION] = parent
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "TrainingJob",
+        "metadata": {
+            "name": name,
+            "namespace": md.metadata.namespace,
+            "labels": app_labels("orchard-retrain", str(md.metadata.name))
+            | {MODELDEPLOYMENT_LABEL: str(md.metadata.name), MODEL_LABEL: spec.model},
+            "annotations": annotations,
+            "ownerReferences": [
+                owner_reference("ModelDeployment", str(md.metadata.name), str(md.metadata.uid))
+            ],
+        },
+        "spec": to_k8s(spec),
+    }
+
+
+def lineage_text(annotations: dict[str, str]) -> str:
+    """The lineage annotations as one line, for events and logs."""
+    return json.dumps({k.split("/", 1)[1]: v for k, v in sorted(annotations.items())})

@@ -1,0 +1,222 @@
+"""The champion / challenger gate: pure.
+
+Before any traffic moves, an evaluation Job (`orchard evaluate`, in the trainer image)
+scores the candidate and the stable version on the same rows: the candidate's held-out
+rows plus the labelled production rows collected since it was trained. This module reads
+that Job's outcome and judges it:
+
+- `improve` (a tracking deployment with select best): the candidate must beat the stable
+  version by at least `minImprovement`;
+- `no-drop` (select latest, or a version named by hand): it must not be worse by more
+  than `canary.analysis.maxMetricDrop`.
+
+For scores (accuracy, f1, r2) the difference is absolute; for errors and losses (rmse,
+mae, log_loss), which have no fixed scale, it is relative to the stable's value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from orchard.api.improvement import EvaluationStatus
+
+from .analysis import lower_is_better
+from .training import (
+    IMAGE_PROBLEMS,
+    TRAINING_ERROR,
+    clip,
+    termination_objects,
+)
+
+Rule = Literal["improve", "no-drop"]
+EvaluationPhase = Literal["Running", "Succeeded", "Failed"]
+
+EVALUATING = "Evaluating"
+BETTER = "Better"
+NOT_BETTER = "NotBetter"
+WITHIN_LIMIT = "WithinLimit"
+METRIC_DROP = "MetricDrop"
+METRIC_MISSING = "MetricMissing"
+EVALUATION_FAILED = "EvaluationFailed"
+EVALUATION_CONTAINER = "evaluate"
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What `orchard evaluate` reported: both versions' metrics on the same rows."""
+
+    candidate: Mapping[str, float]
+    baseline: Mapping[str, float]
+    rows: int = 0
+    heldout_rows: int = 0
+    production_rows: int = 0
+    dataset_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The evaluation Job's outcome, as read from it and its pod."""
+
+    phase: EvaluationPhase
+    figures: Figures | None = None
+    reason: str = ""
+    message: str = ""
+
+
+def _metrics(value: Any) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {
+        str(k): float(v)
+        for k, v in value.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def figures_from(data: Mapping[str, Any]) -> Figures | None:
+    """The report's figures (None: not an evaluation report)."""
+    candidate, baseline = data.get("candidate"), data.get("baseline")
+    if not isinstance(candidate, Mapping) or not isinstance(baseline, Mapping):
+        return None
+    digest = data.get("datasetDigest")
+    return Figures(
+        candidate=_metrics(candidate.get("metrics", candidate)),
+        baseline=_metrics(baseline.get("metrics", baseline)),
+        rows=_count(data.get("rows")),
+        heldout_rows=_count(data.get("heldoutRows")),
+        production_rows=_count(data.get("productionRows")),
+        dataset_digest=digest if isinstance(digest, str) else None,
+    )
+
+
+def _failure(data: Mapping[str, Any]) -> tuple[str, str] | None:
+    error = data.get("error")
+    if not isinstance(error, Mapping):
+        return None
+    return str(error.get("reason") or EVALUATION_FAILED), clip(str(error.get("message") or ""))
+
+
+def job_outcome(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) -> Seen:
+    """Where the evaluation Job stands: its pod's report once it ended, a failure with the
+    reason the evaluator gave (or the Job's), else Running."""
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            if status.get("name") != EVALUATION_CONTAINER:
+                continue
+            state = status.get("state") or {}
+            waiting = state.get("waiting") or {}
+            if waiting.get("reason") in IMAGE_PROBLEMS:
+                message = clip(str(waiting.get("message") or ""))
+                return Seen("Failed", reason=str(waiting["reason"]), message=message)
+            terminated = state.get("terminated")
+            if not terminated:
+                continue
+            for data in termination_objects(terminated.get("message")):
+                figures = figures_from(data)
+                if figures is not None and terminated.get("exitCode") == 0:
+                    return Seen("Succeeded", figures)
+                if (failed := _failure(data)) is not None:
+                    return Seen("Failed", reason=failed[0], message=failed[1])
+            if terminated.get("exitCode") != 0:
+                why = terminated.get("reason") or TRAINING_ERROR
+                message = f"the evaluator exited {terminated.get('exitCode')} ({why})"
+                return Seen("Failed", reason=EVALUATION_FAILED, message=message)
+    for cond in ((job or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            message = clip(str(cond.get("message") or "the evaluation Job failed"))
+            reason = str(cond.get("reason") or EVALUATION_FAILED)
+            return Seen("Failed", reason=reason, message=message)
+    return Seen("Running")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    reason: str
+    message: str
+    metric: str
+    candidate: float | None = None
+    baseline: float | None = None
+    improvement: float | None = None
+
+
+def improvement(metric: str, candidate: float, baseline: float) -> float:
+    """How much better the candidate is: absolute for scores, relative for errors."""
+    if lower_is_better(metric):
+        return (baseline - candidate) / abs(baseline) if baseline != 0 else baseline - candidate
+    return candidate - baseline
+
+
+def judge(figures: Figures, metric: str, rule: Rule, bound: float) -> Verdict:
+    """Whether the candidate may take traffic (see the module's docstring)."""
+    cand, base = figures.candidate.get(metric), figures.baseline.get(metric)
+    rows = f"on the same {figures.rows} rows"
+    if cand is None or base is None:
+        measured = ", ".join(sorted(figures.candidate)) or "nothing"
+        text = f"{metric} was not measured for both versions (measured: {measured})"
+        return Verdict(False, METRIC_MISSING, text, metric)
+    gain = improvement(metric, cand, base)
+    figures_text = f"{metric} {cand:.4g} against {base:.4g} {rows} ({gain:+.4g})"
+    if rule == "improve":
+        ok = gain >= bound - 1e-12
+        reason = BETTER if ok else NOT_BETTER
+        text = (
+            f"{figures_text}: {'at least' if ok else 'less than'} the {bound:g} improvement asked"
+        )
+    else:
+        ok = gain >= -bound - 1e-12
+        reason = WITHIN_LIMIT if ok else METRIC_DROP
+        text = f"{figures_text}: {'within' if ok else 'beyond'} the {bound:g} drop allowed"
+    return Verdict(ok, reason, text, metric, cand, base, round(gain, 6))
+
+
+def status_of(
+    previous: EvaluationStatus,
+    seen: Seen,
+    verdict: Verdict | None,
+    now: datetime,
+) -> EvaluationStatus:
+    """status.evaluation after a look at the Job."""
+    update: dict[str, Any] = {"phase": seen.phase}
+    if seen.phase == "Failed":
+        update.update(reason=seen.reason, message=seen.message, at=now)
+    if seen.figures is not None:
+        update.update(
+            rows=seen.figures.rows,
+            heldout_rows=seen.figures.heldout_rows,
+            production_rows=seen.figures.production_rows,
+            dataset_digest=seen.figures.dataset_digest,
+        )
+    if verdict is not None:
+        update.update(
+            verdict="Pass" if verdict.passed else "Fail",
+            metric=verdict.metric,
+            candidate_value=verdict.candidate,
+            baseline_value=verdict.baseline,
+            improvement=verdict.improvement,
+            reason=verdict.reason,
+            message=verdict.message,
+            at=now,
+        )
+    return previous.model_copy(update=update)
+
+
+@dataclass(frozen=True)
+class Judging:
+    """How a candidate is judged: the metric, the rule and its bound."""
+
+    metric: str
+    rule: Rule
+    bound: float
+
+    def describe(self) -> str:
+        if self.rule == "improve":
+            return f"{self.metric} at least {self.bound:g} better"
+        return f"{self.metric} at most {self.bound:g} worse"
