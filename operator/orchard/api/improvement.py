@@ -12,8 +12,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal, Self
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from . import cron
 from .common import CamelModel, DnsLabel, DnsSubdomain, Duration, cel, validations
 from .trainingjob import TrainingJobSpec
 
@@ -21,7 +22,7 @@ SelectRule = Literal["best", "latest"]
 TriggerType = Literal["drift", "accuracy", "schedule", "labels"]
 
 # A 5-field cron expression: minute hour day-of-month month day-of-week, in UTC.
-CRON_PATTERN = r"^\S+\s+\S+\s+\S+\s+\S+\s+\S+$"
+CRON_PATTERN = r"^[0-9*,/-]+(\s+[0-9*,/-]+){4}$"
 
 
 class Track(CamelModel):
@@ -105,6 +106,13 @@ class RetrainTriggers(CamelModel):
         le=1_000_000_000,
         description="When the monitoring window holds at least this many labelled rows.",
     )
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        if value is not None:
+            cron.parse(value)
+        return value
 
 
 class Retrain(CamelModel):

@@ -80,6 +80,21 @@ class Source(CamelModel):
     )
     trial: int | None = Field(default=None, ge=0, description="Search trial that produced it.")
     dataset: DatasetRef | None = Field(default=None, description="The training dataset.")
+    deployment: str | None = Field(
+        default=None,
+        max_length=253,
+        description="The ModelDeployment whose retraining (spec.retrain) trained it.",
+    )
+    trigger: str | None = Field(
+        default=None,
+        max_length=32,
+        description="What started that retraining: drift, accuracy, schedule or labels.",
+    )
+    parent: str | None = Field(
+        default=None,
+        max_length=253,
+        description="The version that served when the retraining started.",
+    )
 
 
 class ModelVersionSpec(CamelModel):

@@ -6,11 +6,10 @@ retraining. Pure functions from typed objects to plain dicts.
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import datetime
 from typing import Any
 
-from orchard.api.common import API_VERSION, GROUP, to_k8s
+from orchard.api.common import API_VERSION, to_k8s
 from orchard.api.improvement import TriggerType
 from orchard.api.modeldeployment import MODELDEPLOYMENT_LABEL, ModelDeployment
 from orchard.api.modelversion import ModelVersion
@@ -28,16 +27,17 @@ from orchard.builders.common import (
     restricted_pod_security,
     secret_env,
 )
+from orchard.builders.modelversion import (
+    DEPLOYMENT_ANNOTATION,
+    PARENT_ANNOTATION,
+    TRIGGER_ANNOTATION,
+)
 from orchard.builders.serving import collection_place
 
 EVALUATION_COMPONENT = "evaluation"
 EVALUATION_CONTAINER = "evaluate"  # orchard.decisions.evaluation reads its report there
 EVALUATION_DEADLINE_SECONDS = 600
 EVALUATION_TTL_SECONDS = 3600
-# The lineage of a retraining's TrainingJob, which its ModelVersion records.
-TRIGGER_ANNOTATION = f"{GROUP}/retrain-trigger"
-PARENT_ANNOTATION = f"{GROUP}/parent-version"
-DEPLOYMENT_ANNOTATION = f"{GROUP}/retrained-for"
 
 
 def _stamp(at: datetime) -> str:
@@ -197,8 +197,3 @@ def retrain_training_job(
         },
         "spec": to_k8s(spec),
     }
-
-
-def lineage_text(annotations: dict[str, str]) -> str:
-    """The lineage annotations as one line, for events and logs."""
-    return json.dumps({k.split("/", 1)[1]: v for k, v in sorted(annotations.items())})

@@ -41,6 +41,10 @@ from orchard.builders.common import (
 from orchard.contracts import TrainerReport
 
 TRAININGJOB_UID_LABEL = f"{GROUP}/trainingjob-uid"
+# The lineage of a retraining's TrainingJob (orchard.builders.improvement writes them).
+TRIGGER_ANNOTATION = f"{GROUP}/retrain-trigger"
+PARENT_ANNOTATION = f"{GROUP}/parent-version"
+DEPLOYMENT_ANNOTATION = f"{GROUP}/retrained-for"
 MODELVERSION_LABEL = f"{GROUP}/modelversion"
 VERIFY_CONTAINER = "verify"
 VERIFY_DEADLINE_SECONDS = 300
@@ -52,6 +56,18 @@ _INPUT_TYPES = {"number", "integer", "string", "boolean"}
 def version_name(model: str, version: int) -> str:
     """`<model>-v<N>`: the name the version is known by everywhere."""
     return f"{model}-v{version}"
+
+
+def lineage(tj: TrainingJob) -> dict[str, str]:
+    """What a retraining's TrainingJob records of why it ran (its annotations, set by the
+    ModelDeployment that made it and owns it)."""
+    notes = tj.metadata.annotations
+    owned = any(ref.get("kind") == "ModelDeployment" for ref in tj.metadata.owner_references)
+    if not owned:
+        return {}
+    keys = {"deployment": DEPLOYMENT_ANNOTATION, "trigger": TRIGGER_ANNOTATION,
+            "parent": PARENT_ANNOTATION}  # fmt: skip
+    return {field: notes[key][:253] for field, key in keys.items() if notes.get(key)}
 
 
 def model_version(
@@ -98,6 +114,7 @@ def model_version(
             namespace=tj.metadata.namespace,
             trial=result.trial if tj.spec.search is not None else None,
             dataset=dataset,
+            **lineage(tj),
         ),
     )
     return {

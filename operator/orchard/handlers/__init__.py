@@ -1,7 +1,8 @@
 """Kopf handlers: the thin wiring of read -> decide -> ensure -> write status.
 
 The only package that imports kopf. `controller_modules()` imports the controllers (one
-per kind, and the monitoring of served ModelDeployments), which register their handlers
+per kind, the monitoring of served ModelDeployments and their retraining), which
+register their handlers
 with Kopf; each module also declares the
 RBAC verbs it uses in a module-level `RBAC_RULES` list (see `orchard operator --write-rbac`).
 """
@@ -13,7 +14,7 @@ import importlib.util
 from types import ModuleType
 
 # One module per controller, in this package.
-CONTROLLERS = ("trainingjob", "modelversion", "modeldeployment", "monitoring")
+CONTROLLERS = ("trainingjob", "modelversion", "modeldeployment", "monitoring", "retraining")
 
 
 def controller_modules() -> list[ModuleType]:
