@@ -140,6 +140,8 @@ class TrainerReport(_Wire):
     gate: dict[str, Any] | None = None  # passed, metric, value, min, max
     duration_seconds: float | None = None
     inputs: list[dict[str, str]] = Field(default_factory=list)  # name, type
+    # uri, rows, since, until, versions, digest: the collected rows appended to the dataset
+    collected: dict[str, Any] | None = None
 
     @field_validator("metrics", mode="before")
     @classmethod
@@ -188,7 +190,7 @@ class TrainerReport(_Wire):
     def _seconds(cls, value: Any) -> Any:
         return _or_none(value, (int, float))
 
-    @field_validator("gate", mode="before")
+    @field_validator("gate", "collected", mode="before")
     @classmethod
     def _gate(cls, value: Any) -> Any:
         return _or_none(value, dict)

@@ -56,6 +56,7 @@ class Evaluated:
     train_rows: int
     test_rows: int
     calibration: dict[str, Any] | None = None
+    heldout: pd.DataFrame | None = None  # the test rows scored: inputs and target
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:
@@ -184,6 +185,7 @@ def fit_and_evaluate(
         train_rows=len(x_train),
         test_rows=len(x_test),
         calibration=calibrated,
+        heldout=pd.concat([x_test, y_test], axis=1).reset_index(drop=True),
     )
 
 
