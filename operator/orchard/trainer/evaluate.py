@@ -7,6 +7,7 @@ describe exactly the model that is registered.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -84,7 +85,8 @@ def classification_metrics(pipeline: Pipeline, x: pd.DataFrame, y: pd.Series) ->
     except (ValueError, AttributeError):
         pass  # undefined, e.g. a class absent from the test rows
     if proba is not None:
-        out["log_loss"] = skm.log_loss(y, proba, labels=classes)
+        with contextlib.suppress(ValueError):  # undefined, e.g. a label the model never saw
+            out["log_loss"] = skm.log_loss(y, proba, labels=classes)
     return _finite(out)
 
 
