@@ -18,6 +18,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("orchard.api.crdgen", "write the CRD YAML, or check it is in step with the models"),
     "train": ("orchard.trainer.main", "train the model a TrainingJob describes"),
     "serve": ("orchard.serving.main", "serve a trained model over the Open Inference Protocol"),
+    "evaluate": (
+        "orchard.trainer.evaluation",
+        "score a candidate and a baseline artifact on the same held-out and collected rows",
+    ),
 }
 
 

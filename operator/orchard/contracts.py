@@ -7,6 +7,8 @@
   its pod's termination message; the operator parses it (`orchard.decisions.training`)
   and registers a ModelVersion from it (`orchard.builders.modelversion`). A success is a
   `TrainerReport`, a failure a `TrainerFailureReport` (docs/artifact-format.md).
+  `orchard evaluate`, in the same image, reports an `EvaluationReport` (or a
+  `TrainerFailureReport`) the same way.
 
 Every image imports this module (server, trainer, operator), so it imports only the
 standard library and pydantic (an import-linter contract in pyproject.toml keeps it so).
@@ -140,6 +142,8 @@ class TrainerReport(_Wire):
     gate: dict[str, Any] | None = None  # passed, metric, value, min, max
     duration_seconds: float | None = None
     inputs: list[dict[str, str]] = Field(default_factory=list)  # name, type
+    # uri, rows, since, until, versions, digest: the collected rows appended to the dataset
+    collected: dict[str, Any] | None = None
 
     @field_validator("metrics", mode="before")
     @classmethod
@@ -188,13 +192,58 @@ class TrainerReport(_Wire):
     def _seconds(cls, value: Any) -> Any:
         return _or_none(value, (int, float))
 
-    @field_validator("gate", mode="before")
+    @field_validator("gate", "collected", mode="before")
     @classmethod
     def _gate(cls, value: Any) -> Any:
         return _or_none(value, dict)
 
     def wire(self) -> dict[str, Any]:
         """The JSON object the trainer writes (fields without a value left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+def _finite_values(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v for k, v in value.items() if _finite(v)}
+
+
+class EvaluationReport(_Wire):
+    """`orchard evaluate`: a candidate and a baseline artifact scored on the same rows
+    (the candidate's held-out rows and, optionally, labelled production rows)."""
+
+    rows: int
+    heldout_rows: int = 0
+    production_rows: int = 0
+    dataset_digest: str  # sha256 of the evaluation rows' canonical CSV
+    metric: str
+    task: str | None = None
+    candidate: dict[str, float] = Field(default_factory=dict)
+    baseline: dict[str, float] = Field(default_factory=dict)
+    seed: int | None = None  # the seed of the candidate's held-out split
+
+    @field_validator("candidate", "baseline", mode="before")
+    @classmethod
+    def _metrics(cls, value: Any) -> Any:
+        return _finite_values(value)
+
+    @field_validator("heldout_rows", "production_rows", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> Any:
+        return value if _or_none(value, int) is not None else 0
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return _or_none(value, str)
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed(cls, value: Any) -> Any:
+        return _or_none(value, int)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object `orchard evaluate` writes (fields without a value left out)."""
         return self.model_dump(by_alias=True, exclude_none=True)
 
 

@@ -113,6 +113,12 @@ def test_a_spec_cannot_write_into_a_claim_it_does_not_own() -> None:
     assert ("spec.dataset.uri", "claims.readable") in rules(
         pol.trainingjob_violations(spec, closed, TRAINER)
     )
+    collected = tj_spec(
+        dataset={"builtin": "iris", "collected": {"uri": "pvc://postgres-data/collected/ml/x/"}}
+    )
+    assert ("spec.dataset.collected.uri", "claims.readable") in rules(
+        pol.trainingjob_violations(collected, closed, TRAINER)
+    )
     assert rules(pol.modelversion_violations(mv_spec(), closed)) == [
         ("spec.artifact.uri", "claims.readable")
     ]

@@ -181,6 +181,20 @@ def test_claims_are_mounted_where_the_store_looks(
         assert claim["readOnly"] == expected[path]
 
 
+def test_the_collected_rows_claim_is_mounted_read_only() -> None:
+    collected = {"uri": "pvc://collected/ml/iris/"}
+    tj = make_tj(
+        dataset={"builtin": "iris", "collected": collected},
+        artifacts={"uri": "pvc://orchard-artifacts/models"},
+    )
+    mounts = {
+        m["mountPath"]: m["readOnly"]
+        for m in container(training_job(tj, own_store(tj)))["volumeMounts"]
+        if m["mountPath"].startswith("/mnt/pvc/")
+    }
+    assert mounts == {"/mnt/pvc/collected": True, "/mnt/pvc/orchard-artifacts": False}
+
+
 def test_spec_reaches_the_trainer_through_a_config_map() -> None:
     tj = make_tj()
     cm = config_map(tj)

@@ -18,6 +18,7 @@ from .common import (
     Conditions,
     Digest,
     DnsLabel,
+    DnsSubdomain,
     PrinterColumn,
     Resource,
     ResourceInfo,
@@ -111,6 +112,64 @@ class DataChecks(CamelModel):
     )
 
 
+# A deployment's collection directory (docs/collection.md), read in place.
+COLLECTED_URI_PATTERN = r"^(pvc|s3|file)://[^?#]+$"
+
+
+class CollectedRows(CamelModel):
+    """Labelled production rows collected by a ModelDeployment (docs/collection.md),
+    appended to the dataset's own rows."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!self.uri.split('/').exists(s, s == '..')",
+                "dataset.collected.uri must not leave its claim (no '..')",
+                field_path=".uri",
+            ),
+        )
+    )
+
+    uri: str = Field(
+        pattern=COLLECTED_URI_PATTERN,
+        max_length=2048,
+        description="A deployment's collection directory, "
+        "<collection uri>/<namespace>/<modeldeployment>/, below which each model version "
+        "has its directory of requests/ and labels/ segments: pvc://<claim>/<path>/ (the "
+        "claim is mounted read-only in the trainer's pod, where the admin's policy lets "
+        "specs read it: claims.readable) or file://<path> for local runs. s3:// is "
+        "not read yet: the run fails with InvalidSpec.",
+    )
+    versions: list[DnsSubdomain] | None = Field(
+        default=None,
+        max_length=64,
+        description="Only the rows of these model versions (their directory names); by "
+        "default every version's.",
+    )
+    since: datetime | None = Field(
+        default=None,
+        description="Only rows answered at or after this time (RFC 3339).",
+    )
+    until: datetime | None = Field(
+        default=None,
+        description="Only rows answered before this time (RFC 3339).",
+    )
+    min_rows: int = Field(
+        default=0,
+        ge=0,
+        description="Fewest labelled collected rows the run needs; with fewer it fails "
+        "with DataCheckFailed.",
+    )
+
+    @model_validator(mode="after")
+    def _place(self) -> Self:
+        if ".." in self.uri.split("/"):
+            raise ValueError("dataset.collected.uri must not leave its claim (no '..')")
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise ValueError("dataset.collected.since must be before dataset.collected.until")
+        return self
+
+
 class Dataset(CamelModel):
     """Where the training data comes from: a built-in dataset or a file at a URI."""
 
@@ -169,6 +228,12 @@ class Dataset(CamelModel):
     )
     checks: DataChecks | None = Field(
         default=None, description="Checks on the data before training."
+    )
+    collected: CollectedRows | None = Field(
+        default=None,
+        description="Labelled production rows a ModelDeployment collected, appended to "
+        "the rows of builtin or uri (which also give the columns and the target): each "
+        "labelled request row's inputs, with its label as the target.",
     )
 
     @model_validator(mode="after")

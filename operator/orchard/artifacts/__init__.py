@@ -17,6 +17,7 @@ from orchard.artifacts.fetch import fetch_artifact, reason_of
 from orchard.artifacts.load import load_model
 from orchard.artifacts.metadata import (
     FORMAT_VERSION,
+    HELDOUT_FILE,
     METADATA_FILE,
     MODEL_FILE,
     Metadata,
@@ -41,6 +42,7 @@ from orchard.artifacts.store import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "HELDOUT_FILE",
     "LOCAL_ROOTS_ENV",
     "METADATA_FILE",
     "MODEL_FILE",

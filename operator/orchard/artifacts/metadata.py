@@ -21,6 +21,7 @@ from orchard.artifacts.errors import ArtifactNotFound, DigestMismatch, Verificat
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 MODEL_FILE = "model.joblib"
+HELDOUT_FILE = "heldout.parquet"
 
 ColumnType = Literal["number", "integer", "string", "boolean"]
 
@@ -116,6 +117,26 @@ def prediction_drift_bins(stats: dict[str, Any]) -> NumericBins | CategoryBins |
     return None
 
 
+class CollectedInfo(_Model):
+    """The collected production rows appended to the dataset (docs/collection.md)."""
+
+    uri: str
+    rows: int
+    digest: str  # sha256 over the window and every segment read, with its sha256
+    since: str | None = None
+    until: str | None = None
+    versions: list[str] | None = None  # None: every version's directory
+
+
+class HeldoutInfo(_Model):
+    """The held-out rows the metrics were computed on, saved beside the model."""
+
+    file: str
+    rows: int
+    target: str
+    seed: int | None = None  # evaluation.randomState of the split
+
+
 class Source(_Model):
     training_job: str | None = None
     namespace: str | None = None
@@ -136,6 +157,8 @@ class Metadata(_Model):
     feature_stats: dict[str, FeatureStats] = Field(default_factory=dict)
     prediction_stats: dict[str, Any] = Field(default_factory=dict)
     calibration: Calibration | None = None  # classifiers with predict_proba
+    collected: CollectedInfo | None = None  # with dataset.collected
+    heldout: HeldoutInfo | None = None  # absent in older artifacts
     files: dict[str, str]
     created_at: str
     source: Source = Field(default_factory=Source)

@@ -116,8 +116,10 @@ def training_job(
     settings = settings or TrainerSettings()
     spec = tj.spec
     name = job_name(tj)
+    collected = spec.dataset.collected.uri if spec.dataset.collected else None
     volumes, mounts = claim_volumes(
-        read_write=[pvc_claim(store.uri)], read_only=[pvc_claim(spec.dataset.uri)]
+        read_write=[pvc_claim(store.uri)],
+        read_only=[pvc_claim(spec.dataset.uri), pvc_claim(collected)],
     )
     volumes = [
         {"name": "tmp", "emptyDir": {}},

@@ -87,6 +87,12 @@ def trainingjob_violations(
         *_secret(spec.dataset.secret_name, policy, "spec.dataset.secretName"),
         *_secret(store.secret_name if store else None, policy, "spec.artifacts.secretName"),
         *_claim(spec.dataset.uri, policy, "spec.dataset.uri", write=False),
+        *_claim(
+            spec.dataset.collected.uri if spec.dataset.collected else None,
+            policy,
+            "spec.dataset.collected.uri",
+            write=False,
+        ),
         *_claim(store.uri if store else None, policy, "spec.artifacts.uri", write=True),
         *_override(bool(spec.node_selector), o.node_selector, "spec.nodeSelector", "nodeSelector"),
         *_override(bool(spec.tolerations), o.tolerations, "spec.tolerations", "tolerations"),

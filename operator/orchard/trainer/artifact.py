@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import platform
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from sklearn.pipeline import Pipeline
 
 from orchard.artifacts import (
     FORMAT_VERSION,
+    HELDOUT_FILE,
     METADATA_FILE,
     MODEL_FILE,
     Metadata,
@@ -24,6 +26,8 @@ from orchard.artifacts import (
     sha256_file,
 )
 from orchard.artifacts.drift import DECILES
+
+log = logging.getLogger("orchard.trainer")
 
 TOP_FREQUENCIES = 20
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -115,22 +119,52 @@ def utc_now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def write_artifact(
-    directory: Path, pipeline: Pipeline, fields: dict[str, Any]
-) -> tuple[Metadata, str]:
-    """Dump the pipeline, then write metadata.json listing its sha256.
+def write_heldout(path: Path, rows: pd.DataFrame) -> bool:
+    """The held-out rows as Parquet; False (nothing written) for columns Parquet cannot
+    hold, such as one mixing numbers and text: the artifact is valid without them."""
+    import pyarrow as pa
 
-    `fields` holds every metadata field but formatVersion, files and createdAt.
+    try:
+        rows.to_parquet(path, index=False)
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        log.warning("held-out rows not saved: %s", type(exc).__name__)
+        path.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def write_artifact(
+    directory: Path,
+    pipeline: Pipeline,
+    fields: dict[str, Any],
+    heldout: pd.DataFrame | None = None,
+    *,
+    target: str | None = None,
+    seed: int | None = None,
+) -> tuple[Metadata, str]:
+    """Dump the pipeline (and the held-out rows, with their `target` column, as
+    heldout.parquet), then write metadata.json listing their sha256.
+
+    `fields` holds every metadata field but formatVersion, files, heldout and createdAt.
     Returns the metadata and the artifact's digest (sha256 of metadata.json's bytes).
     """
     directory.mkdir(parents=True, exist_ok=True)
     model_path = directory / MODEL_FILE
     joblib.dump(pipeline, model_path, compress=3)
+    files = {MODEL_FILE: sha256_file(model_path)}
+    extra: dict[str, Any] = {}
+    heldout_path = directory / HELDOUT_FILE
+    if heldout is not None and target is not None and write_heldout(heldout_path, heldout):
+        files[HELDOUT_FILE] = sha256_file(heldout_path)
+        extra["heldout"] = {"file": HELDOUT_FILE, "rows": len(heldout), "target": target}
+        if seed is not None:
+            extra["heldout"]["seed"] = seed
     metadata = Metadata.model_validate(
         {
             "formatVersion": FORMAT_VERSION,
             **fields,
-            "files": {MODEL_FILE: sha256_file(model_path)},
+            **extra,
+            "files": files,
             "createdAt": utc_now(),
         }
     )

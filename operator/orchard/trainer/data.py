@@ -85,8 +85,9 @@ def load_builtin(name: str) -> pd.DataFrame:
     return features
 
 
-def _frame_fingerprint(frame: pd.DataFrame) -> str:
-    """A builtin dataset has no file: fingerprint its canonical CSV text instead."""
+def frame_fingerprint(frame: pd.DataFrame) -> str:
+    """The sha256 of a frame's canonical CSV text: a builtin dataset has no file, and
+    the rows `orchard evaluate` scores are gathered from several."""
     return sha256_bytes(frame.to_csv(index=False, lineterminator="\n").encode())
 
 
@@ -181,7 +182,7 @@ def load_dataset(spec: Dataset) -> LoadedDataset:
         return LoadedDataset(
             frame=frame,
             uri=f"builtin:{spec.builtin}",
-            digest=_frame_fingerprint(frame),
+            digest=frame_fingerprint(frame),
             target=spec.target or BUILTIN_TARGET,
         )
     if spec.uri is None or spec.target is None:

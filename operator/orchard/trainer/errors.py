@@ -116,3 +116,16 @@ class TrainingError(TrainerError):
     """The estimator failed while fitting or evaluating."""
 
     reason = "TrainingError"
+
+
+class ArtifactVerificationFailed(TrainerError):
+    """`orchard evaluate`: an artifact could not be fetched or did not match its digest;
+    `artifact` says which (candidate or baseline), `cause` the verifier's reason."""
+
+    reason = "ArtifactVerificationFailed"
+
+
+class NoEvaluationRows(TrainerError):
+    """`orchard evaluate`: no held-out and no labelled production rows to score on."""
+
+    reason = "NoEvaluationRows"

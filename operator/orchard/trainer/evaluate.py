@@ -7,6 +7,7 @@ describe exactly the model that is registered.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class Evaluated:
     train_rows: int
     test_rows: int
     calibration: dict[str, Any] | None = None
+    heldout: pd.DataFrame | None = None  # the test rows scored: inputs and target
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:
@@ -83,7 +85,8 @@ def classification_metrics(pipeline: Pipeline, x: pd.DataFrame, y: pd.Series) ->
     except (ValueError, AttributeError):
         pass  # undefined, e.g. a class absent from the test rows
     if proba is not None:
-        out["log_loss"] = skm.log_loss(y, proba, labels=classes)
+        with contextlib.suppress(ValueError):  # undefined, e.g. a label the model never saw
+            out["log_loss"] = skm.log_loss(y, proba, labels=classes)
     return _finite(out)
 
 
@@ -184,6 +187,7 @@ def fit_and_evaluate(
         train_rows=len(x_train),
         test_rows=len(x_test),
         calibration=calibrated,
+        heldout=pd.concat([x_test, y_test], axis=1).reset_index(drop=True),
     )
 
 

@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchard.contracts import TrainerFailureReport, TrainerReport
+from orchard.contracts import EvaluationReport, TrainerFailureReport, TrainerReport
 
 TERMINATION_LOG_ENV = "ORCHARD_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 MAX_BYTES = 4096
 # Dropped in this order until the result fits.
-_OPTIONAL = ("inputs", "params", "gate", "durationSeconds")
+_OPTIONAL = ("inputs", "collected", "params", "gate", "durationSeconds")
 
 
 def encode(result: dict[str, Any]) -> bytes:
@@ -66,7 +66,8 @@ def termination_log_path(explicit: str | None = None) -> Path | None:
 
 
 def report(
-    result: TrainerReport | TrainerFailureReport, termination_log: str | None = None
+    result: TrainerReport | TrainerFailureReport | EvaluationReport,
+    termination_log: str | None = None,
 ) -> bytes:
     """Print the result to stdout and write it to the termination message file."""
     data = fit(result.wire())

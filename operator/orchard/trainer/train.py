@@ -25,6 +25,7 @@ from orchard.trainer.artifact import (
     write_artifact,
 )
 from orchard.trainer.checks import column_type, run_checks
+from orchard.trainer.collected import append_collected
 from orchard.trainer.data import load_dataset
 from orchard.trainer.errors import ArtifactStoreError, InvalidSpec
 from orchard.trainer.estimators import build_estimator, task_of
@@ -97,6 +98,10 @@ def train(job: TrainingJob, output: str | None = None, trial: int = 0) -> Traine
 
     data = load_dataset(spec.dataset)
     log.info("dataset %s: %d rows, %s", data.uri, len(data.frame), data.digest)
+    collected: dict[str, Any] | None = None
+    if spec.dataset.collected is not None:
+        data, rows = append_collected(data, spec.dataset)
+        collected = rows.info()
     features = run_checks(data.frame, data.target, spec.dataset.features, spec.dataset.checks, task)
     frame = data.frame.dropna(subset=[data.target])  # a row without a label teaches nothing
     schema = input_schema(frame, features)
@@ -135,6 +140,7 @@ def train(job: TrainingJob, output: str | None = None, trial: int = 0) -> Traine
         "featureStats": feature_stats(frame, schema),
         "predictionStats": evaluated.prediction_stats,
         "calibration": evaluated.calibration,
+        "collected": collected,
         "source": {
             "trainingJob": job.metadata.name,
             "namespace": job.metadata.namespace,
@@ -142,7 +148,14 @@ def train(job: TrainingJob, output: str | None = None, trial: int = 0) -> Traine
         },
     }
     with tempfile.TemporaryDirectory(prefix="orchard-artifact-") as tmp:
-        metadata, digest = write_artifact(Path(tmp), evaluated.pipeline, fields)
+        metadata, digest = write_artifact(
+            Path(tmp),
+            evaluated.pipeline,
+            fields,
+            evaluated.heldout,
+            target=data.target,
+            seed=spec.evaluation.random_state,
+        )
         try:
             put_dir(Path(tmp), destination, s3_env_prefix=ARTIFACTS_ENV_PREFIX)
         except ArtifactError as exc:
@@ -162,4 +175,5 @@ def train(job: TrainingJob, output: str | None = None, trial: int = 0) -> Traine
         gate=verdict,
         duration_seconds=round(time.monotonic() - started, 3),
         inputs=schema,
+        collected=collected,
     )
