@@ -116,8 +116,9 @@ def scored(candidate: float, baseline: float, rows: int = 180) -> dict[str, Any]
         "heldoutRows": 30,
         "productionRows": rows - 30,
         "datasetDigest": "sha256:" + "1" * 64,
-        "candidate": {"metrics": {"accuracy": candidate}},
-        "baseline": {"metrics": {"accuracy": baseline}},
+        "metric": "accuracy",
+        "candidate": {"accuracy": candidate},
+        "baseline": {"accuracy": baseline},
     }
 
 

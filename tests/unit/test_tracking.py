@@ -120,7 +120,7 @@ def _terminated(message: str, code: int = 0) -> dict[str, Any]:
 def test_the_job_outcome_comes_from_the_evaluators_report() -> None:
     report = (
         '{"rows": 12, "heldoutRows": 2, "productionRows": 10, "datasetDigest": "sha256:ab",'
-        ' "candidate": {"metrics": {"accuracy": 1.0}}, "baseline": {"metrics": {}}}'
+        ' "metric": "accuracy", "candidate": {"accuracy": 1.0}, "baseline": {}}'
     )
     seen = ev.job_outcome({}, [_terminated(report)])
     assert seen.phase == "Succeeded" and seen.figures is not None

@@ -62,11 +62,26 @@ class ModelInput(CamelModel):
     type: InputType = Field(description="Column type: number, integer, string or boolean.")
 
 
+class CollectedRef(CamelModel):
+    """Collected production rows a model was trained on besides its dataset's own."""
+
+    uri: str = Field(max_length=2048, description="The deployment's collection directory.")
+    rows: int = Field(ge=0, description="Labelled rows added.")
+    since: datetime | None = Field(default=None, description="Rows answered from.")
+    until: datetime | None = Field(default=None, description="Rows answered before.")
+    digest: Digest | None = Field(
+        default=None, description="sha256 over the window and every segment read."
+    )
+
+
 class DatasetRef(CamelModel):
     """The dataset a model was trained on, pinned by digest."""
 
     uri: str = Field(max_length=2048, description="Dataset location, or builtin:<name>.")
     digest: Digest | None = Field(default=None, description="sha256 of the dataset's bytes.")
+    collected: CollectedRef | None = Field(
+        default=None, description="The collected production rows added (dataset.collected)."
+    )
 
 
 class Source(CamelModel):

@@ -13,7 +13,7 @@ from orchard.api.common import API_VERSION, to_k8s
 from orchard.api.improvement import TriggerType
 from orchard.api.modeldeployment import MODELDEPLOYMENT_LABEL, ModelDeployment
 from orchard.api.modelversion import ModelVersion
-from orchard.api.trainingjob import TrainingJobSpec
+from orchard.api.trainingjob import CollectedRows, TrainingJobSpec
 from orchard.builders.common import (
     MODEL_LABEL,
     TrainerSettings,
@@ -157,16 +157,10 @@ def retrain_spec(
     retrain = md.spec.retrain
     if collected is None or retrain is None:
         return spec
-    rows = {
-        "uri": collected,
-        "since": _stamp(since),
-        "until": _stamp(until),
-        "minRows": retrain.min_collected_rows,
-    }
-    if md.spec.monitoring.collection.secret_name:
-        rows["secretName"] = md.spec.monitoring.collection.secret_name
-    dataset = to_k8s(spec.dataset) | {"collected": rows}
-    return spec.model_copy(update={"dataset": type(spec.dataset).model_validate(dataset)})
+    rows = CollectedRows(
+        uri=collected, since=since, until=until, min_rows=retrain.min_collected_rows
+    )
+    return spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"collected": rows})})
 
 
 def retrain_training_job(

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 from orchard.api.common import API_VERSION, GROUP, to_k8s
 from orchard.api.modelversion import (
+    CollectedRef,
     DatasetRef,
     Framework,
     ModelArtifact,
@@ -58,6 +61,19 @@ def version_name(model: str, version: int) -> str:
     return f"{model}-v{version}"
 
 
+def collected_ref(reported: dict[str, Any] | None) -> CollectedRef | None:
+    """The collected rows the trainer reported adding, as the ModelVersion records them
+    (None when there were none, or the report's shape is not one this operator reads)."""
+    if not reported:
+        return None
+    fields = {k: reported.get(k) for k in ("uri", "rows", "since", "until", "digest")}
+    fields["uri"] = redact_uri(str(fields.get("uri") or ""))
+    try:
+        return CollectedRef.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError:
+        return None
+
+
 def lineage(tj: TrainingJob) -> dict[str, str]:
     """What a retraining's TrainingJob records of why it ran (its annotations, set by the
     ModelDeployment that made it and owns it)."""
@@ -91,7 +107,9 @@ def model_version(
         # Redacted again here, whatever the trainer's image did: a ModelVersion's spec is
         # read by everyone who lists models, and the digest pins the bytes anyway.
         dataset = DatasetRef(
-            uri=redact_uri(result.dataset["uri"]), digest=result.dataset.get("digest")
+            uri=redact_uri(result.dataset["uri"]),
+            digest=result.dataset.get("digest"),
+            collected=collected_ref(result.collected),
         )
     task = (
         result.task if result.task in ("classification", "regression") else tj.spec.estimator.task

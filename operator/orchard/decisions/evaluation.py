@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from orchard.api.improvement import EvaluationStatus
+from orchard.contracts import EvaluationReport
 
 from .analysis import lower_is_better
 from .training import (
@@ -66,33 +69,19 @@ class Seen:
     message: str = ""
 
 
-def _metrics(value: Any) -> dict[str, float]:
-    if not isinstance(value, Mapping):
-        return {}
-    return {
-        str(k): float(v)
-        for k, v in value.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
 def figures_from(data: Mapping[str, Any]) -> Figures | None:
-    """The report's figures (None: not an evaluation report)."""
-    candidate, baseline = data.get("candidate"), data.get("baseline")
-    if not isinstance(candidate, Mapping) or not isinstance(baseline, Mapping):
+    """The report's figures (None: not an `EvaluationReport`)."""
+    try:
+        report = EvaluationReport.model_validate(dict(data))
+    except ValidationError:
         return None
-    digest = data.get("datasetDigest")
     return Figures(
-        candidate=_metrics(candidate.get("metrics", candidate)),
-        baseline=_metrics(baseline.get("metrics", baseline)),
-        rows=_count(data.get("rows")),
-        heldout_rows=_count(data.get("heldoutRows")),
-        production_rows=_count(data.get("productionRows")),
-        dataset_digest=digest if isinstance(digest, str) else None,
+        candidate=report.candidate,
+        baseline=report.baseline,
+        rows=report.rows,
+        heldout_rows=report.heldout_rows,
+        production_rows=report.production_rows,
+        dataset_digest=report.dataset_digest,
     )
 
 
