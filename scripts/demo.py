@@ -6,7 +6,8 @@ the local one, builds the images and then runs this).
    PVC, and ModelVersion iris-v1 is registered and verified;
 3. serve it with the sample ModelDeployment and ask it for predictions over HTTP;
 4. train a second version (iris-v2) and roll it out as a canary under live traffic:
-   the operator walks the steps, analyses each one and promotes it;
+   the operator scores it against iris-v1 on the same rows (an evaluation Job), walks
+   the steps, analyses each one and promotes it;
 5. watch the promoted version in production: traffic from the data's own distribution
    is no drift (DriftDetected False); the same traffic with petal_length moved by 3 cm is
    DriftDetected True, naming that input; the requests it served are collected as
@@ -271,6 +272,10 @@ def main() -> int:
 
     wait_for(f"{v2} to be promoted", promoted, timeout=420, every=1)
     say(f"{v2} promoted; answers during the rollout: {dict(traffic.answers)}")
+    evaluation = get("md", "iris").get("status", {}).get("evaluation") or {}
+    say(f"before any traffic moved, {evaluation.get('candidate')} was scored against "
+        f"{evaluation.get('baseline')} on the same {evaluation.get('rows')} rows: "
+        f"{evaluation.get('verdict')}, {evaluation.get('message')}")  # fmt: skip
     watch_drift(url, v2, traffic)
     refused_by_policy()
     print(kubectl("get", "orchard", "-n", NAMESPACE))

@@ -17,7 +17,12 @@ pytestmark = pytest.mark.api
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "manifests" / "samples"
-SAMPLE_FILES = ("trainingjob.yaml", "modelversion.yaml", "modeldeployment.yaml")
+SAMPLE_FILES = (
+    "trainingjob.yaml",
+    "modelversion.yaml",
+    "modeldeployment.yaml",
+    "modeldeployment-tracking.yaml",
+)
 CRD_NAMES = (
     "trainingjobs.orchard.dev",
     "modelversions.orchard.dev",
@@ -97,7 +102,7 @@ def changed(name: str, path: str, value: Any) -> dict[str, Any]:
     return obj
 
 
-TJ, MV, MD = SAMPLE_FILES
+TJ, MV, MD = SAMPLE_FILES[:3]
 SEARCH = {"parameters": {"max_depth": [2, 4]}, "maxTrials": 2, "objective": {"metric": "accuracy"}}
 
 # (sample, dotted path, new value, what the refusal must name)
