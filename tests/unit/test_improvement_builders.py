@@ -106,3 +106,19 @@ def test_the_evaluation_job_reads_both_artifacts_and_the_collection_read_only() 
     assert pod["automountServiceAccountToken"] is False
     assert job["metadata"]["name"] == imp.evaluation_job_name(deployment, "iris-v2", "iris-v1")
     assert job["metadata"]["name"] != imp.evaluation_job_name(deployment, "iris-v3", "iris-v1")
+
+
+def test_the_replay_job_sends_the_candidates_rows_to_every_pod_given() -> None:
+    deployment = md(monitoring=COLLECT)
+    candidate = mv("iris-v2", "pvc://orchard-artifacts/models/iris/two/")
+    targets = ["http://10.244.0.5:8080", "http://10.244.0.6:8080"]
+    job = imp.replay_job(deployment, candidate, targets, NOW, 1, NOW - timedelta(minutes=5))
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert container["command"] == ["orchard", "replay"]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--target"] == targets
+    assert args[args.index("--model") + 1] == "iris"
+    assert args[args.index("--digest") + 1] == "sha256:" + "2" * 64
+    assert job["spec"]["activeDeadlineSeconds"] == imp.REPLAY_DEADLINE_SECONDS
+    assert job["metadata"]["name"] == imp.replay_job_name(deployment, "iris-v2", 1, NOW)
+    assert job["metadata"]["name"] != imp.replay_job_name(deployment, "iris-v2", 0, NOW)

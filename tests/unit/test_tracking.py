@@ -13,7 +13,9 @@ import pytest
 
 from orchard.api.improvement import RefusedVersion, Track, TrackingStatus
 from orchard.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
+from orchard.decisions import analysis as an
 from orchard.decisions import evaluation as ev
+from orchard.decisions import jobs
 from orchard.decisions import rollout as ro
 from orchard.decisions import tracking as tk
 
@@ -210,3 +212,63 @@ def test_exactly_one_of_model_version_and_track() -> None:
         ModelDeploymentSpec.model_validate({**TRACK, "modelVersion": "iris-v1"})
     with pytest.raises(ValueError, match="exactly one"):
         ModelDeploymentSpec.model_validate({})
+
+
+# --- a quiet canary step replays the evaluation rows -------------------------------------
+
+QUIET = an.Result("Inconclusive", "TooFewRequests", "canary served 0 requests",
+                  an.TrackWindow(requests=0), an.TrackWindow(requests=0))  # fmt: skip
+PASSED = an.Result("Pass", "WithinLimits", "ok", an.TrackWindow(requests=60),
+                   an.TrackWindow(requests=60))  # fmt: skip
+AT_STEP = {**STABLE, "phase": "Progressing", "reason": "Analysing", "canaryVersion": "iris-v2",
+           "targetVersion": "iris-v2", "currentStep": 0, "stepStartedAt": "2026-12-02T11:59:00Z",
+           "rolloutStartedAt": "2026-12-02T11:58:00Z",
+           "canaryWeight": {"desired": 25, "effective": 50},
+           "evaluation": {"candidate": "iris-v2", "baseline": "iris-v1", "phase": "Succeeded",
+                          "verdict": "Pass"}}  # fmt: skip
+STEP_OBS = replace(OBS, canary_ready=1, replay_enabled=True)
+
+
+def test_a_quiet_step_replays_the_rows_and_is_judged_on_them() -> None:
+    asked = decide(AT_STEP, replace(STEP_OBS, analysis=QUIET))
+    st = asked.status
+    assert (st.phase, st.reason) == ("Progressing", ro.REPLAYING), st.message
+    assert st.replay is not None and (st.replay.version, st.replay.step) == ("iris-v2", 0)
+    assert "Replaying" in [e.reason for e in asked.events]
+
+    running = decide(st.model_dump(by_alias=True),
+                     replace(STEP_OBS, analysis=QUIET, replay=jobs.Outcome("Running")))  # fmt: skip
+    assert (running.status.phase, running.status.reason) == ("Progressing", ro.REPLAYING)
+    assert not running.events
+
+    done = jobs.Outcome("Succeeded", {"rows": 38})
+    judged = decide(running.status.model_dump(by_alias=True),
+                    replace(STEP_OBS, analysis=PASSED, replay=done))  # fmt: skip
+    assert (judged.status.phase, judged.status.current_step) == ("Progressing", 1)
+    assert "StepStarted" in [e.reason for e in judged.events]
+
+
+def test_a_replay_that_does_not_bring_enough_requests_pauses_as_before() -> None:
+    st = decide(AT_STEP, replace(STEP_OBS, analysis=QUIET)).status
+    done = jobs.Outcome("Succeeded", {"rows": 3})
+    paused = decide(st.model_dump(by_alias=True), replace(STEP_OBS, analysis=QUIET, replay=done))
+    assert (paused.status.phase, paused.status.reason) == ("Paused", "TooFewRequests")
+    assert paused.status.replay is not None and paused.status.replay.phase == "Succeeded"
+    assert "after a replay that succeeded" in (paused.status.message or "")
+    again = decide(paused.status.model_dump(by_alias=True), replace(STEP_OBS, analysis=QUIET))
+    assert again.status.phase == "Paused" and not again.events  # one replay per step
+
+
+def test_a_failed_replay_pauses_and_says_why() -> None:
+    st = decide(AT_STEP, replace(STEP_OBS, analysis=QUIET)).status
+    failed = jobs.Outcome("Failed", reason="NoReplayRows", message="no held-out rows")
+    paused = decide(st.model_dump(by_alias=True),
+                    replace(STEP_OBS, analysis=QUIET, replay=failed))  # fmt: skip
+    assert paused.status.phase == "Paused"
+    assert "ReplayFailed" in [e.reason for e in paused.events]
+
+
+def test_with_replay_off_a_quiet_step_pauses_at_once() -> None:
+    paused = decide(AT_STEP, replace(STEP_OBS, analysis=QUIET, replay_enabled=False))
+    assert (paused.status.phase, paused.status.reason) == ("Paused", "TooFewRequests")
+    assert paused.status.replay is None

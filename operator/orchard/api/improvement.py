@@ -202,6 +202,21 @@ class EvaluationStatus(CamelModel):
     at: datetime | None = Field(default=None, description="When the verdict was given.")
 
 
+class ReplayStatus(CamelModel):
+    """Rows replayed against both tracks so that a quiet canary step can be judged."""
+
+    version: str = Field(description="The canary version whose evaluation rows were sent.")
+    step: int = Field(ge=0, description="The canary step it was for.")
+    job: str | None = Field(default=None, description="The replay Job.")
+    phase: Literal["Running", "Succeeded", "Failed"] = Field(
+        default="Running", description="Where the replay stands."
+    )
+    rows: int | None = Field(default=None, ge=0, description="Rows sent to each pod.")
+    reason: str | None = Field(default=None, description="Why it failed, in a word.")
+    message: str | None = Field(default=None, description="Details, for people.")
+    started_at: datetime | None = Field(default=None, description="When it was asked for.")
+
+
 class RetrainTrigger(CamelModel):
     """What started a retraining."""
 

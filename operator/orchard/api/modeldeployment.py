@@ -35,6 +35,7 @@ from .common import (
 )
 from .improvement import (
     EvaluationStatus,
+    ReplayStatus,
     Retrain,
     RetrainingStatus,
     Track,
@@ -146,6 +147,14 @@ class Analysis(CamelModel):
         default=None,
         max_length=64,
         description="Registered metric to compare; by default the first both versions have.",
+    )
+    replay: bool | None = Field(
+        default=None,
+        description="When a step's pause ends with fewer than minRequests canary requests, "
+        "send the candidate's evaluation rows to the pods of both tracks (a Job; the server "
+        "leaves replayed requests out of monitoring, feedback and collection) and judge the "
+        "step on them; by default on for a deployment that tracks a model (spec.track), "
+        "off otherwise (a quiet step then pauses).",
     )
 
 
@@ -628,6 +637,9 @@ class ModelDeploymentStatus(CamelModel):
     )
     tracking: TrackingStatus | None = Field(
         default=None, description="What spec.track selected, and the challengers refused."
+    )
+    replay: ReplayStatus | None = Field(
+        default=None, description="The last replay of evaluation rows for a quiet step."
     )
     evaluation: EvaluationStatus | None = Field(
         default=None,

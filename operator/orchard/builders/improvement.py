@@ -38,6 +38,11 @@ EVALUATION_COMPONENT = "evaluation"
 EVALUATION_CONTAINER = "evaluate"  # orchard.decisions.evaluation reads its report there
 EVALUATION_DEADLINE_SECONDS = 600
 EVALUATION_TTL_SECONDS = 3600
+REPLAY_COMPONENT = "replay"
+REPLAY_CONTAINER = "replay"
+REPLAY_DEADLINE_SECONDS = 300
+# At most this many evaluation rows are sent to each pod of a quiet step.
+REPLAY_MAX_ROWS = 200
 
 
 def _stamp(at: datetime) -> str:
@@ -58,47 +63,41 @@ def collected_uri(md: ModelDeployment) -> str | None:
     return place.uri
 
 
-def evaluation_job(
-    md: ModelDeployment,
-    candidate: ModelVersion,
-    baseline: ModelVersion,
-    since: datetime | None,
-    settings: TrainerSettings | None = None,
-) -> dict[str, Any]:
-    """The Job that runs `orchard evaluate` on the candidate and the stable version: the
-    candidate's held-out rows plus the labelled production rows collected since `since`
-    (when the candidate was registered, so none of them trained it)."""
-    settings = settings or TrainerSettings()
-    name = evaluation_job_name(md, str(candidate.metadata.name), str(baseline.metadata.name))
+def _rows_args(md: ModelDeployment, since: datetime | None) -> list[str]:
+    """The labelled production rows answered since `since`, when the deployment collects."""
     collected = collected_uri(md)
-    args = [
-        "--candidate", candidate.spec.artifact.uri,
-        "--candidate-digest", candidate.spec.artifact.digest,
-        "--baseline", baseline.spec.artifact.uri,
-        "--baseline-digest", baseline.spec.artifact.digest,
-    ]  # fmt: skip
-    if collected is not None:
-        args += ["--collected", collected]
-        if since is not None:
-            args += ["--since", _stamp(since)]
+    if collected is None:
+        return []
+    return ["--collected", collected, *(["--since", _stamp(since)] if since else [])]
+
+
+def _batch_job(
+    md: ModelDeployment,
+    name: str,
+    component: str,
+    container: str,
+    command: list[str],
+    artifacts: list[ModelVersion],
+    deadline: int,
+    settings: TrainerSettings,
+) -> dict[str, Any]:
+    """A short Job of the deployment in the trainer image: the claims of `artifacts` and
+    of the deployment's collection read-only, the first artifact's Secret, no token."""
+    collected = collected_uri(md)
     volumes, mounts = claim_volumes(
         read_write=[],
-        read_only=[
-            pvc_claim(candidate.spec.artifact.uri),
-            pvc_claim(baseline.spec.artifact.uri),
-            pvc_claim(collected),
-        ],
+        read_only=[*(pvc_claim(a.spec.artifact.uri) for a in artifacts), pvc_claim(collected)],
     )
-    labels = app_labels("orchard-evaluate", str(md.metadata.name), EVALUATION_COMPONENT) | {
+    labels = app_labels(f"orchard-{component}", str(md.metadata.name), component) | {
         MODELDEPLOYMENT_LABEL: str(md.metadata.name),
-        MODEL_LABEL: candidate.spec.model,
+        MODEL_LABEL: artifacts[0].spec.model,
     }
-    container: dict[str, Any] = {
-        "name": EVALUATION_CONTAINER,
+    spec: dict[str, Any] = {
+        "name": container,
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["orchard", "evaluate"],
-        "args": args,
+        "command": ["orchard", command[0]],
+        "args": command[1:],
         "env": base_env(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
         "securityContext": restricted_container_security(),
@@ -107,8 +106,8 @@ def evaluation_job(
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
     }
     collection_secret = md.spec.monitoring.collection.secret_name if collected else None
-    if env_from := secret_env(candidate.spec.artifact.secret_name, collection_secret):
-        container["envFrom"] = env_from
+    if env_from := secret_env(artifacts[0].spec.artifact.secret_name, collection_secret):
+        spec["envFrom"] = env_from
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -122,7 +121,7 @@ def evaluation_job(
         },
         "spec": {
             "backoffLimit": 0,
-            "activeDeadlineSeconds": EVALUATION_DEADLINE_SECONDS,
+            "activeDeadlineSeconds": deadline,
             "ttlSecondsAfterFinished": EVALUATION_TTL_SECONDS,
             "template": {
                 "metadata": {"labels": labels},
@@ -131,12 +130,67 @@ def evaluation_job(
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": restricted_pod_security(),
-                    "containers": [container],
+                    "containers": [spec],
                     "volumes": [{"name": "tmp", "emptyDir": {}}, *volumes],
                 },
             },
         },
     }
+
+
+def evaluation_job(
+    md: ModelDeployment,
+    candidate: ModelVersion,
+    baseline: ModelVersion,
+    since: datetime | None,
+    settings: TrainerSettings | None = None,
+) -> dict[str, Any]:
+    """The Job that runs `orchard evaluate` on the candidate and the stable version: the
+    candidate's held-out rows plus the labelled production rows collected since `since`
+    (when the candidate was registered, so none of them trained it)."""
+    name = evaluation_job_name(md, str(candidate.metadata.name), str(baseline.metadata.name))
+    command = [
+        "evaluate",
+        "--candidate", candidate.spec.artifact.uri,
+        "--candidate-digest", candidate.spec.artifact.digest,
+        "--baseline", baseline.spec.artifact.uri,
+        "--baseline-digest", baseline.spec.artifact.digest,
+        *_rows_args(md, since),
+    ]  # fmt: skip
+    return _batch_job(md, name, EVALUATION_COMPONENT, EVALUATION_CONTAINER, command,
+                      [candidate, baseline], EVALUATION_DEADLINE_SECONDS,
+                      settings or TrainerSettings())  # fmt: skip
+
+
+def replay_job_name(md: ModelDeployment, version: str, step: int, asked: datetime) -> str:
+    """One Job per replay asked (a version's step, at a moment)."""
+    key = hashlib.sha256(f"{version}\0{step}\0{_stamp(asked)}".encode()).hexdigest()[:8]
+    return bounded_name(str(md.metadata.name), f"-replay-{key}", limit=63)
+
+
+def replay_job(
+    md: ModelDeployment,
+    candidate: ModelVersion,
+    targets: list[str],
+    asked: datetime,
+    step: int,
+    since: datetime | None,
+    settings: TrainerSettings | None = None,
+) -> dict[str, Any]:
+    """The Job that runs `orchard replay`: the candidate's evaluation rows sent to every
+    ready pod of both tracks (`targets`), marked as replayed, so a quiet step is judged."""
+    name = replay_job_name(md, str(candidate.metadata.name), step, asked)
+    command = [
+        "replay",
+        "--artifact", candidate.spec.artifact.uri,
+        "--digest", candidate.spec.artifact.digest,
+        "--model", str(md.metadata.name),
+        "--max-rows", str(REPLAY_MAX_ROWS),
+        *(arg for target in targets for arg in ("--target", target)),
+        *_rows_args(md, since),
+    ]  # fmt: skip
+    return _batch_job(md, name, REPLAY_COMPONENT, REPLAY_CONTAINER, command, [candidate],
+                      REPLAY_DEADLINE_SECONDS, settings or TrainerSettings())  # fmt: skip
 
 
 def retrain_name(md: ModelDeployment, count: int) -> str:

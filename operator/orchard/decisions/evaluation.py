@@ -26,13 +26,8 @@ from pydantic import ValidationError
 from orchard.api.improvement import EvaluationStatus
 from orchard.contracts import EvaluationReport
 
+from . import jobs
 from .analysis import lower_is_better
-from .training import (
-    IMAGE_PROBLEMS,
-    TRAINING_ERROR,
-    clip,
-    termination_objects,
-)
 
 Rule = Literal["improve", "no-drop"]
 EvaluationPhase = Literal["Running", "Succeeded", "Failed"]
@@ -85,44 +80,11 @@ def figures_from(data: Mapping[str, Any]) -> Figures | None:
     )
 
 
-def _failure(data: Mapping[str, Any]) -> tuple[str, str] | None:
-    error = data.get("error")
-    if not isinstance(error, Mapping):
-        return None
-    return str(error.get("reason") or EVALUATION_FAILED), clip(str(error.get("message") or ""))
-
-
 def job_outcome(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) -> Seen:
     """Where the evaluation Job stands: its pod's report once it ended, a failure with the
     reason the evaluator gave (or the Job's), else Running."""
-    for pod in pods:
-        for status in (pod.get("status") or {}).get("containerStatuses") or []:
-            if status.get("name") != EVALUATION_CONTAINER:
-                continue
-            state = status.get("state") or {}
-            waiting = state.get("waiting") or {}
-            if waiting.get("reason") in IMAGE_PROBLEMS:
-                message = clip(str(waiting.get("message") or ""))
-                return Seen("Failed", reason=str(waiting["reason"]), message=message)
-            terminated = state.get("terminated")
-            if not terminated:
-                continue
-            for data in termination_objects(terminated.get("message")):
-                figures = figures_from(data)
-                if figures is not None and terminated.get("exitCode") == 0:
-                    return Seen("Succeeded", figures)
-                if (failed := _failure(data)) is not None:
-                    return Seen("Failed", reason=failed[0], message=failed[1])
-            if terminated.get("exitCode") != 0:
-                why = terminated.get("reason") or TRAINING_ERROR
-                message = f"the evaluator exited {terminated.get('exitCode')} ({why})"
-                return Seen("Failed", reason=EVALUATION_FAILED, message=message)
-    for cond in ((job or {}).get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Failed" and cond.get("status") == "True":
-            message = clip(str(cond.get("message") or "the evaluation Job failed"))
-            reason = str(cond.get("reason") or EVALUATION_FAILED)
-            return Seen("Failed", reason=reason, message=message)
-    return Seen("Running")
+    done = jobs.outcome(job, pods, EVALUATION_CONTAINER, figures_from, EVALUATION_FAILED)
+    return Seen(done.phase, done.report, done.reason, done.message)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from orchard.api.modelversion import ModelVersion
 
 from . import analysis as an
 from . import evaluation as ev
+from . import jobs
 from . import metrics_text as mt
 from . import rollout as ro
 from . import tracking as tk
@@ -165,8 +166,11 @@ class Reads:
     action: RolloutAction | None = None  # a rollout-action annotation still to act on
     # With spec.track: what was selected from the namespace's ModelVersions.
     selection: tk.Selection | None = None
-    # The evaluation Job's outcome for status.evaluation's pair, while it runs.
+    # The evaluation Job's outcome for status.evaluation's pair, while it runs; the replay
+    # Job's for status.replay (read before the pods' metrics, so that a replay seen done
+    # is in them).
     evaluation: ev.Seen | None = None
+    replay: jobs.Outcome[Any] | None = None
 
 
 def select_target(
@@ -194,6 +198,22 @@ def version_names(md: ModelDeployment, target: str | None = None) -> tuple[str, 
     target = target or md.spec.model_version
     stable = md.status.stable_version or target
     return tuple(dict.fromkeys(n for n in (stable, target) if n))
+
+
+def replay_enabled(md: ModelDeployment) -> bool:
+    """canary.analysis.replay, by default on for a tracking deployment."""
+    replay = md.spec.canary.analysis.replay
+    return replay if replay is not None else md.spec.track is not None
+
+
+def replay_targets(md: ModelDeployment, pods: Sequence[Pod]) -> list[str]:
+    """The ready pods of both tracks' current versions, as the replay addresses them."""
+    st, port = md.status, md.spec.server.port
+    serving = pods_of(pods, "stable", st.stable_version) + pods_of(
+        pods, "canary", st.canary_version
+    )
+    ips = [(p.get("status") or {}).get("podIP") for p in serving if pod_ready(p)]
+    return [f"http://{ip}:{port}" for ip in ips if ip]
 
 
 def judging(md: ModelDeployment, task: str | None) -> ev.Judging:
@@ -257,4 +277,6 @@ def observe(md: ModelDeployment, reads: Reads, url: str, now: dt.datetime) -> ro
         selection=reads.selection,
         judging=judging(md, task),
         evaluation=reads.evaluation,
+        replay_enabled=replay_enabled(md),
+        replay=reads.replay,
     )

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from orchard.api.common import ConditionStatus, parse_duration, parse_timestamp, set_condition
-from orchard.api.improvement import EvaluationStatus, RefusedVersion
+from orchard.api.improvement import EvaluationStatus, RefusedVersion, ReplayStatus
 from orchard.api.modeldeployment import (
     ActionRecord,
     AnalysisResult,
@@ -48,6 +48,7 @@ from orchard.api.modeldeployment import (
 
 from . import analysis as an
 from . import evaluation as ev
+from . import jobs
 from . import tracking as tk
 from . import traffic as tr
 
@@ -56,6 +57,8 @@ HISTORY_LIMIT = 10
 CANARY_READY_TIMEOUT = timedelta(seconds=180)
 # An evaluation Job that has not reported this long after it was asked for has failed.
 EVALUATION_TIMEOUT = timedelta(seconds=600)
+# A replay Job likewise.
+REPLAY_TIMEOUT = timedelta(seconds=300)
 
 # Reasons (status.reason, conditions, events): the words a person or a script looks for.
 DEPLOYING = "Deploying"
@@ -75,6 +78,9 @@ EVALUATING = ev.EVALUATING
 EVALUATION_PASSED = "EvaluationPassed"
 CHALLENGER_REFUSED = "ChallengerRefused"
 TARGET_SELECTED = "TargetSelected"
+REPLAYING = "Replaying"
+REPLAY_FAILED = "ReplayFailed"
+TOO_FEW_REQUESTS = "TooFewRequests"  # an inconclusive analysis's reason (decisions.analysis)
 STEP_STARTED = "StepStarted"
 WAITING_FOR_CANARY = "WaitingForCanary"
 ANALYSING = "Analysing"
@@ -148,6 +154,10 @@ class Observations:
     # outcome for status.evaluation's pair (None: not read, or none asked for yet).
     judging: ev.Judging | None = None
     evaluation: ev.Seen | None = None
+    # Whether a quiet step replays the candidate's evaluation rows against both tracks,
+    # and the replay Job's outcome for status.replay while it runs.
+    replay_enabled: bool = False
+    replay: jobs.Outcome[Any] | None = None
 
 
 @dataclass
@@ -686,11 +696,64 @@ class _Machine:
             else:
                 self.promote(manual=False)
             return
+        if result.reason == TOO_FEW_REQUESTS and self.replaying(index, result.message):
+            return
         text = f"step {index + 1}/{len(steps)} paused: {result.message}"
+        replay = st.replay
+        if replay is not None and (replay.version, replay.step) == (st.canary_version, index):
+            text += f" (after a replay that {replay.phase.lower()}: {replay.message or ''})"
         if st.phase != "Paused":
             self.event("Warning", ROLLOUT_PAUSED, text)
         self.set_phase("Paused", result.reason, text)
         self.cond("Progressing", "True", PAUSED, text)
+
+    def replaying(self, index: int, quiet: str) -> bool:
+        """A quiet step with replay on: the candidate's evaluation rows are sent to the
+        pods of both tracks (a Job) and the step is judged on them. True while that is
+        asked for or under way; False once it is over (the step is then judged, or it
+        pauses as without replay)."""
+        st, obs, steps = self.st, self.obs, self.spec.canary.steps
+        if not obs.replay_enabled:
+            return False
+        version = st.canary_version or ""
+        asked = st.replay
+        step_began = st.step_started_at or self.now
+        stale = (
+            asked is None
+            or (asked.version, asked.step) != (version, index)
+            or (asked.started_at is not None and asked.started_at < step_began)
+        )
+        where = f"step {index + 1}/{len(steps)}"
+        if stale:
+            st.replay = ReplayStatus(version=version, step=index, started_at=self.now)
+            text = f"{where}: {quiet}; replaying the evaluation rows of {version} to both tracks"
+            self.set_phase("Progressing", REPLAYING, text)
+            self.cond("Progressing", "True", REPLAYING, text)
+            self.event("Normal", REPLAYING, text)
+            return True
+        assert asked is not None
+        if asked.phase != "Running":
+            return False
+        seen = obs.replay or jobs.Outcome("Running")
+        if seen.phase == "Running" and self.now - (asked.started_at or self.now) > REPLAY_TIMEOUT:
+            waited = int(REPLAY_TIMEOUT.total_seconds())
+            seen = jobs.Outcome(
+                "Failed", reason=REPLAY_FAILED, message=f"no result after {waited}s"
+            )
+        if seen.phase == "Running":
+            self.set_phase("Progressing", REPLAYING, f"{where}: replaying the rows of {version}")
+            return True
+        report = seen.report if isinstance(seen.report, dict) else {}
+        rows = report.get("rows")
+        st.replay = asked.model_copy(update={
+            "phase": seen.phase,
+            "rows": rows if isinstance(rows, int) and rows >= 0 else None,
+            "reason": seen.reason or None,
+            "message": seen.message or (f"{rows} rows sent to each pod" if rows else None),
+        })  # fmt: skip
+        if seen.phase == "Failed":
+            self.event("Warning", REPLAY_FAILED, f"{where}: {seen.reason}: {seen.message}")
+        return False
 
     def finish(self) -> None:
         st, obs = self.st, self.obs

@@ -38,6 +38,7 @@ from orchard.builders import improvement as imp
 from orchard.builders import serving as sv
 from orchard.builders.common import owned_by
 from orchard.decisions import evaluation as ev
+from orchard.decisions import jobs
 from orchard.decisions import observing as ob
 from orchard.decisions import policy as pol
 from orchard.decisions import rollout as ro
@@ -47,6 +48,7 @@ from .canary_metrics import AnalysisWindows, scrape_tracks
 from .serving_children import (
     ensure_children,
     ensure_evaluation,
+    ensure_replay,
     record_evaluation,
     update_used_by,
     versions_changed,
@@ -229,19 +231,39 @@ async def deleted(namespace: str | None, name: str, status: Mapping[str, Any], *
 # --- One step --------------------------------------------------------------------------
 
 
-async def evaluation_outcome(md: ModelDeployment) -> ev.Seen | None:
-    """While status.evaluation runs: where its Job stands (its pod's report once done)."""
-    asked, namespace = md.status.evaluation, str(md.metadata.namespace)
-    if asked is None or asked.phase != "Running":
-        return None
-    name = imp.evaluation_job_name(md, asked.candidate, asked.baseline)
+async def _own_job(md: ModelDeployment, name: str) -> tuple[dict[str, Any] | None, list[Any]]:
+    """A Job of this deployment by name, and its pods (none for someone else's)."""
+    namespace = str(md.metadata.namespace)
     job = await kube.get("batch/v1", "Job", name, namespace)
     if job is None or not owned_by(job, md.metadata.uid):
-        return ev.Seen("Running")
-    pods = await kube.list_objects(
-        "v1", "Pod", namespace, labels={JOB_UID_LABEL: job["metadata"]["uid"]}
-    )
-    return ev.job_outcome(job, pods)
+        return None, []
+    labels = {JOB_UID_LABEL: job["metadata"]["uid"]}
+    return job, await kube.list_objects("v1", "Pod", namespace, labels=labels)
+
+
+async def evaluation_outcome(md: ModelDeployment) -> ev.Seen | None:
+    """While status.evaluation runs: where its Job stands (its pod's report once done)."""
+    asked = md.status.evaluation
+    if asked is None or asked.phase != "Running":
+        return None
+    job, pods = await _own_job(md, imp.evaluation_job_name(md, asked.candidate, asked.baseline))
+    return ev.job_outcome(job, pods) if job is not None else ev.Seen("Running")
+
+
+async def replay_outcome(md: ModelDeployment) -> jobs.Outcome[Any] | None:
+    """While status.replay runs: where its Job stands."""
+    asked = md.status.replay
+    if asked is None or asked.phase != "Running" or asked.started_at is None:
+        return None
+    name = imp.replay_job_name(md, asked.version, asked.step, asked.started_at)
+    job, pods = await _own_job(md, name)
+    if job is None:
+        return jobs.Outcome("Running")
+    return jobs.outcome(job, pods, imp.REPLAY_CONTAINER, _replay_report, ro.REPLAY_FAILED)
+
+
+def _replay_report(data: Mapping[str, Any]) -> dict[str, Any] | None:
+    return dict(data) if "rows" in data else None
 
 
 async def read(md: ModelDeployment, body: Mapping[str, Any]) -> ob.Reads:
@@ -264,12 +286,14 @@ async def read(md: ModelDeployment, body: Mapping[str, Any]) -> ob.Reads:
         for t in ("stable", "canary")
     ]
     traffic = await traffic_state(md)
+    replay = await replay_outcome(md)  # before the metrics: a replay seen done is in them
     # The canary analysis reads the pods' metrics only while a step's traffic is live.
     live = ob.live_step(st)
     scrapes, unscraped = await scrape_tracks(pods, st, md.spec.server.port) if live else ({}, {})
     return ob.Reads(
         versions, pods, stable, canary, traffic, scrapes, unscraped,
         _windows.baseline(md), ob.pending_action(body), selection, await evaluation_outcome(md),
+        replay,
     )  # fmt: skip
 
 
@@ -304,6 +328,7 @@ async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> None:
             try:
                 await ensure_children(md, decision.status, reads, obs, now, logger)
                 await ensure_evaluation(md, decision.status, reads, logger)
+                await ensure_replay(md, decision.status, reads, logger)
             except sv.UnsupportedArtifact as exc:  # a version no serving pod can read
                 decision = ro.refused(
                     md.spec, md.status, now, md.metadata.generation,

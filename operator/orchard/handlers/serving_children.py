@@ -124,6 +124,38 @@ async def ensure_evaluation(
         await kube.create(job)
 
 
+async def ensure_replay(
+    md: ModelDeployment, status: ModelDeploymentStatus, reads: ob.Reads, logger: kopf.Logger
+) -> None:
+    """The replay status asks for, while it runs: its Job, made once, sending the
+    candidate's evaluation rows to the ready pods of both tracks."""
+    asked = status.replay
+    if asked is None or asked.phase != "Running" or asked.started_at is None:
+        return
+    namespace = str(md.metadata.namespace)
+    name = imp.replay_job_name(md, asked.version, asked.step, asked.started_at)
+    asked.job = name
+    if await kube.get("batch/v1", "Job", name, namespace) is not None:
+        return
+    candidate = (await _versions((asked.version,), reads, namespace)).get(asked.version)
+    targets = ob.replay_targets(md.model_copy(update={"status": status}), reads.pods)
+    if candidate is None or not targets:
+        logger.info("replay of %s: no version or no ready pod to send to yet", asked.version)
+        return  # the replay times out and says so
+    since = candidate.metadata.creation_timestamp
+    job = imp.replay_job(
+        md,
+        candidate,
+        targets,
+        asked.started_at,
+        asked.step,
+        dt.datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None,
+        TrainerSettings.from_env(),
+    )
+    with contextlib.suppress(kube.Conflict):
+        await kube.create(job)
+
+
 async def record_evaluation(
     md: ModelDeployment, old: ModelDeploymentStatus, new: ModelDeploymentStatus
 ) -> None:
