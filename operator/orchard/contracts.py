@@ -67,6 +67,16 @@ FEEDBACK_UNMATCHED = "orchard_feedback_unmatched_total"  # counter: labels of no
 CONFIDENCE_BIN = "orchard_confidence_bin_total"  # counter (bin)
 CONFIDENCE_ACCURACY = "orchard_confidence_bin_accuracy"  # gauge (bin)
 
+# Replayed requests: rows a replay Job (`orchard replay`) sends to a canary's pods and the
+# stable's when a step saw too few requests. They are answered and counted in REQUESTS
+# and LATENCY like any other, for the canary analysis, but kept out of everything that
+# watches production: their classes are counted apart (REPLAY_PREDICTED_CLASS, not
+# PREDICTED_CLASS), and their rows in no feature, drift or confidence counter, no
+# feedback memory and no collection.
+REPLAY_HEADER = "orchard-replay"  # a request header (its name; any value)
+REPLAY_REQUESTS = "orchard_replay_requests_total"  # counter (endpoint, code)
+REPLAY_PREDICTED_CLASS = "orchard_replay_predictions_total"  # counter (class); classification
+
 # Collection to S3: the serving pod's credentials come as these variables with this prefix
 # (the operator writes them from the spec's Secret; the server reads them).
 COLLECT_ENV_PREFIX = "ORCHARD_COLLECT_"
