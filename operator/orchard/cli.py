@@ -22,6 +22,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "orchard.trainer.evaluation",
         "score a candidate and a baseline artifact on the same held-out and collected rows",
     ),
+    "replay": (
+        "orchard.trainer.replay",
+        "send an artifact's held-out and collected rows to serving pods as replayed requests",
+    ),
 }
 
 

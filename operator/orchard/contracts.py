@@ -8,7 +8,7 @@
   and registers a ModelVersion from it (`orchard.builders.modelversion`). A success is a
   `TrainerReport`, a failure a `TrainerFailureReport` (docs/artifact-format.md).
   `orchard evaluate`, in the same image, reports an `EvaluationReport` (or a
-  `TrainerFailureReport`) the same way.
+  `TrainerFailureReport`) the same way, and `orchard replay` a `ReplayReport`.
 
 Every image imports this module (server, trainer, operator), so it imports only the
 standard library and pydantic (an import-linter contract in pyproject.toml keeps it so).
@@ -66,6 +66,16 @@ FEEDBACK_UNMATCHED = "orchard_feedback_unmatched_total"  # counter: labels of no
 # the bins of orchard.artifacts.calibration, and each bin's held-out accuracy (a gauge).
 CONFIDENCE_BIN = "orchard_confidence_bin_total"  # counter (bin)
 CONFIDENCE_ACCURACY = "orchard_confidence_bin_accuracy"  # gauge (bin)
+
+# Replayed requests: rows a replay Job (`orchard replay`) sends to a canary's pods and the
+# stable's when a step saw too few requests. They are answered and counted in REQUESTS
+# and LATENCY like any other, for the canary analysis, but kept out of everything that
+# watches production: their classes are counted apart (REPLAY_PREDICTED_CLASS, not
+# PREDICTED_CLASS), and their rows in no feature, drift or confidence counter, no
+# feedback memory and no collection.
+REPLAY_HEADER = "orchard-replay"  # a request header (its name; any value)
+REPLAY_REQUESTS = "orchard_replay_requests_total"  # counter (endpoint, code)
+REPLAY_PREDICTED_CLASS = "orchard_replay_predictions_total"  # counter (class); classification
 
 # Collection to S3: the serving pod's credentials come as these variables with this prefix
 # (the operator writes them from the spec's Secret; the server reads them).
@@ -244,6 +254,42 @@ class EvaluationReport(_Wire):
 
     def wire(self) -> dict[str, Any]:
         """The JSON object `orchard evaluate` writes (fields without a value left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+def _count(value: Any) -> int:
+    return value if _or_none(value, int) is not None and value >= 0 else 0
+
+
+class ReplayReport(_Wire):
+    """`orchard replay`: rows sent to each target (a serving pod's base URL) as replayed
+    requests (`REPLAY_HEADER`), one row per request. `ok` counts the 2xx answers, `errors`
+    every other answer and every request that got none (the canary analysis judges them
+    from the pods' own metrics). A target whose counts are not an object is left out."""
+
+    rows: int
+    heldout_rows: int = 0
+    production_rows: int = 0
+    targets: dict[str, dict[str, int]] = Field(default_factory=dict)  # url: sent, ok, errors
+
+    @field_validator("heldout_rows", "production_rows", mode="before")
+    @classmethod
+    def _rows(cls, value: Any) -> Any:
+        return _count(value)
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _targets(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return {}
+        return {
+            str(url): {k: _count(counts.get(k)) for k in ("sent", "ok", "errors")}
+            for url, counts in value.items()
+            if isinstance(counts, dict)
+        }
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object `orchard replay` writes."""
         return self.model_dump(by_alias=True, exclude_none=True)
 
 

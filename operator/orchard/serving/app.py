@@ -43,6 +43,14 @@ is a 400), or one the server makes. Feedback (`{"id", "labels"}`, `orchard.servi
 labels that request's rows; a malformed body, a label count that is not the request's row
 count, or a label of the wrong type for the model is a 400 naming the problem.
 
+A request with the header `Orchard-Replay` (`contracts.REPLAY_HEADER`, any value) is a
+replayed one, sent by `orchard replay` so that a canary step with too few requests can
+conclude: it is answered exactly like any other and counted in the request metrics, but
+its classes go to `orchard_replay_predictions_total` (a regression's values nowhere), its
+rows to no input, drift or confidence counter, and it is neither remembered for feedback
+(feedback for its id is unmatched) nor collected; `orchard_replay_requests_total` counts
+them.
+
 An answer given before the request's body was read closes the connection. The HTTP
 protocol (`protocol`) answers 408, 431 and 503 itself, before any request reaches the
 app, and counts those in `orchard_connections_dropped_total`. Bodies over
@@ -64,7 +72,7 @@ from typing import Any
 
 import orjson
 
-from orchard.contracts import INFERENCE_ENDPOINTS, Endpoint
+from orchard.contracts import INFERENCE_ENDPOINTS, REPLAY_HEADER, Endpoint
 from orchard.serving.batching import Batcher, PredictionFailed
 from orchard.serving.collection import Collector
 from orchard.serving.feedback import AlreadyLabelled, RecentPredictions, parse_feedback, score
@@ -86,6 +94,7 @@ _MESSAGE_CHARS = 300  # of an error message
 _CLOSE = (b"connection", b"close")
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _PLATFORM = "sklearn"
+_REPLAY = REPLAY_HEADER.encode()
 _V2_TYPES = {"number": "FP64", "integer": "INT64", "boolean": "BOOL", "string": "BYTES"}
 
 
@@ -227,9 +236,9 @@ class App:
             return
         self.metrics.observe_confidence(counts)
 
-    def _predict(self, parts: list[Any], sizes: list[int]) -> Any:
+    def _predict(self, parts: list[Any], sizes: list[int], replayed: list[bool] | None) -> Any:
         assert self.runner is not None
-        return self.runner.predict_batch(parts, sizes)
+        return self.runner.predict_batch(parts, sizes, replayed)
 
     async def _load(self) -> None:
         assert self.load is not None
@@ -276,6 +285,7 @@ class App:
         method: str = scope["method"]
         endpoint: str = Endpoint.UNKNOWN
         status = 200
+        replay = False
         unread = _has_body(scope)  # a body left unread: close the connection after answering
         try:
             route, allowed = self._route(method, scope["path"])
@@ -285,6 +295,7 @@ class App:
                     405, "method_not_allowed", f"{method} is not allowed here", ", ".join(allowed)
                 )
             if route.handler is None:
+                replay = _header(scope, _REPLAY) is not None
                 runner = self._runner()
                 body = await self._read_body(scope, receive)
                 if body is None:
@@ -293,7 +304,7 @@ class App:
                 v2 = endpoint == Endpoint.V2_INFER
                 request_id, rows, n = await self._decode(runner, v2, body)
                 del body  # only the rows are needed from here on
-                payload = await self._infer(v2, request_id, rows, n)
+                payload = await self._infer(v2, request_id, rows, n, replay)
             elif route.body:
                 body = await self._read_body(scope, receive)
                 if body is None:
@@ -326,6 +337,8 @@ class App:
         self.metrics.observe_request(
             endpoint, status, time.perf_counter() - start if timed else None
         )
+        if replay:
+            self.metrics.observe_replay(endpoint, status)
 
     def _route(self, method: str, path: str) -> tuple[Route, tuple[str, ...]]:
         """The route that answers `method` on `path` (else one on that path), and the
@@ -495,15 +508,18 @@ class App:
         except BadRequest as exc:
             raise _bad_request(exc) from None
 
-    async def _infer(self, v2: bool, request_id: str | None, rows: Rows, n: int) -> dict[str, Any]:
+    async def _infer(
+        self, v2: bool, request_id: str | None, rows: Rows, n: int, replay: bool = False
+    ) -> dict[str, Any]:
         try:
-            predictions = await self.batcher.submit(rows, n)
+            predictions = await self.batcher.submit(rows, n, replay)
         except PredictionFailed as exc:
             raise HTTPError(500, "prediction_failed", f"prediction failed: {exc}") from None
         response_id = request_id if request_id is not None else str(uuid.uuid4())
-        self.recent.remember(response_id, predictions)  # for feedback on it
-        if self.collector is not None:
-            self.collector.record_request(response_id, rows, predictions, n)
+        if not replay:  # a replayed answer is no production data: no feedback, no collection
+            self.recent.remember(response_id, predictions)  # for feedback on it
+            if self.collector is not None:
+                self.collector.record_request(response_id, rows, predictions, n)
         if not v2:
             return {"predictions": output_data(predictions), "id": response_id}
         response: dict[str, Any] = {

@@ -12,6 +12,10 @@ takes about as long for 512 rows as for one), so many-row requests batch well to
 The model runs on one worker thread, never on the event loop, so HTTP keeps flowing
 while it computes; `ModelRunner.predict_batch` retries a failed batch request by
 request, so a request the model cannot handle fails alone.
+
+A batch may mix replayed requests (`contracts.REPLAY_HEADER`) with live ones: each
+request keeps its kind, and the predict function is told which parts are replayed so
+that each request's rows are counted as its own kind.
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ class _Item:
     rows: Rows
     n: int
     future: asyncio.Future[Array]
+    replay: bool = False
 
 
-PredictFn = Callable[[list[Rows], list[int]], BatchResult]
+# parts, their row counts, and which parts are replayed (None: none is)
+PredictFn = Callable[[list[Rows], list[int], list[bool] | None], BatchResult]
 BatchObserver = Callable[[BatchResult, int, int], None]
 
 
@@ -79,10 +85,11 @@ class Batcher:
                 await self._task
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, rows: Rows, n: int) -> Array:
-        """The predictions for these rows, once their batch has run."""
+    async def submit(self, rows: Rows, n: int, replay: bool = False) -> Array:
+        """The predictions for these rows, once their batch has run (`replay`: a replayed
+        request's)."""
         future: asyncio.Future[Array] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(rows, n, future))
+        self._queue.append(_Item(rows, n, future, replay))
         self._queued_rows += n
         self._wake()
         return await future
@@ -143,8 +150,11 @@ class Batcher:
                 continue
             parts = [item.rows for item in batch]
             sizes = [item.n for item in batch]
+            replayed = [item.replay for item in batch]
             try:
-                result = await loop.run_in_executor(self._executor, self.predict, parts, sizes)
+                result = await loop.run_in_executor(
+                    self._executor, self.predict, parts, sizes, replayed if any(replayed) else None
+                )
             except Exception as exc:  # the batch machinery itself failed: fail its requests
                 for item in batch:
                     if not item.future.done():

@@ -28,6 +28,10 @@ orchard_predict_duration_seconds           histogram  time in the model per batc
                                                       included)
 orchard_predictions_total                  counter    predicted rows per class (class);
                                                       classification only
+orchard_replay_requests_total              counter    replayed inference requests answered
+                                                      (`Orchard-Replay` header; endpoint, code)
+orchard_replay_predictions_total           counter    replayed rows per predicted class
+                                                      (class); in no other prediction metric
 orchard_prediction_value                   histogram  predicted values; regression only (fixed
                                                       buckets: ±1, 2.5, 5 x 10^-2..10^5, and 0)
 orchard_prediction_bin_total               counter    predicted values per drift bin fixed at
@@ -77,6 +81,11 @@ orchard_connections_dropped_total          counter    connections the server clo
                                                       headers_too_large, invalid_http,
                                                       evicted, over_capacity)
 =========================================  =========  ======================================
+
+Replayed requests (`contracts.REPLAY_HEADER`) count in the request, error, latency and
+batch metrics like any other; their predicted classes only in
+orchard_replay_predictions_total, and their rows in no feature, prediction-drift,
+confidence or feedback metric.
 
 Whatever clients send, the text stays valid and small. Only rows that passed validation
 are counted, so every number lies within float32's range (`limits.MAX_ABS_VALUE`) and
@@ -131,6 +140,8 @@ from orchard.contracts import (
     PREDICTED_VALUE,
     PREDICTION_BIN,
     PREDICTION_EXPECTED,
+    REPLAY_PREDICTED_CLASS,
+    REPLAY_REQUESTS,
     REQUESTS,
 )
 from orchard.serving.limits import MAX_CATEGORIES, MAX_LABEL_CHARS
@@ -237,6 +248,8 @@ class Metrics:
         self.batch_requests = Histogram(BATCH_BUCKETS)
         self.predict_seconds = Histogram(LATENCY_BUCKETS)
         self.classes: dict[str, int] = {}
+        self.replay_requests: dict[tuple[str, int], int] = {}
+        self.replay_classes: dict[str, int] = {}
         self.values = Histogram(VALUE_BUCKETS)
         self.regression = False
         self.features: list[str] = []
@@ -315,6 +328,10 @@ class Metrics:
                 hist = self.latency[endpoint] = Histogram(LATENCY_BUCKETS)
             hist.observe(seconds)
 
+    def observe_replay(self, endpoint: str, code: int) -> None:
+        key = (endpoint, code)
+        self.replay_requests[key] = self.replay_requests.get(key, 0) + 1
+
     def observe_error(self, endpoint: str, reason: str) -> None:
         key = (endpoint, reason)
         self.errors[key] = self.errors.get(key, 0) + 1
@@ -361,6 +378,8 @@ class Metrics:
         p = result.predictions
         for cls, n in p.classes.items():
             self.classes[cls] = self.classes.get(cls, 0) + n
+        for cls, n in p.replayed.items():
+            self.replay_classes[cls] = self.replay_classes.get(cls, 0) + n
         for v in p.values:
             self.values.observe(v)
         if p.bins:
@@ -413,6 +432,10 @@ class Metrics:
         head(LATENCY, "histogram", "Latency of inference requests.")
         for endpoint, hist in sorted(self.latency.items()):
             hist.render(LATENCY, ((ENDPOINT_LABEL, endpoint),), out)
+        head(REPLAY_REQUESTS, "counter", "Replayed inference requests by endpoint and code.")
+        for (endpoint, code), n in sorted(self.replay_requests.items()):
+            labels = _labels(((ENDPOINT_LABEL, endpoint), (CODE_LABEL, str(code))))
+            out.append(f"{REPLAY_REQUESTS}{labels} {n}")
         head("orchard_batch_rows", "histogram", "Rows per predict call.")
         self.batch_rows.render("orchard_batch_rows", (), out)
         head("orchard_batch_requests", "histogram", "Requests grouped into one predict call.")
@@ -426,6 +449,9 @@ class Metrics:
             head(PREDICTED_CLASS, "counter", "Predicted rows by class.")
             for cls, n in sorted(self.classes.items()):
                 out.append(f"{PREDICTED_CLASS}{_labels(((CLASS_LABEL, cls),))} {n}")
+            head(REPLAY_PREDICTED_CLASS, "counter", "Replayed rows by predicted class.")
+            for cls, n in sorted(self.replay_classes.items()):
+                out.append(f"{REPLAY_PREDICTED_CLASS}{_labels(((CLASS_LABEL, cls),))} {n}")
         head(PREDICTION_BIN, "counter", "Predicted values per training drift bin.")
         for b, n in enumerate(self.prediction_bins):
             out.append(f"{PREDICTION_BIN}{_labels(((BIN_LABEL, str(b)),))} {n}")

@@ -2,7 +2,9 @@
 
 `ModelRunner.predict_batch` runs on the single inference thread. It also summarises the
 batch's inputs and predictions (a few vectorised numpy calls) so that the event loop only
-adds numbers into the metrics.
+adds numbers into the metrics. The rows of replayed requests (`contracts.REPLAY_HEADER`)
+are predicted with the rest but left out of the summaries and the confidence sample; only
+their classes are counted, apart.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +70,7 @@ class PredictionSummary:
     classes: Counter[str] = field(default_factory=Counter)
     values: list[float] = field(default_factory=list)
     bins: list[int] = field(default_factory=list)  # values per prediction drift bin
+    replayed: Counter[str] = field(default_factory=Counter)  # replayed requests' classes
 
 
 @dataclass
@@ -151,12 +154,18 @@ class ModelRunner:
         out = np.asarray(self.model.predict(self.to_model_input(rows)))
         return out.reshape(len(out), -1)[:, 0] if out.ndim > 1 and out.shape[1] == 1 else out
 
-    def predict_batch(self, parts: list[Rows], sizes: list[int]) -> BatchResult:
-        """Predict all parts in one call; if that fails, each part alone so one bad part fails."""
+    def predict_batch(
+        self, parts: list[Rows], sizes: list[int], replayed: Sequence[bool] | None = None
+    ) -> BatchResult:
+        """Predict all parts in one call; if that fails, each part alone so one bad part fails.
+
+        `replayed` marks the parts of replayed requests (None: none is): their rows are
+        predicted, but neither summarised nor sampled."""
         import time
 
         rows = concat(parts)
-        features = self.summarise_inputs(rows)
+        live = rows if replayed is None else _live(parts, replayed)
+        features = self.summarise_inputs(live) if live is not None else FeatureSummary()
         start = time.perf_counter()
         calls = 1
         outputs: list[Array | BaseException]
@@ -181,11 +190,12 @@ class ModelRunner:
                         outputs.append(one)
         seconds = time.perf_counter() - start
         sample = None
-        if self.confidence_bins is not None and time.monotonic() >= self._next_sample:
+        due = self.confidence_bins is not None and time.monotonic() >= self._next_sample
+        if due and live is not None:
             self._next_sample = time.monotonic() + ESTIMATE_EVERY
-            sample = head(rows, ESTIMATE_ROWS)
+            sample = head(live, ESTIMATE_ROWS)
         return BatchResult(
-            outputs, features, self.summarise_outputs(outputs), calls, seconds, sample
+            outputs, features, self.summarise_outputs(outputs, replayed), calls, seconds, sample
         )
 
     def confidence_counts(self, rows: Rows) -> list[int]:
@@ -239,16 +249,22 @@ class ModelRunner:
                 s.categories[self.schema.names[j]] = labels
         return s
 
-    def summarise_outputs(self, outputs: list[Array | BaseException]) -> PredictionSummary:
+    def summarise_outputs(
+        self, outputs: list[Array | BaseException], replayed: Sequence[bool] | None = None
+    ) -> PredictionSummary:
+        """Live requests' classes or values; replayed requests' classes apart, and their
+        values nowhere."""
         s = PredictionSummary()
-        for out in outputs:
+        for i, out in enumerate(outputs):
             if isinstance(out, BaseException):
                 continue
+            replay = replayed is not None and replayed[i]
             if self.classification:
                 values, counts = np.unique(out, return_counts=True)
+                into = s.replayed if replay else s.classes
                 for v, c in zip(values.tolist(), counts.tolist(), strict=True):
-                    s.classes[str(v)] += int(c)
-            else:
+                    into[str(v)] += int(c)
+            elif not replay:
                 s.values.extend(float(v) for v in out.tolist() if math.isfinite(float(v)))
         if isinstance(self.prediction_bins, NumericBins) and s.values:
             s.bins = self.prediction_bins.count(s.values)
@@ -260,6 +276,12 @@ def describe(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _live(parts: list[Rows], replayed: Sequence[bool]) -> Rows | None:
+    """The rows of the parts not replayed, in one batch; None when every part is."""
+    live = [part for part, replay in zip(parts, replayed, strict=True) if not replay]
+    return concat(live) if live else None
 
 
 def head(rows: Rows, n: int) -> Rows:

@@ -129,3 +129,10 @@ class NoEvaluationRows(TrainerError):
     """`orchard evaluate`: no held-out and no labelled production rows to score on."""
 
     reason = "NoEvaluationRows"
+
+
+class NoReplayRows(TrainerError):
+    """`orchard replay`: the artifact has no held-out rows and no labelled collected rows
+    were found, so there is nothing to send."""
+
+    reason = "NoReplayRows"

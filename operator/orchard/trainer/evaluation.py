@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--since",
         default=None,
-        type=_moment,
+        type=moment,
         help="only collected rows answered at or after this time (RFC 3339)",
     )
     parser.add_argument(
@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _moment(text: str) -> datetime:
+def moment(text: str) -> datetime:
     try:
         return datetime.fromisoformat(text)
     except ValueError as exc:
@@ -136,7 +136,7 @@ def load_scored(uri: str, digest: str, role: str, workdir: Path) -> Scored:
     return Scored(pipeline=pipeline, metadata=metadata, heldout=heldout)
 
 
-def _target_like(scored: Scored) -> pd.Series:
+def target_like(scored: Scored) -> pd.Series:
     """A series in the dtype the target has: the held-out rows', else the classes'."""
     meta = scored.metadata
     name = meta.heldout.target if meta.heldout is not None else meta.output.name
@@ -161,7 +161,7 @@ def evaluation_rows(
     name, and how many came from the held-out rows and from production."""
     from orchard.trainer.collected import read_collected, training_rows
 
-    target = _target_like(candidate)
+    target = target_like(candidate)
     name = str(target.name)
     columns = [c.name for c in candidate.metadata.inputs]
     columns += [c.name for c in baseline.metadata.inputs if c.name not in columns]

@@ -15,7 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchard.contracts import EvaluationReport, TrainerFailureReport, TrainerReport
+from orchard.contracts import (
+    EvaluationReport,
+    ReplayReport,
+    TrainerFailureReport,
+    TrainerReport,
+)
 
 TERMINATION_LOG_ENV = "ORCHARD_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -66,7 +71,7 @@ def termination_log_path(explicit: str | None = None) -> Path | None:
 
 
 def report(
-    result: TrainerReport | TrainerFailureReport | EvaluationReport,
+    result: TrainerReport | TrainerFailureReport | EvaluationReport | ReplayReport,
     termination_log: str | None = None,
 ) -> bytes:
     """Print the result to stdout and write it to the termination message file."""
