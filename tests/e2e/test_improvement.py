@@ -6,8 +6,10 @@ itself (spec.retrain):
      rows, few of the large virginica flowers); the deployment selects and serves it;
   2. traffic from the whole distribution, with true labels sent as feedback, is
      collected to the claim → DriftDetected → a retraining TrainingJob owned by the
-     deployment, on the template's rows plus the collected labelled rows → v2
-     registered → scored against v1 on the same rows (better) → canary → promoted;
+     deployment, on the template's rows plus the collected labelled rows; the traffic
+     stops → v2 registered → scored against v1 on the same rows (better) → canary,
+     whose quiet step is judged on v2's evaluation rows replayed to both tracks (left
+     out of monitoring and collection) → promoted;
   3. the retrain schedule fires (a minute fixed when the deployment was created): the
      same rows train a v3 no better than v2, which is registered and refused with the
      reason in status, v2 serving on.
@@ -136,7 +138,7 @@ def test_drift_retrains_judges_and_rolls_out_with_no_person_acting(
         "monitoring": monitoring,
         "retrain": {"template": {"spec": TEMPLATE},
                     "triggers": {"drift": True, "accuracy": False, "schedule": schedule},
-                    "cooldown": "60s", "window": "1h"},
+                    "cooldown": "180s", "window": "1h"},
     }  # fmt: skip
     client.create(MD.from_dict({"metadata": {"name": "iris"}, "spec": spec}), namespace=ns)
     generation = client.get(MD, "iris", namespace=ns).metadata.generation  # type: ignore[union-attr]
@@ -159,7 +161,7 @@ def test_drift_retrains_judges_and_rolls_out_with_no_person_acting(
     iris = load_iris()
     rows = [list(map(float, r)) for r in iris.data]
     truth = [str(iris.target_names[t]) for t in iris.target]
-    figures: dict[str, Any] = {"monitoring": monitoring, "retrain_cooldown": "60s"}
+    figures: dict[str, Any] = {"monitoring": monitoring, "retrain_cooldown": "180s"}
     t_shift = time.monotonic()
     limits = httpx.Limits(max_keepalive_connections=0)
     with httpx.Client(timeout=5.0, trust_env=False, limits=limits) as http:
@@ -183,11 +185,21 @@ def test_drift_retrains_judges_and_rolls_out_with_no_person_acting(
         assert retraining["trainingJob"] == "iris-retrain-1"
         owner = client.get(TJ, "iris-retrain-1", namespace=ns).metadata.ownerReferences[0]  # type: ignore[index,union-attr]
         assert (owner.kind, owner.name) == ("ModelDeployment", "iris")
-
-        promoted = wait_for("v2 to be promoted", lambda: stable("iris-v2"), 420)
-        figures["shift_to_v2_promoted_s"] = round(time.monotonic() - t_shift, 1)
     finally:
-        traffic.stop()
+        traffic.stop()  # from here on no client sends anything: the canary will be quiet
+    time.sleep(5)  # two flush intervals: every answered request is on the claim
+    v1_rows = collected_rows(place, ns, "iris-v1")
+
+    promoted = wait_for("v2 to be promoted", lambda: stable("iris-v2"), 420)
+    figures["shift_to_v2_promoted_s"] = round(time.monotonic() - t_shift, 1)
+    replay = promoted["replay"]  # the quiet step was judged on the replayed evaluation rows
+    assert (replay["version"], replay["phase"]) == ("iris-v2", "Succeeded"), replay
+    assert replay["rows"] >= 40, replay
+    figures["replayed_rows_per_pod"] = replay["rows"]
+    time.sleep(5)
+    # replayed requests are never collected (nor counted by monitoring)
+    assert collected_rows(place, ns, "iris-v1") == v1_rows
+    assert collected_rows(place, ns, "iris-v2") == 0
     evaluation = promoted["evaluation"]
     assert (evaluation["candidate"], evaluation["baseline"], evaluation["verdict"]) == (
         "iris-v2", "iris-v1", "Pass"), evaluation  # fmt: skip
@@ -228,6 +240,15 @@ def test_drift_retrains_judges_and_rolls_out_with_no_person_acting(
     FIGURES.mkdir(parents=True, exist_ok=True)
     (FIGURES / "improvement.json").write_text(json.dumps(figures, indent=2) + "\n")
     print("\nimprovement figures:", json.dumps(figures, indent=2))
+
+
+def collected_rows(root: Path, ns: str, version: str) -> int:
+    """Request rows one version's pods wrote to the claim (docs/collection.md)."""
+    import pyarrow.parquet as pq
+
+    directory = root / "collected" / ns / "iris" / version / "requests"
+    files = sorted(directory.glob("[!.]*.parquet")) if directory.is_dir() else []
+    return sum(pq.read_metadata(f).num_rows for f in files)
 
 
 def version_phase(client: Client, name: str, ns: str) -> str | None:

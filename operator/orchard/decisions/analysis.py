@@ -54,6 +54,9 @@ class MetricNames:
     endpoints: tuple[str, ...] = contracts.INFERENCE_ENDPOINTS
     latency: str = contracts.LATENCY
     predicted_class: str = contracts.PREDICTED_CLASS
+    # Rows replayed to both tracks for a quiet step: the same rows on each side, so their
+    # predictions compare the two models directly.
+    replay_predicted_class: str = contracts.REPLAY_PREDICTED_CLASS
     class_label: str = contracts.CLASS_LABEL
     predicted_value: str = contracts.PREDICTED_VALUE
 
@@ -157,7 +160,7 @@ def track_window(samples: Scrape, names: MetricNames = MetricNames()) -> TrackWi
             requests += value
             if names.is_error(dict(labels).get(names.status_label, "")):
                 errors += value
-        elif name == names.predicted_class:
+        elif name in (names.predicted_class, names.replay_predicted_class):
             cls = dict(labels).get(names.class_label, "")
             classes[cls] = classes.get(cls, 0.0) + value
     return TrackWindow(

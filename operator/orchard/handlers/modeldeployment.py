@@ -37,6 +37,7 @@ from orchard.api.modeldeployment import (
 from orchard.builders import improvement as imp
 from orchard.builders import serving as sv
 from orchard.builders.common import owned_by
+from orchard.contracts import ReplayReport
 from orchard.decisions import evaluation as ev
 from orchard.decisions import jobs
 from orchard.decisions import observing as ob
@@ -263,7 +264,11 @@ async def replay_outcome(md: ModelDeployment) -> jobs.Outcome[Any] | None:
 
 
 def _replay_report(data: Mapping[str, Any]) -> dict[str, Any] | None:
-    return dict(data) if "rows" in data else None
+    """The replay's report as status keeps it (None: not a `ReplayReport`)."""
+    try:
+        return ReplayReport.model_validate(dict(data)).model_dump()
+    except ValidationError:
+        return None
 
 
 async def read(md: ModelDeployment, body: Mapping[str, Any]) -> ob.Reads:
