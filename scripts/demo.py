@@ -12,9 +12,14 @@ the local one, builds the images and then runs this).
    is no drift (DriftDetected False); the same traffic with petal_length moved by 3 cm is
    DriftDetected True, naming that input; the requests it served are collected as
    Parquet segments on the artifact claim;
-6. show that a spec asking for an image the admin's policy does not allow is refused,
+6. a second deployment follows model iris instead of naming a version and retrains
+   itself: production drifts (petal_length 3 cm longer, with true labels as feedback),
+   DriftDetected starts a TrainingJob on the collected rows, the new version is scored
+   against the one serving on the same rows, rolled out (its quiet canary steps judged
+   on replayed rows) and promoted, and the spec's generation never moves;
+7. show that a spec asking for an image the admin's policy does not allow is refused,
    with the rule named, before any pod exists;
-7. show `kubectl get orchard`.
+8. show `kubectl get orchard`.
 
 Every step uses kubectl, as a person would; the script only waits and prints.
 """
@@ -131,15 +136,20 @@ def train(manifest: Path | None, obj: dict[str, Any] | None, name: str) -> str:
     return version
 
 
-def predict(url: str, row: dict[str, float] = ROW) -> str:
+def answer(url: str, row: dict[str, float], model: str = "iris") -> dict[str, Any]:
     body = {
         "inputs": [
             {"name": n, "shape": [1], "datatype": "FP64", "data": [v]} for n, v in row.items()
         ]
     }
-    response = httpx.post(f"{url}/v2/models/iris/infer", json=body, timeout=5)
+    response = httpx.post(f"{url}/v2/models/{model}/infer", json=body, timeout=5)
     response.raise_for_status()
-    return str(response.json()["outputs"][0]["data"][0])
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def predict(url: str, row: dict[str, float] = ROW, model: str = "iris") -> str:
+    return str(answer(url, row, model)["outputs"][0]["data"][0])
 
 
 def iris_rows(petal_shift: float = 0.0) -> list[dict[str, float]]:
@@ -154,9 +164,9 @@ class Traffic(threading.Thread):
     """Steady prediction traffic of iris rows, so the canary analysis has requests to
     judge and monitoring has rows to count."""
 
-    def __init__(self, url: str, rows: list[dict[str, float]]) -> None:
+    def __init__(self, url: str, rows: list[dict[str, float]], model: str = "iris") -> None:
         super().__init__(daemon=True)
-        self.url, self.rows = url, rows
+        self.url, self.rows, self.model = url, rows, model
         self.stop, self.answers = threading.Event(), Counter[str]()
 
     def run(self) -> None:
@@ -164,7 +174,8 @@ class Traffic(threading.Thread):
         while not self.stop.is_set():
             turn += 1
             try:
-                self.answers[predict(self.url, self.rows[turn * 7 % len(self.rows)])] += 1
+                row = self.rows[turn * 7 % len(self.rows)]
+                self.answers[predict(self.url, row, self.model)] += 1
             except httpx.HTTPError as error:
                 self.answers[f"error: {type(error).__name__}"] += 1
             time.sleep(0.05)
@@ -234,6 +245,56 @@ def show_collected(version: str) -> None:
     say(f"collected for retraining under {where}{version}/: {rows} rows in {segments} segments")
 
 
+def improve_by_itself() -> None:
+    """A deployment that follows the model and retrains itself (docs/improvement.md):
+    production drifts, its labelled rows train a new version, which is judged against the
+    one serving on the same rows and rolled out, with no one editing the spec."""
+    from sklearn.datasets import load_iris
+
+    name = "iris-tracked"
+    kubectl("apply", "-n", NAMESPACE, "-f", str(SAMPLES / "modeldeployment-tracking.yaml"))
+    say(f"ModelDeployment {name}: follows model iris (spec.track), retrains on drift")
+
+    def status() -> dict[str, Any]:
+        return dict(get("md", name).get("status", {}))
+
+    wait_for(f"{name} to serve", lambda: status().get("phase") == "Stable", 300)
+    first = status()["stableVersion"]
+    generation = get("md", name)["metadata"]["generation"]
+    say(f"{name} selected and serves {first}; metadata.generation {generation}")
+    url = f"http://{get('svc', name)['spec']['clusterIP']}:8080"
+    shifted = iris_rows(petal_shift=3.0)
+    truth = [str(load_iris().target_names[t]) for t in load_iris().target]
+    for row, label in zip(shifted, truth, strict=True):  # production drifts; labels follow
+        given = answer(url, row, name)
+        httpx.post(f"{url}/v2/models/{name}/feedback", json={"id": given["id"],
+                   "labels": [label]}, timeout=5).raise_for_status()  # fmt: skip
+    say(f"sent {len(shifted)} rows with petal_length 3 cm longer, and their true labels")
+    traffic = Traffic(url, shifted, name)
+    traffic.start()
+    started = wait_for("a retraining to start", lambda: (status().get("retraining") or {})
+                       .get("trainingJob"), 300)  # fmt: skip
+    traffic.stop.set()
+    traffic.join()
+    retraining = status()["retraining"]
+    say(f"{retraining['lastTrigger']['type']} → TrainingJob {started}: {retraining['message']}")
+    new = wait_for("the retraining to register a version", lambda: (status().get("retraining")
+                   or {}).get("modelVersion"), 420)  # fmt: skip
+    source = get("mv", new)["spec"]["source"]
+    say(f"registered {new}: trigger {source.get('trigger')}, parent {source.get('parent')}, "
+        f"{source['dataset'].get('collected', {}).get('rows')} collected rows added")  # fmt: skip
+    wait_for(f"{new} to be promoted", lambda: status().get("stableVersion") == new
+             and status().get("phase") == "Stable", 600)  # fmt: skip
+    done = status()
+    evaluation, replay = done.get("evaluation") or {}, done.get("replay") or {}
+    say(f"{new} promoted: {evaluation.get('message')}; quiet canary steps judged on "
+        f"{replay.get('rows')} replayed rows")  # fmt: skip
+    say(
+        f"metadata.generation still {get('md', name)['metadata']['generation']}: no one "
+        "edited the spec"
+    )
+
+
 def main() -> int:
     install()
     prepare_artifact_volume()
@@ -277,6 +338,7 @@ def main() -> int:
         f"{evaluation.get('baseline')} on the same {evaluation.get('rows')} rows: "
         f"{evaluation.get('verdict')}, {evaluation.get('message')}")  # fmt: skip
     watch_drift(url, v2, traffic)
+    improve_by_itself()
     refused_by_policy()
     print(kubectl("get", "orchard", "-n", NAMESPACE))
     return 0

@@ -240,11 +240,19 @@ def test_a_quiet_step_replays_the_rows_and_is_judged_on_them() -> None:
                      replace(STEP_OBS, analysis=QUIET, replay=jobs.Outcome("Running")))  # fmt: skip
     assert (running.status.phase, running.status.reason) == ("Progressing", ro.REPLAYING)
     assert not running.events
+    # the replayed rows already make a pass: the step is judged on all of them, once it ends
+    early = decide(
+        running.status.model_dump(by_alias=True),
+        replace(STEP_OBS, analysis=PASSED, replay=jobs.Outcome("Running")),
+    )
+    assert (early.status.reason, early.status.current_step) == (ro.REPLAYING, 0)
 
     done = jobs.Outcome("Succeeded", {"rows": 38})
     judged = decide(running.status.model_dump(by_alias=True),
                     replace(STEP_OBS, analysis=PASSED, replay=done))  # fmt: skip
     assert (judged.status.phase, judged.status.current_step) == ("Progressing", 1)
+    assert judged.status.replay is not None and judged.status.replay.phase == "Succeeded"
+    assert judged.status.replay.rows == 38
     assert "StepStarted" in [e.reason for e in judged.events]
 
 

@@ -690,13 +690,13 @@ class _Machine:
             return
         if result is None:  # decided without a fresh analysis (an event): hold the step
             return
+        if self.replaying(index, result):
+            return
         if result.verdict == "Pass":
             if index + 1 < len(steps):
                 self.start_step(index + 1)
             else:
                 self.promote(manual=False)
-            return
-        if result.reason == TOO_FEW_REQUESTS and self.replaying(index, result.message):
             return
         text = f"step {index + 1}/{len(steps)} paused: {result.message}"
         replay = st.replay
@@ -707,11 +707,11 @@ class _Machine:
         self.set_phase("Paused", result.reason, text)
         self.cond("Progressing", "True", PAUSED, text)
 
-    def replaying(self, index: int, quiet: str) -> bool:
+    def replaying(self, index: int, result: an.Result) -> bool:
         """A quiet step with replay on: the candidate's evaluation rows are sent to the
-        pods of both tracks (a Job) and the step is judged on them. True while that is
-        asked for or under way; False once it is over (the step is then judged, or it
-        pauses as without replay)."""
+        pods of both tracks (a Job) and the step is judged once the Job is over, on all
+        of them. True while that is asked for or under way; False once it is over (the
+        step is then judged, or pauses as without replay), or when there is none."""
         st, obs, steps = self.st, self.obs, self.spec.canary.steps
         if not obs.replay_enabled:
             return False
@@ -724,9 +724,11 @@ class _Machine:
             or (asked.started_at is not None and asked.started_at < step_began)
         )
         where = f"step {index + 1}/{len(steps)}"
+        if stale and result.reason != TOO_FEW_REQUESTS:
+            return False
         if stale:
             st.replay = ReplayStatus(version=version, step=index, started_at=self.now)
-            text = f"{where}: {quiet}; replaying the evaluation rows of {version} to both tracks"
+            text = f"{where}: {result.message}; replaying the rows of {version} to both tracks"
             self.set_phase("Progressing", REPLAYING, text)
             self.cond("Progressing", "True", REPLAYING, text)
             self.event("Normal", REPLAYING, text)
