@@ -14,9 +14,10 @@ the local one, builds the images and then runs this).
    Parquet segments on the artifact claim;
 6. a second deployment follows model iris instead of naming a version and retrains
    itself: production drifts (petal_length 3 cm longer, with true labels as feedback),
-   DriftDetected starts a TrainingJob on the collected rows, the new version is scored
-   against the one serving on the same rows, rolled out (its quiet canary steps judged
-   on replayed rows) and promoted, and the spec's generation never moves;
+   DriftDetected or AccuracyDegraded starts a TrainingJob on the collected rows, the
+   new version is scored against the one serving on the same rows, rolled out (its
+   quiet canary steps judged on replayed rows) and promoted, and the spec's generation
+   never moves;
 7. show that a spec asking for an image the admin's policy does not allow is refused,
    with the rule named, before any pod exists;
 8. show `kubectl get orchard`.
@@ -253,7 +254,7 @@ def improve_by_itself() -> None:
 
     name = "iris-tracked"
     kubectl("apply", "-n", NAMESPACE, "-f", str(SAMPLES / "modeldeployment-tracking.yaml"))
-    say(f"ModelDeployment {name}: follows model iris (spec.track), retrains on drift")
+    say(f"ModelDeployment {name}: follows model iris (spec.track), retrains itself")
 
     def status() -> dict[str, Any]:
         return dict(get("md", name).get("status", {}))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,15 +93,28 @@ async def monitor(
     **_: Any,
 ) -> None:
     """Every monitoring interval, while a stable version serves."""
+    await every_interval(stopped, spec, lambda: evaluate(str(namespace), name, logger),
+                         logger, "monitoring")  # fmt: skip
+
+
+async def every_interval(
+    stopped: kopf.DaemonStopped,
+    spec: Mapping[str, Any],
+    tick: Callable[[], Awaitable[None]],
+    logger: kopf.Logger,
+    what: str,
+) -> None:
+    """Run `tick` every spec.monitoring.interval until the daemon stops; a failed tick
+    is logged and the next one retries."""
     while not stopped:
         interval = 60.0
         try:
             interval = parse_duration(
                 ModelDeploymentSpec.model_validate(dict(spec)).monitoring.interval
             )
-            await evaluate(str(namespace), name, logger)
+            await tick()
         except Exception as exc:  # keep watching; the next tick retries
-            logger.warning("monitoring failed: %s", exc)
+            logger.warning("%s failed: %s", what, exc)
         await stopped.wait(max(interval, 1.0))
 
 

@@ -21,13 +21,14 @@ from pydantic import ValidationError
 
 from orchard import kube
 from orchard.api.common import API_VERSION, GROUP, VERSION, parse_duration, to_k8s
-from orchard.api.modeldeployment import ModelDeployment, ModelDeploymentSpec
+from orchard.api.modeldeployment import ModelDeployment
 from orchard.api.trainingjob import TrainingJob, TrainingJobSpec
 from orchard.builders import improvement as imp
 from orchard.builders.common import owned_by
 from orchard.decisions import retraining as rt
 
 from .modeldeployment import lock
+from .monitoring import every_interval
 
 RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [GROUP], "resources": ["modeldeployments"], "verbs": ["get"]},
@@ -54,16 +55,8 @@ async def retrain(
     **_: Any,
 ) -> None:
     """Every monitoring interval, while the spec asks for retraining."""
-    while not stopped:
-        interval = 60.0
-        try:
-            interval = parse_duration(
-                ModelDeploymentSpec.model_validate(dict(spec)).monitoring.interval
-            )
-            await tick(str(namespace), name, logger)
-        except Exception as exc:  # keep watching; the next tick retries
-            logger.warning("retraining check failed: %s", exc)
-        await stopped.wait(max(interval, 1.0))
+    await every_interval(stopped, spec, lambda: tick(str(namespace), name, logger),
+                         logger, "retraining check")  # fmt: skip
 
 
 async def read_training(md: ModelDeployment) -> rt.TrainingSeen | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,16 +26,15 @@ from typing import Any
 
 import pandas as pd
 
-from orchard.contracts import EvaluationReport, ReportedError, TrainerFailureReport
+from orchard.contracts import EvaluationReport
 from orchard.trainer.errors import (
     ArtifactVerificationFailed,
     InvalidSpec,
     NoEvaluationRows,
-    TrainerError,
     TrainingError,
     without_data,
 )
-from orchard.trainer.result import report
+from orchard.trainer.result import run_reported
 
 log = logging.getLogger("orchard.trainer")
 
@@ -256,11 +254,9 @@ def evaluate(
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
-    )
-    try:
-        result = evaluate(
+    return run_reported(
+        "evaluation",
+        lambda: evaluate(
             args.candidate,
             args.candidate_digest,
             args.baseline,
@@ -268,19 +264,6 @@ def run(args: argparse.Namespace) -> int:
             collected=args.collected,
             since=args.since,
             metric=args.metric,
-        )
-    except TrainerError as exc:
-        log.error("%s: %s", exc.reason, exc.message)
-        report(failure(exc), args.termination_log)
-        return 1
-    except Exception as exc:  # the message must still reach whoever runs it
-        log.exception("evaluation failed")
-        err = TrainingError(f"{type(exc).__name__}: {without_data(str(exc))}")
-        report(failure(err), args.termination_log)
-        return 1
-    report(result, args.termination_log)
-    return 0
-
-
-def failure(exc: TrainerError) -> TrainerFailureReport:
-    return TrainerFailureReport(error=ReportedError.model_validate(exc.to_dict()))
+        ),
+        args.termination_log,
+    )

@@ -20,9 +20,8 @@ import yaml
 from pydantic import ValidationError
 
 from orchard.api.trainingjob import TrainingJob
-from orchard.contracts import ReportedError, TrainerFailureReport
 from orchard.trainer.errors import InvalidSpec, TrainerError, TrainingError, without_data
-from orchard.trainer.result import report
+from orchard.trainer.result import failure, report
 
 TRAININGJOB_ENV = "ORCHARD_TRAININGJOB"
 COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
@@ -122,8 +121,3 @@ def run(args: argparse.Namespace) -> int:
         return 1
     report(result, args.termination_log)
     return 0
-
-
-def failure(exc: TrainerError, trial: int | None) -> TrainerFailureReport:
-    """The report of a run that failed with `exc`."""
-    return TrainerFailureReport(error=ReportedError.model_validate(exc.to_dict()), trial=trial)

@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import math
-import sys
 import tempfile
 import threading
 import urllib.error
@@ -47,12 +46,9 @@ from orchard.contracts import REPLAY_HEADER, ReplayReport
 from orchard.trainer.errors import (
     InvalidSpec,
     NoReplayRows,
-    TrainerError,
-    TrainingError,
-    without_data,
 )
-from orchard.trainer.evaluation import Scored, failure, load_scored, moment, target_like
-from orchard.trainer.result import report
+from orchard.trainer.evaluation import Scored, load_scored, moment, target_like
+from orchard.trainer.result import run_reported
 
 log = logging.getLogger("orchard.trainer")
 
@@ -342,11 +338,9 @@ def replay(
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
-    )
-    try:
-        result = replay(
+    return run_reported(
+        "replay",
+        lambda: replay(
             args.artifact,
             args.digest,
             args.model,
@@ -356,15 +350,6 @@ def run(args: argparse.Namespace) -> int:
             max_rows=args.max_rows,
             concurrency=args.concurrency,
             timeout=args.timeout,
-        )
-    except TrainerError as exc:
-        log.error("%s: %s", exc.reason, exc.message)
-        report(failure(exc), args.termination_log)
-        return 1
-    except Exception as exc:  # the message must still reach whoever runs it
-        log.exception("replay failed")
-        err = TrainingError(f"{type(exc).__name__}: {without_data(str(exc))}")
-        report(failure(err), args.termination_log)
-        return 1
-    report(result, args.termination_log)
-    return 0
+        ),
+        args.termination_log,
+    )

@@ -10,17 +10,23 @@ operator parses.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from orchard.contracts import (
     EvaluationReport,
     ReplayReport,
+    ReportedError,
     TrainerFailureReport,
     TrainerReport,
 )
+from orchard.trainer.errors import TrainerError, TrainingError, without_data
+
+log = logging.getLogger("orchard.trainer")
 
 TERMINATION_LOG_ENV = "ORCHARD_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -85,3 +91,35 @@ def report(
         except OSError as exc:
             print(f"cannot write the termination message to {path}: {exc}", file=sys.stderr)
     return data
+
+
+def failure(exc: TrainerError, trial: int | None = None) -> TrainerFailureReport:
+    """The report of a run that failed with `exc`."""
+    return TrainerFailureReport(error=ReportedError.model_validate(exc.to_dict()), trial=trial)
+
+
+def run_reported(
+    what: str,
+    work: Callable[[], EvaluationReport | ReplayReport],
+    termination_log: str | None,
+) -> int:
+    """Run one of the trainer image's short programs (`orchard evaluate`, `orchard
+    replay`): its report, or its failure with a reason, on stdout and in the termination
+    message; exit status 0 or 1. An unexpected error keeps its traceback in the log and
+    its kind, without the data it may quote, in the report."""
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    try:
+        result = work()
+    except TrainerError as exc:
+        log.error("%s: %s", exc.reason, exc.message)
+        report(failure(exc), termination_log)
+        return 1
+    except Exception as exc:  # the message must still reach whoever runs it
+        log.exception("%s failed", what)
+        err = TrainingError(f"{type(exc).__name__}: {without_data(str(exc))}")
+        report(failure(err), termination_log)
+        return 1
+    report(result, termination_log)
+    return 0
