@@ -107,6 +107,10 @@ def _default_artifacts(uri: str | None) -> Artifacts | None:
         ) from exc
 
 
+# The label Kubernetes puts on a Job's pods: the Job's uid (a Job's pods are found by it).
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
+
+
 # --- Names and owners --------------------------------------------------------------------
 
 

@@ -36,7 +36,7 @@ from orchard.api.modeldeployment import (
 )
 from orchard.builders import improvement as imp
 from orchard.builders import serving as sv
-from orchard.builders.common import owned_by
+from orchard.builders.common import JOB_UID_LABEL, owned_by
 from orchard.contracts import ReplayReport
 from orchard.decisions import evaluation as ev
 from orchard.decisions import jobs
@@ -90,7 +90,6 @@ RBAC_RULES: list[dict[str, Any]] = [
 ]
 
 IN_PROGRESS = ("Pending", "Progressing", "Paused")
-JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 
 _locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 _windows = AnalysisWindows()

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from orchard import kube
 from orchard.api.common import API_VERSION, GROUP, VERSION, to_k8s
 from orchard.api.modelversion import ModelVersion
-from orchard.builders.common import TrainerSettings, owned_by
+from orchard.builders.common import JOB_UID_LABEL, TrainerSettings, owned_by
 from orchard.builders.modelversion import MODELVERSION_LABEL, verify_job, verify_job_name
 from orchard.decisions import policy as pol
 from orchard.decisions.modelversion import (
@@ -48,7 +48,6 @@ RBAC_RULES: list[dict[str, Any]] = [
 POLL_SECONDS = 20.0
 IN_USE_RETRY_SECONDS = 15.0
 IN_USE_EVENT_EVERY = 8  # retries between two InUse events (about two minutes)
-JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 
 _locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 

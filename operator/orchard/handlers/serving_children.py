@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 
 from orchard import kube
-from orchard.api.common import API_VERSION, status_patch, to_k8s
+from orchard.api.common import API_VERSION, parse_timestamp, status_patch, to_k8s
 from orchard.api.modeldeployment import ModelDeployment, ModelDeploymentStatus
 from orchard.api.modelversion import ModelVersion, VersionEvaluation
 from orchard.builders import improvement as imp
@@ -117,7 +117,7 @@ async def ensure_evaluation(
         md,
         candidate,
         baseline,
-        dt.datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None,
+        parse_timestamp(since) if since else None,
         TrainerSettings.from_env(),
     )
     with contextlib.suppress(kube.Conflict):  # made by an earlier tick
@@ -149,7 +149,7 @@ async def ensure_replay(
         targets,
         asked.started_at,
         asked.step,
-        dt.datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None,
+        parse_timestamp(since) if since else None,
         TrainerSettings.from_env(),
     )
     with contextlib.suppress(kube.Conflict):

@@ -24,6 +24,7 @@ from orchard.api.common import API_VERSION, GROUP, VERSION, to_k8s
 from orchard.api.trainingjob import TrainingJob
 from orchard.builders.common import (
     COMPONENT_LABEL,
+    JOB_UID_LABEL,
     PART_OF,
     PART_OF_LABEL,
     TRAINING_COMPONENT,
@@ -70,7 +71,6 @@ ORCHARD_BATCH_PODS = label_selector(
     {PART_OF_LABEL: PART_OF, COMPONENT_LABEL: (TRAINING_COMPONENT, VERIFICATION_COMPONENT)}
 )
 MAX_VERSION_ATTEMPTS = 5
-JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 
 _locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
