@@ -1,6 +1,7 @@
 """The rollout state machine of a ModelDeployment, as one pure function.
 
-`decide(spec, status, now, obs)` takes what the resource asks for, where it stands (its
+`decide(spec, status, now, obs)` takes what the resource asks for (the target version is
+`spec.modelVersion`, or what `spec.track` selected, in `obs`), where it stands (its
 status: all rollout state lives there, so a restarted operator resumes), the time, and
 what the operator observed (ready pods, ModelVersions, the canary analysis, a manual
 action); it returns the next status and the events to post. The children (Deployments,
@@ -9,9 +10,10 @@ Service, HTTPRoute) are then a pure function of spec and status (`orchard.builde
 Phases:
   Pending      the first version is not serving yet
   Stable       one version serves; no rollout
-  Progressing  a canary is being checked (registered metrics, then traffic steps) or
-               promoted (the stable Deployment moves to the new version; while it does,
-               `canaryVersion == stableVersion`)
+  Progressing  a canary is being checked (scored against the stable version on the same
+               rows by an evaluation Job, then traffic steps, a quiet one judged on
+               replayed rows) or promoted (the stable Deployment moves to the new
+               version; while it does, `canaryVersion == stableVersion`)
   Paused       a step's pause is over but its analysis is inconclusive (too little
                traffic), or the traffic split cannot be made; waits for traffic or a person
   RolledBack   a failed analysis (or a person) aborted; the stable version serves alone
