@@ -13,6 +13,7 @@ import pytest
 
 from orchard.api.improvement import RefusedVersion, Track, TrackingStatus
 from orchard.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
+from orchard.contracts import EvaluationReport
 from orchard.decisions import analysis as an
 from orchard.decisions import evaluation as ev
 from orchard.decisions import jobs
@@ -87,7 +88,13 @@ def test_registered_reads_only_the_tracked_model() -> None:
     assert (only.name, only.phase, dict(only.metrics)) == ("iris-v1", "Ready", {"accuracy": 0.9})
 
 
-FIGURES = ev.Figures(candidate={"accuracy": 0.96, "rmse": 1.0},
+def scored(candidate: dict[str, float], baseline: dict[str, float], rows: int) -> EvaluationReport:
+    """What `orchard evaluate` reports: both versions' metrics on the same rows."""
+    return EvaluationReport(rows=rows, dataset_digest="sha256:" + "0" * 64, metric="accuracy",
+                            candidate=candidate, baseline=baseline)  # fmt: skip
+
+
+FIGURES = scored(candidate={"accuracy": 0.96, "rmse": 1.0},
                      baseline={"accuracy": 0.95, "rmse": 1.25}, rows=200)  # fmt: skip
 VERDICTS = [
     ("improve: +0.01 meets 0.01", "accuracy", "improve", 0.01, True, ev.BETTER),
@@ -109,7 +116,7 @@ def test_verdict(case: tuple[Any, ...]) -> None:
 
 
 def test_a_worse_candidate_fails_no_drop_beyond_the_bound() -> None:
-    worse = ev.Figures(candidate={"accuracy": 0.90}, baseline={"accuracy": 0.95}, rows=10)
+    worse = scored(candidate={"accuracy": 0.90}, baseline={"accuracy": 0.95}, rows=10)
     assert not ev.judge(worse, "accuracy", "no-drop", 0.02).passed
     assert ev.judge(worse, "accuracy", "no-drop", 0.05).passed
 
@@ -168,7 +175,7 @@ def test_a_challenger_is_evaluated_before_any_traffic_and_refused_when_not_bette
     assert [e.reason for e in first.events] == ["TargetSelected", "RolloutStarted", "Evaluating"]
     assert ro.canary_replicas(ModelDeploymentSpec.model_validate(TRACK), st, 2) == 0
 
-    equal = ev.Figures(candidate={"accuracy": 0.95}, baseline={"accuracy": 0.95}, rows=150)
+    equal = scored(candidate={"accuracy": 0.95}, baseline={"accuracy": 0.95}, rows=150)
     after = decide(st.model_dump(by_alias=True),
                    replace(OBS, evaluation=ev.Seen("Succeeded", equal)))  # fmt: skip
     st = after.status
@@ -182,7 +189,7 @@ def test_a_challenger_is_evaluated_before_any_traffic_and_refused_when_not_bette
 
 def test_a_better_challenger_takes_its_first_step() -> None:
     st = decide(STABLE, OBS).status
-    better = ev.Figures(candidate={"accuracy": 0.99}, baseline={"accuracy": 0.90}, rows=150)
+    better = scored(candidate={"accuracy": 0.99}, baseline={"accuracy": 0.90}, rows=150)
     after = decide(st.model_dump(by_alias=True),
                    replace(OBS, evaluation=ev.Seen("Succeeded", better)))  # fmt: skip
     assert (after.status.phase, after.status.current_step) == ("Progressing", 0)

@@ -30,7 +30,6 @@ from . import jobs
 from .analysis import lower_is_better
 
 Rule = Literal["improve", "no-drop"]
-EvaluationPhase = Literal["Running", "Succeeded", "Failed"]
 
 EVALUATING = "Evaluating"
 BETTER = "Better"
@@ -43,41 +42,22 @@ EVALUATION_CONTAINER = "evaluate"
 
 
 @dataclass(frozen=True)
-class Figures:
-    """What `orchard evaluate` reported: both versions' metrics on the same rows."""
-
-    candidate: Mapping[str, float]
-    baseline: Mapping[str, float]
-    rows: int = 0
-    heldout_rows: int = 0
-    production_rows: int = 0
-    dataset_digest: str | None = None
-
-
-@dataclass(frozen=True)
 class Seen:
-    """The evaluation Job's outcome, as read from it and its pod."""
+    """The evaluation Job's outcome, as read from it and its pod: once it succeeded,
+    what `orchard evaluate` reported (both versions' metrics on the same rows)."""
 
-    phase: EvaluationPhase
-    figures: Figures | None = None
+    phase: jobs.JobPhase
+    figures: EvaluationReport | None = None
     reason: str = ""
     message: str = ""
 
 
-def figures_from(data: Mapping[str, Any]) -> Figures | None:
-    """The report's figures (None: not an `EvaluationReport`)."""
+def figures_from(data: Mapping[str, Any]) -> EvaluationReport | None:
+    """The report (None: not an `EvaluationReport`)."""
     try:
-        report = EvaluationReport.model_validate(dict(data))
+        return EvaluationReport.model_validate(dict(data))
     except ValidationError:
         return None
-    return Figures(
-        candidate=report.candidate,
-        baseline=report.baseline,
-        rows=report.rows,
-        heldout_rows=report.heldout_rows,
-        production_rows=report.production_rows,
-        dataset_digest=report.dataset_digest,
-    )
 
 
 def job_outcome(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) -> Seen:
@@ -105,7 +85,7 @@ def improvement(metric: str, candidate: float, baseline: float) -> float:
     return candidate - baseline
 
 
-def judge(figures: Figures, metric: str, rule: Rule, bound: float) -> Verdict:
+def judge(figures: EvaluationReport, metric: str, rule: Rule, bound: float) -> Verdict:
     """Whether the candidate may take traffic (see the module's docstring)."""
     cand, base = figures.candidate.get(metric), figures.baseline.get(metric)
     rows = f"on the same {figures.rows} rows"

@@ -92,6 +92,12 @@ async def ensure_children(
         await set_route_weight(md, status, reads.traffic.route, now, obs.canary_ready_since, logger)
 
 
+def _registered_at(mv: ModelVersion) -> dt.datetime | None:
+    """When a version was registered: production rows answered after it never trained it."""
+    created = mv.metadata.creation_timestamp
+    return parse_timestamp(created) if created else None
+
+
 async def ensure_evaluation(
     md: ModelDeployment, status: ModelDeploymentStatus, reads: ob.Reads, logger: kopf.Logger
 ) -> None:
@@ -112,13 +118,8 @@ async def ensure_evaluation(
     candidate, baseline = versions.get(asked.candidate), versions.get(asked.baseline)
     if candidate is None or baseline is None:
         return  # gone: the evaluation times out and says so
-    since = candidate.metadata.creation_timestamp
     job = imp.evaluation_job(
-        md,
-        candidate,
-        baseline,
-        parse_timestamp(since) if since else None,
-        TrainerSettings.from_env(),
+        md, candidate, baseline, _registered_at(candidate), TrainerSettings.from_env()
     )
     with contextlib.suppress(kube.Conflict):  # made by an earlier tick
         await kube.create(job)
@@ -142,14 +143,13 @@ async def ensure_replay(
     if candidate is None or not targets:
         logger.info("replay of %s: no version or no ready pod to send to yet", asked.version)
         return  # the replay times out and says so
-    since = candidate.metadata.creation_timestamp
     job = imp.replay_job(
         md,
         candidate,
         targets,
         asked.started_at,
         asked.step,
-        parse_timestamp(since) if since else None,
+        _registered_at(candidate),
         TrainerSettings.from_env(),
     )
     with contextlib.suppress(kube.Conflict):
