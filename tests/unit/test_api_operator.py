@@ -53,6 +53,59 @@ def test_command_line() -> None:
         parse("--all-namespaces", "-n", "ml")
 
 
+def _record(name: str, level: int, message: str) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, message, None, None)
+
+
+@pytest.mark.parametrize(
+    ("message", "level"),
+    [
+        (
+            "Request attempt #1/9 failed; will retry: GET https://api/apis/batch/v1 "
+            "-> APITooManyRequestsError('storage is (re)initializing')",
+            logging.WARNING,
+        ),
+        (
+            "Request attempt #2/9 failed; TCP closed; will re-authenticate: GET https://api/",
+            logging.WARNING,
+        ),
+        (
+            "Request attempt #9/9 failed; escalating: GET https://api/ -> ClientConnectionError()",
+            logging.ERROR,
+        ),
+        ("Handler 'sync' failed with an exception. Will retry.", logging.ERROR),
+    ],
+)
+def test_retried_requests_are_warnings_the_last_failure_an_error(message: str, level: int) -> None:
+    record = _record("kopf._cogs.clients.api", logging.ERROR, message)
+    assert main.RetriesAreWarnings().filter(record)
+    assert (record.levelno, record.levelname) == (level, logging.getLevelName(level))
+
+
+def test_retried_requests_of_other_loggers_are_left_alone() -> None:
+    record = _record("orchard.kube", logging.ERROR, "Request attempt #1/9 failed; will retry: x")
+    assert main.RetriesAreWarnings().filter(record) and record.levelno == logging.ERROR
+
+
+def test_logging_filters_the_stream_and_the_event_poster() -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        main.configure_logging(verbose=False)
+        for name in ("", "kopf.objects"):
+            handlers = logging.getLogger(name).handlers
+            assert handlers and all(
+                any(isinstance(f, main.RetriesAreWarnings) for f in h.filters) for h in handlers
+            )
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+        for handler in logging.getLogger("kopf.objects").handlers:
+            handler.filters = [
+                f for f in handler.filters if not isinstance(f, main.RetriesAreWarnings)
+            ]
+
+
 def test_a_default_artifact_store_that_is_no_store_stops_the_operator(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -102,6 +102,30 @@ def configure(settings: kopf.OperatorSettings, options: Options) -> None:
     settings.execution.max_workers = 8
 
 
+class RetriesAreWarnings(logging.Filter):
+    """Kopf logs every retried API request as an error, even one the retry then fixes (the
+    API server's "storage is (re)initializing" after a CRD is installed, a connection
+    cut at shutdown). Those are warnings; the last attempt's failure stays an error."""
+
+    RETRIED = ("; will retry: ", "; will re-authenticate: ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.name.startswith("kopf"):
+            message = record.getMessage()
+            if message.startswith("Request attempt ") and any(r in message for r in self.RETRIED):
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def configure_logging(verbose: bool) -> None:
+    """Kopf's JSON logs, with retried requests logged (and posted as events) as warnings."""
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_refkey="object")
+    retries = RetriesAreWarnings()
+    for name in ("", "kopf.objects"):  # the stream handler, and the handler posting events
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(retries)
+
+
 @kopf.on.startup()
 def startup(
     settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
@@ -315,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
     if args.write_rbac or args.check_rbac:
         return write_or_check_role(args.write_rbac or args.check_rbac, bool(args.check_rbac))
     options = options_from(args)
-    kopf.configure(verbose=options.verbose, log_format=kopf.LogFormat.JSON, log_refkey="object")
+    configure_logging(options.verbose)
     controller_modules()  # importing them registers their handlers
     kopf.run(
         standalone=True,
