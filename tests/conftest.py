@@ -30,7 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 # Both run as modules from the checkout: `python -m tests.cluster.harness`, `-m images.build`.
 HARNESS = "tests.cluster.harness"
 BUILD_IMAGES = "images.build"
-LOCAL_KUBECONFIG = Path(os.environ.get("ORCHARD_CLUSTER_DIR", REPO / ".cluster")) / "kubeconfig"
+LOCAL_CLUSTER = Path(os.environ.get("ORCHARD_CLUSTER_DIR", REPO / ".cluster"))
+LOCAL_KUBECONFIG = LOCAL_CLUSTER / "kubeconfig"
+LOCAL_AUDIT_LOG = LOCAL_CLUSTER / "logs" / "audit.log"  # the harness's AUDIT_LOG
 TESTBOX_IMAGE = "localhost/orchard/testbox:dev"
 
 

@@ -6,19 +6,21 @@ Pod Security Standard, watching only that namespace.
 install (orchard-system) or each other: namespaced objects go to the test namespace,
 cluster-scoped ones get a private name, and the operator is told to watch only it.
 `InClusterOperator` applies it, waits for it, can kill its pod the way a node loss does,
-and on the way out fails the test if the operator's log shows a refusal of its role.
+and on the way out fails the test if the operator's log shows a refusal of its role or
+the API server's audit log shows it writing a spec (`misconduct`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import install_crds, kubectl
+from conftest import LOCAL_AUDIT_LOG, external_kubeconfig, install_crds, kubectl
 
 REPO = Path(__file__).resolve().parents[1]
 RESTRICTED = "pod-security.kubernetes.io/enforce=restricted"
@@ -107,6 +109,45 @@ class InClusterOperator:
                           f"clusterrolebinding/orchard-{self.namespace}",
                           f"clusterrole/orchard-{self.namespace}")  # fmt: skip
 
+    def misconduct(self) -> list[str]:
+        """What the operator must never do: be refused by its role, or write a spec."""
+        return self.refusals() + self.spec_writes()
+
+    def spec_writes(self) -> list[str]:
+        """The operator's writes of an Orchard object's spec, from the API server's audit
+        log (an update of a whole object, a patch that names spec); its own annotations,
+        finalizers and status are fine. Another cluster has no audit log this can read."""
+        if external_kubeconfig() is not None:
+            return []
+        if not LOCAL_AUDIT_LOG.exists():
+            return [f"no audit log at {LOCAL_AUDIT_LOG}: nothing witnesses the writes"]
+        user = f"system:serviceaccount:{self.namespace}:orchard"
+        writes = [
+            event
+            for line in LOCAL_AUDIT_LOG.read_text().splitlines()
+            if line.startswith("{")
+            for event in [json.loads(line)]
+            if event.get("user", {}).get("username") == user
+            and event.get("verb") in ("update", "patch")
+            and not event.get("objectRef", {}).get("subresource")
+        ]
+        if not writes:
+            return [f"the audit log recorded no write by {user}: nothing was witnessed"]
+        return [
+            f"{e['verb']} {e['requestURI']}: {json.dumps(e.get('requestObject'))[:300]}"
+            for e in writes
+            if e["verb"] == "update" or _names_spec(e.get("requestObject"))
+        ]
+
     def refusals(self) -> list[str]:
         """Lines of the operator's log where the API server refused its role."""
         return [line for line in "\n".join(self._seen).splitlines() if "forbidden" in line.lower()]
+
+
+def _names_spec(patch: Any) -> bool:
+    """A merge patch with a spec key, or a JSON patch with an operation under /spec."""
+    if isinstance(patch, dict):
+        return "spec" in patch
+    if isinstance(patch, list):
+        return any(str(op.get("path", "")).startswith("/spec") for op in patch)
+    return False

@@ -105,7 +105,8 @@ def operator(kubeconfig_node: Path, node_namespace: str) -> Iterator[InClusterOp
         yield op
     finally:
         op.uninstall()
-    assert not op.refusals(), "the operator's role refused it:\n" + "\n".join(op.refusals())
+    misconduct = op.misconduct()
+    assert not misconduct, "refused by its role, or writing a spec:\n" + "\n".join(misconduct)
 
 
 def status_of(client: Client, kind: Any, name: str, ns: str) -> dict[str, Any]:

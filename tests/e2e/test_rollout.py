@@ -269,7 +269,8 @@ def operator(
         yield op
     finally:
         op.uninstall()
-    assert not op.refusals(), "the operator's role refused it:\n" + "\n".join(op.refusals())
+    misconduct = op.misconduct()
+    assert not misconduct, "refused by its role, or writing a spec:\n" + "\n".join(misconduct)
 
 
 # --- the story ------------------------------------------------------------------------------

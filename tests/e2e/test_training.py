@@ -135,9 +135,8 @@ def cluster(kubeconfig_node: Path, node_client: Client, trainer_image: None) -> 
     finally:
         operator.uninstall()
         node_client.delete(Namespace, ns)
-    assert not operator.refusals(), "the operator's role refused it:\n" + "\n".join(
-        operator.refusals()
-    )
+    misconduct = operator.misconduct()
+    assert not misconduct, "refused by its role, or writing a spec:\n" + "\n".join(misconduct)
 
 
 def trainingjob(name: str, **spec: Any) -> dict[str, Any]:

@@ -25,6 +25,9 @@ LOGS = STATE / "logs"
 PIDS = STATE / "pids"
 IMAGES = STATE / "images"
 CONFIG = STATE / "config"
+# The API server's audit log: every write to an orchard.dev object, with its body, so
+# tests can show who changed what (the operator never writes a spec).
+AUDIT_LOG = LOGS / "audit.log"
 
 BRIDGE = "orchard0"
 NODE_NAME = "orchard-node"

@@ -51,6 +51,7 @@ from .components import (
     coredns_cmd,
     etcd_cmd,
     scheduler_cmd,
+    write_apiserver_configs,
     write_node_configs,
 )
 from .dns import query
@@ -96,6 +97,7 @@ def up(level: str) -> None:
         spawn("etcd", etcd_cmd())
         wait_for("etcd", lambda: https_ok(f"{ETCD_CLIENT}/health"), 30, "healthy")
     if not running("kube-apiserver"):
+        write_apiserver_configs()
         spawn("kube-apiserver", apiserver_cmd())
         wait_for("kube-apiserver", lambda: api_request("GET", "/readyz") == "ok", 60)
     if level == "api":
