@@ -231,10 +231,19 @@ def test_drift_retrains_judges_and_rolls_out_with_no_person_acting(
     assert status_of(client, MV, "iris-v3", ns)["phase"] == "Ready"  # registered all the same
     assert client.get(MD, "iris", namespace=ns).metadata.generation == generation  # type: ignore[union-attr]
 
-    reasons = {e.reason for e in client.list(Event, namespace=ns)}
-    for reason in ("Drifted", "RetrainStarted", "RetrainSucceeded", "TargetSelected",
-                   "Evaluating", "EvaluationPassed", "Promoted", "ChallengerRefused"):  # fmt: skip
-        assert reason in reasons, (reason, sorted(reasons))
+    # the status patch lands before the decision's events are posted: wait for the last one
+    expected = {"Drifted", "RetrainStarted", "RetrainSucceeded", "TargetSelected",
+                "Evaluating", "EvaluationPassed", "Promoted", "ChallengerRefused"}  # fmt: skip
+    posted: set[str] = set()
+
+    def every_reason_posted() -> bool:
+        posted.update(e.reason for e in client.list(Event, namespace=ns) if e.reason)
+        return expected <= posted
+
+    try:
+        wait_for("the story's events", every_reason_posted, 30, every=1.0)
+    except AssertionError as timeout:
+        raise AssertionError(f"{timeout}: missing {sorted(expected - posted)}") from None
     table = kubectl("get", "md", "iris", "-n", ns, kubeconfig=operator.kubeconfig).stdout
     header, line = table.splitlines()[:2]
     assert "TRACKS" in header and "TARGET" in header and "iris-v2" in line, table
