@@ -58,6 +58,10 @@ deps: ## install the Debian packages the cluster and image builds need (root; fa
 cluster-build: ## build etcd, the Kubernetes components and CoreDNS from Go sources into $ORCHARD_CACHE (once)
 	tests/cluster/build.sh
 
+.PHONY: argocd
+argocd: ## build the argocd CLI from its Go module into $ORCHARD_CACHE (once); the GitOps tests use it
+	tests/cluster/build.sh argocd
+
 .PHONY: cluster-up
 cluster-up: venv deps ## start the local cluster (LEVEL=node default, LEVEL=api); writes .cluster/kubeconfig
 	$(HARNESS) up --level $(LEVEL)
@@ -97,6 +101,7 @@ test-e2e: venv ## e2e tests on the node level with every image built and loaded
 .PHONY: test
 test: venv deps ## everything on a fresh machine: lint, unit, api and e2e tests (starts the local cluster)
 	$(MAKE) lint
+	$(MAKE) argocd
 	$(MAKE) test-unit
 	$(MAKE) test-api
 	$(MAKE) test-e2e

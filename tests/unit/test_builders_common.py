@@ -49,7 +49,7 @@ def test_label_selector() -> None:
 def test_app_labels() -> None:
     assert app_labels("orchard-trainer", "iris", "training") == {
         "app.kubernetes.io/name": "orchard-trainer",
-        "app.kubernetes.io/instance": "iris",
+        "orchard.dev/instance": "iris",
         "app.kubernetes.io/component": "training",
         "app.kubernetes.io/part-of": "orchard",
         "app.kubernetes.io/managed-by": "orchard-operator",

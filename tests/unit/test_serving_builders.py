@@ -62,7 +62,7 @@ def test_stable_deployment_from_pvc() -> None:
     pod_labels = spec["template"]["metadata"]["labels"]
     assert pod_labels["orchard.dev/model-version"] == "iris-v2"
     assert pod_labels["orchard.dev/track"] == "stable"
-    assert pod_labels["app.kubernetes.io/instance"] == "iris"
+    assert pod_labels["orchard.dev/instance"] == "iris"
     assert set(spec["selector"]["matchLabels"].items()) <= set(pod_labels.items())
     assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     c = container(dep)

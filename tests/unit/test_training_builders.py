@@ -68,7 +68,7 @@ def test_job_is_owned_labelled_and_restricted() -> None:
     ]
     for labels in (meta["labels"], job["spec"]["template"]["metadata"]["labels"]):
         assert labels["orchard.dev/trainingjob"] == "penguins-rf"
-        assert labels["app.kubernetes.io/instance"] == "penguins-rf"
+        assert labels["orchard.dev/instance"] == "penguins-rf"
         assert labels["app.kubernetes.io/part-of"] == "orchard"
         assert labels["app.kubernetes.io/managed-by"] == "orchard-operator"
         assert {"app.kubernetes.io/name", "app.kubernetes.io/component"} <= set(labels)

@@ -31,7 +31,9 @@ RUN_AS = 10001
 # --- Labels ----------------------------------------------------------------------------
 
 NAME_LABEL = "app.kubernetes.io/name"
-INSTANCE_LABEL = "app.kubernetes.io/instance"
+# Not app.kubernetes.io/instance: Argo CD tracks its own objects by that label, and would
+# take a child named after its owner for a part of an Application (to show OutOfSync, or prune).
+INSTANCE_LABEL = f"{GROUP}/instance"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 PART_OF_LABEL = "app.kubernetes.io/part-of"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -48,7 +50,7 @@ MODEL_LABEL = f"{GROUP}/model"
 
 
 def app_labels(name: str, instance: str, component: str | None = None) -> dict[str, str]:
-    """The app.kubernetes.io labels of an object Orchard makes."""
+    """The labels of an object Orchard makes: app.kubernetes.io's, and its owner's name."""
     out = {NAME_LABEL: name, INSTANCE_LABEL: instance}
     if component is not None:
         out[COMPONENT_LABEL] = component

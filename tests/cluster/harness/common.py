@@ -102,13 +102,15 @@ def versions() -> dict[str, str]:
     return out
 
 
+def build_dir(name: str) -> Path:
+    """Where build.sh puts the build `name` (kubernetes, etcd, coredns, argocd): one
+    directory per pinned version, finished when its .complete stamp is there."""
+    return CACHE / "bin" / f"{name}-{versions()[f'{name.upper()}_VERSION']}"
+
+
 def bin_dirs() -> dict[str, Path]:
-    """Where build.sh puts each build (kubernetes, etcd, coredns): one directory per version."""
-    v = versions()
-    return {
-        name: CACHE / "bin" / f"{name}-{v[f'{name.upper()}_VERSION']}"
-        for name in ("kubernetes", "etcd", "coredns")
-    }
+    """The builds the cluster runs (argocd is the GitOps tests' own)."""
+    return {name: build_dir(name) for name in ("kubernetes", "etcd", "coredns")}
 
 
 def built() -> bool:
