@@ -118,6 +118,10 @@ demo: venv deps ## the main job end to end: local cluster, Orchard, a model trai
 bench-serving: venv ## Orchard's server vs KServe and MLServer (envs in bench/envs; QUICK=1 for a smoke run)
 	$(BIN)/python bench/serving.py $(if $(QUICK),--quick)
 
+.PHONY: bench-dataset
+bench-dataset: venv ## the trainer's peak memory reading a CSV, against pandas' read_csv (MB=280)
+	$(BIN)/python bench/dataset_memory.py --megabytes $(or $(MB),280)
+
 .PHONY: bench-training
 bench-training: venv ## kubectl apply -> ModelVersion Ready beside a local `orchard train` (needs the node level)
 	$(BIN)/python bench/training.py $(if $(ROUNDS),--rounds $(ROUNDS))

@@ -6,10 +6,12 @@ the model.
 from __future__ import annotations
 
 import io
+import os
 import re
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -33,7 +35,35 @@ from orchard.trainer.errors import DatasetUnavailable, InvalidSpec
 # over plain AWS_*, so the dataset's Secret and the artifact store's may differ.
 DATASET_ENV_PREFIX = "ORCHARD_DATASET_"
 BUILTIN_TARGET = "target"
-HTTP_TIMEOUT_SECONDS = 60
+# An http(s) download: each read waits at most READ_TIMEOUT_SECONDS, the whole at most
+# the deadline, and it may be at most max_bytes long (both from the environment).
+READ_TIMEOUT_SECONDS = 60
+DOWNLOAD_TIMEOUT_ENV = "ORCHARD_DATASET_DOWNLOAD_TIMEOUT"  # seconds
+MAX_BYTES_ENV = "ORCHARD_DATASET_MAX_BYTES"
+DEFAULT_DOWNLOAD_SECONDS = 600.0
+DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: a pod's memory limit bounds the parsed frame anyway
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class DownloadLimits:
+    """How long and how large an http(s) dataset may be: a server that drips a byte a
+    second, or never stops sending, must not hold a training pod (or its memory) forever."""
+
+    seconds: float = DEFAULT_DOWNLOAD_SECONDS
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DownloadLimits:
+        env = os.environ if env is None else env
+        try:
+            seconds = float(env.get(DOWNLOAD_TIMEOUT_ENV) or DEFAULT_DOWNLOAD_SECONDS)
+            max_bytes = int(env.get(MAX_BYTES_ENV) or DEFAULT_MAX_BYTES)
+        except ValueError as exc:
+            raise InvalidSpec(f"{DOWNLOAD_TIMEOUT_ENV} / {MAX_BYTES_ENV}: {exc}") from exc
+        if seconds <= 0 or max_bytes <= 0:
+            raise InvalidSpec(f"{DOWNLOAD_TIMEOUT_ENV} and {MAX_BYTES_ENV} must be positive")
+        return cls(seconds=seconds, max_bytes=max_bytes)
 
 
 @dataclass(frozen=True)
@@ -91,7 +121,39 @@ def frame_fingerprint(frame: pd.DataFrame) -> str:
     return sha256_bytes(frame.to_csv(index=False, lineterminator="\n").encode())
 
 
-def fetch_bytes(uri: str) -> bytes:
+def download(uri: str, limits: DownloadLimits) -> bytes:
+    """The body at an http(s) URI, read a chunk at a time against the deadline and the
+    size cap (a Content-Length beyond the cap is refused before any of the body is read)."""
+    shown = redact_uri(uri)
+    deadline = time.monotonic() + limits.seconds
+    body = io.BytesIO()  # getvalue() hands over its buffer: the body is held once
+    try:
+        timeout = min(READ_TIMEOUT_SECONDS, limits.seconds)
+        with urllib.request.urlopen(uri, timeout=timeout) as resp:
+            declared = resp.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
+                raise DatasetUnavailable(
+                    f"{shown} is {int(declared)} bytes, more than the {limits.max_bytes} "
+                    f"bytes a dataset download may be ({MAX_BYTES_ENV})"
+                )
+            while chunk := resp.read1(CHUNK_BYTES):  # what arrived, not a full chunk
+                body.write(chunk)
+                if body.tell() > limits.max_bytes:
+                    raise DatasetUnavailable(
+                        f"{shown} is more than the {limits.max_bytes} bytes a dataset "
+                        f"download may be ({MAX_BYTES_ENV})"
+                    )
+                if time.monotonic() > deadline:
+                    raise DatasetUnavailable(
+                        f"the download of {shown} did not finish within {limits.seconds:g} s "
+                        f"({body.tell()} bytes read; {DOWNLOAD_TIMEOUT_ENV})"
+                    )
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise DatasetUnavailable(f"cannot download {shown}: {exc}") from exc
+    return body.getvalue()
+
+
+def fetch_bytes(uri: str, limits: DownloadLimits | None = None) -> bytes:
     """The raw bytes of a dataset file at file://, pvc://, http(s):// or s3://.
 
     In the cluster local paths reach only the mounted volumes (orchard.artifacts.store);
@@ -107,12 +169,7 @@ def fetch_bytes(uri: str) -> bytes:
                 "does not send; use a presigned URL, or s3:// with dataset.secretName",
                 parameter="dataset.uri",
             )
-        try:
-            with urllib.request.urlopen(uri, timeout=HTTP_TIMEOUT_SECONDS) as resp:
-                data: bytes = resp.read()
-                return data
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise DatasetUnavailable(f"cannot download {shown}: {exc}") from exc
+        return download(uri, limits or DownloadLimits.from_env())
     if parts.scheme not in ("file", "pvc", "s3"):
         raise InvalidSpec(
             f"unsupported dataset URI scheme {parts.scheme!r}: {shown}", parameter="dataset.uri"
