@@ -122,6 +122,11 @@ bench-serving: venv ## Orchard's server vs KServe and MLServer (envs in bench/en
 bench-dataset: venv ## the trainer's peak memory reading a CSV, against pandas' read_csv (MB=280)
 	$(BIN)/python bench/dataset_memory.py --megabytes $(or $(MB),280)
 
+.PHONY: bench-operator
+bench-operator: venv ## the operator under OBJECTS (5000) objects at once, on the api level: latency, RSS, CPU, 429s
+	$(HARNESS) up --level api --unless-external
+	$(BIN)/python bench/operator_load.py --objects $(or $(OBJECTS),5000)
+
 .PHONY: bench-training
 bench-training: venv ## kubectl apply -> ModelVersion Ready beside a local `orchard train` (needs the node level)
 	$(BIN)/python bench/training.py $(if $(ROUNDS),--rounds $(ROUNDS))
