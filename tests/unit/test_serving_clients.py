@@ -2,7 +2,7 @@
 
 A real server process per model on loopback; requests written as that client's users
 write them: `set_data_from_numpy` (binary by default), `InferRequestedOutput` in binary
-and in JSON, metadata, health, and the errors it
+and in JSON, compressed requests and responses, metadata, health, and the errors it
 raises (InferenceServerException with the server's message).
 """
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import joblib
 import numpy as np
 import pytest
@@ -150,6 +151,40 @@ def test_named_inputs_in_binary(penguins: Served) -> None:
     result = client.infer("penguins", inputs)
     expected = model.predict(frame.fillna({"sex": "male"}).astype({"bill_length_mm": np.float32}))
     assert [v.decode() for v in result.as_numpy("output-0")] == expected.tolist()
+
+
+# --- compression ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_and_responses(iris: Served, algorithm: str) -> None:
+    client, model = iris.client, iris.model
+    x = np.tile(IRIS_ROWS, (20, 1))  # 80 rows: an answer well over 1 KiB
+    wanted = [triton.InferRequestedOutput("predict_proba", binary_data=False)]
+    for binary in (True, False):
+        result = client.infer(
+            "iris", [tensor("input-0", x, "FP64", binary)], outputs=wanted,
+            request_compression_algorithm=algorithm, response_compression_algorithm=algorithm,
+        )  # fmt: skip
+        np.testing.assert_allclose(result.as_numpy("predict_proba"), model.predict_proba(x))
+
+
+def test_an_answer_is_compressed_only_when_asked_and_worth_it(iris: Served) -> None:
+    """What tritonclient cannot show: the response's own headers."""
+    many = {"inputs": [{"name": "x", "shape": [80, 4], "datatype": "FP64",
+                        "data": np.tile(IRIS_ROWS, (20, 1)).ravel().tolist()}],
+            "outputs": [{"name": "predict_proba"}]}  # fmt: skip
+    one = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}]}
+    url = f"{iris.base}/v2/models/iris/infer"
+    for accept, body, coding in [
+        ("gzip", many, "gzip"), ("deflate", many, "deflate"),
+        ("br, deflate;q=0.5", many, "deflate"), ("identity", many, None),
+        ("gzip;q=0", many, None), ("gzip", one, None),
+    ]:  # fmt: skip
+        r = httpx.post(url, json=body, headers={"accept-encoding": accept})
+        assert r.status_code == 200, r.text
+        assert r.headers.get("content-encoding") == coding, accept
+        assert r.json()["outputs"]  # decoded by httpx, whatever the coding
 
 
 # --- errors ---------------------------------------------------------------------------------

@@ -261,7 +261,7 @@ def test_probabilities_of_a_regression_are_a_400(artifacts: dict[str, Path]) -> 
         )
 
 
-# --- binary tensors -------------------------------------------------
+# --- binary tensors, compressed bodies -------------------------------------------------
 
 
 def binary_body(
@@ -296,6 +296,43 @@ def test_binary_tensors_that_do_not_match_their_header_are_a_400(iris: tuple[str
         r = httpx.post(f"{base}/v2/models/iris/infer", content=body, headers=hdrs)
         assert r.status_code == 400, message
         assert message in r.json()["error"]
+
+
+def test_compressed_request_bodies(iris: tuple[str, Any]) -> None:
+    import gzip
+    import zlib
+
+    base, _ = iris
+    url = f"{base}/v2/models/iris/infer"
+    body = json.dumps({"inputs": [tensor(IRIS_ROWS, [3, 4])]}).encode()
+    raw_deflate = zlib.compressobj(wbits=-15)
+    for coding, packed in [
+        ("gzip", gzip.compress(body)), ("deflate", zlib.compress(body)),
+        ("deflate", raw_deflate.compress(body) + raw_deflate.flush()), ("identity", body),
+    ]:  # fmt: skip
+        r = httpx.post(url, content=packed, headers={"content-encoding": coding})
+        assert r.status_code == 200, (coding, r.text)
+        assert r.json()["outputs"][0]["data"] == [0, 1, 2]
+    feedback = {"id": r.json()["id"], "labels": [0, 1, 2]}
+    r = httpx.post(
+        f"{base}/v2/models/iris/feedback", content=gzip.compress(json.dumps(feedback).encode()),
+        headers={"content-encoding": "gzip"},
+    )  # fmt: skip
+    assert r.json() == {"accepted": 3}
+    bomb = gzip.compress(b" " * (16 * 1024 * 1024 + 1))  # about 16 KB, over the body cap
+    for packed, coding, status, message in [
+        (bomb, "gzip", 413, "body decompresses to more than 16777216 bytes"),
+        (body, "br", 415, "Content-Encoding 'br' is not supported"),
+        (body, "gzip", 400, "body is not valid gzip data"),
+        (gzip.compress(body)[:-12], "gzip", 400, "ends before its end of stream"),
+        (gzip.compress(body) + b"x", "gzip", 400, "data after the end"),
+    ]:  # fmt: skip
+        r = httpx.post(url, content=packed, headers={"content-encoding": coding})
+        assert r.status_code == status, message
+        assert r.headers["content-type"] == "application/json"
+        assert message in r.json()["error"]
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'reason="unsupported_encoding"' in metrics
 
 
 # --- errors ---------------------------------------------------------------------------------

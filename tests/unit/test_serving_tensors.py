@@ -1,16 +1,19 @@
-"""The pure pieces of what clients send and get: binary tensors (`tensors`), requested
-outputs (`outputs`), and how the runner computes class
+"""The pure pieces of what clients send and get: binary tensors (`tensors`), compressed
+bodies (`encoding`), requested outputs (`outputs`), and how the runner computes class
 probabilities for the requests of a batch that asked for them."""
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from test_serving_support import iris_artifact
 
-from orchard.serving import outputs, tensors
+from orchard.serving import encoding, outputs, tensors
 from orchard.serving.artifact import Column, verify
 from orchard.serving.inputs import BadRequest, InvalidValue, Schema
 from orchard.serving.main import build_runner
@@ -65,6 +68,49 @@ def test_binary_values_are_checked_like_json_ones() -> None:
         schema.parse_v2(body, binary=memoryview(raw))
     with pytest.raises(BadRequest, match="goes past the end"):
         schema.parse_v2(body)  # binary data named, none sent
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+def test_request_codings() -> None:
+    assert encoding.coding(None) is None and encoding.coding(b"Identity") is None
+    assert encoding.coding(b" GZIP ") == "gzip" and encoding.coding(b"deflate") == "deflate"
+    with pytest.raises(encoding.UnsupportedEncoding) as caught:
+        encoding.coding(b"gzip, br")
+    assert caught.value.status == 415 and caught.value.reason == "unsupported_encoding"
+
+
+def test_decompression_is_held_to_the_limit() -> None:
+    data = b"x" * 1000
+    assert encoding.decompress(gzip.compress(data), "gzip", 1000) == data
+    assert encoding.decompress(zlib.compress(data), "deflate", 1000) == data
+    raw = zlib.compressobj(wbits=-15)
+    assert encoding.decompress(raw.compress(data) + raw.flush(), "deflate", 1000) == data
+    with pytest.raises(encoding.TooLarge) as caught:
+        encoding.decompress(gzip.compress(data), "gzip", 999)
+    assert caught.value.status == 413 and caught.value.reason == "too_large"
+    with pytest.raises(encoding.Malformed):
+        encoding.decompress(data, "deflate", 1000)
+
+
+@pytest.mark.parametrize(
+    ("header", "coding"),
+    [(None, None), (b"", None), (b"gzip", "gzip"), (b"deflate", "deflate"),
+     (b"deflate, gzip", "gzip"), (b"gzip;q=0.5, deflate", "deflate"), (b"br", None),
+     (b"*", "gzip"), (b"*, gzip;q=0", "deflate"), (b"gzip;q=0, deflate;q=0", None),
+     (b"identity", None), (b"GZIP; Q=0.1", "gzip"), (b"gzip;q=x", None)],
+)  # fmt: skip
+def test_the_answer_coding_follows_accept_encoding(header: bytes | None, coding: Any) -> None:
+    assert encoding.accepted(header) == coding
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_compressed_answers_read_back_as_clients_read_them(coding: str) -> None:
+    body = b'{"outputs": [' + b"0.25, " * 500 + b"1]}"
+    packed = encoding.compress(body, coding)
+    assert len(packed) < len(body) // 10
+    assert (gzip.decompress if coding == "gzip" else zlib.decompress)(packed) == body
 
 
 # --- outputs --------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ Routes (`{m}` is the served model's name; `/versions/{v}` may follow it in V2 pa
     GET  /metrics
 
 What an inference request asks back is `outputs` (the labels, class probabilities; JSON
-or binary); a V2 body may carry binary tensors after its JSON (`tensors`).
+or binary); a V2 body may carry binary tensors after its JSON (`tensors`); a request
+body may be compressed, and an answer is compressed when the client accepts it
+(`encoding`).
 
 A path that names a model or a version the server does not serve is a 404 before its
 method is looked at, and so is a path no route matches; both are counted under endpoint
@@ -22,8 +24,8 @@ not the served version's (the canary analysis counts only 5xx against a version)
 status  reason                when
 ======  ====================  ==========================================================
 400     bad_request           the body is not JSON, or not rows in a form of the protocol, or
-                              its binary tensors do not match what it says;
-                              an unknown requested output
+                              its binary tensors or compressed data do not match what it
+                              says; an unknown requested output
 400     invalid_value         a number beyond float32's range (`limits.MAX_ABS_VALUE`), a
                               JSON number too large for a double, or a value of the wrong
                               type for its column: refused before the model sees it
@@ -34,9 +36,11 @@ status  reason                when
 408     body_timeout          the body did not arrive within `--body-timeout`
 409     already_labelled      a second feedback for the same request
 413     too_large             a body over `--max-body-bytes` (refused on its Content-Length
-                              before it is read, when it has one)
+                              before it is read, when it has one), or one that decompresses
+                              to more than that
 413     too_many_rows         more rows than `--max-request-rows`, or a body with more values
                               than that many rows hold (refused before it is decoded)
+415     unsupported_encoding  a Content-Encoding other than gzip, deflate or identity
 503     not_ready             until the model is loaded
 500     prediction_failed     the model raised on rows that passed validation: the version's
                               fault, so a canary that raises where the stable answers fails
@@ -78,7 +82,7 @@ from typing import Any
 import orjson
 
 from orchard.contracts import INFERENCE_ENDPOINTS, REPLAY_HEADER, Endpoint
-from orchard.serving import outputs, tensors
+from orchard.serving import encoding, outputs, tensors
 from orchard.serving.batching import Batcher, PredictionFailed
 from orchard.serving.collection import Collector
 from orchard.serving.feedback import AlreadyLabelled, RecentPredictions, parse_feedback, score
@@ -511,18 +515,24 @@ class App:
         return self.metrics.render()
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
-        """The whole request body within the limits, or None if the client went away."""
+        """The whole request body within the limits, decompressed when it says it is
+        compressed; None if the client went away."""
         limit = self.limits.max_body_bytes
+        coding = _content_coding(scope)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             raise HTTPError(413, "too_large", f"body of {declared} bytes, over {limit}")
         try:
             async with asyncio.timeout(self.limits.body_timeout):
-                return await _receive_body(receive, limit)
+                body = await _receive_body(receive, limit)
         except TimeoutError:
             raise HTTPError(
                 408, "body_timeout", f"body not received within {self.limits.body_timeout:g} s"
             ) from None
+        if body is None or coding is None:
+            return body
+        loop = asyncio.get_running_loop()  # up to the body cap of work: off the event loop
+        return await loop.run_in_executor(self._parser, _decompress, body, coding, limit)
 
     async def _decode(
         self, runner: ModelRunner, v2: bool, body: bytes, header_length: int | None
@@ -601,8 +611,18 @@ class App:
         return Reply(b"".join([head, *chunks]), _OCTETS, (length,))
 
     async def _reply(self, scope: Scope, send: Send, reply: Reply) -> None:
-        """Send a 200 answer."""
-        await _send(send, 200, reply.body, reply.content_type, list(reply.headers))
+        """Send a 200 answer, compressed when the client accepts it and it is worth it."""
+        body, headers = reply.body, list(reply.headers)
+        if len(body) >= encoding.MIN_COMPRESSED_BYTES:
+            coding = encoding.accepted(_header(scope, b"accept-encoding"))
+            if coding is not None:
+                if len(body) <= PARSE_INLINE_BYTES:
+                    body = encoding.compress(body, coding)
+                else:
+                    loop = asyncio.get_running_loop()
+                    body = await loop.run_in_executor(self._parser, encoding.compress, body, coding)
+                headers += [(b"content-encoding", coding.encode()), (b"vary", b"accept-encoding")]
+        await _send(send, 200, body, reply.content_type, headers)
 
 
 _RELAYED_REASONS = {400: "bad_request", 409: "already_labelled", 503: "not_ready"}
@@ -639,6 +659,21 @@ def _header_length(scope: Scope) -> int | None:
             400, "bad_request", f"{tensors.HEADER_LENGTH} must be a byte count, not {value[:20]!r}"
         )
     return int(value)
+
+
+def _content_coding(scope: Scope) -> str | None:
+    """The request body's content coding (None: not compressed); 415 for an unknown one."""
+    try:
+        return encoding.coding(_header(scope, b"content-encoding"))
+    except encoding.EncodingError as exc:
+        raise HTTPError(exc.status, exc.reason, str(exc)) from None
+
+
+def _decompress(body: bytes, coding: str, limit: int) -> bytes:
+    try:
+        return encoding.decompress(body, coding, limit)
+    except encoding.EncodingError as exc:
+        raise HTTPError(exc.status, exc.reason, str(exc)) from None
 
 
 def _content_length(scope: Scope) -> int | None:
