@@ -139,6 +139,22 @@ def test_the_labels_answer_to_predict_too(iris: Served) -> None:
     assert result.as_numpy("predict").tolist() == model.predict(IRIS_ROWS).tolist()
 
 
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_mixed_rows_as_one_bytes_tensor(penguins: Served, binary: bool) -> None:
+    """tritonclient writes every element of an object array as text, numbers included."""
+    client, model = penguins.client, penguins.model
+    frame, _ = mixed_frame(12, seed=3)
+    rows = frame.to_numpy(dtype=object)  # missing values are NaN: "nan" once written
+    wanted = [
+        triton.InferRequestedOutput("output-0", binary_data=binary),
+        triton.InferRequestedOutput("predict_proba", binary_data=binary),
+    ]
+    result = client.infer("penguins", [tensor("rows", rows, "BYTES", binary)], outputs=wanted)
+    labels = [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("output-0")]
+    assert labels == model.predict(frame).tolist()
+    np.testing.assert_allclose(result.as_numpy("predict_proba"), model.predict_proba(frame))
+
+
 def test_named_inputs_in_binary(penguins: Served) -> None:
     client, model = penguins.client, penguins.model
     frame, _ = mixed_frame(9, seed=4)

@@ -199,6 +199,8 @@ def test_metadata_and_health(iris: tuple[str, Any]) -> None:
     ]  # fmt: skip
     assert httpx.get(f"{base}/v1/models/iris").json() == {"name": "iris", "ready": True}
     assert httpx.get(f"{base}/v1/models").json() == {"models": ["iris"]}
+    assert httpx.get(f"{base}/").json() == {"status": "alive"}  # KServe's V1 liveness
+    assert httpx.get(f"{base}/v2/").json() == httpx.get(f"{base}/v2").json()
     assert httpx.get(f"{base}/v2").json()["extensions"] == ["binary_tensor_data"]
 
 
@@ -261,7 +263,18 @@ def test_probabilities_of_a_regression_are_a_400(artifacts: dict[str, Path]) -> 
         )
 
 
-# --- binary tensors, compressed bodies -------------------------------------------------
+# --- ids, binary tensors, compressed bodies -------------------------------------------------
+
+
+@pytest.mark.parametrize("request_id", [7, 1.5, True, ["a"], {"a": 1}])
+def test_an_id_that_is_not_a_string_is_a_400(iris: tuple[str, Any], request_id: Any) -> None:
+    base, _ = iris
+    v2 = {"id": request_id, "inputs": [tensor(IRIS_ROWS, [3, 4])]}
+    v1 = {"id": request_id, "instances": IRIS_ROWS}
+    for path, body in [("/v2/models/iris/infer", v2), ("/v1/models/iris:predict", v1)]:
+        r = httpx.post(f"{base}{path}", json=body)
+        assert r.status_code == 400, path
+        assert r.json()["error"].startswith("'id' must be a string")
 
 
 def binary_body(

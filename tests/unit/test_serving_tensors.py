@@ -59,6 +59,26 @@ def test_sections_follow_the_inputs_that_have_binary_data() -> None:
         tensors.sections([{"name": "a", "parameters": {"binary_data_size": True}}], binary)
 
 
+def test_a_two_d_bytes_tensor_is_read_column_by_column() -> None:
+    """Numbers written as text (as tritonclient writes an object array) are numbers for a
+    numeric column; "" and "nan" are missing; other text for a number is refused."""
+    schema = Schema([Column("x", "number"), Column("s", "string")])
+    body = {"inputs": [{"name": "t", "shape": [3, 2], "datatype": "BYTES",
+                        "data": ["1.5", "a", "nan", "b", 2, None]}]}  # fmt: skip
+    rows, n = schema.parse_v2(body)
+    assert n == 3 and isinstance(rows, list)
+    assert rows[0][0] == 1.5 and np.isnan(rows[0][1]) and rows[0][2] == 2.0
+    assert rows[1][:2].tolist() == ["a", "b"] and np.isnan(rows[1][2])
+    raw = tensors.encode(["", "a", "7", "b"], "BYTES")
+    binary = {"inputs": [{"name": "t", "shape": [2, 2], "datatype": "BYTES",
+                          "parameters": {"binary_data_size": len(raw)}}]}  # fmt: skip
+    rows, _ = schema.parse_v2(binary, binary=memoryview(raw))
+    assert np.isnan(rows[0][0]) and rows[0][1] == 7.0 and rows[1].tolist() == ["a", "b"]
+    body["inputs"][0]["data"][0] = "1,5"
+    with pytest.raises(InvalidValue, match="column 'x' takes numbers, got '1,5'"):
+        schema.parse_v2(body)
+
+
 def test_binary_values_are_checked_like_json_ones() -> None:
     schema = Schema([Column("a", "number"), Column("b", "number")])
     raw = np.array([1.0, np.inf], dtype="<f8").tobytes()

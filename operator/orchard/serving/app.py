@@ -4,13 +4,13 @@ Routes (`{m}` is the served model's name; `/versions/{v}` may follow it in V2 pa
 
     GET  /v2/health/live   /v2/health/ready   /v2   /v2/models/{m}   /v2/models/{m}/ready
     POST /v2/models/{m}/infer   /v2/models/{m}/feedback     GET  /v2/models/{m}/monitoring
-    GET  /v1/models   /v1/models/{m}          POST /v1/models/{m}:predict
+    GET  /   /v1/models   /v1/models/{m}      POST /v1/models/{m}:predict
     GET  /metrics
 
-What an inference request asks back is `outputs` (the labels, class probabilities; JSON
-or binary); a V2 body may carry binary tensors after its JSON (`tensors`); a request
-body may be compressed, and an answer is compressed when the client accepts it
-(`encoding`).
+`GET /` is KServe's V1 liveness (`{"status": "alive"}`). What an inference request asks
+back is `outputs` (the labels, class probabilities; JSON or binary); a V2 body may carry
+binary tensors after its JSON (`tensors`); a request body may be compressed, and an
+answer is compressed when the client accepts it (`encoding`).
 
 A path that names a model or a version the server does not serve is a 404 before its
 method is looked at, and so is a path no route matches; both are counted under endpoint
@@ -25,7 +25,7 @@ status  reason                when
 ======  ====================  ==========================================================
 400     bad_request           the body is not JSON, or not rows in a form of the protocol, or
                               its binary tensors or compressed data do not match what it
-                              says; an unknown requested output
+                              says; an unknown requested output; an `id` that is not a string
 400     invalid_value         a number beyond float32's range (`limits.MAX_ABS_VALUE`), a
                               JSON number too large for a double, or a value of the wrong
                               type for its column: refused before the model sees it
@@ -48,9 +48,11 @@ status  reason                when
 ======  ====================  ==========================================================
 
 Every inference response carries an `id`: the request's own (a string; any other type
-is a 400), or one the server makes. Feedback (`{"id", "labels"}`, `orchard.serving.feedback`)
-labels that request's rows; a malformed body, a label count that is not the request's row
-count, or a label of the wrong type for the model is a 400 naming the problem.
+is a 400), or one the server makes. A version in a path must be the one served: an empty
+one (`/versions//infer`) is a 404 like any other. Feedback (`{"id", "labels"}`,
+`orchard.serving.feedback`) labels that request's rows; a malformed body, a label count
+that is not the request's row count, or a label of the wrong type for the model is a 400
+naming the problem.
 
 A request with the header `Orchard-Replay` (`contracts.REPLAY_HEADER`, any value) is a
 replayed one, sent by `orchard replay` so that a canary step with too few requests can
@@ -160,13 +162,14 @@ ROUTES = (  # patterns are tried in this order: inference first
     Route("POST", _V2_MODEL + "/feedback", Endpoint.V2_FEEDBACK, "_feedback", body=True),
     Route("GET", "/v2/health/live", Endpoint.V2_HEALTH_LIVE, "_live"),
     Route("GET", "/v2/health/ready", Endpoint.V2_HEALTH_READY, "_ready"),
-    Route("GET", "/v2", Endpoint.V2_SERVER_METADATA, "_server_metadata"),
+    Route("GET", "/v2/?", Endpoint.V2_SERVER_METADATA, "_server_metadata"),
     Route("GET", _V2_MODEL + "/?", Endpoint.V2_MODEL_METADATA, "_model_metadata"),
     Route("GET", _V2_MODEL + "/ready", Endpoint.V2_MODEL_READY, "_model_ready"),
     Route("GET", _V2_MODEL + "/monitoring", Endpoint.V2_MONITORING, "_monitoring"),
     Route("GET", "/v1/models", Endpoint.V1_MODELS, "_v1_models"),
     Route("GET", "/v1/models/(?P<model>[^/:]*)", Endpoint.V1_MODEL, "_v1_model"),
     Route("GET", "/metrics", Endpoint.METRICS, "_render_metrics"),
+    Route("GET", "/", Endpoint.V1_LIVE, "_v1_live"),
 )
 # A V2 path may name the version after the model: /v2/models/{m}/versions/{v}/ready is
 # /v2/models/{m}/ready once the model and the version are checked (once: no second one).
@@ -390,7 +393,7 @@ class App:
         if (versioned := _VERSIONED.match(path)) is not None:
             name, version = versioned["model"], versioned["version"]
             self._model(name)
-            if version != (self.version or ""):
+            if not version or version != self.version:
                 raise HTTPError(404, "not_found", f"model {name!r} has no version {version!r}")
             target = f"/v2/models/{name}{path[versioned.end() :]}"
         methods = _LITERAL.get(target) or self._matching(target, path)
@@ -429,6 +432,9 @@ class App:
     def _model_ready(self) -> dict[str, Any]:
         self._runner()
         return {"name": self.name, "ready": True}
+
+    def _v1_live(self) -> dict[str, Any]:
+        return {"status": "alive"}
 
     def _server_metadata(self) -> dict[str, Any]:
         from orchard import __version__

@@ -15,7 +15,9 @@ The rows of a request take one of two forms, fixed per model by its input schema
 Both request styles (one 2-D tensor in schema order, or one named input per column) give
 the same form, so requests of either style share a batch. A tensor's values come from
 its JSON `data` or, with the binary tensor extension, from the body's bytes after the
-JSON (`tensors`).
+JSON (`tensors`). One 2-D BYTES tensor is how clients send mixed rows (tritonclient
+writes every element of an object array as text): it is read column by column, its
+numeric columns' text as numbers (`""` and `"nan"` missing).
 """
 
 from __future__ import annotations
@@ -128,7 +130,8 @@ class Schema:
         flat = _flatten(data, where, n * d)
         if len(flat) != n * d:
             raise BadRequest(f"{where}: {len(flat)} values do not fill shape {shape}")
-        cols = [self._column(c, flat[j::d], where) for j, c in enumerate(self.columns)]
+        text = datatype == tensors.BYTES
+        cols = [self._column(c, flat[j::d], where, text) for j, c in enumerate(self.columns)]
         return cols, n
 
     def _named_v2(self, tensors: list[tuple[str, list[int], str, Any]]) -> tuple[Rows, int]:
@@ -204,10 +207,14 @@ class Schema:
 
     # --- columns ------------------------------------------------------------------------
 
-    def _column(self, column: Column, values: Sequence[Any] | Array, where: str) -> Array:
-        """One column's values as float64 (numeric) or object (string) with NaN for missing."""
+    def _column(
+        self, column: Column, values: Sequence[Any] | Array, where: str, text: bool = False
+    ) -> Array:
+        """One column's values as float64 (numeric) or object (string) with NaN for missing.
+
+        `text`: the values come from a BYTES tensor, where numbers may be written as text."""
         if column.numeric:
-            arr = _floats(values, where)
+            arr = _floats(_numbers_from_text(values, where, column) if text else values, where)
             if arr.ndim != 1:
                 raise BadRequest(f"{where}: column {column.name!r} must hold scalars")
             return arr
@@ -292,6 +299,22 @@ def _flatten(data: list[Any] | Array, where: str, limit: int) -> list[Any] | Arr
                 return out  # the caller finds the values do not fill the shape
         else:
             stack.pop()
+    return out
+
+
+def _numbers_from_text(values: Sequence[Any] | Array, where: str, column: Column) -> list[Any]:
+    """A BYTES tensor's values for a numeric column: text parsed as a number (`""` is
+    missing, and so is `"nan"`, as NaN), other values as they are."""
+    out: list[Any] = []
+    for v in values:
+        if isinstance(v, str):
+            try:
+                v = float(v) if v.strip() else None
+            except ValueError:
+                raise InvalidValue(
+                    f"{where}: column {column.name!r} takes numbers, got {_show(v)}"
+                ) from None
+        out.append(v)
     return out
 
 
