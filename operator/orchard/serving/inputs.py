@@ -89,16 +89,18 @@ class Schema:
         """Rows from a V2 inference request: one 2-D tensor, or one named input per column.
 
         `binary`: the body's bytes after its JSON header, which its inputs with a
-        `binary_data_size` parameter are read from (none: no input may have one)."""
+        `binary_data_size` parameter are read from (None: every input has JSON `data`)."""
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object with 'inputs'")
         inputs = body.get("inputs")
         if not isinstance(inputs, list) or not inputs:
             raise BadRequest("'inputs' must be a non-empty list of tensors")
-        try:
-            raw = tensors.sections(inputs, binary if binary is not None else memoryview(b""))
-        except tensors.MalformedTensor as exc:
-            raise BadRequest(str(exc)) from None
+        raw: list[memoryview | None] = [None] * len(inputs)
+        if binary is not None:
+            try:
+                raw = tensors.sections(inputs, binary)
+            except tensors.MalformedTensor as exc:
+                raise BadRequest(str(exc)) from None
         given = [_tensor(t, i, raw[i], max_rows) for i, t in enumerate(inputs)]
         if self.columns and all(name in self.index for name, _, _, _ in given):
             return self._named_v2(given)
@@ -250,6 +252,11 @@ def _tensor(
     if not isinstance(datatype, str) or datatype not in DATATYPES:  # a list is unhashable
         raise BadRequest(f"input {_show(name)}: unknown datatype {_show(datatype)}")
     if raw is None and not isinstance(data, list):
+        if _binary_size(t) is not None:
+            raise BadRequest(
+                f"input {_show(name)}: {tensors.BINARY_DATA_SIZE} without the request header "
+                f"{tensors.HEADER_LENGTH}"
+            )
         raise BadRequest(f"input {_show(name)}: 'data' must be a list")
     if raw is not None and data is not None:
         raise BadRequest(f"input {_show(name)}: both 'data' and {tensors.BINARY_DATA_SIZE}")
@@ -262,6 +269,13 @@ def _tensor(
         except tensors.MalformedTensor as exc:
             raise BadRequest(f"input {_show(name)}: {exc}") from None
     return name, shape, datatype, data
+
+
+def _binary_size(t: dict[str, Any]) -> int | None:
+    try:
+        return tensors.binary_size(t)
+    except tensors.MalformedTensor as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _check_rows(n: int, max_rows: int, where: str) -> None:

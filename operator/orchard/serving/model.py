@@ -90,7 +90,7 @@ class BatchResult:
     probabilities: list[Array | BaseException | None] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per request, and a frozen one takes 1 µs to build
 class Prediction:
     """One request's answer: its labels (or values), and the class probabilities if it
     asked for them (rows by `ModelRunner.classes`)."""
@@ -142,12 +142,11 @@ class ModelRunner:
         self.classification = task == "classification" if task else hasattr(model, "classes_")
         classes = getattr(model, "classes_", None)
         self.classes = np.asarray(classes) if classes is not None else None
-        self.has_probabilities = (
-            self.classification and classes is not None and hasattr(model, "predict_proba")
-        )
-        # The classes as JSON values, in the order of the probabilities' columns.
+        # The classes as JSON values, in the order of predict_proba's columns; None for a
+        # model without class probabilities (a regressor, an SVC without probability=True).
+        probabilities = self.classification and hasattr(model, "predict_proba")
         self.class_list: list[Any] | None = (
-            self.classes.tolist() if self.has_probabilities and self.classes is not None else None
+            self.classes.tolist() if probabilities and self.classes is not None else None
         )
         self.output_datatype = (
             output_datatype(np.asarray(classes)) if self.classification and classes is not None
@@ -158,6 +157,10 @@ class ModelRunner:
             import pandas as pd  # only for models that were fitted on a DataFrame
 
             self._frame_type = pd.DataFrame
+
+    @property
+    def has_probabilities(self) -> bool:
+        return self.class_list is not None
 
     # --- inference thread ---------------------------------------------------------------
 
