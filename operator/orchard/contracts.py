@@ -98,6 +98,7 @@ class Endpoint(StrEnum):
     V2_SERVER_METADATA = "v2_server_metadata"
     V2_HEALTH_LIVE = "v2_health_live"
     V2_HEALTH_READY = "v2_health_ready"
+    V1_LIVE = "v1_live"  # GET /, KServe's V1 liveness
     V1_MODEL = "v1_model"
     V1_MODELS = "v1_models"
     METRICS = "metrics"

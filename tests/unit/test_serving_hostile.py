@@ -11,11 +11,8 @@ a server error, and the process's resident memory is back near its level after w
 
 from __future__ import annotations
 
-import os
 import select
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +22,7 @@ from typing import Any
 import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
-from test_serving_support import free_port, mixed_artifact
+from test_serving_support import ServeProcess, mixed_artifact
 
 from orchard.decisions import analysis as an
 from orchard.decisions import metrics_text as mt
@@ -59,31 +56,16 @@ def v2(bill: Any) -> dict[str, Any]:
     }
 
 
-class Server:
+class Server(ServeProcess):
     """`orchard serve` in its own process, with short timeouts and a small connection cap."""
 
     def __init__(self, model_dir: Path, log: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://{HOST}:{self.port}"
-        self.log = log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchard.cli", "serve", "--model-dir", str(model_dir),
-             "--model-name", "penguins", "--host", HOST, "--port", str(self.port),
-             "--header-timeout", str(HEADER_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT),
-             "--keep-alive-timeout", "1", "--max-connections", str(MAX_CONNECTIONS),
-             "--log-level", "warning"],
-            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        super().__init__(
+            model_dir, "penguins", log,
+            "--header-timeout", str(HEADER_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT),
+            "--keep-alive-timeout", "1", "--max-connections", str(MAX_CONNECTIONS),
+            "--log-level", "warning",
         )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{self.base}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "orchard serve did not become ready"
-            time.sleep(0.1)
 
     def post(self, path: str, timeout: float = 30, **kwargs: Any) -> httpx.Response:
         return httpx.post(f"{self.base}{path}", timeout=timeout, **kwargs)
@@ -93,15 +75,6 @@ class Server:
 
     def connect(self) -> socket.socket:
         return socket.create_connection((HOST, self.port), timeout=10)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.log.close()
 
 
 def read_until_closed(sock: socket.socket, within: float) -> bytes:

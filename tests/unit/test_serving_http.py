@@ -192,9 +192,160 @@ def test_metadata_and_health(iris: tuple[str, Any]) -> None:
         "petal_length",
         "petal_width",
     ]
-    assert meta["outputs"] == [{"name": "output-0", "datatype": "INT64", "shape": [-1]}]
+    assert meta["outputs"] == [
+        {"name": "output-0", "datatype": "INT64", "shape": [-1]},
+        {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 3],
+         "parameters": {"classes": [0, 1, 2]}},
+    ]  # fmt: skip
     assert httpx.get(f"{base}/v1/models/iris").json() == {"name": "iris", "ready": True}
     assert httpx.get(f"{base}/v1/models").json() == {"models": ["iris"]}
+    assert httpx.get(f"{base}/").json() == {"status": "alive"}  # KServe's V1 liveness
+    assert httpx.get(f"{base}/v2/").json() == httpx.get(f"{base}/v2").json()
+    assert httpx.get(f"{base}/v2").json()["extensions"] == ["binary_tensor_data"]
+
+
+# --- requested outputs ----------------------------------------------------------------------
+
+
+def test_v2_outputs_are_what_was_asked(iris: tuple[str, Any]) -> None:
+    base, model = iris
+    x = np.asarray(IRIS_ROWS)
+    url = f"{base}/v2/models/iris/infer"
+    body = {"inputs": [tensor(IRIS_ROWS, [3, 4])], "outputs": [{"name": "predict_proba"}]}
+    out = httpx.post(url, json=body).json()["outputs"]
+    assert [o["name"] for o in out] == ["predict_proba"]
+    assert out[0]["shape"] == [3, 3] and out[0]["datatype"] == "FP64"
+    assert out[0]["parameters"] == {"classes": [0, 1, 2]}
+    np.testing.assert_allclose(np.reshape(out[0]["data"], (3, 3)), model.predict_proba(x))
+    body["outputs"] = [{"name": "predict"}, {"name": "output-0"}]
+    out = httpx.post(url, json=body).json()["outputs"]
+    assert [(o["name"], o["data"]) for o in out] == [
+        ("predict", [0, 1, 2]),
+        ("output-0", [0, 1, 2]),
+    ]
+    for outputs, message in [
+        ([{"name": "proba"}], "unknown output 'proba': this model answers output-0, predict, "
+                              "predict_proba"),
+        ([{"name": "predict_proba"}] * 2, "output 'predict_proba' is asked for twice"),
+        ({"name": "predict"}, "'outputs' must be a list"),
+        ([{"name": "predict", "parameters": {"binary_data": "yes"}}], "'binary_data' must be"),
+    ]:  # fmt: skip
+        r = httpx.post(url, json=body | {"outputs": outputs})
+        assert r.status_code == 400, outputs
+        assert message in r.json()["error"]
+
+
+def test_v1_outputs_by_request_parameter(iris: tuple[str, Any]) -> None:
+    base, model = iris
+    url = f"{base}/v1/models/iris:predict"
+    both = {"instances": IRIS_ROWS, "parameters": {"outputs": ["predictions", "probabilities"]}}
+    answer = httpx.post(url, json=both).json()
+    assert answer["predictions"] == [0, 1, 2] and answer["classes"] == [0, 1, 2]
+    np.testing.assert_allclose(answer["probabilities"], model.predict_proba(np.asarray(IRIS_ROWS)))
+    only = httpx.post(url, json=both | {"parameters": {"outputs": ["probabilities"]}}).json()
+    assert sorted(only) == ["classes", "id", "probabilities"]
+    r = httpx.post(url, json=both | {"parameters": {"outputs": ["predict_proba"]}})
+    assert r.status_code == 400
+    assert r.json()["error"] == (
+        "unknown output 'predict_proba': this model answers predictions, probabilities"
+    )
+
+
+def test_probabilities_of_a_regression_are_a_400(artifacts: dict[str, Path]) -> None:
+    with running_server(app_for(artifacts["diabetes"], "diabetes")) as base:
+        meta = httpx.get(f"{base}/v2/models/diabetes").json()
+        assert [o["name"] for o in meta["outputs"]] == ["output-0"]
+        body = {"inputs": [tensor([0.0] * 10, [1, 10])], "outputs": [{"name": "predict_proba"}]}
+        r = httpx.post(f"{base}/v2/models/diabetes/infer", json=body)
+        assert r.status_code == 400
+        assert r.json()["error"] == (
+            "output 'predict_proba' is not available: this model has no class probabilities"
+        )
+
+
+# --- ids, binary tensors, compressed bodies -------------------------------------------------
+
+
+@pytest.mark.parametrize("request_id", [7, 1.5, True, ["a"], {"a": 1}])
+def test_an_id_that_is_not_a_string_is_a_400(iris: tuple[str, Any], request_id: Any) -> None:
+    base, _ = iris
+    v2 = {"id": request_id, "inputs": [tensor(IRIS_ROWS, [3, 4])]}
+    v1 = {"id": request_id, "instances": IRIS_ROWS}
+    for path, body in [("/v2/models/iris/infer", v2), ("/v1/models/iris:predict", v1)]:
+        r = httpx.post(f"{base}{path}", json=body)
+        assert r.status_code == 400, path
+        assert r.json()["error"].startswith("'id' must be a string")
+
+
+def binary_body(
+    head: dict[str, Any], raw: bytes, header_length: int | None = None
+) -> tuple[bytes, dict[str, str]]:
+    text = json.dumps(head).encode()
+    length = len(text) if header_length is None else header_length
+    return text + raw, {"inference-header-content-length": str(length)}
+
+
+def test_binary_tensors_that_do_not_match_their_header_are_a_400(iris: tuple[str, Any]) -> None:
+    base, _ = iris
+    raw = np.asarray(IRIS_ROWS, dtype="<f4").tobytes()  # 48 bytes
+
+    def t(size: Any, **extra: Any) -> dict[str, Any]:
+        return {"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP32",
+                            "parameters": {"binary_data_size": size}, **extra}]}  # fmt: skip
+
+    good, headers = binary_body(t(48), raw)
+    r = httpx.post(f"{base}/v2/models/iris/infer", content=good, headers=headers)
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [0, 1, 2]
+    for (body, hdrs), message in [
+        (binary_body(t(48), raw, header_length=10_000), "the body has only"),
+        (binary_body(t(40), raw), "add up to 40"),
+        (binary_body(t(56), raw), "goes past the end"),
+        (binary_body(t(48), raw + b"\0" * 8), "add up to 48"),
+        (binary_body(t(-1), raw), "non-negative integer"),
+        (binary_body(t(48, data=[1]), raw), "both 'data' and binary_data_size"),
+        (binary_body(t(32), raw[:32]), "32 bytes do not hold 12 FP32 values"),
+        ((good, {"inference-header-content-length": "ten"}), "must be a byte count"),
+    ]:  # fmt: skip
+        r = httpx.post(f"{base}/v2/models/iris/infer", content=body, headers=hdrs)
+        assert r.status_code == 400, message
+        assert message in r.json()["error"]
+
+
+def test_compressed_request_bodies(iris: tuple[str, Any]) -> None:
+    import gzip
+    import zlib
+
+    base, _ = iris
+    url = f"{base}/v2/models/iris/infer"
+    body = json.dumps({"inputs": [tensor(IRIS_ROWS, [3, 4])]}).encode()
+    raw_deflate = zlib.compressobj(wbits=-15)
+    for coding, packed in [
+        ("gzip", gzip.compress(body)), ("deflate", zlib.compress(body)),
+        ("deflate", raw_deflate.compress(body) + raw_deflate.flush()), ("identity", body),
+    ]:  # fmt: skip
+        r = httpx.post(url, content=packed, headers={"content-encoding": coding})
+        assert r.status_code == 200, (coding, r.text)
+        assert r.json()["outputs"][0]["data"] == [0, 1, 2]
+    feedback = {"id": r.json()["id"], "labels": [0, 1, 2]}
+    r = httpx.post(
+        f"{base}/v2/models/iris/feedback", content=gzip.compress(json.dumps(feedback).encode()),
+        headers={"content-encoding": "gzip"},
+    )  # fmt: skip
+    assert r.json() == {"accepted": 3}
+    bomb = gzip.compress(b" " * (16 * 1024 * 1024 + 1))  # about 16 KB, over the body cap
+    for packed, coding, status, message in [
+        (bomb, "gzip", 413, "body decompresses to more than 16777216 bytes"),
+        (body, "br", 415, "Content-Encoding 'br' is not supported"),
+        (body, "gzip", 400, "body is not valid gzip data"),
+        (gzip.compress(body)[:-12], "gzip", 400, "ends before its end of stream"),
+        (gzip.compress(body) + b"x", "gzip", 400, "data after the end"),
+    ]:  # fmt: skip
+        r = httpx.post(url, content=packed, headers={"content-encoding": coding})
+        assert r.status_code == status, message
+        assert r.headers["content-type"] == "application/json"
+        assert message in r.json()["error"]
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'reason="unsupported_encoding"' in metrics
 
 
 # --- errors ---------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ CASES = [
     ("GET", "/v2/health/live", 200, "v2_health_live", None, ""),
     ("GET", "/v2/health/ready", 503, "v2_health_ready", NOT_READY, ""),
     ("GET", "/v2", 200, "v2_server_metadata", None, ""),
+    ("GET", "/v2/", 200, "v2_server_metadata", None, ""),
+    ("GET", "/", 200, "v1_live", None, ""),
     ("GET", "/metrics", 200, "metrics", None, ""),
     ("GET", "/v1/models", 200, "v1_models", None, ""),
     ("GET", "/v1/models/iris", 200, "v1_model", None, ""),
@@ -38,6 +40,7 @@ CASES = [
     ("POST", "/v2/models/iris/versions/3/infer", 503, "v2_infer", NOT_READY, ""),
     ("POST", "/v2/models/iris/versions/9/infer", 404, "unknown", NO_VERSION.format("9"), ""),
     ("GET", "/v2/models/iris/versions/", 404, "unknown", NO_VERSION.format(""), ""),
+    ("POST", "/v2/models/iris/versions//infer", 404, "unknown", NO_VERSION.format(""), ""),
     ("POST", "/v2/models/iris/versions/9/explain", 404, "unknown", NO_VERSION.format("9"), ""),
     ("POST", "/v2/models/nope/versions/3/explain", 404, "unknown", NOT_SERVED.format("nope"), ""),
     ("POST", "/v2/models/iris/versions/3/explain", 404, "unknown", NO_ROUTE, ""),
@@ -63,9 +66,10 @@ CASES = [
     ("PUT", "/v2/models/iris/ready", 405, "v2_model_ready", "PUT is not allowed here", "GET"),
     ("POST", "/metrics", 405, "metrics", "POST is not allowed here", "GET"),
     ("POST", "/v1/models", 405, "v1_models", "POST is not allowed here", "GET"),
+    ("POST", "/", 405, "v1_live", "POST is not allowed here", "GET"),
     # no route
-    ("GET", "/", 404, "unknown", NO_ROUTE, ""),
-    ("GET", "/v2/", 404, "unknown", NO_ROUTE, ""),
+    ("GET", "//", 404, "unknown", NO_ROUTE, ""),
+    ("GET", "/v2//", 404, "unknown", NO_ROUTE, ""),
     ("GET", "/v2/health/live/", 404, "unknown", NO_ROUTE, ""),
     ("GET", "/V2/health/live", 404, "unknown", NO_ROUTE, ""),
     ("GET", "/v2/models", 404, "unknown", NO_ROUTE, ""),
@@ -109,7 +113,8 @@ async def test_every_kind_of_path_answers_as_it_always_has(
 async def test_without_a_version_only_unversioned_paths_route() -> None:
     app = App("iris")
     assert (await answer(app, "GET", "/v2/models/iris/versions/3"))[0] == 404
-    assert (await answer(app, "GET", "/v2/models/iris/versions/"))[0] == 503  # the empty one
+    assert (await answer(app, "GET", "/v2/models/iris/versions/"))[0] == 404  # the empty one
+    assert (await answer(app, "POST", "/v2/models/iris/versions//infer"))[0] == 404
 
 
 def test_the_table_is_sound() -> None:

@@ -4,7 +4,8 @@ Artifacts are small scikit-learn pipelines trained here and written in the artif
 format (docs/artifact-format.md). `running_server` starts uvicorn with the app on a free
 port of 127.0.0.1 in a thread of this process, configured as `orchard serve` configures
 it (`main.server_config`: the guarded protocol, the app's limits), so tests can reach
-the app's state.
+the app's state. `ServeProcess` runs `orchard serve` itself, in its own process, for
+tests that need the whole command (or a process of its own to measure).
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -225,3 +229,45 @@ def app_for(model_dir: Path, name: str, expected_digest: str | None = None, **kw
     """The app `orchard serve` would build for an artifact directory."""
     artifact = verify(model_dir, expected_digest)
     return App(name, lambda: build_runner(artifact), **kwargs)
+
+
+class ServeProcess:
+    """`orchard serve` in its own process on a free port of 127.0.0.1, ready once started;
+    its output goes to `log`. `args` are more flags of `orchard serve`."""
+
+    host = "127.0.0.1"  # never anything else
+
+    def __init__(self, model_dir: Path, name: str, log: Path, *args: str) -> None:
+        import httpx
+
+        self.port = free_port()
+        self.base = f"http://{self.host}:{self.port}"
+        self.log = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orchard.cli", "serve", "--model-dir", str(model_dir),
+             "--model-name", name, "--host", self.host, "--port", str(self.port), *args],
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                self.log.close()
+                raise AssertionError(log.read_text())
+            try:
+                if httpx.get(f"{self.base}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("orchard serve did not become ready")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()

@@ -4,8 +4,13 @@ Routes (`{m}` is the served model's name; `/versions/{v}` may follow it in V2 pa
 
     GET  /v2/health/live   /v2/health/ready   /v2   /v2/models/{m}   /v2/models/{m}/ready
     POST /v2/models/{m}/infer   /v2/models/{m}/feedback     GET  /v2/models/{m}/monitoring
-    GET  /v1/models   /v1/models/{m}          POST /v1/models/{m}:predict
+    GET  /   /v1/models   /v1/models/{m}      POST /v1/models/{m}:predict
     GET  /metrics
+
+`GET /` is KServe's V1 liveness (`{"status": "alive"}`). What an inference request asks
+back is `outputs` (the labels, class probabilities; JSON or binary); a V2 body may carry
+binary tensors after its JSON (`tensors`); a request body may be compressed, and an
+answer is compressed when the client accepts it (`encoding`).
 
 A path that names a model or a version the server does not serve is a 404 before its
 method is looked at, and so is a path no route matches; both are counted under endpoint
@@ -15,33 +20,39 @@ Errors are `{"error": "..."}` on one line, with the reason counted in
 `orchard_request_errors_total`. Everything a client gets wrong is a 4xx, its error and
 not the served version's (the canary analysis counts only 5xx against a version):
 
-======  =================  =============================================================
-status  reason             when
-======  =================  =============================================================
-400     bad_request        the body is not JSON, or not rows in a form of the protocol
-400     invalid_value      a number beyond float32's range (`limits.MAX_ABS_VALUE`), a
-                           JSON number too large for a double, or a value of the wrong
-                           type for its column: refused before the model sees it
-404     not_found          an unknown model, version or path
-404     unmatched          feedback for an id no pod of the deployment answered (or one
-                           forgotten); its labels are counted as unmatched
-405     method_not_allowed a wrong method (with an `allow` header)
-408     body_timeout       the body did not arrive within `--body-timeout`
-409     already_labelled   a second feedback for the same request
-413     too_large          a body over `--max-body-bytes` (refused on its Content-Length
-                           before it is read, when it has one)
-413     too_many_rows      more rows than `--max-request-rows`, or a body with more values
-                           than that many rows hold (refused before it is decoded)
-503     not_ready          until the model is loaded
-500     prediction_failed  the model raised on rows that passed validation: the version's
-                           fault, so a canary that raises where the stable answers fails
-500     internal           a fault of the server
-======  =================  =============================================================
+======  ====================  ==========================================================
+status  reason                when
+======  ====================  ==========================================================
+400     bad_request           the body is not JSON, or not rows in a form of the protocol, or
+                              its binary tensors or compressed data do not match what it
+                              says; an unknown requested output; an `id` that is not a string
+400     invalid_value         a number beyond float32's range (`limits.MAX_ABS_VALUE`), a
+                              JSON number too large for a double, or a value of the wrong
+                              type for its column: refused before the model sees it
+404     not_found             an unknown model, version or path
+404     unmatched             feedback for an id no pod of the deployment answered (or one
+                              forgotten); its labels are counted as unmatched
+405     method_not_allowed    a wrong method (with an `allow` header)
+408     body_timeout          the body did not arrive within `--body-timeout`
+409     already_labelled      a second feedback for the same request
+413     too_large             a body over `--max-body-bytes` (refused on its Content-Length
+                              before it is read, when it has one), or one that decompresses
+                              to more than that
+413     too_many_rows         more rows than `--max-request-rows`, or a body with more values
+                              than that many rows hold (refused before it is decoded)
+415     unsupported_encoding  a Content-Encoding other than gzip, deflate or identity
+503     not_ready             until the model is loaded
+500     prediction_failed     the model raised on rows that passed validation: the version's
+                              fault, so a canary that raises where the stable answers fails
+500     internal              a fault of the server
+======  ====================  ==========================================================
 
 Every inference response carries an `id`: the request's own (a string; any other type
-is a 400), or one the server makes. Feedback (`{"id", "labels"}`, `orchard.serving.feedback`)
-labels that request's rows; a malformed body, a label count that is not the request's row
-count, or a label of the wrong type for the model is a 400 naming the problem.
+is a 400), or one the server makes. A version in a path must be the one served: an empty
+one (`/versions//infer`) is a 404 like any other. Feedback (`{"id", "labels"}`,
+`orchard.serving.feedback`) labels that request's rows; a malformed body, a label count
+that is not the request's row count, or a label of the wrong type for the model is a 400
+naming the problem.
 
 A request with the header `Orchard-Replay` (`contracts.REPLAY_HEADER`, any value) is a
 replayed one, sent by `orchard replay` so that a canary step with too few requests can
@@ -65,7 +76,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -73,13 +84,14 @@ from typing import Any
 import orjson
 
 from orchard.contracts import INFERENCE_ENDPOINTS, REPLAY_HEADER, Endpoint
+from orchard.serving import encoding, outputs, tensors
 from orchard.serving.batching import Batcher, PredictionFailed
 from orchard.serving.collection import Collector
 from orchard.serving.feedback import AlreadyLabelled, RecentPredictions, parse_feedback, score
 from orchard.serving.inputs import BadRequest, InvalidValue, Rows, TooManyRows
 from orchard.serving.limits import PARSE_INLINE_BYTES, Limits
 from orchard.serving.metrics import Metrics
-from orchard.serving.model import BatchResult, ModelRunner, output_data, output_datatype
+from orchard.serving.model import BatchResult, ModelRunner
 from orchard.serving.monitoring import pod_view
 from orchard.serving.peers import FORWARDED_HEADER, Peers
 
@@ -95,6 +107,10 @@ _CLOSE = (b"connection", b"close")
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _PLATFORM = "sklearn"
 _REPLAY = REPLAY_HEADER.encode()
+_HEADER_LENGTH = tensors.HEADER_LENGTH.encode()
+_JSON = b"application/json"
+_OCTETS = b"application/octet-stream"  # a JSON header and binary tensors
+_PROMETHEUS = b"text/plain; version=0.0.4"
 _V2_TYPES = {"number": "FP64", "integer": "INT64", "boolean": "BOOL", "string": "BYTES"}
 
 
@@ -104,6 +120,25 @@ class HTTPError(Exception):
     def __init__(self, status: int, reason: str, message: str, allow: str | None = None) -> None:
         super().__init__(message)
         self.status, self.reason, self.message, self.allow = status, reason, message, allow
+
+
+@dataclass(slots=True)  # not frozen: one per request, and a frozen one takes 1 µs to build
+class Reply:
+    """A response body, its content type, and headers beyond the usual ones."""
+
+    body: bytes
+    content_type: bytes = _JSON
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+@dataclass(slots=True)  # not frozen: as Reply
+class Decoded:
+    """An inference request, read: its id, rows, row count and the outputs it asks for."""
+
+    id: str | None
+    rows: Rows
+    n: int
+    wanted: tuple[outputs.Wanted, ...]
 
 
 @dataclass(frozen=True)
@@ -127,13 +162,14 @@ ROUTES = (  # patterns are tried in this order: inference first
     Route("POST", _V2_MODEL + "/feedback", Endpoint.V2_FEEDBACK, "_feedback", body=True),
     Route("GET", "/v2/health/live", Endpoint.V2_HEALTH_LIVE, "_live"),
     Route("GET", "/v2/health/ready", Endpoint.V2_HEALTH_READY, "_ready"),
-    Route("GET", "/v2", Endpoint.V2_SERVER_METADATA, "_server_metadata"),
+    Route("GET", "/v2/?", Endpoint.V2_SERVER_METADATA, "_server_metadata"),
     Route("GET", _V2_MODEL + "/?", Endpoint.V2_MODEL_METADATA, "_model_metadata"),
     Route("GET", _V2_MODEL + "/ready", Endpoint.V2_MODEL_READY, "_model_ready"),
     Route("GET", _V2_MODEL + "/monitoring", Endpoint.V2_MONITORING, "_monitoring"),
     Route("GET", "/v1/models", Endpoint.V1_MODELS, "_v1_models"),
     Route("GET", "/v1/models/(?P<model>[^/:]*)", Endpoint.V1_MODEL, "_v1_model"),
     Route("GET", "/metrics", Endpoint.METRICS, "_render_metrics"),
+    Route("GET", "/", Endpoint.V1_LIVE, "_v1_live"),
 )
 # A V2 path may name the version after the model: /v2/models/{m}/versions/{v}/ready is
 # /v2/models/{m}/ready once the model and the version are checked (once: no second one).
@@ -236,9 +272,15 @@ class App:
             return
         self.metrics.observe_confidence(counts)
 
-    def _predict(self, parts: list[Any], sizes: list[int], replayed: list[bool] | None) -> Any:
+    def _predict(
+        self,
+        parts: list[Rows],
+        sizes: list[int],
+        replayed: list[bool] | None,
+        proba: list[bool] | None,
+    ) -> BatchResult:
         assert self.runner is not None
-        return self.runner.predict_batch(parts, sizes, replayed)
+        return self.runner.predict_batch(parts, sizes, replayed, proba)
 
     async def _load(self) -> None:
         assert self.load is not None
@@ -302,9 +344,10 @@ class App:
                     return
                 unread = False
                 v2 = endpoint == Endpoint.V2_INFER
-                request_id, rows, n = await self._decode(runner, v2, body)
+                header_length = _header_length(scope) if v2 else None
+                request = await self._decode(runner, v2, body, header_length)
                 del body  # only the rows are needed from here on
-                payload = await self._infer(v2, request_id, rows, n, replay)
+                payload: Any = await self._infer(runner, v2, request, replay)
             elif route.body:
                 body = await self._read_body(scope, receive)
                 if body is None:
@@ -313,10 +356,15 @@ class App:
                 payload = await getattr(self, route.handler)(scope, body)
             else:
                 payload = getattr(self, route.handler)()
-            if isinstance(payload, bytes):  # /metrics
-                await _send(send, 200, payload, b"text/plain; version=0.0.4")
+            if isinstance(payload, Reply):
+                reply = payload
+            elif isinstance(payload, bytes):  # /metrics
+                reply = Reply(payload, _PROMETHEUS)
             else:
-                await _send(send, 200, orjson.dumps(payload, option=_DUMPS_OPTIONS))
+                reply = Reply(orjson.dumps(payload, option=_DUMPS_OPTIONS))
+            if len(reply.body) >= encoding.MIN_COMPRESSED_BYTES:
+                await self._compress(scope, reply)
+            await _send(send, 200, reply.body, reply.content_type, reply.headers)
         except HTTPError as err:
             status = err.status
             self.metrics.observe_error(endpoint, err.reason)
@@ -331,7 +379,7 @@ class App:
             self.metrics.observe_error(endpoint, "internal")
             await _send(
                 send, 500, orjson.dumps({"error": f"internal error: {type(exc).__name__}"}),
-                extra=[_CLOSE] if unread else None,
+                extra=[_CLOSE] if unread else (),
             )  # fmt: skip
         timed = endpoint in INFERENCE_ENDPOINTS
         self.metrics.observe_request(
@@ -347,7 +395,7 @@ class App:
         if (versioned := _VERSIONED.match(path)) is not None:
             name, version = versioned["model"], versioned["version"]
             self._model(name)
-            if version != (self.version or ""):
+            if not version or version != self.version:
                 raise HTTPError(404, "not_found", f"model {name!r} has no version {version!r}")
             target = f"/v2/models/{name}{path[versioned.end() :]}"
         methods = _LITERAL.get(target) or self._matching(target, path)
@@ -387,10 +435,13 @@ class App:
         self._runner()
         return {"name": self.name, "ready": True}
 
+    def _v1_live(self) -> dict[str, Any]:
+        return {"status": "alive"}
+
     def _server_metadata(self) -> dict[str, Any]:
         from orchard import __version__
 
-        return {"name": "orchard", "version": __version__, "extensions": []}
+        return {"name": "orchard", "version": __version__, "extensions": [tensors.EXTENSION]}
 
     def _model_metadata(self) -> dict[str, Any]:
         runner = self._runner()
@@ -407,13 +458,7 @@ class App:
             "versions": [self.version] if self.version else [],
             "platform": _PLATFORM,
             "inputs": inputs,
-            "outputs": [
-                {
-                    "name": "output-0",
-                    "datatype": runner.output_datatype,
-                    "shape": [-1],
-                }
-            ],
+            "outputs": outputs.metadata(runner.output_datatype, runner.class_list),
         }
         return meta
 
@@ -467,31 +512,44 @@ class App:
         return self.metrics.render()
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
-        """The whole request body within the limits, or None if the client went away."""
+        """The whole request body within the limits, decompressed when it says it is
+        compressed; None if the client went away."""
         limit = self.limits.max_body_bytes
+        coding = _content_coding(scope)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             raise HTTPError(413, "too_large", f"body of {declared} bytes, over {limit}")
         try:
             async with asyncio.timeout(self.limits.body_timeout):
-                return await _receive_body(receive, limit)
+                body = await _receive_body(receive, limit)
         except TimeoutError:
             raise HTTPError(
                 408, "body_timeout", f"body not received within {self.limits.body_timeout:g} s"
             ) from None
+        if body is None or coding is None:
+            return body
+        loop = asyncio.get_running_loop()  # up to the body cap of work: off the event loop
+        return await loop.run_in_executor(self._parser, _decompress, body, coding, limit)
 
     async def _decode(
-        self, runner: ModelRunner, v2: bool, body: bytes
-    ) -> tuple[str | None, Rows, int]:
-        """The request's id (V2), rows and row count: on the parse thread for a large body."""
+        self, runner: ModelRunner, v2: bool, body: bytes, header_length: int | None
+    ) -> Decoded:
+        """The request, read (on the parse thread for a large body)."""
         if len(body) <= PARSE_INLINE_BYTES:
-            return self._parse(runner, v2, body)
+            return self._parse(runner, v2, body, header_length)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._parser, self._parse, runner, v2, body)
+        return await loop.run_in_executor(
+            self._parser, self._parse, runner, v2, body, header_length
+        )
 
-    def _parse(self, runner: ModelRunner, v2: bool, body: bytes) -> tuple[str | None, Rows, int]:
+    def _parse(
+        self, runner: ModelRunner, v2: bool, body: bytes, header_length: int | None
+    ) -> Decoded:
         schema, max_rows = runner.schema, self.limits.max_request_rows
         try:
+            binary = None
+            if header_length is not None:  # a JSON header, then binary tensors
+                body, binary = tensors.split(body, header_length)
             schema.check_body(body, max_rows)
             try:
                 request = orjson.loads(body)
@@ -499,46 +557,70 @@ class App:
                 if "infinity" in str(exc):  # a number too large for a double, say 1e400
                     raise InvalidValue(f"a JSON number beyond a double's range: {exc}") from None
                 raise BadRequest(f"malformed JSON: {exc}") from None
-            parse = schema.parse_v2 if v2 else schema.parse_v1
-            rows, n = parse(request, max_rows)
+            if v2:
+                rows, n = schema.parse_v2(request, max_rows, binary)
+                wanted = outputs.requested_v2(request, runner.has_probabilities)
+            else:
+                rows, n = schema.parse_v1(request, max_rows)
+                wanted = outputs.requested_v1(request, runner.has_probabilities)
             request_id = request.get("id")  # a dict by now: the parsers insist on an object
             if request_id is not None and not isinstance(request_id, str):
                 raise BadRequest(f"'id' must be a string, not {type(request_id).__name__}")
-            return request_id, rows, n
+            return Decoded(request_id, rows, n, wanted)
+        except tensors.MalformedTensor as exc:
+            raise HTTPError(400, "bad_request", str(exc)) from None
         except BadRequest as exc:
             raise _bad_request(exc) from None
 
     async def _infer(
-        self, v2: bool, request_id: str | None, rows: Rows, n: int, replay: bool = False
-    ) -> dict[str, Any]:
+        self, runner: ModelRunner, v2: bool, request: Decoded, replay: bool = False
+    ) -> Reply:
+        rows, n = request.rows, request.n
         try:
-            predictions = await self.batcher.submit(rows, n, replay)
+            prediction = await self.batcher.submit(
+                rows, n, replay, outputs.wants_probabilities(request.wanted)
+            )
         except PredictionFailed as exc:
             raise HTTPError(500, "prediction_failed", f"prediction failed: {exc}") from None
-        response_id = request_id if request_id is not None else str(uuid.uuid4())
+        predictions = prediction.labels
+        response_id = request.id if request.id is not None else str(uuid.uuid4())
         if not replay:  # a replayed answer is no production data: no feedback, no collection
             self.recent.remember(response_id, predictions)  # for feedback on it
             if self.collector is not None:
                 self.collector.record_request(response_id, rows, predictions, n)
         if not v2:
-            return {"predictions": output_data(predictions), "id": response_id}
+            answer = outputs.v1_outputs(request.wanted, prediction, runner.class_list)
+            answer["id"] = response_id
+            return Reply(orjson.dumps(answer, option=_DUMPS_OPTIONS))
+        tensors_out, chunks = outputs.v2_outputs(request.wanted, prediction, runner.class_list)
         response: dict[str, Any] = {
             "model_name": self.name,
             "id": response_id,
             "parameters": {},
-            "outputs": [
-                {
-                    "name": "output-0",
-                    "shape": [len(predictions)],
-                    "datatype": output_datatype(predictions),
-                    "parameters": {},
-                    "data": output_data(predictions),
-                }
-            ],
+            "outputs": tensors_out,
         }
         if self.version:
             response["model_version"] = self.version
-        return response
+        head = orjson.dumps(response, option=_DUMPS_OPTIONS)
+        if not chunks:
+            return Reply(head)
+        length = (_HEADER_LENGTH, str(len(head)).encode())
+        return Reply(b"".join([head, *chunks]), _OCTETS, (length,))
+
+    async def _compress(self, scope: Scope, reply: Reply) -> None:
+        """Compress the answer in the coding the client accepts, if any (a large one off
+        the event loop)."""
+        coding = encoding.accepted(_header(scope, b"accept-encoding"))
+        if coding is None:
+            return
+        if len(reply.body) <= PARSE_INLINE_BYTES:
+            reply.body = encoding.compress(reply.body, coding)
+        else:
+            loop = asyncio.get_running_loop()
+            reply.body = await loop.run_in_executor(
+                self._parser, encoding.compress, reply.body, coding
+            )
+        reply.headers += ((b"content-encoding", coding.encode()), (b"vary", b"accept-encoding"))
 
 
 _RELAYED_REASONS = {400: "bad_request", 409: "already_labelled", 503: "not_ready"}
@@ -563,6 +645,33 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return bytes(value)
     return None
+
+
+def _header_length(scope: Scope) -> int | None:
+    """The binary tensor extension's `Inference-Header-Content-Length`, if given."""
+    value = _header(scope, _HEADER_LENGTH)
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise HTTPError(
+            400, "bad_request", f"{tensors.HEADER_LENGTH} must be a byte count, not {value[:20]!r}"
+        )
+    return int(value)
+
+
+def _content_coding(scope: Scope) -> str | None:
+    """The request body's content coding (None: not compressed); 415 for an unknown one."""
+    try:
+        return encoding.coding(_header(scope, b"content-encoding"))
+    except encoding.EncodingError as exc:
+        raise HTTPError(exc.status, exc.reason, str(exc)) from None
+
+
+def _decompress(body: bytes, coding: str, limit: int) -> bytes:
+    try:
+        return encoding.decompress(body, coding, limit)
+    except encoding.EncodingError as exc:
+        raise HTTPError(exc.status, exc.reason, str(exc)) from None
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -601,11 +710,10 @@ async def _send(
     send: Send,
     status: int,
     body: bytes,
-    content_type: bytes = b"application/json",
-    extra: list[tuple[bytes, bytes]] | None = None,
+    content_type: bytes = _JSON,
+    extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    await send(
-        {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
-    )
+    headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

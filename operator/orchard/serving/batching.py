@@ -15,7 +15,8 @@ request, so a request the model cannot handle fails alone.
 
 A batch may mix replayed requests (`contracts.REPLAY_HEADER`) with live ones: each
 request keeps its kind, and the predict function is told which parts are replayed so
-that each request's rows are counted as its own kind.
+that each request's rows are counted as its own kind. Likewise it is told which parts
+ask for class probabilities, and computes them for those only.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from orchard.serving.inputs import Array, Rows
-from orchard.serving.model import BatchResult, describe
+from orchard.serving.inputs import Rows
+from orchard.serving.model import BatchResult, Prediction, describe
 
 T = TypeVar("T")
 
@@ -42,12 +43,14 @@ class PredictionFailed(Exception):
 class _Item:
     rows: Rows
     n: int
-    future: asyncio.Future[Array]
+    future: asyncio.Future[Prediction]
     replay: bool = False
+    proba: bool = False
 
 
-# parts, their row counts, and which parts are replayed (None: none is)
-PredictFn = Callable[[list[Rows], list[int], list[bool] | None], BatchResult]
+# parts, their row counts, which parts are replayed and which ask for class
+# probabilities (None: none is, none does)
+PredictFn = Callable[[list[Rows], list[int], list[bool] | None, list[bool] | None], BatchResult]
 BatchObserver = Callable[[BatchResult, int, int], None]
 
 
@@ -85,11 +88,13 @@ class Batcher:
                 await self._task
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, rows: Rows, n: int, replay: bool = False) -> Array:
+    async def submit(
+        self, rows: Rows, n: int, replay: bool = False, proba: bool = False
+    ) -> Prediction:
         """The predictions for these rows, once their batch has run (`replay`: a replayed
-        request's)."""
-        future: asyncio.Future[Array] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(rows, n, future, replay))
+        request's; `proba`: with class probabilities)."""
+        future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(rows, n, future, replay, proba))
         self._queued_rows += n
         self._wake()
         return await future
@@ -151,10 +156,12 @@ class Batcher:
             parts = [item.rows for item in batch]
             sizes = [item.n for item in batch]
             replayed = [item.replay for item in batch]
+            proba = [item.proba for item in batch]
             try:
                 result = await loop.run_in_executor(
-                    self._executor, self.predict, parts, sizes, replayed if any(replayed) else None
-                )
+                    self._executor, self.predict, parts, sizes,
+                    replayed if any(replayed) else None, proba if any(proba) else None,
+                )  # fmt: skip
             except Exception as exc:  # the batch machinery itself failed: fail its requests
                 for item in batch:
                     if not item.future.done():
@@ -163,13 +170,16 @@ class Batcher:
             # Everyone who arrived while the model ran belongs to the same wave of callers.
             seen = len(batch) + len(self._queue)
             self._concurrency = 0.7 * self._concurrency + 0.3 * seen
-            for item, out in zip(batch, result.outputs, strict=True):
+            probabilities = result.probabilities or [None] * len(batch)
+            for item, out, p in zip(batch, result.outputs, probabilities, strict=True):
                 if item.future.done():
                     continue
                 if isinstance(out, BaseException):
                     item.future.set_exception(PredictionFailed(describe(out)))
+                elif isinstance(p, BaseException):
+                    item.future.set_exception(PredictionFailed(describe(p)))
                 else:
-                    item.future.set_result(out)
+                    item.future.set_result(Prediction(out, p))
             if self.observe is not None:
                 self.observe(result, rows, len(batch))
 

@@ -13,28 +13,31 @@ The rows of a request take one of two forms, fixed per model by its input schema
 - some string columns: a list of d one-dimensional arrays of length n, float64 for numeric
   columns and object (str or NaN) for string columns.
 Both request styles (one 2-D tensor in schema order, or one named input per column) give
-the same form, so requests of either style share a batch.
+the same form, so requests of either style share a batch. A tensor's values come from
+its JSON `data` or, with the binary tensor extension, from the body's bytes after the
+JSON (`tensors`). One 2-D BYTES tensor is how clients send mixed rows (tritonclient
+writes every element of an object array as text): it is read column by column, its
+numeric columns' text as numbers (`""` and `"nan"` missing).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
+from orchard.serving import tensors
 from orchard.serving.artifact import Column
 from orchard.serving.limits import MAX_ABS_VALUE, Limits
 
 Array: TypeAlias = npt.NDArray[Any]
 Rows: TypeAlias = Array | list[Array]
 
-NUMERIC_DATATYPES = frozenset(
-    {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-     "FP16", "FP32", "FP64"}
-)  # fmt: skip
-DATATYPES = NUMERIC_DATATYPES | {"BYTES"}
+NUMERIC_DATATYPES = frozenset(tensors.DTYPES)
+DATATYPES = NUMERIC_DATATYPES | {tensors.BYTES}
 DEFAULT_MAX_ROWS = Limits().max_request_rows
 _SHOWN_CHARS = 40  # of a value quoted in an error message
 _SCAN_CHUNK = 1 << 20  # bytes per step of the string-aware count in `check_body`
@@ -80,22 +83,31 @@ class Schema:
 
     # --- V2 -----------------------------------------------------------------------------
 
-    def parse_v2(self, body: Any, max_rows: int = DEFAULT_MAX_ROWS) -> tuple[Rows, int]:
-        """Rows from a V2 inference request: one 2-D tensor, or one named input per column."""
+    def parse_v2(
+        self, body: Any, max_rows: int = DEFAULT_MAX_ROWS, binary: memoryview | None = None
+    ) -> tuple[Rows, int]:
+        """Rows from a V2 inference request: one 2-D tensor, or one named input per column.
+
+        `binary`: the body's bytes after its JSON header, which its inputs with a
+        `binary_data_size` parameter are read from (None: every input has JSON `data`)."""
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object with 'inputs'")
         inputs = body.get("inputs")
         if not isinstance(inputs, list) or not inputs:
             raise BadRequest("'inputs' must be a non-empty list of tensors")
-        tensors = [_tensor(t, i) for i, t in enumerate(inputs)]
-        for name, shape, _, _ in tensors:
-            _check_rows(shape[0], max_rows, f"input {_show(name)}")
-        if self.columns and all(name in self.index for name, _, _, _ in tensors):
-            return self._named_v2(tensors)
-        if len(tensors) == 1:
-            name, shape, datatype, data = tensors[0]
+        raw: list[memoryview | None] = [None] * len(inputs)
+        if binary is not None:
+            try:
+                raw = tensors.sections(inputs, binary)
+            except tensors.MalformedTensor as exc:
+                raise BadRequest(str(exc)) from None
+        given = [_tensor(t, i, raw[i], max_rows) for i, t in enumerate(inputs)]
+        if self.columns and all(name in self.index for name, _, _, _ in given):
+            return self._named_v2(given)
+        if len(given) == 1:
+            name, shape, datatype, data = given[0]
             return self._tensor_v2(name, shape, datatype, data)
-        unknown = [_show(t[0]) for t in tensors if t[0] not in self.index]
+        unknown = [_show(t[0]) for t in given if t[0] not in self.index]
         raise BadRequest(
             f"unknown input(s) {', '.join(unknown[:5])}: send one 2-D tensor, "
             f"or one input per column of {self.names}"
@@ -120,7 +132,8 @@ class Schema:
         flat = _flatten(data, where, n * d)
         if len(flat) != n * d:
             raise BadRequest(f"{where}: {len(flat)} values do not fill shape {shape}")
-        cols = [self._column(c, flat[j::d], where) for j, c in enumerate(self.columns)]
+        text = datatype == tensors.BYTES
+        cols = [self._column(c, flat[j::d], where, text) for j, c in enumerate(self.columns)]
         return cols, n
 
     def _named_v2(self, tensors: list[tuple[str, list[int], str, Any]]) -> tuple[Rows, int]:
@@ -196,10 +209,14 @@ class Schema:
 
     # --- columns ------------------------------------------------------------------------
 
-    def _column(self, column: Column, values: Sequence[Any], where: str) -> Array:
-        """One column's values as float64 (numeric) or object (string) with NaN for missing."""
+    def _column(
+        self, column: Column, values: Sequence[Any] | Array, where: str, text: bool = False
+    ) -> Array:
+        """One column's values as float64 (numeric) or object (string) with NaN for missing.
+
+        `text`: the values come from a BYTES tensor, where numbers may be written as text."""
         if column.numeric:
-            arr = _floats(values, where)
+            arr = _floats(_numbers_from_text(values, where, column) if text else values, where)
             if arr.ndim != 1:
                 raise BadRequest(f"{where}: column {column.name!r} must hold scalars")
             return arr
@@ -217,7 +234,10 @@ class Schema:
         return np.column_stack(cols) if self.numeric else cols
 
 
-def _tensor(t: Any, i: int) -> tuple[str, list[int], str, Any]:
+def _tensor(
+    t: Any, i: int, raw: memoryview | None, max_rows: int
+) -> tuple[str, list[int], str, Any]:
+    """An input's name, shape, datatype and values (JSON `data`, or decoded from `raw`)."""
     if not isinstance(t, dict):
         raise BadRequest(f"inputs[{i}] must be an object with name, shape, datatype, data")
     name, shape, datatype, data = t.get("name"), t.get("shape"), t.get("datatype"), t.get("data")
@@ -231,11 +251,31 @@ def _tensor(t: Any, i: int) -> tuple[str, list[int], str, Any]:
         raise BadRequest(f"input {_show(name)}: 'shape' must be a list of non-negative integers")
     if not isinstance(datatype, str) or datatype not in DATATYPES:  # a list is unhashable
         raise BadRequest(f"input {_show(name)}: unknown datatype {_show(datatype)}")
-    if not isinstance(data, list):
+    if raw is None and not isinstance(data, list):
+        if _binary_size(t) is not None:
+            raise BadRequest(
+                f"input {_show(name)}: {tensors.BINARY_DATA_SIZE} without the request header "
+                f"{tensors.HEADER_LENGTH}"
+            )
         raise BadRequest(f"input {_show(name)}: 'data' must be a list")
+    if raw is not None and data is not None:
+        raise BadRequest(f"input {_show(name)}: both 'data' and {tensors.BINARY_DATA_SIZE}")
     if any(s == 0 for s in shape):
         raise BadRequest(f"input {_show(name)}: shape {_show(shape)} holds no rows")
+    _check_rows(shape[0], max_rows, f"input {_show(name)}")
+    if raw is not None:
+        try:
+            data = tensors.decode(raw, datatype, math.prod(shape))
+        except tensors.MalformedTensor as exc:
+            raise BadRequest(f"input {_show(name)}: {exc}") from None
     return name, shape, datatype, data
+
+
+def _binary_size(t: dict[str, Any]) -> int | None:
+    try:
+        return tensors.binary_size(t)
+    except tensors.MalformedTensor as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _check_rows(n: int, max_rows: int, where: str) -> None:
@@ -253,12 +293,13 @@ def _show(value: Any) -> str:
     return _cut(repr(value))
 
 
-def _flatten(data: list[Any], where: str, limit: int) -> list[Any]:
-    """Row-major values of a flat or nested list, at most `limit` + 1 of them.
+def _flatten(data: list[Any] | Array, where: str, limit: int) -> list[Any] | Array:
+    """Row-major values of a flat or nested list, at most `limit` + 1 of them (a binary
+    tensor's values are flat already).
 
     A loop, not recursion: JSON may nest a thousand levels deep, past Python's stack.
     """
-    if not any(isinstance(v, list) for v in data):
+    if isinstance(data, np.ndarray) or not any(isinstance(v, list) for v in data):
         return data
     out: list[Any] = []
     stack = [iter(data)]
@@ -272,6 +313,22 @@ def _flatten(data: list[Any], where: str, limit: int) -> list[Any]:
                 return out  # the caller finds the values do not fill the shape
         else:
             stack.pop()
+    return out
+
+
+def _numbers_from_text(values: Sequence[Any] | Array, where: str, column: Column) -> list[Any]:
+    """A BYTES tensor's values for a numeric column: text parsed as a number (`""` is
+    missing, and so is `"nan"`, as NaN), other values as they are."""
+    out: list[Any] = []
+    for v in values:
+        if isinstance(v, str):
+            try:
+                v = float(v) if v.strip() else None
+            except ValueError:
+                raise InvalidValue(
+                    f"{where}: column {column.name!r} takes numbers, got {_show(v)}"
+                ) from None
+        out.append(v)
     return out
 
 

@@ -97,7 +97,7 @@ short label values (`limits.MAX_CATEGORIES`, `limits.MAX_LABEL_CHARS`).
 
 Endpoints (`orchard.contracts.Endpoint`): v2_infer, v1_predict, v2_feedback,
 v2_monitoring, v2_model_metadata, v2_model_ready, v2_server_metadata, v2_health_live,
-v2_health_ready, v1_model, v1_models, metrics, unknown (any other path).
+v2_health_ready, v1_live, v1_model, v1_models, metrics, unknown (any other path).
 """
 
 from __future__ import annotations

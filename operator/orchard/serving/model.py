@@ -1,6 +1,9 @@
 """The loaded model: rows of many requests in, one `predict` call, each request's rows out.
 
-`ModelRunner.predict_batch` runs on the single inference thread. It also summarises the
+`ModelRunner.predict_batch` runs on the single inference thread. The requests that ask
+for class probabilities (`outputs.PROBABILITIES`) share one `predict_proba` call too,
+beside the batch's `predict`: their labels are the model's own `predict`, whatever
+the estimator derives them from. It also summarises the
 batch's inputs and predictions (a few vectorised numpy calls) so that the event loop only
 adds numbers into the metrics. The rows of replayed requests (`contracts.REPLAY_HEADER`)
 are predicted with the rest but left out of the summaries and the confidence sample; only
@@ -12,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +86,17 @@ class BatchResult:
     predict_calls: int
     predict_seconds: float
     sample: Rows | None = None  # rows to score for the estimate of accuracy, when due
+    # One per request when some asked for class probabilities (None: this one did not).
+    probabilities: list[Array | BaseException | None] = field(default_factory=list)
+
+
+@dataclass(slots=True)  # not frozen: one per request, and a frozen one takes 1 µs to build
+class Prediction:
+    """One request's answer: its labels (or values), and the class probabilities if it
+    asked for them (rows by `ModelRunner.classes`)."""
+
+    labels: Array
+    probabilities: Array | None = None
 
 
 class ModelRunner:
@@ -128,6 +142,12 @@ class ModelRunner:
         self.classification = task == "classification" if task else hasattr(model, "classes_")
         classes = getattr(model, "classes_", None)
         self.classes = np.asarray(classes) if classes is not None else None
+        # The classes as JSON values, in the order of predict_proba's columns; None for a
+        # model without class probabilities (a regressor, an SVC without probability=True).
+        probabilities = self.classification and hasattr(model, "predict_proba")
+        self.class_list: list[Any] | None = (
+            self.classes.tolist() if probabilities and self.classes is not None else None
+        )
         self.output_datatype = (
             output_datatype(np.asarray(classes)) if self.classification and classes is not None
             else "FP64" if not self.classification else "BYTES"
@@ -137,6 +157,10 @@ class ModelRunner:
             import pandas as pd  # only for models that were fitted on a DataFrame
 
             self._frame_type = pd.DataFrame
+
+    @property
+    def has_probabilities(self) -> bool:
+        return self.class_list is not None
 
     # --- inference thread ---------------------------------------------------------------
 
@@ -154,40 +178,40 @@ class ModelRunner:
         out = np.asarray(self.model.predict(self.to_model_input(rows)))
         return out.reshape(len(out), -1)[:, 0] if out.ndim > 1 and out.shape[1] == 1 else out
 
+    def probabilities(self, rows: Rows) -> Array:
+        """Class probabilities: a row per row, a column per class in `classes` order."""
+        return np.asarray(self.model.predict_proba(self.to_model_input(rows)), dtype=np.float64)
+
     def predict_batch(
-        self, parts: list[Rows], sizes: list[int], replayed: Sequence[bool] | None = None
+        self,
+        parts: list[Rows],
+        sizes: list[int],
+        replayed: Sequence[bool] | None = None,
+        proba: Sequence[bool] | None = None,
     ) -> BatchResult:
         """Predict all parts in one call; if that fails, each part alone so one bad part fails.
 
         `replayed` marks the parts of replayed requests (None: none is): their rows are
-        predicted, but neither summarised nor sampled."""
+        predicted, but neither summarised nor sampled. `proba` marks the parts that ask
+        for class probabilities (None: none does)."""
         import time
 
         rows = concat(parts)
         live = rows if replayed is None else _live(parts, replayed)
         features = self.summarise_inputs(live) if live is not None else FeatureSummary()
         start = time.perf_counter()
-        calls = 1
-        outputs: list[Array | BaseException]
-        try:
-            whole = self.predict(rows)
-            if len(whole) != sum(sizes):
-                raise ValueError(f"model returned {len(whole)} predictions for {sum(sizes)} rows")
-            bounds = np.cumsum(sizes)[:-1]
-            outputs = list(np.split(whole, bounds)) if len(parts) > 1 else [whole]
-        except Exception as exc:
-            if len(parts) == 1:
-                log.warning("predict failed: %s", describe(exc))
-                outputs = [exc]
-            else:
-                outputs = []
-                for part in parts:  # retry alone, so only the request that breaks it fails
-                    calls += 1
-                    try:
-                        outputs.append(self.predict(part))
-                    except Exception as one:
-                        log.warning("predict failed: %s", describe(one))
-                        outputs.append(one)
+        outputs, calls = _each("predict", self.predict, parts, sizes, whole=rows)
+        probabilities: list[Array | BaseException | None] = []
+        if proba is not None and any(proba):
+            asking = [i for i, p in enumerate(proba) if p]
+            found, more = _each(
+                "predict_proba", self.probabilities,
+                [parts[i] for i in asking], [sizes[i] for i in asking],
+            )  # fmt: skip
+            calls += more
+            probabilities = [None] * len(parts)
+            for i, p in zip(asking, found, strict=True):
+                probabilities[i] = p
         seconds = time.perf_counter() - start
         sample = None
         due = self.confidence_bins is not None and time.monotonic() >= self._next_sample
@@ -195,8 +219,9 @@ class ModelRunner:
             self._next_sample = time.monotonic() + ESTIMATE_EVERY
             sample = head(live, ESTIMATE_ROWS)
         return BatchResult(
-            outputs, features, self.summarise_outputs(outputs, replayed), calls, seconds, sample
-        )
+            outputs, features, self.summarise_outputs(outputs, replayed), calls, seconds, sample,
+            probabilities,
+        )  # fmt: skip
 
     def confidence_counts(self, rows: Rows) -> list[int]:
         """Rows per confidence bin (`orchard.artifacts.calibration`); [] when the model
@@ -205,7 +230,7 @@ class ModelRunner:
         if bins is None:
             return []
         try:
-            proba = np.asarray(self.model.predict_proba(self.to_model_input(rows)), dtype=float)
+            proba = self.probabilities(rows)
         except Exception as exc:
             log.info("predict_proba failed on a sample: %s", describe(exc))
             return []
@@ -276,6 +301,35 @@ def describe(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _each(
+    what: str,
+    fn: Callable[[Rows], Array],
+    parts: list[Rows],
+    sizes: list[int],
+    whole: Rows | None = None,
+) -> tuple[list[Array | BaseException], int]:
+    """`fn` on all parts at once (`whole`: their rows, already joined), split back per
+    part; if that fails, on each part alone, so that only a part `fn` cannot take fails.
+    Also the number of calls made. `what` names `fn` in the log."""
+    try:
+        out = fn(concat(parts) if whole is None else whole)
+        if len(out) != sum(sizes):
+            raise ValueError(f"model returned {len(out)} predictions for {sum(sizes)} rows")
+        return (list(np.split(out, np.cumsum(sizes)[:-1])) if len(parts) > 1 else [out]), 1
+    except Exception as exc:
+        if len(parts) == 1:
+            log.warning("%s failed: %s", what, describe(exc))
+            return [exc], 1
+    results: list[Array | BaseException] = []
+    for part in parts:  # alone, so only the request that breaks it fails
+        try:
+            results.append(fn(part))
+        except Exception as one:
+            log.warning("%s failed: %s", what, describe(one))
+            results.append(one)
+    return results, 1 + len(parts)
 
 
 def _live(parts: list[Rows], replayed: Sequence[bool]) -> Rows | None:
