@@ -1,9 +1,11 @@
 """Build every images/<dir>/Dockerfile as localhost/orchard/<dir>:dev and load it into the
 local cluster's node.
 
-buildah builds from a local base image (images/base) and the project's wheels, with no
-network; each image is saved as .cluster/images/<dir>.tar and imported into the node's
-containerd now if it runs, else at the next `up`. An unchanged image is not rebuilt.
+buildah builds from a local base image (images/base, with the Debian packages an image
+lists in images/<dir>/packages) and the project's wheels (or the binaries of
+tests/cluster/build.sh it lists in images/<dir>/builds), with no network; each image is
+saved as .cluster/images/<dir>.tar and imported into the node's containerd now if it
+runs, else at the next `up`. An unchanged image is not rebuilt.
 
     python -m images.build [NAME...] [--no-import] [--unless-external]
 """
@@ -28,6 +30,7 @@ from tests.cluster.harness.common import (
     LOGS,
     REPO,
     HarnessError,
+    build_dir,
     run,
     say,
 )
@@ -38,11 +41,24 @@ from tests.cluster.harness.processes import rel, running, tail
 COPIES_WHEELS = re.compile(r"^\s*(COPY|ADD)\b.*\bwheels\b", re.MULTILINE | re.IGNORECASE)
 
 
-def base_image() -> str:
-    """The base image from images/base (mmdebstrap), tagged by a hash of its recipe."""
+def packages_of(image_dir: Path) -> tuple[str, ...]:
+    """The Debian packages an image needs beyond the base's (images/<name>/packages, one
+    per line): its base is then the base recipe with those included, built the same way."""
+    listed = image_dir / "packages"
+    if not listed.exists():
+        return ()
+    lines = (line.split("#", 1)[0].strip() for line in listed.read_text().splitlines())
+    return tuple(sorted(line for line in lines if line))
+
+
+def base_image(packages: tuple[str, ...] = ()) -> str:
+    """The base image from images/base (mmdebstrap), tagged by a hash of its recipe (and
+    of the extra packages, when an image asks for some)."""
     recipe = REPO / "images" / "base" / "rootfs.sh"
-    digest = hashlib.sha256(recipe.read_bytes()).hexdigest()[:12]
-    tag = f"{IMAGE_PREFIX}/base:{digest}"
+    digest = hashlib.sha256(recipe.read_bytes())
+    if packages:
+        digest.update(",".join(packages).encode())
+    tag = f"{IMAGE_PREFIX}/base:{digest.hexdigest()[:12]}"
     if (
         subprocess.run(
             ["buildah", "inspect", "--type", "image", tag], capture_output=True
@@ -57,9 +73,10 @@ def base_image() -> str:
         rootfs = Path(tmp) / "rootfs.tar"
         log = LOGS / "base-image.log"
         LOGS.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "EXTRA_PACKAGES": ",".join(packages)}
         with log.open("w") as out:
             rc = subprocess.run(
-                ["sh", str(recipe), str(rootfs)], stdout=out, stderr=subprocess.STDOUT
+                ["sh", str(recipe), str(rootfs)], stdout=out, stderr=subprocess.STDOUT, env=env
             ).returncode
         if rc != 0:
             raise HarnessError(f"base image recipe failed; last lines of {log}:\n{tail(log)}")
@@ -85,7 +102,8 @@ def base_image() -> str:
         except HarnessError:
             run(["buildah", "rm", container], check=False)
             raise
-    run(["buildah", "tag", tag, f"{IMAGE_PREFIX}/base:dev"])
+    if not packages:
+        run(["buildah", "tag", tag, f"{IMAGE_PREFIX}/base:dev"])
     say(f"base: built {tag} in {time.monotonic() - start:.1f}s")
     return tag
 
@@ -147,6 +165,21 @@ def build_wheels() -> Path:
     return wheels
 
 
+def builds_of(image_dir: Path) -> list[Path]:
+    """The binaries of tests/cluster/build.sh an image copies in (images/<name>/builds,
+    one build name per line, e.g. argocd): each is added to the build context by name."""
+    listed = image_dir / "builds"
+    if not listed.exists():
+        return []
+    out = []
+    for name in listed.read_text().split():
+        folder = build_dir(name)
+        if not (folder / ".complete").exists():
+            raise HarnessError(f"image {image_dir.name} needs the {name} build: run `make {name}`")
+        out.append(folder / name)
+    return out
+
+
 def context_digest(context: Path, base: str) -> str:
     """A hash of a build's inputs: the base tag and every file of its context.
 
@@ -182,7 +215,8 @@ def build_images(names: list[str] | None, do_import: bool) -> list[str]:
     for tool in ("buildah", "mmdebstrap"):
         if not shutil.which(tool):
             raise HarnessError(f"{tool} is not installed; run `make deps`")
-    base = base_image()
+    wanted = {packages_of(d.parent) for d in selected}
+    bases = {packages: base_image(packages) for packages in wanted}
     needs_wheels = any(COPIES_WHEELS.search(d.read_text()) for d in selected)
     wheels = build_wheels() if needs_wheels else None
     IMAGES.mkdir(parents=True, exist_ok=True)
@@ -200,6 +234,9 @@ def build_images(names: list[str] | None, do_import: bool) -> list[str]:
                 copy_function=os.link,
                 ignore=shutil.ignore_patterns(".*"),
             )
+        for build in builds_of(dockerfile.parent):
+            shutil.copy2(build, context / build.name)
+        base = bases[packages_of(dockerfile.parent)]
         inputs = context_digest(context, base)
         archive, inputs_file = IMAGES / f"{name}.tar", IMAGES / f"{name}.inputs"
         if (

@@ -117,12 +117,13 @@ build_coredns() {
   echo "$out"
 }
 
-# Argo CD's one multi-call binary (cmd/main.go picks the component by its name); the tests
-# run it as the `argocd` CLI, whose `admin settings resource-overrides` evaluates the
-# health scripts and actions of manifests/argocd/ with Argo CD's own code, offline.
+# Argo CD's one multi-call binary (cmd/main.go picks the component by its name); the unit
+# tier runs it as the `argocd` CLI, whose `admin settings resource-overrides` evaluates the
+# health scripts and actions of manifests/argocd/ with Argo CD's own code, offline, and the
+# e2e tier runs it in the cluster (images/argocd) with the release's core-install.yaml.
 build_argocd() {
   local out="$CACHE/bin/argocd-$ARGOCD_VERSION"
-  [ -f "$out/.complete" ] && { echo "$out"; return; }
+  [ -f "$out/.complete" ] && [ -f "$out/core-install.yaml" ] && { echo "$out"; return; }
   mkdir -p "$out"
   local work; work=$(workdir)
   local dir
@@ -138,6 +139,9 @@ build_argocd() {
   local ldflags="-s -w -X github.com/argoproj/argo-cd/v3/common.version=${ARGOCD_VERSION#v}"
   (cd "$work/argo-cd" && go build -trimpath -ldflags "$ldflags" -o "$out/argocd" ./cmd)
   "$out/argocd" version --client --short >/dev/null
+  # The release's own manifests for the components without the UI (the e2e tier installs
+  # them with the image built from this binary).
+  cp "$dir/manifests/core-install.yaml" "$out/core-install.yaml"
   rm -rf "$work"
   touch "$out/.complete"
   log "built argocd $ARGOCD_VERSION in $(( $(date +%s) - start ))s"
