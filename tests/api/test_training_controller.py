@@ -601,9 +601,23 @@ async def test_deletion_guard_holds_while_a_deployment_uses_the_version(namespac
             logger=log,
         )
     assert "ModelDeployment(s) iris" in str(err.value)
-    assert err.value.delay == mv_handlers.IN_USE_RETRY_SECONDS
+    assert err.value.delay == 15.0  # then doubling, at most ten minutes (decisions.retries)
     events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
     assert any(e["reason"] == "InUse" and e["type"] == "Warning" for e in events)
+    status = (await kube.get(API_VERSION, "ModelVersion", "iris-v1", namespace) or {})["status"]
+    blocked = next(c for c in status["conditions"] if c["type"] == "DeletionBlocked")
+    assert (blocked["status"], blocked["reason"]) == ("True", "InUse")
+    assert status["usedBy"] == ["iris"]
+    # A later retry waits longer.
+    with pytest.raises(kopf.TemporaryError) as err:
+        await mv_handlers.guard_deletion(
+            body=body,
+            namespace=namespace,  # type: ignore[arg-type]
+            name="iris-v1",
+            retry=3,
+            logger=log,
+        )
+    assert err.value.delay == 120.0
 
 
 async def test_a_job_the_api_server_refuses_fails_the_trainingjob(namespace: str) -> None:

@@ -315,8 +315,28 @@ async def test_deleting_a_deployment_takes_it_out_of_used_by(cluster: FakeKube) 
     cluster.add(deployment())
     await reconcile()
     status = {"stableVersion": "iris-v1"}
-    await h.deleted(namespace=NS, name="iris", status=status)
+    body = cluster.find("ModelDeployment", "iris")
+    assert body is not None
+    await h.follow_rollout(
+        event={"type": "DELETED", "object": body}, body=body, namespace=NS, name="iris",
+        spec=body["spec"], status=status, logger=log,
+    )  # fmt: skip
     assert cluster.find("ModelVersion", "iris-v1")["status"]["usedBy"] == []  # type: ignore[index]
+
+
+async def test_a_deployment_being_deleted_uses_nothing(cluster: FakeKube) -> None:
+    cluster.add(deployment())
+    await reconcile()
+    assert cluster.find("ModelVersion", "iris-v1")["status"]["usedBy"] == ["iris"]  # type: ignore[index]
+    body = cluster.find("ModelDeployment", "iris")
+    assert body is not None
+    body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    await h.follow_rollout(
+        event={"type": "MODIFIED", "object": body}, body=body, namespace=NS, name="iris",
+        spec=body["spec"], status=body["status"], logger=log,
+    )  # fmt: skip
+    assert cluster.find("ModelVersion", "iris-v1")["status"]["usedBy"] == []  # type: ignore[index]
+    assert (NS, "iris") not in h._analyses
 
 
 # --- The canary's window, over real HTTP ------------------------------------------------

@@ -9,8 +9,8 @@ status, so a restarted operator resumes where it was. Triggers:
 
 - create / update / resume of the ModelDeployment;
 - a change of the `orchard.dev/rollout-action` annotation (promote | abort), acted on once;
-- a daemon, only while the phase is Pending, Progressing or Paused, every analysis
-  interval (it stops by itself when the rollout ends);
+- a loop (`handlers.loops`, no finalizer), only while the phase is Pending, Progressing
+  or Paused, every analysis interval (it stops when the rollout ends);
 - events of the Deployments it owns (pods becoming ready, or going away);
 - a ModelVersion turning Ready, for the deployments that track its model (`spec.track`).
 """
@@ -46,6 +46,7 @@ from orchard.decisions import rollout as ro
 from orchard.handlers import policy
 
 from .canary_metrics import AnalysisWindows, scrape_tracks
+from .loops import Loops
 from .serving_children import (
     ensure_children,
     ensure_evaluation,
@@ -93,6 +94,7 @@ IN_PROGRESS = ("Pending", "Progressing", "Paused")
 
 _locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 _windows = AnalysisWindows()
+_analyses = Loops("ModelDeployment analysis", retry_after=10.0)
 
 
 def lock(namespace: str, name: str) -> asyncio.Lock:
@@ -158,25 +160,55 @@ async def manual_action(namespace: str | None, name: str, logger: kopf.Logger, *
         logger.warning("acting on a manual action failed: %s", exc)
 
 
-@kopf.daemon(GROUP, VERSION, "modeldeployments", when=in_progress, cancellation_timeout=5.0)
-async def analyse(
-    stopped: kopf.DaemonStopped,
-    namespace: str | None,
-    name: str,
-    spec: Mapping[str, Any],
-    logger: kopf.Logger,
-    **_: Any,
-) -> None:
-    """While a rollout is under way: analyse and decide every analysis interval."""
-    interval = parse_duration(
-        ModelDeploymentSpec.model_validate(dict(spec)).canary.analysis.interval
+@kopf.on.event(GROUP, VERSION, "modeldeployments")
+async def follow_rollout(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str,
+    spec: Mapping[str, Any], status: Mapping[str, Any], logger: kopf.Logger, **_: Any,
+) -> None:  # fmt: skip
+    """While a rollout is under way: analyse and decide every analysis interval, in a
+    loop of `handlers.loops` (a Kopf daemon would hold a finalizer). The DELETED event
+    forgets the deployment: its children go by garbage collection, the versions it used
+    lose it from usedBy (so their deletion guard lets them go)."""
+    key = (str(namespace), name)
+    gone = event.get("type") == "DELETED"
+    deleting = bool(body.get("metadata", {}).get("deletionTimestamp"))
+    interval = _analysis_interval(spec)
+    _analyses.follow(
+        key,
+        not gone and not deleting and in_progress(status),
+        lambda: analyse(key, interval, logger),
     )
-    while not stopped:
-        try:
-            await reconcile(str(namespace), name, logger)
-        except Exception as exc:  # keep analysing; the next tick retries
-            logger.warning("reconcile failed: %s", exc)
-        await stopped.wait(max(interval, 1.0))
+    if gone or deleting:
+        await forget(key, status, logger)
+    if gone:
+        _locks.pop(key, None)
+
+
+def _analysis_interval(spec: Mapping[str, Any]) -> float:
+    try:
+        seconds = parse_duration(
+            ModelDeploymentSpec.model_validate(dict(spec)).canary.analysis.interval
+        )
+    except (ValidationError, ValueError):
+        seconds = 10.0
+    return max(seconds, 1.0)
+
+
+async def analyse(key: tuple[str, str], interval: float, logger: kopf.Logger) -> float:
+    """One tick of a rollout under way."""
+    await reconcile(key[0], key[1], logger)
+    return interval
+
+
+async def forget(key: tuple[str, str], status: Mapping[str, Any], logger: kopf.Logger) -> None:
+    """A deployment being deleted or gone uses nothing any more."""
+    namespace, name = key
+    _windows.forget(namespace, name)
+    versions = {status.get("stableVersion"), status.get("canaryVersion")}
+    try:
+        await update_used_by(namespace, {v for v in versions if v}, exclude=name)
+    except kube.KubeError as err:  # the versions' guard reads the deployments again anyway
+        logger.warning("cannot update usedBy of %s: %s", sorted(v for v in versions if v), err)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MODELDEPLOYMENT_LABEL: kopf.PRESENT})
@@ -217,15 +249,6 @@ async def model_version_ready(
                 await reconcile(str(namespace), body["metadata"]["name"], logger)
             except Exception as exc:  # events are not retried; the daemon or the next one will
                 logger.warning("reconcile of %s failed: %s", body["metadata"]["name"], exc)
-
-
-@kopf.on.delete(GROUP, VERSION, "modeldeployments", optional=True)
-async def deleted(namespace: str | None, name: str, status: Mapping[str, Any], **_: Any) -> None:
-    """Children go by garbage collection; the versions it used lose it from usedBy."""
-    _windows.forget(str(namespace), name)
-    _locks.pop((str(namespace), name), None)
-    versions = {status.get("stableVersion"), status.get("canaryVersion")}
-    await update_used_by(str(namespace), {v for v in versions if v}, exclude=name)
 
 
 # --- One step --------------------------------------------------------------------------

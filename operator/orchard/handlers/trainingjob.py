@@ -3,8 +3,10 @@ register the (best) result as a ModelVersion exactly once.
 
 How the Job is watched: event handlers on the Jobs and pods carrying the TrainingJob
 label (filtered on the server by label selectors) react the moment a pod starts, exits
-or cannot pull its image, and when the Job's own status changes; a slow timer, active
-only while a TrainingJob is unfinished, is the safety net for a watch that went silent.
+or cannot pull its image, and when the Job's own status changes; a slow poll, running
+only while a TrainingJob is unfinished, is the safety net for a watch that went silent
+(a loop of `handlers.loops`, not a Kopf timer: nothing puts a finalizer on a TrainingJob,
+whose children go by their ownerReferences).
 All run the same `sync`, serialised per TrainingJob.
 """
 
@@ -49,6 +51,7 @@ from orchard.decisions.training import (
     training_status,
 )
 from orchard.handlers import policy
+from orchard.handlers.loops import Loops
 
 RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [GROUP], "resources": ["trainingjobs"], "verbs": ["get", "list", "watch"]},
@@ -73,6 +76,7 @@ ORCHARD_BATCH_PODS = label_selector(
 MAX_VERSION_ATTEMPTS = 5
 
 _locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+_polls = Loops("TrainingJob poll", retry_after=POLL_SECONDS)
 
 
 def unfinished(status: Mapping[str, Any], **_: Any) -> bool:
@@ -188,17 +192,27 @@ async def pod_changed(
         await sync(str(namespace), owner, logger)
 
 
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "trainingjobs",
-    interval=POLL_SECONDS,
-    initial_delay=POLL_SECONDS,
-    when=unfinished,
-)
-async def poll(namespace: str | None, name: str, logger: kopf.Logger, **_: Any) -> None:
-    """Only while unfinished: what does not change the Job (image pulls) still shows."""
-    await sync(str(namespace), name, logger)
+@kopf.on.event(GROUP, VERSION, "trainingjobs")
+async def follow(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str,
+    logger: kopf.Logger, **_: Any,
+) -> None:  # fmt: skip
+    """Poll only while unfinished: what does not change the Job (image pulls) still
+    shows. A loop, not a Kopf timer, so that no finalizer holds the TrainingJob."""
+    key = (str(namespace), name)
+    wanted = (
+        event.get("type") != "DELETED"
+        and not body.get("metadata", {}).get("deletionTimestamp")
+        and unfinished(body.get("status") or {})
+    )
+    _polls.follow(key, wanted, lambda: poll(key, logger), initial_delay=POLL_SECONDS)
+    if event.get("type") == "DELETED":
+        _locks.pop(key, None)
+
+
+async def poll(key: tuple[str, str], logger: kopf.Logger) -> float:
+    await sync(key[0], key[1], logger)
+    return POLL_SECONDS
 
 
 async def sync(namespace: str, name: str, logger: kopf.Logger) -> None:
