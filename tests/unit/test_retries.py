@@ -1,5 +1,6 @@
-"""Bounded retries and per-object loops: the delays, when they give up, and loops that
-start, follow the newest tick, back off on failure and stop."""
+"""Faults: bounded retries (the delays, when they give up), per-object loops that start,
+follow the newest tick, back off on failure and stop, the deletion guard's decisions,
+children claimed by owner uid, and a training Job gone under way."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from orchard.api.modelversion import ModelVersionStatus
+from orchard.api.trainingjob import TrainingJobStatus
 from orchard.decisions import retries
 from orchard.decisions.modelversion import (
     DELETION_BLOCKED,
@@ -16,6 +18,8 @@ from orchard.decisions.modelversion import (
     deletion_guarded,
     deployments_using,
 )
+from orchard.decisions.ownership import ownership
+from orchard.decisions.training import missing_job
 from orchard.handlers.loops import Loops
 
 
@@ -134,3 +138,48 @@ async def test_stop_all_lets_the_tick_under_way_finish() -> None:
     await asyncio.sleep(0.01)
     await loops.stop_all()
     assert finished.is_set() and ("ns", "c") not in loops
+
+
+# --- Children claimed by owner, a child gone ---------------------------------------------
+
+
+def owned(kind: str, name: str, uid: str, api: str = "orchard.dev/v1alpha1") -> dict[str, Any]:
+    ref = {"apiVersion": api, "kind": kind, "name": name, "uid": uid, "controller": True}
+    return {"metadata": {"name": f"{name}-spec", "ownerReferences": [ref]}}
+
+
+@pytest.mark.parametrize(
+    ("obj", "verdict"),
+    [
+        (None, "absent"),
+        (owned("TrainingJob", "iris", "uid-now"), "ours"),
+        (owned("TrainingJob", "iris", "uid-before"), "stale"),
+        (owned("TrainingJob", "penguins", "uid-other"), "foreign"),
+        (owned("ModelDeployment", "iris", "uid-md"), "foreign"),
+        (owned("TrainingJob", "iris", "uid-x", api="example.com/v1"), "foreign"),
+        ({"metadata": {"name": "iris-spec"}}, "foreign"),  # made by hand
+    ],
+)
+def test_a_child_found_by_name_is_claimed_by_owner_uid(
+    obj: dict[str, Any] | None, verdict: str
+) -> None:
+    assert ownership(obj, "TrainingJob", "iris", "uid-now") == verdict
+
+
+@pytest.mark.parametrize(
+    ("phase", "reason", "outcome"),
+    [
+        (None, None, ("Pending", "JobMissing")),
+        ("Pending", "JobMissing", ("Pending", "JobMissing")),
+        ("Pending", "JobCreated", ("Failed", "JobDeleted")),
+        ("Running", "Training", ("Failed", "JobDeleted")),
+        ("Succeeded", "Trained", ("Failed", "JobDeleted")),  # its result went with it
+    ],
+)
+def test_a_job_gone_after_it_was_seen_ends_the_run_at_once(
+    phase: str | None, reason: str | None, outcome: tuple[str, str]
+) -> None:
+    seen = missing_job(TrainingJobStatus(phase=phase, reason=reason), "iris")
+    assert (seen.phase, seen.reason) == outcome
+    if seen.phase == "Failed":
+        assert "iris was deleted" in seen.message
