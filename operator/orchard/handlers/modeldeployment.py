@@ -156,7 +156,7 @@ async def manual_action(namespace: str | None, name: str, logger: kopf.Logger, *
     """
     try:
         await reconcile(str(namespace), name, logger)
-    except Exception as exc:  # events are not retried; the daemon or the next event will
+    except Exception as exc:  # events are not retried; the analysis loop or the next event will
         logger.warning("acting on a manual action failed: %s", exc)
 
 
@@ -220,7 +220,7 @@ async def deployment_changed(
     if owner and namespace:
         try:
             await reconcile(str(namespace), owner, logger)
-        except Exception as exc:  # events are not retried; the next one or the daemon will
+        except Exception as exc:  # events are not retried; the next one or the analysis loop will
             logger.warning("reconcile of %s failed: %s", owner, exc)
 
 
@@ -247,7 +247,9 @@ async def model_version_ready(
         if model and track.get("model") == model:
             try:
                 await reconcile(str(namespace), body["metadata"]["name"], logger)
-            except Exception as exc:  # events are not retried; the daemon or the next one will
+            except (
+                Exception
+            ) as exc:  # events are not retried; the analysis loop or the next one will
                 logger.warning("reconcile of %s failed: %s", body["metadata"]["name"], exc)
 
 
