@@ -824,3 +824,35 @@ async def test_a_status_is_never_written_over_a_newer_one(namespace: str) -> Non
             "TrainingJob", "iris-rf", namespace, {"phase": "Failed"}, resource_version=read_at
         )
     assert (await get_tj(namespace))["status"]["phase"] == "Running"
+
+
+async def test_a_verification_job_is_claimed_by_owner_not_by_name(namespace: str) -> None:
+    """A Job named `<mv>-verify` left by an earlier ModelVersion of the same name is
+    replaced by this version's own; anybody else's fails the version with JobConflict."""
+    mv = await registered(namespace)
+    stale = verify_job(mv)
+    stale["metadata"]["ownerReferences"][0]["uid"] = str(uuid.uuid4())  # the earlier one
+    stale["spec"]["suspend"] = True
+    await kube.create(stale)
+    body = await kube.get(API_VERSION, "ModelVersion", str(mv.metadata.name), namespace)
+    assert body is not None
+    await mv_handlers.start(body=kopf.Body(body), namespace=namespace, name="iris-v1",
+                            logger=log)  # fmt: skip
+    job = await kube.get("batch/v1", "Job", verify_job_name(mv), namespace)
+    assert job is not None and job["metadata"]["ownerReferences"][0]["uid"] == mv.metadata.uid
+
+    await kube.delete("batch/v1", "Job", verify_job_name(mv), namespace, background=True)
+    foreign = verify_job(mv)
+    del foreign["metadata"]["ownerReferences"]
+    foreign["spec"]["suspend"] = True
+    for _ in range(20):  # the deletion above may take a moment
+        try:
+            await kube.create(foreign)
+            break
+        except kube.Conflict:
+            await asyncio.sleep(0.2)
+    await mv_handlers.start(body=kopf.Body(body), namespace=namespace, name="iris-v1",
+                            logger=log)  # fmt: skip
+    status = (await kube.get(API_VERSION, "ModelVersion", "iris-v1", namespace) or {})["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "JobConflict")
+    assert "does not belong to this ModelVersion" in status["message"]

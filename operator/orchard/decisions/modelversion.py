@@ -22,6 +22,9 @@ VERIFIED = "Verified"
 VERIFICATION_FAILED = "VerificationFailed"
 DIGEST_MISMATCH = "DigestMismatch"
 ARTIFACT_NOT_FOUND = "ArtifactNotFound"
+JOB_CONFLICT = "JobConflict"  # the verification Job's name is taken by someone else's
+INVALID_JOB = "InvalidJob"
+START_FAILED = "StartFailed"
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@ from orchard.decisions import policy as pol
 from orchard.decisions import retries
 from orchard.decisions.modelversion import (
     IN_USE,
+    INVALID_JOB,
+    JOB_CONFLICT,
+    START_FAILED,
     Verification,
     deletion_blocked,
     deletion_guarded,
@@ -36,7 +39,7 @@ from orchard.decisions.modelversion import (
     verification_outcome,
     verification_status,
 )
-from orchard.handlers import policy
+from orchard.handlers import children, policy
 from orchard.handlers.loops import Loops
 
 RBAC_RULES: list[dict[str, Any]] = [
@@ -52,7 +55,8 @@ RBAC_RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["batch"],
         "resources": ["jobs"],
-        "verbs": ["get", "list", "watch", "create", "patch"],
+        # delete: a stale verification Job of an earlier version of the same name
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
 ]
@@ -81,9 +85,16 @@ def _parse(body: Mapping[str, Any]) -> ModelVersion:
 @kopf.on.resume(GROUP, VERSION, "modelversions")
 @kopf.on.create(GROUP, VERSION, "modelversions")
 async def start(
-    body: kopf.Body, namespace: str | None, name: str, logger: kopf.Logger, **_: Any
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    logger: kopf.Logger,
+    retry: int = 0,
+    **_: Any,
 ) -> None:
-    """Start the verification Job (once; a 409 means it exists), then sync."""
+    """Start the verification Job (once, claimed by owner), then sync. Like a
+    TrainingJob's start: a refusal no retry can help fails the version at once, any other
+    error is retried after 5, 10, 20, 40 and 80 s, then fails it with StartFailed."""
     mv = _parse(body)
     if not unverified(body.status):
         return
@@ -96,8 +107,24 @@ async def start(
         refused = Verification("Failed", pol.REASON, pol.summary(violations))
         await _write_status(dict(body), mv, refused, logger)
         return
-    with contextlib.suppress(kube.Conflict):  # it exists: this is a resume
-        await kube.create(verify_job(mv, TrainerSettings.from_env()))
+    job = verify_job(mv, TrainerSettings.from_env())
+    try:
+        await children.ensure_child("ModelVersion", name, mv.metadata.uid, job, JOB_CONFLICT)
+    except children.ChildConflict as err:
+        await _write_status(dict(body), mv, Verification("Failed", err.reason, str(err)), logger)
+        return
+    except kube.Invalid as err:
+        refused = Verification("Failed", INVALID_JOB, f"the API server refused the Job: {err}")
+        await _write_status(dict(body), mv, refused, logger)
+        return
+    except Exception as err:  # the API server away, a 5xx, RBAC: it may recover
+        delay = retries.TRAINING_START.delay(retry)
+        if delay is None:
+            message = retries.gave_up_message("starting the verification", retry + 1, str(err))
+            await _write_status(dict(body), mv, Verification("Failed", START_FAILED, message),
+                                logger)  # fmt: skip
+            return
+        raise kopf.TemporaryError(f"cannot start the verification: {err}", delay=delay) from err
     await sync(str(namespace), name, logger)
 
 

@@ -41,7 +41,6 @@ from orchard.builders.training import config_map, job_name, training_job
 from orchard.contracts import TrainerReport
 from orchard.decisions import policy as pol
 from orchard.decisions import retries
-from orchard.decisions.ownership import ownership
 from orchard.decisions.training import (
     JOB_CONFLICT,
     NO_ARTIFACT_STORE,
@@ -56,7 +55,7 @@ from orchard.decisions.training import (
     training_outcome,
     training_status,
 )
-from orchard.handlers import policy
+from orchard.handlers import children, policy
 from orchard.handlers.loops import Loops
 
 RBAC_RULES: list[dict[str, Any]] = [
@@ -106,38 +105,10 @@ def _parse(body: kopf.Body | dict[str, Any]) -> TrainingJob:
         ) from exc
 
 
-class ChildConflict(Exception):
-    """A child's name is taken by an object this TrainingJob does not own."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-async def ensure_child(tj: TrainingJob, obj: dict[str, Any], conflict_reason: str) -> None:
-    """Create a child once, claimed by owner uid, not by name: one of ours is used as it
-    is, one left by an earlier TrainingJob of the same name is replaced (its dependents
-    go after it), anyone else's is a ChildConflict."""
-    kind, name = obj["kind"], obj["metadata"]["name"]
-    namespace = str(tj.metadata.namespace)
-    for _attempt in range(3):
-        try:
-            await kube.create(obj)
-            return
-        except kube.Conflict:
-            found = await kube.get(obj["apiVersion"], kind, name, namespace)
-        verdict = ownership(found, "TrainingJob", str(tj.metadata.name), tj.metadata.uid)
-        if verdict == "ours":
-            return
-        if verdict == "foreign":
-            raise ChildConflict(
-                conflict_reason,
-                f"a {kind} named {name} exists and does not belong to this TrainingJob; "
-                "delete it, or name the TrainingJob otherwise",
-            )
-        if verdict == "stale":
-            await kube.delete(obj["apiVersion"], kind, name, namespace, background=True)
-    raise kube.KubeError(409, f"{kind} {name} is still there after its deletion; retrying")
+async def ensure_child(tj: TrainingJob, obj: dict[str, Any], conflict: str) -> None:
+    """Create a child of the TrainingJob once, claimed by owner (`handlers.children`)."""
+    await children.ensure_child("TrainingJob", str(tj.metadata.name), tj.metadata.uid, obj,
+                                conflict)  # fmt: skip
 
 
 @kopf.on.startup()
@@ -187,7 +158,7 @@ async def start(
     try:
         await ensure_child(tj, config_map(tj), SPEC_CONFLICT)
         await ensure_child(tj, training_job(tj, store, settings), JOB_CONFLICT)
-    except ChildConflict as err:
+    except children.ChildConflict as err:
         await _fail(namespace, name, err.reason, str(err))
         return
     except kube.Invalid as err:
