@@ -477,3 +477,19 @@ def test_default_resources_and_tmp_limit_come_from_the_operator_settings() -> No
 def test_settings_that_are_no_resources_stop_the_operator(name: str, value: str) -> None:
     with pytest.raises(ValueError, match=name):
         TrainerSettings.from_env({name: value})
+
+
+def test_the_shipped_manager_states_the_default_resources() -> None:
+    """manifests/manager spells out the defaults, so an admin sees what to change."""
+    from pathlib import Path
+
+    manager = Path(__file__).resolve().parents[2] / "manifests/manager/deployment.yaml"
+    deployment = yaml.safe_load(manager.read_text())
+    env = {
+        e["name"]: e["value"]
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "value" in e
+    }
+    assert TrainerSettings.from_env(env) == TrainerSettings.from_env(
+        {"ORCHARD_DEFAULT_ARTIFACTS": env["ORCHARD_DEFAULT_ARTIFACTS"]}
+    )
