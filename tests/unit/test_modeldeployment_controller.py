@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 from fake_kube import VERBS, FakeKube
 from fake_pods import MetricsPods, serving_pods_fixture  # noqa: F401 (a fixture)
@@ -368,3 +369,18 @@ async def test_a_step_counts_only_the_requests_since_it_began(
     assert analysis["stable"]["requests"] == 7
     assert analysis["canary"]["requests"] == 7
     assert analysis["verdict"] == "Inconclusive"  # 14 requests: fewer than minRequests
+
+
+async def test_a_failing_reconcile_is_retried_with_backoff(
+    cluster: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def away(*_: Any) -> None:
+        raise kube.KubeError(503, "the API server is away")
+
+    monkeypatch.setattr(h, "reconcile", away)
+    delays = []
+    for retry in (0, 1, 2, 9):
+        with pytest.raises(kopf.TemporaryError) as err:
+            await h.changed(namespace=NS, name="iris", logger=log, retry=retry)
+        delays.append(err.value.delay)
+    assert delays == [10.0, 20.0, 40.0, 600.0]

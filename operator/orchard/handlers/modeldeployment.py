@@ -39,7 +39,7 @@ from orchard.builders import serving as sv
 from orchard.builders.common import JOB_UID_LABEL, owned_by
 from orchard.contracts import ReplayReport
 from orchard.decisions import evaluation as ev
-from orchard.decisions import jobs
+from orchard.decisions import jobs, retries
 from orchard.decisions import observing as ob
 from orchard.decisions import policy as pol
 from orchard.decisions import rollout as ro
@@ -91,6 +91,7 @@ RBAC_RULES: list[dict[str, Any]] = [
 ]
 
 IN_PROGRESS = ("Pending", "Progressing", "Paused")
+RECONCILE_RETRY_SECONDS = 10.0
 
 _locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 _windows = AnalysisWindows()
@@ -136,8 +137,20 @@ def watch_only_serving_deployments(settings: kopf.OperatorSettings, **_: Any) ->
 @kopf.on.resume(GROUP, VERSION, "modeldeployments")
 @kopf.on.create(GROUP, VERSION, "modeldeployments")
 @kopf.on.update(GROUP, VERSION, "modeldeployments", field="spec")
-async def changed(namespace: str | None, name: str, logger: kopf.Logger, **_: Any) -> None:
-    await reconcile(str(namespace), name, logger)
+async def changed(
+    namespace: str | None, name: str, logger: kopf.Logger, retry: int = 0, **_: Any
+) -> None:
+    """Created, changed or found at start: reconcile; a failure is retried with backoff
+    (10 s doubling, at most 10 min), not every 30 s forever."""
+    try:
+        await reconcile(str(namespace), name, logger)
+    except (kopf.PermanentError, kopf.TemporaryError):
+        raise
+    except Exception as exc:
+        delay = retries.loop_failure(RECONCILE_RETRY_SECONDS, retry + 1)
+        raise kopf.TemporaryError(
+            f"reconcile failed, again in {delay:.0f} s: {exc}", delay=delay
+        ) from exc
 
 
 def wants_action(body: kopf.Body, **_: Any) -> bool:
