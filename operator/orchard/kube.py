@@ -28,7 +28,7 @@ from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.core.resource_registry import resource_registry
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Event
-from lightkube.types import PatchType
+from lightkube.types import CascadeType, PatchType
 
 from .api import API_VERSION, GROUP, KINDS, VERSION
 from .api.modeldeployment import GATEWAY_GROUP
@@ -190,11 +190,18 @@ async def merge_patch(
     return _as_dict(out)
 
 
-async def delete(api_version: str, kind: str, name: str, namespace: str) -> bool:
-    """Delete an object; False if it was not there."""
+async def delete(
+    api_version: str, kind: str, name: str, namespace: str, *, background: bool = False
+) -> bool:
+    """Delete an object; False if it was not there. With `background` its dependents go
+    by garbage collection after it (a Job's pods; the API's default for a Job orphans
+    them)."""
+    cascade = CascadeType.BACKGROUND if background else None
     try:
         with _answers():
-            await client().delete(resource(api_version, kind), name, namespace=namespace)
+            await client().delete(
+                resource(api_version, kind), name, namespace=namespace, cascade=cascade
+            )
     except NotFound:
         return False
     return True
@@ -218,13 +225,23 @@ async def apply(obj: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
 
 
 async def patch_status(
-    kind: str, name: str, namespace: str, status: dict[str, Any]
+    kind: str,
+    name: str,
+    namespace: str,
+    status: dict[str, Any],
+    *,
+    resource_version: str | None = None,
 ) -> dict[str, Any]:
-    """Merge-patch the status subresource of one of Orchard's objects."""
+    """Merge-patch the status subresource of one of Orchard's objects. With the
+    `resource_version` it was read at, Conflict if the object changed since (so a
+    decision taken on a stale read is never written over a newer one)."""
     res = ORCHARD_RESOURCES[kind].Status
+    patch: dict[str, Any] = {"status": status}
+    if resource_version is not None:
+        patch["metadata"] = {"resourceVersion": resource_version}
     with _answers():
         out = await client().patch(
-            res, name, {"status": status}, namespace=namespace, patch_type=PatchType.MERGE
+            res, name, patch, namespace=namespace, patch_type=PatchType.MERGE
         )
     return _as_dict(out)
 

@@ -118,6 +118,16 @@ BAD: list[tuple[str, str, Any, str]] = [
     (TJ, "spec.gate", {"metric": "accuracy"}, "spec.gate"),
     (TJ, "spec.search", {**SEARCH, "parallelism": 3}, "spec.search.parallelism"),
     (TJ, "spec.search", {**SEARCH, "maxTrials": 500}, "spec.search.maxTrials"),
+    (TJ, "spec.estimator.params.n_jobs", 100000, "spec.estimator.params.n_jobs"),
+    (TJ, "spec.estimator.params.n_estimators", 0, "spec.estimator.params.n_estimators"),
+    (TJ, "spec.estimator.params.max_depth", 1000, "spec.estimator.params.max_depth"),
+    (TJ, "spec.estimator.params.max_iter", 10**6, "spec.estimator.params.max_iter"),
+    (
+        TJ,
+        "spec.search",
+        {**SEARCH, "parameters": {"n_jobs": [1, 64]}},
+        "spec.search.parameters.n_jobs[1]",
+    ),
     (TJ, "spec.artifacts.uri", "ftp://store/x/", "spec.artifacts.uri"),
     (TJ, "spec.artifacts.uri", "s3://models/?X-Amz-Signature=abc", "spec.artifacts.uri"),
     (TJ, "spec.artifacts", {}, "spec.artifacts.uri"),  # optional, but not empty
@@ -410,3 +420,22 @@ def test_status_is_a_subresource(kube: Path, api_namespace: str) -> None:
         check=False,
     )
     assert proc.returncode != 0 and "status.phase" in proc.stderr
+
+
+def test_a_thread_storm_is_refused_at_admission_with_a_clear_message(
+    kube: Path, api_namespace: str
+) -> None:
+    """`kubectl create` of a TrainingJob asking for 100000 threads: the API server itself
+    refuses it, naming the field and the bound, before any operator sees it."""
+    obj = changed(TJ, "spec.estimator.params.n_jobs", 100000)
+    proc = kubectl(
+        "create", "-n", api_namespace, "-f", "-", kubeconfig=kube,
+        input=json.dumps(obj), check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0, proc.stdout
+    assert "spec.estimator.params.n_jobs" in proc.stderr, proc.stderr
+    assert "should be less than or equal to 8" in proc.stderr, proc.stderr
+    # Other parameters stay free-form.
+    ok = changed(TJ, "spec.estimator.params", {"n_jobs": 2, "criterion": "entropy"})
+    kubectl("create", "--dry-run=server", "-n", api_namespace, "-f", "-", kubeconfig=kube,
+            input=json.dumps(ok))  # fmt: skip

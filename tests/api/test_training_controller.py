@@ -103,7 +103,7 @@ def own_store(tj: TrainingJob) -> Artifacts:
 
 async def create_job(tj: TrainingJob) -> dict[str, Any]:
     """The Job exactly as the controller builds it, but suspended (see module doc)."""
-    await tj_handlers._create_once(config_map(tj))
+    await tj_handlers.ensure_child(tj, config_map(tj), "SpecConflict")
     job = training_job(tj, own_store(tj))
     job["spec"]["suspend"] = True
     return await kube.create(job)
@@ -282,8 +282,8 @@ async def test_built_job_is_accepted_owned_and_created_once(namespace: str) -> N
     again = training_job(tj, own_store(tj))
     with pytest.raises(kube.Conflict):
         await kube.create(again)
-    await tj_handlers._create_once(again)  # the handler's path: 409 is fine
-    await tj_handlers._create_once(config_map(tj))
+    await tj_handlers.ensure_child(tj, again, "JobConflict")  # the handler's path: ours
+    await tj_handlers.ensure_child(tj, config_map(tj), "SpecConflict")
 
     stored = await kube.get("batch/v1", "Job", job_name(tj), namespace)
     assert stored is not None
@@ -601,9 +601,23 @@ async def test_deletion_guard_holds_while_a_deployment_uses_the_version(namespac
             logger=log,
         )
     assert "ModelDeployment(s) iris" in str(err.value)
-    assert err.value.delay == mv_handlers.IN_USE_RETRY_SECONDS
+    assert err.value.delay == 15.0  # then doubling, at most ten minutes (decisions.retries)
     events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
     assert any(e["reason"] == "InUse" and e["type"] == "Warning" for e in events)
+    status = (await kube.get(API_VERSION, "ModelVersion", "iris-v1", namespace) or {})["status"]
+    blocked = next(c for c in status["conditions"] if c["type"] == "DeletionBlocked")
+    assert (blocked["status"], blocked["reason"]) == ("True", "InUse")
+    assert status["usedBy"] == ["iris"]
+    # A later retry waits longer.
+    with pytest.raises(kopf.TemporaryError) as err:
+        await mv_handlers.guard_deletion(
+            body=body,
+            namespace=namespace,  # type: ignore[arg-type]
+            name="iris-v1",
+            retry=3,
+            logger=log,
+        )
+    assert err.value.delay == 120.0
 
 
 async def test_a_job_the_api_server_refuses_fails_the_trainingjob(namespace: str) -> None:
@@ -709,3 +723,136 @@ async def test_a_trainingjob_with_nowhere_to_write_fails_with_no_artifact_store(
     )
     table = kubectl("get", "tj", "iris-rf", "-n", namespace).stdout
     assert "Failed" in table and "NoArtifactStore" in table
+
+
+async def test_a_stale_spec_config_map_is_replaced_and_a_foreign_one_refused(
+    namespace: str,
+) -> None:
+    """The `<tj>-spec` ConfigMap is claimed by owner uid: one left by an earlier
+    TrainingJob of the same name (its garbage not yet collected) is replaced; one of
+    anybody else fails the TrainingJob with SpecConflict and creates nothing."""
+    earlier = await create_tj(namespace)
+    stale = config_map(earlier)
+    stale["data"] = {"trainingjob.yaml": "the earlier spec"}
+    # As garbage collection would leave it: owned by an uid that no longer exists.
+    stale["metadata"]["ownerReferences"][0]["uid"] = str(uuid.uuid4())
+    await kube.create(stale)
+    tj = TrainingJob.model_validate(await get_tj(namespace))
+    await tj_handlers.start(body=kopf.Body(await get_tj(namespace)), namespace=namespace,
+                            name="iris-rf", logger=log)  # fmt: skip
+    cm = await kube.get("v1", "ConfigMap", "iris-rf-spec", namespace)
+    assert cm is not None
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == tj.metadata.uid
+    assert cm["data"]["trainingjob.yaml"] != "the earlier spec"
+    assert await kube.get("batch/v1", "Job", job_name(tj), namespace) is not None
+
+    other = await create_tj(namespace, "other")
+    await kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "other-spec", "namespace": namespace},
+            "data": {"note": "someone else's"},
+        }
+    )
+    await tj_handlers.start(body=kopf.Body(await get_tj(namespace, "other")),
+                            namespace=namespace, name="other", logger=log)  # fmt: skip
+    status = (await get_tj(namespace, "other"))["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "SpecConflict")
+    assert "ConfigMap named other-spec" in status["message"]
+    assert await kube.get("batch/v1", "Job", job_name(other), namespace) is None
+    assert events_of(namespace, "SpecConflict")
+
+
+async def test_a_training_job_deleted_by_hand_fails_the_trainingjob_at_once(
+    namespace: str,
+) -> None:
+    tj = await create_tj(namespace)
+    job = await create_job(tj)
+    await tj_handlers.sync(namespace, "iris-rf", log)
+    assert (await get_tj(namespace))["status"]["phase"] == "Pending"
+    assert await kube.delete("batch/v1", "Job", job["metadata"]["name"], namespace, background=True)
+    await tj_handlers.sync(namespace, "iris-rf", log)  # as the Job's DELETED event does
+    status = (await get_tj(namespace))["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "JobDeleted")
+    assert "was deleted" in status["message"]
+    assert events_of(namespace, "JobDeleted")
+
+
+async def test_starting_is_retried_with_backoff_then_fails_with_start_failed(
+    namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API server refuses the Job with a 500 every time: five retries with growing
+    delays, then Failed with StartFailed and the last error."""
+    await create_tj(namespace)
+
+    async def refuse(obj: dict[str, Any]) -> dict[str, Any]:
+        if obj["kind"] == "Job":
+            raise kube.KubeError(500, "etcdserver: request timed out")
+        return await real_create(obj)
+
+    real_create = kube.create
+    monkeypatch.setattr(kube, "create", refuse)
+    delays = []
+    for retry in range(5):
+        body = kopf.Body(await get_tj(namespace))
+        with pytest.raises(kopf.TemporaryError) as err:
+            await tj_handlers.start(body=body, namespace=namespace, name="iris-rf", logger=log,
+                                    retry=retry)  # fmt: skip
+        delays.append(err.value.delay)
+        assert f"try {retry + 1} of 6" in str(err.value)
+    assert delays == [5.0, 10.0, 20.0, 40.0, 80.0]
+    assert "status" not in await get_tj(namespace) or (
+        (await get_tj(namespace))["status"].get("phase") != "Failed"
+    )
+    await tj_handlers.start(body=kopf.Body(await get_tj(namespace)), namespace=namespace,
+                            name="iris-rf", logger=log, retry=5)  # fmt: skip
+    status = (await get_tj(namespace))["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "StartFailed")
+    assert "failed 6 times" in status["message"] and "request timed out" in status["message"]
+
+
+async def test_a_status_is_never_written_over_a_newer_one(namespace: str) -> None:
+    """Optimistic concurrency: a status patch names the resourceVersion it was decided
+    on, and the API server refuses it once the object changed."""
+    await create_tj(namespace)
+    body = await get_tj(namespace)
+    read_at = body["metadata"]["resourceVersion"]
+    await kube.patch_status("TrainingJob", "iris-rf", namespace, {"phase": "Running"})
+    with pytest.raises(kube.Conflict):
+        await kube.patch_status(
+            "TrainingJob", "iris-rf", namespace, {"phase": "Failed"}, resource_version=read_at
+        )
+    assert (await get_tj(namespace))["status"]["phase"] == "Running"
+
+
+async def test_a_verification_job_is_claimed_by_owner_not_by_name(namespace: str) -> None:
+    """A Job named `<mv>-verify` left by an earlier ModelVersion of the same name is
+    replaced by this version's own; anybody else's fails the version with JobConflict."""
+    mv = await registered(namespace)
+    stale = verify_job(mv)
+    stale["metadata"]["ownerReferences"][0]["uid"] = str(uuid.uuid4())  # the earlier one
+    stale["spec"]["suspend"] = True
+    await kube.create(stale)
+    body = await kube.get(API_VERSION, "ModelVersion", str(mv.metadata.name), namespace)
+    assert body is not None
+    await mv_handlers.start(body=kopf.Body(body), namespace=namespace, name="iris-v1",
+                            logger=log)  # fmt: skip
+    job = await kube.get("batch/v1", "Job", verify_job_name(mv), namespace)
+    assert job is not None and job["metadata"]["ownerReferences"][0]["uid"] == mv.metadata.uid
+
+    await kube.delete("batch/v1", "Job", verify_job_name(mv), namespace, background=True)
+    foreign = verify_job(mv)
+    del foreign["metadata"]["ownerReferences"]
+    foreign["spec"]["suspend"] = True
+    for _ in range(20):  # the deletion above may take a moment
+        try:
+            await kube.create(foreign)
+            break
+        except kube.Conflict:
+            await asyncio.sleep(0.2)
+    await mv_handlers.start(body=kopf.Body(body), namespace=namespace, name="iris-v1",
+                            logger=log)  # fmt: skip
+    status = (await kube.get(API_VERSION, "ModelVersion", "iris-v1", namespace) or {})["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "JobConflict")
+    assert "does not belong to this ModelVersion" in status["message"]

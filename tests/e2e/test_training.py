@@ -285,8 +285,9 @@ def test_search_registers_the_best_trial(cluster: Cluster) -> None:
 
 
 def test_a_model_version_in_use_is_kept_until_released(cluster: Cluster) -> None:
-    """The finalizer holds deletion while a ModelDeployment names the version, says why,
-    and lets go as soon as nothing does; an unused version goes at once."""
+    """The finalizer holds deletion while a ModelDeployment serves the version (its
+    status.usedBy), says why, and lets go as soon as nothing does; an unused version goes
+    at once."""
     name = cluster.status("tj", "penguins-rf").get("modelVersion")
     if not name:
         pytest.skip("needs the ModelVersion of test_trains_registers_and_verifies")
@@ -297,6 +298,15 @@ def test_a_model_version_in_use_is_kept_until_released(cluster: Cluster) -> None
             "metadata": {"name": "penguins"},
             "spec": {"modelVersion": name, "replicas": 0},
         }
+    )
+    wait_for(
+        "the deployment in usedBy and the guard's finalizer",
+        lambda: (
+            "penguins" in (cluster.status("mv", name).get("usedBy") or [])
+            and "orchard.dev/finalizer"
+            in (cluster.get("mv", name)["metadata"].get("finalizers") or [])
+        ),
+        60,
     )
     cluster.kubectl("delete", "mv", name, "--wait=false")
     time.sleep(5)
@@ -310,6 +320,8 @@ def test_a_model_version_in_use_is_kept_until_released(cluster: Cluster) -> None
         30,
     )  # fmt: skip
     assert "InUse" in events
+    blocked = {c["type"]: c for c in cluster.status("mv", name).get("conditions") or []}
+    assert blocked["DeletionBlocked"]["reason"] == "InUse"
 
     cluster.kubectl("delete", "md", "penguins", "--wait=true", "--timeout=60s")
     start = time.monotonic()

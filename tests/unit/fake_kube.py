@@ -136,7 +136,9 @@ class FakeKube:
             changed["metadata"]["generation"] = int(body["metadata"].get("generation", 1)) + 1
         return self._store(changed, "merge_patch")
 
-    async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> bool:
+    async def delete(
+        self, api_version: str, kind: str, name: str, namespace: str, *, background: bool = False
+    ) -> bool:
         self._served(kind)
         if self.objects.pop((api_version, kind, namespace, name), None) is None:
             return False
@@ -152,9 +154,17 @@ class FakeKube:
         return self._store(merge(existing, obj), "apply")
 
     async def patch_status(
-        self, kind: str, name: str, namespace: str, status: dict[str, Any]
+        self,
+        kind: str,
+        name: str,
+        namespace: str,
+        status: dict[str, Any],
+        *,
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
         body = self._stored(kube.API_VERSION, kind, name, namespace)
+        if resource_version is not None and resource_version != body["metadata"]["resourceVersion"]:
+            raise kube.Conflict(409, f'{kind} "{name}" changed since it was read')
         return self._store(merge(body, {"status": status}), "patch_status")
 
     async def post_event(

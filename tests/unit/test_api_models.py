@@ -135,6 +135,20 @@ BAD: list[tuple[str, str, Any, str]] = [
         },
         "parallelism",
     ),
+    ("trainingjob.yaml", "spec.estimator.params", {"n_jobs": 100000}, "n_jobs must be"),
+    ("trainingjob.yaml", "spec.estimator.params", {"n_estimators": 0}, "n_estimators must"),
+    ("trainingjob.yaml", "spec.estimator.params", {"max_depth": True}, "max_depth must"),
+    ("trainingjob.yaml", "spec.estimator.params", {"max_iter": 10**6}, "max_iter must"),
+    (
+        "trainingjob.yaml",
+        "spec.search",
+        {
+            "parameters": {"n_estimators": [10, 5000]},
+            "maxTrials": 2,
+            "objective": {"metric": "accuracy"},
+        },
+        "search.parameters: n_estimators must",
+    ),
     ("trainingjob.yaml", "spec.artifacts.uri", "ftp://x/", "uri"),
     ("trainingjob.yaml", "spec.estimatorr", {"name": "SVC"}, "estimatorr"),
     ("modelversion.yaml", "spec.artifact.digest", "sha256:abc", "digest"),
@@ -209,3 +223,17 @@ def test_estimator_enum_is_the_classifiers_and_regressors() -> None:
     from orchard.api.trainingjob import CLASSIFIERS, REGRESSORS, EstimatorName
 
     assert sorted(get_args(EstimatorName)) == sorted(CLASSIFIERS + REGRESSORS)
+
+
+def test_estimator_params_within_their_bounds_and_others_pass() -> None:
+    obj = load("trainingjob.yaml")
+    obj["spec"]["estimator"]["params"] = {
+        "n_jobs": -1,
+        "n_estimators": 2000,
+        "max_depth": None,
+        "max_iter": 1,
+        "criterion": "entropy",
+    }
+    tj = TrainingJob.model_validate(obj)
+    assert tj.spec.estimator.params["criterion"] == "entropy"
+    assert tj.spec.estimator.params["max_depth"] is None

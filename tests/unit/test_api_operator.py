@@ -74,6 +74,11 @@ def _record(name: str, level: int, message: str) -> logging.LogRecord:
             logging.ERROR,
         ),
         ("Handler 'sync' failed with an exception. Will retry.", logging.ERROR),
+        (
+            "Handler 'guard_deletion' failed temporarily: ModelVersion iris-v1 is used by",
+            logging.WARNING,
+        ),
+        ("Handler 'start' failed temporarily but will exceed 3 retries: x", logging.ERROR),
     ],
 )
 def test_retried_requests_are_warnings_the_last_failure_an_error(message: str, level: int) -> None:

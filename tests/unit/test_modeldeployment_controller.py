@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 from fake_kube import VERBS, FakeKube
 from fake_pods import MetricsPods, serving_pods_fixture  # noqa: F401 (a fixture)
@@ -315,8 +316,28 @@ async def test_deleting_a_deployment_takes_it_out_of_used_by(cluster: FakeKube) 
     cluster.add(deployment())
     await reconcile()
     status = {"stableVersion": "iris-v1"}
-    await h.deleted(namespace=NS, name="iris", status=status)
+    body = cluster.find("ModelDeployment", "iris")
+    assert body is not None
+    await h.follow_rollout(
+        event={"type": "DELETED", "object": body}, body=body, namespace=NS, name="iris",
+        spec=body["spec"], status=status, logger=log,
+    )  # fmt: skip
     assert cluster.find("ModelVersion", "iris-v1")["status"]["usedBy"] == []  # type: ignore[index]
+
+
+async def test_a_deployment_being_deleted_uses_nothing(cluster: FakeKube) -> None:
+    cluster.add(deployment())
+    await reconcile()
+    assert cluster.find("ModelVersion", "iris-v1")["status"]["usedBy"] == ["iris"]  # type: ignore[index]
+    body = cluster.find("ModelDeployment", "iris")
+    assert body is not None
+    body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    await h.follow_rollout(
+        event={"type": "MODIFIED", "object": body}, body=body, namespace=NS, name="iris",
+        spec=body["spec"], status=body["status"], logger=log,
+    )  # fmt: skip
+    assert cluster.find("ModelVersion", "iris-v1")["status"]["usedBy"] == []  # type: ignore[index]
+    assert (NS, "iris") not in h._analyses
 
 
 # --- The canary's window, over real HTTP ------------------------------------------------
@@ -348,3 +369,18 @@ async def test_a_step_counts_only_the_requests_since_it_began(
     assert analysis["stable"]["requests"] == 7
     assert analysis["canary"]["requests"] == 7
     assert analysis["verdict"] == "Inconclusive"  # 14 requests: fewer than minRequests
+
+
+async def test_a_failing_reconcile_is_retried_with_backoff(
+    cluster: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def away(*_: Any) -> None:
+        raise kube.KubeError(503, "the API server is away")
+
+    monkeypatch.setattr(h, "reconcile", away)
+    delays = []
+    for retry in (0, 1, 2, 9):
+        with pytest.raises(kopf.TemporaryError) as err:
+            await h.changed(namespace=NS, name="iris", logger=log, retry=retry)
+        delays.append(err.value.delay)
+    assert delays == [10.0, 20.0, 40.0, 600.0]

@@ -106,6 +106,11 @@ def test_server_requests_the_memory_it_uses(
     assert container(sv.deployment(m, "stable", mv(), 1))["resources"]["requests"] == requests
 
 
+def test_server_without_spec_resources_is_never_best_effort() -> None:
+    resources = container(sv.deployment(md(), "stable", mv(), 1))["resources"]
+    assert resources["limits"] == {"cpu": "1", "memory": "1Gi"}
+
+
 def test_canary_deployment_differs_only_by_track() -> None:
     stable = sv.deployment(md(), "stable", mv(), 2)
     canary = sv.deployment(md(), "canary", mv(), 1)

@@ -84,7 +84,7 @@ def test_job_is_owned_labelled_and_restricted() -> None:
     assert sc["capabilities"] == {"drop": ["ALL"]}
     mounts = {m["mountPath"]: m for m in container(job)["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes[mounts["/tmp"]["name"]] == {"name": "tmp", "emptyDir": {}}
+    assert volumes[mounts["/tmp"]["name"]] == {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}
 
 
 def test_job_defaults_come_from_spec() -> None:
@@ -97,7 +97,11 @@ def test_job_defaults_come_from_spec() -> None:
     assert c["image"] == "localhost/orchard/trainer:dev"
     assert c["imagePullPolicy"] == "IfNotPresent"
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
-    assert "resources" not in c
+    # Never BestEffort: the operator's default resources.
+    assert c["resources"] == {
+        "requests": {"cpu": "250m", "memory": "512Mi"},
+        "limits": {"cpu": "2", "memory": "2Gi"},
+    }
     assert "nodeSelector" not in job["spec"]["template"]["spec"]
 
 
@@ -441,3 +445,51 @@ def test_model_version_records_the_store_the_run_wrote_to(
     artifact = model_version(make_tj(artifacts=None), RESULT, 1, store)["spec"]["artifact"]
     assert artifact["uri"] == RESULT.artifact_uri  # where the trainer reported it
     assert artifact.get("secretName") == secret
+
+
+def test_default_resources_and_tmp_limit_come_from_the_operator_settings() -> None:
+    env = {
+        "ORCHARD_TRAINER_RESOURCES": '{"requests": {"cpu": "1", "memory": "1Gi"}, '
+        '"limits": {"memory": "4Gi"}}',
+        "ORCHARD_BATCH_RESOURCES": '{"requests": {"cpu": "50m"}}',
+        "ORCHARD_TMP_SIZE_LIMIT": "5Gi",
+    }
+    settings = TrainerSettings.from_env(env)
+    job = training_job(make_tj(), STORE, settings)
+    assert container(job)["resources"] == {
+        "requests": {"cpu": "1", "memory": "1Gi"},
+        "limits": {"memory": "4Gi"},
+    }
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tmp"] == {"name": "tmp", "emptyDir": {"sizeLimit": "5Gi"}}
+    assert settings.batch_resources == {"requests": {"cpu": "50m"}}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ORCHARD_TRAINER_RESOURCES", "cpu=1"),
+        ("ORCHARD_TRAINER_RESOURCES", '{"requests": {"cpu": "lots"}}'),
+        ("ORCHARD_BATCH_RESOURCES", '{"limit": {"cpu": "1"}}'),
+        ("ORCHARD_TMP_SIZE_LIMIT", "a gigabyte"),
+    ],
+)
+def test_settings_that_are_no_resources_stop_the_operator(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        TrainerSettings.from_env({name: value})
+
+
+def test_the_shipped_manager_states_the_default_resources() -> None:
+    """manifests/manager spells out the defaults, so an admin sees what to change."""
+    from pathlib import Path
+
+    manager = Path(__file__).resolve().parents[2] / "manifests/manager/deployment.yaml"
+    deployment = yaml.safe_load(manager.read_text())
+    env = {
+        e["name"]: e["value"]
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "value" in e
+    }
+    assert TrainerSettings.from_env(env) == TrainerSettings.from_env(
+        {"ORCHARD_DEFAULT_ARTIFACTS": env["ORCHARD_DEFAULT_ARTIFACTS"]}
+    )

@@ -3,7 +3,8 @@
 pydantic's JSON Schema is not a structural schema as it comes out; `structural()` turns
 it into one the API server accepts: `$ref`s inlined, `Optional` as `nullable`, `const` as
 `enum`, no `additionalProperties` beside `properties`, free-form values marked
-`x-kubernetes-preserve-unknown-fields`, no titles, JSON Schema 2020 bounds in their
+`x-kubernetes-preserve-unknown-fields` (beside `properties` where a free-form map declares
+some keys it bounds), no titles, JSON Schema 2020 bounds in their
 OpenAPI v3 form, defaults (including those of default factories) kept.
 """
 
@@ -144,7 +145,9 @@ def structural(node: JsonSchemaValue, defs: dict[str, JsonSchemaValue]) -> JsonS
     if out.get("type") == "object":
         if "properties" in out:
             out.pop("additionalProperties", None)
-            out.pop(_FREE_KEY, None)
+            # Declared keys checked, the others kept: only where the model says so.
+            if node.get("additionalProperties") is not True:
+                out.pop(_FREE_KEY, None)
         elif "additionalProperties" not in out:
             out.update(_FREE_FORM)
     _only(out, _ALLOWED_KEYS, "in a structural schema")

@@ -414,7 +414,9 @@ class ModelDeploymentSpec(CamelModel):
         default=2, ge=0, le=100, description="Serving pods of the stable version."
     )
     resources: dict[str, Any] | None = Field(
-        default=None, description="Resource requests and limits of the server container."
+        default=None,
+        description="Resource requests and limits of the server container; without them "
+        "requests 50m CPU and 256Mi, limits 1 CPU and 1Gi.",
     )
     autoscaling: Autoscaling | None = Field(
         default=None, description="Scale the stable version on CPU instead of replicas."

@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field
 
 from .common import (
     AGE_COLUMN,
+    GROUP,
     PHASE_COLUMN,
     READY_COLUMN,
     CamelModel,
@@ -28,6 +29,11 @@ from .common import (
 
 Task = Literal["classification", "regression"]
 InputType = Literal["number", "integer", "string", "boolean"]
+
+
+# Set to "true" on a ModelVersion, it lets the version go although a ModelDeployment uses
+# it (the way out of the in-use deletion guard).
+ALLOW_DELETION = f"{GROUP}/allow-deletion"
 
 
 class ModelArtifact(CamelModel):
@@ -164,7 +170,9 @@ class ModelVersionStatus(CamelModel):
         default=None, ge=0, description="The .metadata.generation this status reflects."
     )
     conditions: Conditions = Field(
-        default_factory=list, description="ArtifactVerified and Ready conditions."
+        default_factory=list,
+        description="ArtifactVerified and Ready conditions; DeletionBlocked while a "
+        "deletion waits for the ModelDeployments using the version.",
     )
     verified_at: datetime | None = Field(
         default=None, description="When the artifact's digest was last verified."
@@ -172,7 +180,9 @@ class ModelVersionStatus(CamelModel):
     used_by: list[str] = Field(
         default_factory=list,
         max_length=256,
-        description="ModelDeployments serving this version.",
+        description="ModelDeployments serving this version. While it is not empty, "
+        "deleting the version waits (condition DeletionBlocked, reason InUse) unless "
+        'the annotation orchard.dev/allow-deletion is "true".',
     )
     reason: str | None = Field(default=None, description="Why the version is in its phase.")
     message: str | None = Field(default=None, description="Details, for people.")

@@ -6,9 +6,9 @@ On success the operator registers the result as a ModelVersion.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from .common import (
     AGE_COLUMN,
@@ -278,13 +278,97 @@ class Preprocessing(CamelModel):
     )
 
 
+# What a spec may ask of an estimator, refused at admission beyond these bounds: a
+# thread per core of a large node, or a forest of a million trees, is not a training run
+# but a crash. name -> (lowest, highest, null allowed).
+PARAM_LIMITS: dict[str, tuple[int, int, bool]] = {
+    "n_jobs": (-1, 8, True),
+    "n_estimators": (1, 2000, False),
+    "max_depth": (1, 100, True),
+    "max_iter": (1, 100_000, False),
+}
+
+
+def _limit_schema(name: str) -> dict[str, Any]:
+    lo, hi, nullable = PARAM_LIMITS[name]
+    null = " or null" if nullable else ""
+    return {
+        "type": "integer",
+        "minimum": lo,
+        "maximum": hi,
+        **({"nullable": True} if nullable else {}),
+        "description": f"{name}: an integer {lo}..{hi}{null}.",
+    }
+
+
+def _limit_errors(name: str, value: Any) -> str | None:
+    lo, hi, nullable = PARAM_LIMITS[name]
+    if value is None and nullable:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi:
+        return None
+    return f"{name} must be an integer {lo}..{hi}{' or null' if nullable else ''}, not {value!r}"
+
+
+def _check_params(params: dict[str, Any]) -> dict[str, Any]:
+    for name in PARAM_LIMITS.keys() & params.keys():
+        if (error := _limit_errors(name, params[name])) is not None:
+            raise ValueError(error)
+    return params
+
+
+def _check_parameters(parameters: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    for name in PARAM_LIMITS.keys() & parameters.keys():
+        for value in parameters[name]:
+            if (error := _limit_errors(name, value)) is not None:
+                raise ValueError(f"search.parameters: {error}")
+    return parameters
+
+
+# Free-form maps whose bounded keys the API server checks too: they are declared as
+# properties beside x-kubernetes-preserve-unknown-fields (the other keys stay free).
+EstimatorParams = Annotated[
+    dict[str, Any],
+    AfterValidator(_check_params),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "properties": {name: _limit_schema(name) for name in PARAM_LIMITS},
+            "additionalProperties": True,
+        }
+    ),
+]
+SearchParameters = Annotated[
+    dict[str, list[Any]],
+    AfterValidator(_check_parameters),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "minProperties": 1,
+            "properties": {
+                name: {
+                    "type": "array",
+                    "maxItems": 100,
+                    "items": _limit_schema(name),
+                    "description": f"Values of {name} to try.",
+                }
+                for name in PARAM_LIMITS
+            },
+            "additionalProperties": True,
+        }
+    ),
+]
+
+
 class Estimator(CamelModel):
     """The scikit-learn estimator at the end of the pipeline."""
 
     name: EstimatorName = Field(description="Class name of an allowed scikit-learn estimator.")
-    params: dict[str, Any] = Field(
+    params: EstimatorParams = Field(
         default_factory=dict,
-        description="Constructor parameters of the estimator, e.g. {n_estimators: 200}.",
+        description="Constructor parameters of the estimator, e.g. {n_estimators: 200}. "
+        "Bounded at admission: n_jobs -1..8, n_estimators 1..2000, max_depth 1..100 or "
+        "null, max_iter 1..100000.",
     )
 
     @property
@@ -373,9 +457,10 @@ class Search(CamelModel):
         )
     )
 
-    parameters: dict[str, list[Any]] = Field(
+    parameters: SearchParameters = Field(
         min_length=1,
-        description="Values to try per estimator parameter, e.g. {max_depth: [4, 8, null]}.",
+        description="Values to try per estimator parameter, e.g. {max_depth: [4, 8, null]}; "
+        "each list within the bounds of estimator.params.",
     )
     strategy: Literal["grid", "random"] = Field(
         default="grid", description="grid tries combinations in order; random samples them."
@@ -438,7 +523,10 @@ class TrainingJobSpec(CamelModel):
         "(images.allowedPrefixes), else the TrainingJob fails with PolicyViolation.",
     )
     resources: dict[str, Any] | None = Field(
-        default=None, description="Resource requests and limits of the trainer container."
+        default=None,
+        description="Resource requests and limits of the trainer container; without them "
+        "the operator's default (ORCHARD_TRAINER_RESOURCES: requests 250m CPU and 512Mi, "
+        "limits 2 CPU and 2Gi).",
     )
     backoff_limit: int = Field(
         default=0, ge=0, le=10, description="Retries of a failed trainer pod."

@@ -8,9 +8,11 @@ Pure, like the builders that use it (`training`, `modelversion`, `serving`).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,6 +25,19 @@ from orchard.artifacts.store import DEFAULT_PVC_ROOT, LOCAL_ROOTS_ENV, PVC_ROOT_
 DEFAULT_TRAINER_IMAGE = "localhost/orchard/trainer:dev"
 TRAINER_IMAGE_ENV = "ORCHARD_TRAINER_IMAGE"
 TRAINER_PULL_POLICY_ENV = "ORCHARD_TRAINER_IMAGE_PULL_POLICY"
+# Resources of the pods Orchard creates, unless a spec says otherwise (JSON, as in a pod).
+TRAINER_RESOURCES_ENV = "ORCHARD_TRAINER_RESOURCES"
+BATCH_RESOURCES_ENV = "ORCHARD_BATCH_RESOURCES"  # verification, evaluation and replay Jobs
+TMP_SIZE_LIMIT_ENV = "ORCHARD_TMP_SIZE_LIMIT"  # the /tmp emptyDir of every batch pod
+DEFAULT_TRAINER_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "250m", "memory": "512Mi"},
+    "limits": {"cpu": "2", "memory": "2Gi"},
+}
+DEFAULT_BATCH_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "100m", "memory": "256Mi"},
+    "limits": {"cpu": "1", "memory": "1Gi"},
+}
+DEFAULT_TMP_SIZE_LIMIT = "1Gi"
 
 PVC_ROOT = DEFAULT_PVC_ROOT  # where pvc://<claim>/ is mounted, and the store looks
 DATASET_SECRET_PREFIX = "ORCHARD_DATASET_"  # orchard.artifacts.store.S3Settings.from_env(prefix)
@@ -84,17 +99,66 @@ class TrainerSettings:
     image: str = DEFAULT_TRAINER_IMAGE
     image_pull_policy: str = "IfNotPresent"
     default_artifacts: Artifacts | None = None
+    # A trainer pod without spec.resources gets these; every other batch pod gets
+    # `batch_resources`; every batch pod's /tmp is an emptyDir of at most `tmp_size_limit`.
+    trainer_resources: Mapping[str, Any] = field(default_factory=lambda: DEFAULT_TRAINER_RESOURCES)
+    batch_resources: Mapping[str, Any] = field(default_factory=lambda: DEFAULT_BATCH_RESOURCES)
+    tmp_size_limit: str = DEFAULT_TMP_SIZE_LIMIT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TrainerSettings:
         """The settings in the environment; ValueError for a default store that is no
-        artifact store URI (the operator refuses to start with it)."""
+        artifact store URI, or resources that are no resources (the operator refuses to
+        start with either)."""
         env = os.environ if env is None else env
         return cls(
             image=env.get(TRAINER_IMAGE_ENV) or DEFAULT_TRAINER_IMAGE,
             image_pull_policy=env.get(TRAINER_PULL_POLICY_ENV) or "IfNotPresent",
             default_artifacts=_default_artifacts(env.get(DEFAULT_ARTIFACTS_ENV) or None),
+            trainer_resources=resources_setting(
+                env, TRAINER_RESOURCES_ENV, DEFAULT_TRAINER_RESOURCES
+            ),
+            batch_resources=resources_setting(env, BATCH_RESOURCES_ENV, DEFAULT_BATCH_RESOURCES),
+            tmp_size_limit=quantity_setting(env, TMP_SIZE_LIMIT_ENV, DEFAULT_TMP_SIZE_LIMIT),
         )
+
+    def tmp_volume(self) -> dict[str, Any]:
+        """The /tmp of a batch pod: an emptyDir, bounded (the pod is evicted beyond it)."""
+        return {"name": "tmp", "emptyDir": {"sizeLimit": self.tmp_size_limit}}
+
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+
+def quantity_setting(env: Mapping[str, str], name: str, default: str) -> str:
+    """A Kubernetes quantity from the environment (ValueError for anything else)."""
+    value = env.get(name) or default
+    if not _QUANTITY.match(value):
+        raise ValueError(f"{name}={value!r} is not a Kubernetes quantity (e.g. 1Gi, 500m)")
+    return value
+
+
+def resources_setting(
+    env: Mapping[str, str], name: str, default: Mapping[str, Any]
+) -> Mapping[str, Any]:
+    """A container's resources from the environment, as JSON in a pod spec's form
+    (`{"requests": {"cpu": "250m"}, "limits": {"memory": "2Gi"}}`); ValueError otherwise."""
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name} is not JSON: {exc}") from exc
+    if not isinstance(value, dict) or not value or set(value) - {"requests", "limits"}:
+        raise ValueError(f"{name} must be an object of requests and/or limits: {raw!r}")
+    for part in value.values():
+        if not isinstance(part, dict) or not all(
+            isinstance(k, str) and isinstance(v, str | int) and _QUANTITY.match(str(v))
+            for k, v in part.items()
+        ):
+            raise ValueError(f"{name}: every request and limit must be a quantity: {raw!r}")
+    return {key: {k: str(v) for k, v in part.items()} for key, part in value.items()}
 
 
 def _default_artifacts(uri: str | None) -> Artifacts | None:

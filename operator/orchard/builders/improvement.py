@@ -103,7 +103,7 @@ def _batch_job(
         "securityContext": restricted_container_security(),
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+        "resources": dict(settings.batch_resources),
     }
     collection_secret = md.spec.monitoring.collection.secret_name if collected else None
     if env_from := secret_env(artifacts[0].spec.artifact.secret_name, collection_secret):
@@ -131,7 +131,7 @@ def _batch_job(
                     "enableServiceLinks": False,
                     "securityContext": restricted_pod_security(),
                     "containers": [spec],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}, *volumes],
+                    "volumes": [settings.tmp_volume(), *volumes],
                 },
             },
         },

@@ -180,7 +180,7 @@ def verify_job(mv: ModelVersion, settings: TrainerSettings | None = None) -> dic
         "securityContext": restricted_container_security(),
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+        "resources": dict(settings.batch_resources),
     }
     if env_from := secret_env(artifact.secret_name, None):
         container["envFrom"] = env_from
@@ -207,7 +207,7 @@ def verify_job(mv: ModelVersion, settings: TrainerSettings | None = None) -> dic
                     "enableServiceLinks": False,
                     "securityContext": restricted_pod_security(),
                     "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}, *volumes],
+                    "volumes": [settings.tmp_volume(), *volumes],
                 },
             },
         },

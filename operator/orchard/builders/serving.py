@@ -54,7 +54,16 @@ MODEL_ROOT = "/models"
 FETCHED_DIR = f"{MODEL_ROOT}/artifact"
 PRESTOP_SECONDS = 3
 COLLECT_ROOT = "/var/run/orchard/collected"  # the deployment's collection directory
-DEFAULT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "50m", "memory": "256Mi"}}
+# A serving container without spec.resources, and the init container that fetches an S3
+# artifact: fixed requests and limits, never a BestEffort pod.
+DEFAULT_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "50m", "memory": "256Mi"},
+    "limits": {"cpu": "1", "memory": "1Gi"},
+}
+FETCH_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "50m", "memory": "128Mi"},
+    "limits": {"cpu": "500m", "memory": "512Mi"},
+}
 
 # The init container's whole program: copy an S3 prefix into the shared emptyDir with
 # the artifact store the trainer wrote it with. The server verifies the digests after.
@@ -204,7 +213,7 @@ def artifact_volumes(
                 {"name": "tmp", "mountPath": "/tmp"},
             ],
             "securityContext": restricted_container_security(),
-            "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},
+            "resources": FETCH_RESOURCES,
         }
         volume = {"name": "model", "emptyDir": {"sizeLimit": "2Gi"}}
         mount = {"name": "model", "mountPath": MODEL_ROOT, "readOnly": True}

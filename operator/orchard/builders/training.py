@@ -122,7 +122,7 @@ def training_job(
         read_only=[pvc_claim(spec.dataset.uri), pvc_claim(collected)],
     )
     volumes = [
-        {"name": "tmp", "emptyDir": {}},
+        settings.tmp_volume(),
         {"name": "spec", "configMap": {"name": config_map_name(tj)}},
         *volumes,
     ]
@@ -145,8 +145,8 @@ def training_job(
     }
     if env_from := secret_env(store.secret_name, spec.dataset.secret_name):
         container["envFrom"] = env_from
-    if spec.resources:
-        container["resources"] = dict(spec.resources)
+    # The spec's own resources, else the operator's default: never a BestEffort pod.
+    container["resources"] = dict(spec.resources or settings.trainer_resources)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from orchard.api.common import ConditionStatus, now, set_condition
-from orchard.api.modelversion import ModelVersionPhase, ModelVersionStatus
+from orchard.api.modelversion import ALLOW_DELETION, ModelVersionPhase, ModelVersionStatus
 from orchard.decisions.training import IMAGE_PROBLEM, clip, parse_time, pod_report
 
 VERIFYING = "Verifying"
@@ -22,6 +22,9 @@ VERIFIED = "Verified"
 VERIFICATION_FAILED = "VerificationFailed"
 DIGEST_MISMATCH = "DigestMismatch"
 ARTIFACT_NOT_FOUND = "ArtifactNotFound"
+JOB_CONFLICT = "JobConflict"  # the verification Job's name is taken by someone else's
+INVALID_JOB = "InvalidJob"
+START_FAILED = "StartFailed"
 
 
 @dataclass(frozen=True)
@@ -178,9 +181,12 @@ def verification_status(
 
 def deployments_using(name: str, deployments: Iterable[Mapping[str, Any]]) -> list[str]:
     """The ModelDeployments that serve or are about to serve a ModelVersion: named in
-    spec, or still serving it as stable or canary while a rollout moves on."""
+    spec, or still serving it as stable or canary while a rollout moves on. One that is
+    being deleted uses nothing any more."""
     users = []
     for md in deployments:
+        if (md.get("metadata") or {}).get("deletionTimestamp"):
+            continue
         spec = md.get("spec") or {}
         status = md.get("status") or {}
         if name in (
@@ -190,3 +196,44 @@ def deployments_using(name: str, deployments: Iterable[Mapping[str, Any]]) -> li
         ):
             users.append(str(md.get("metadata", {}).get("name")))
     return sorted(users)
+
+
+# --- The deletion guard --------------------------------------------------------------------
+
+DELETION_BLOCKED = "DeletionBlocked"
+IN_USE = "InUse"
+
+
+def deletion_guarded(status: Mapping[str, Any], annotations: Mapping[str, str]) -> bool:
+    """Whether deleting the version needs the guard (and so a finalizer): a ModelDeployment
+    used it when last seen (`status.usedBy`), and no one allowed the deletion with the
+    annotation `orchard.dev/allow-deletion: "true"`."""
+    return bool(status.get("usedBy")) and annotations.get(ALLOW_DELETION) != "true"
+
+
+def in_use_message(name: str, users: Sequence[str], retry_in: float) -> str:
+    return (
+        f"ModelVersion {name} is used by ModelDeployment(s) {', '.join(users)}; it will be "
+        f"deleted once none uses it (checked again in {retry_in:.0f} s, or at once when "
+        f"one stops using it), or at once with the annotation {ALLOW_DELETION}=true"
+    )
+
+
+def deletion_blocked(
+    previous: ModelVersionStatus,
+    users: Sequence[str],
+    message: str,
+    *,
+    generation: int | None,
+    at: datetime | None = None,
+) -> ModelVersionStatus:
+    """The status of a version whose deletion waits: DeletionBlocked True (InUse) while a
+    deployment uses it, and usedBy as found (none: the deletion goes ahead)."""
+    conditions = list(previous.conditions)
+    if users:
+        conditions = set_condition(
+            conditions, DELETION_BLOCKED, "True", IN_USE, message, generation=generation, at=at
+        )
+    else:
+        conditions = [c for c in conditions if c.type != DELETION_BLOCKED]
+    return previous.model_copy(update={"conditions": conditions, "used_by": list(users)})

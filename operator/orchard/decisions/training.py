@@ -58,6 +58,10 @@ NO_RESULT = "NoResult"
 TRAINING_ERROR = "TrainingError"
 BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 JOB_MISSING = "JobMissing"
+JOB_DELETED = "JobDeleted"
+START_FAILED = "StartFailed"
+SPEC_CONFLICT = "SpecConflict"
+JOB_CONFLICT = "JobConflict"
 GATE_FAILED = "GateFailed"
 UNSCHEDULABLE = "Unschedulable"
 NO_ARTIFACT_STORE = "NoArtifactStore"
@@ -355,6 +359,20 @@ def trials_for_status(
     if len(trials) > limit:
         trials = sorted(trials, key=lambda t: (-t[0], t[1].index))[:limit]
     return [t for _, t in sorted(trials, key=lambda t: t[1].index)]
+
+
+def missing_job(previous: TrainingJobStatus, job_name: str) -> Outcome:
+    """No training Job: not made yet (nothing but JobMissing was ever written), or gone
+    after it was seen (deleted by hand, or with its pods): then the run is over at once,
+    with the reason, never a JobMissing that lasts until the operator restarts."""
+    if previous.reason in (None, JOB_MISSING) and previous.phase in (None, "Pending"):
+        return Outcome("Pending", JOB_MISSING, "the training Job does not exist yet")
+    return Outcome(
+        "Failed",
+        JOB_DELETED,
+        f"the training Job {job_name} was deleted before its result was registered; "
+        "create the TrainingJob again to train again",
+    )
 
 
 def training_outcome(

@@ -25,7 +25,7 @@ import yaml
 from .. import kube
 from ..api import FINALIZER, GROUP
 from ..builders.common import TrainerSettings
-from . import controller_modules, policy
+from . import controller_modules, loops, policy
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,10 @@ class Options:
 
 def configure(settings: kopf.OperatorSettings, options: Options) -> None:
     """Every Kopf setting Orchard changes, in one place."""
-    # Orchard's own finalizer and annotation prefix, not Kopf's defaults.
+    # Orchard's own finalizer and annotation prefix, not Kopf's defaults. The finalizer is
+    # put only on a ModelVersion a ModelDeployment uses (its deletion guard): no handler
+    # is a Kopf timer or daemon, and every other delete handler is gone (cleanup is by
+    # ownerReferences, or on the DELETED event), so nothing else waits for the operator.
     settings.persistence.finalizer = FINALIZER
     # Annotations only: the CRDs' structural schemas would prune a status.kopf field.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -108,11 +111,17 @@ class RetriesAreWarnings(logging.Filter):
     cut at shutdown). Those are warnings; the last attempt's failure stays an error."""
 
     RETRIED = ("; will retry: ", "; will re-authenticate: ")
+    # A handler's kopf.TemporaryError ("not yet": a version in use, a start retried with
+    # backoff) is the handler's own, bounded, decision; the status says why.
+    TEMPORARY = " failed temporarily: "
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno == logging.ERROR and record.name.startswith("kopf"):
             message = record.getMessage()
-            if message.startswith("Request attempt ") and any(r in message for r in self.RETRIED):
+            retried = message.startswith("Request attempt ") and any(
+                r in message for r in self.RETRIED
+            )
+            if retried or self.TEMPORARY in message:
                 record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
@@ -191,7 +200,8 @@ def login(settings: kopf.OperatorSettings, **kwargs: Any) -> kopf.ConnectionInfo
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """Stop the metrics endpoint and close the API client."""
+    """Stop the per-object loops and the metrics endpoint, and close the API client."""
+    await loops.stop_all()
     server = memo.get("metrics_server")
     if server is not None:
         server.shutdown()

@@ -9,8 +9,8 @@ status, so a restarted operator resumes where it was. Triggers:
 
 - create / update / resume of the ModelDeployment;
 - a change of the `orchard.dev/rollout-action` annotation (promote | abort), acted on once;
-- a daemon, only while the phase is Pending, Progressing or Paused, every analysis
-  interval (it stops by itself when the rollout ends);
+- a loop (`handlers.loops`, no finalizer), only while the phase is Pending, Progressing
+  or Paused, every analysis interval (it stops when the rollout ends);
 - events of the Deployments it owns (pods becoming ready, or going away);
 - a ModelVersion turning Ready, for the deployments that track its model (`spec.track`).
 """
@@ -39,13 +39,14 @@ from orchard.builders import serving as sv
 from orchard.builders.common import JOB_UID_LABEL, owned_by
 from orchard.contracts import ReplayReport
 from orchard.decisions import evaluation as ev
-from orchard.decisions import jobs
+from orchard.decisions import jobs, retries
 from orchard.decisions import observing as ob
 from orchard.decisions import policy as pol
 from orchard.decisions import rollout as ro
 from orchard.handlers import policy
 
 from .canary_metrics import AnalysisWindows, scrape_tracks
+from .loops import Loops
 from .serving_children import (
     ensure_children,
     ensure_evaluation,
@@ -90,9 +91,11 @@ RBAC_RULES: list[dict[str, Any]] = [
 ]
 
 IN_PROGRESS = ("Pending", "Progressing", "Paused")
+RECONCILE_RETRY_SECONDS = 10.0
 
 _locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 _windows = AnalysisWindows()
+_analyses = Loops("ModelDeployment analysis", retry_after=10.0)
 
 
 def lock(namespace: str, name: str) -> asyncio.Lock:
@@ -134,8 +137,20 @@ def watch_only_serving_deployments(settings: kopf.OperatorSettings, **_: Any) ->
 @kopf.on.resume(GROUP, VERSION, "modeldeployments")
 @kopf.on.create(GROUP, VERSION, "modeldeployments")
 @kopf.on.update(GROUP, VERSION, "modeldeployments", field="spec")
-async def changed(namespace: str | None, name: str, logger: kopf.Logger, **_: Any) -> None:
-    await reconcile(str(namespace), name, logger)
+async def changed(
+    namespace: str | None, name: str, logger: kopf.Logger, retry: int = 0, **_: Any
+) -> None:
+    """Created, changed or found at start: reconcile; a failure is retried with backoff
+    (10 s doubling, at most 10 min), not every 30 s forever."""
+    try:
+        await reconcile(str(namespace), name, logger)
+    except (kopf.PermanentError, kopf.TemporaryError):
+        raise
+    except Exception as exc:
+        delay = retries.loop_failure(RECONCILE_RETRY_SECONDS, retry + 1)
+        raise kopf.TemporaryError(
+            f"reconcile failed, again in {delay:.0f} s: {exc}", delay=delay
+        ) from exc
 
 
 def wants_action(body: kopf.Body, **_: Any) -> bool:
@@ -154,29 +169,59 @@ async def manual_action(namespace: str | None, name: str, logger: kopf.Logger, *
     """
     try:
         await reconcile(str(namespace), name, logger)
-    except Exception as exc:  # events are not retried; the daemon or the next event will
+    except Exception as exc:  # events are not retried; the analysis loop or the next event will
         logger.warning("acting on a manual action failed: %s", exc)
 
 
-@kopf.daemon(GROUP, VERSION, "modeldeployments", when=in_progress, cancellation_timeout=5.0)
-async def analyse(
-    stopped: kopf.DaemonStopped,
-    namespace: str | None,
-    name: str,
-    spec: Mapping[str, Any],
-    logger: kopf.Logger,
-    **_: Any,
-) -> None:
-    """While a rollout is under way: analyse and decide every analysis interval."""
-    interval = parse_duration(
-        ModelDeploymentSpec.model_validate(dict(spec)).canary.analysis.interval
+@kopf.on.event(GROUP, VERSION, "modeldeployments")
+async def follow_rollout(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str,
+    spec: Mapping[str, Any], status: Mapping[str, Any], logger: kopf.Logger, **_: Any,
+) -> None:  # fmt: skip
+    """While a rollout is under way: analyse and decide every analysis interval, in a
+    loop of `handlers.loops` (a Kopf daemon would hold a finalizer). The DELETED event
+    forgets the deployment: its children go by garbage collection, the versions it used
+    lose it from usedBy (so their deletion guard lets them go)."""
+    key = (str(namespace), name)
+    gone = event.get("type") == "DELETED"
+    deleting = bool(body.get("metadata", {}).get("deletionTimestamp"))
+    interval = _analysis_interval(spec)
+    _analyses.follow(
+        key,
+        not gone and not deleting and in_progress(status),
+        lambda: analyse(key, interval, logger),
     )
-    while not stopped:
-        try:
-            await reconcile(str(namespace), name, logger)
-        except Exception as exc:  # keep analysing; the next tick retries
-            logger.warning("reconcile failed: %s", exc)
-        await stopped.wait(max(interval, 1.0))
+    if gone or deleting:
+        await forget(key, status, logger)
+    if gone:
+        _locks.pop(key, None)
+
+
+def _analysis_interval(spec: Mapping[str, Any]) -> float:
+    try:
+        seconds = parse_duration(
+            ModelDeploymentSpec.model_validate(dict(spec)).canary.analysis.interval
+        )
+    except (ValidationError, ValueError):
+        seconds = 10.0
+    return max(seconds, 1.0)
+
+
+async def analyse(key: tuple[str, str], interval: float, logger: kopf.Logger) -> float:
+    """One tick of a rollout under way."""
+    await reconcile(key[0], key[1], logger)
+    return interval
+
+
+async def forget(key: tuple[str, str], status: Mapping[str, Any], logger: kopf.Logger) -> None:
+    """A deployment being deleted or gone uses nothing any more."""
+    namespace, name = key
+    _windows.forget(namespace, name)
+    versions = {status.get("stableVersion"), status.get("canaryVersion")}
+    try:
+        await update_used_by(namespace, {v for v in versions if v}, exclude=name)
+    except kube.KubeError as err:  # the versions' guard reads the deployments again anyway
+        logger.warning("cannot update usedBy of %s: %s", sorted(v for v in versions if v), err)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MODELDEPLOYMENT_LABEL: kopf.PRESENT})
@@ -188,7 +233,7 @@ async def deployment_changed(
     if owner and namespace:
         try:
             await reconcile(str(namespace), owner, logger)
-        except Exception as exc:  # events are not retried; the next one or the daemon will
+        except Exception as exc:  # events are not retried; the next one or the analysis loop will
             logger.warning("reconcile of %s failed: %s", owner, exc)
 
 
@@ -215,17 +260,10 @@ async def model_version_ready(
         if model and track.get("model") == model:
             try:
                 await reconcile(str(namespace), body["metadata"]["name"], logger)
-            except Exception as exc:  # events are not retried; the daemon or the next one will
+            except (
+                Exception
+            ) as exc:  # events are not retried; the analysis loop or the next one will
                 logger.warning("reconcile of %s failed: %s", body["metadata"]["name"], exc)
-
-
-@kopf.on.delete(GROUP, VERSION, "modeldeployments", optional=True)
-async def deleted(namespace: str | None, name: str, status: Mapping[str, Any], **_: Any) -> None:
-    """Children go by garbage collection; the versions it used lose it from usedBy."""
-    _windows.forget(str(namespace), name)
-    _locks.pop((str(namespace), name), None)
-    versions = {status.get("stableVersion"), status.get("canaryVersion")}
-    await update_used_by(str(namespace), {v for v in versions if v}, exclude=name)
 
 
 # --- One step --------------------------------------------------------------------------

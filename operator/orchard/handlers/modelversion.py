@@ -1,10 +1,11 @@
 """ModelVersion controller: verify the artifact with a short Job, set ArtifactVerified
-and Ready, and refuse deletion while a ModelDeployment uses the version.
+and Ready, and hold deletion while a ModelDeployment uses the version (the only
+finalizer Orchard puts on anything, and only while status.usedBy is not empty).
 
 The verification is a real check, not trust: a pod in the trainer image fetches the
 artifact and compares every digest with the one the ModelVersion records. Its Job is
-watched like the training Jobs: event handlers on the Job and its pod, and a slow timer
-only while the verification is unfinished.
+watched like the training Jobs: event handlers on the Job and its pod, and a slow poll
+only while the verification is unfinished (a loop of `handlers.loops`, no finalizer).
 """
 
 from __future__ import annotations
@@ -19,37 +20,52 @@ import kopf
 from pydantic import ValidationError
 
 from orchard import kube
-from orchard.api.common import API_VERSION, GROUP, VERSION, to_k8s
+from orchard.api.common import API_VERSION, FINALIZER, GROUP, VERSION, status_patch, to_k8s
 from orchard.api.modelversion import ModelVersion
 from orchard.builders.common import JOB_UID_LABEL, TrainerSettings, owned_by
 from orchard.builders.modelversion import MODELVERSION_LABEL, verify_job, verify_job_name
 from orchard.decisions import policy as pol
+from orchard.decisions import retries
 from orchard.decisions.modelversion import (
+    IN_USE,
+    INVALID_JOB,
+    JOB_CONFLICT,
+    START_FAILED,
     Verification,
+    deletion_blocked,
+    deletion_guarded,
     deployments_using,
+    in_use_message,
     verification_outcome,
     verification_status,
 )
-from orchard.handlers import policy
+from orchard.handlers import children, policy
+from orchard.handlers.loops import Loops
 
 RBAC_RULES: list[dict[str, Any]] = [
-    {"apiGroups": [GROUP], "resources": ["modelversions"], "verbs": ["get", "list", "watch"]},
+    # patch: the guard's finalizer taken off when the operator stops (release_guards).
+    {
+        "apiGroups": [GROUP],
+        "resources": ["modelversions"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
     {"apiGroups": [GROUP], "resources": ["modelversions/status"], "verbs": ["get", "patch"]},
     {"apiGroups": [GROUP], "resources": ["modelversions/finalizers"], "verbs": ["update"]},
     {"apiGroups": [GROUP], "resources": ["modeldeployments"], "verbs": ["get", "list"]},
     {
         "apiGroups": ["batch"],
         "resources": ["jobs"],
-        "verbs": ["get", "list", "watch", "create", "patch"],
+        # delete: a stale verification Job of an earlier version of the same name
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
 ]
 
 POLL_SECONDS = 20.0
-IN_USE_RETRY_SECONDS = 15.0
-IN_USE_EVENT_EVERY = 8  # retries between two InUse events (about two minutes)
 
 _locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+_polls = Loops("ModelVersion poll", retry_after=POLL_SECONDS)
+_guarded: set[tuple[str, str]] = set()  # versions seen holding the guard's finalizer
 
 
 def unverified(status: Mapping[str, Any], **_: Any) -> bool:
@@ -69,9 +85,16 @@ def _parse(body: Mapping[str, Any]) -> ModelVersion:
 @kopf.on.resume(GROUP, VERSION, "modelversions")
 @kopf.on.create(GROUP, VERSION, "modelversions")
 async def start(
-    body: kopf.Body, namespace: str | None, name: str, logger: kopf.Logger, **_: Any
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    logger: kopf.Logger,
+    retry: int = 0,
+    **_: Any,
 ) -> None:
-    """Start the verification Job (once; a 409 means it exists), then sync."""
+    """Start the verification Job (once, claimed by owner), then sync. Like a
+    TrainingJob's start: a refusal no retry can help fails the version at once, any other
+    error is retried after 5, 10, 20, 40 and 80 s, then fails it with StartFailed."""
     mv = _parse(body)
     if not unverified(body.status):
         return
@@ -84,8 +107,24 @@ async def start(
         refused = Verification("Failed", pol.REASON, pol.summary(violations))
         await _write_status(dict(body), mv, refused, logger)
         return
-    with contextlib.suppress(kube.Conflict):  # it exists: this is a resume
-        await kube.create(verify_job(mv, TrainerSettings.from_env()))
+    job = verify_job(mv, TrainerSettings.from_env())
+    try:
+        await children.ensure_child("ModelVersion", name, mv.metadata.uid, job, JOB_CONFLICT)
+    except children.ChildConflict as err:
+        await _write_status(dict(body), mv, Verification("Failed", err.reason, str(err)), logger)
+        return
+    except kube.Invalid as err:
+        refused = Verification("Failed", INVALID_JOB, f"the API server refused the Job: {err}")
+        await _write_status(dict(body), mv, refused, logger)
+        return
+    except Exception as err:  # the API server away, a 5xx, RBAC: it may recover
+        delay = retries.TRAINING_START.delay(retry)
+        if delay is None:
+            message = retries.gave_up_message("starting the verification", retry + 1, str(err))
+            await _write_status(dict(body), mv, Verification("Failed", START_FAILED, message),
+                                logger)  # fmt: skip
+            return
+        raise kopf.TemporaryError(f"cannot start the verification: {err}", delay=delay) from err
     await sync(str(namespace), name, logger)
 
 
@@ -109,17 +148,62 @@ async def pod_changed(
         await sync(str(namespace), owner, logger)
 
 
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "modelversions",
-    interval=POLL_SECONDS,
-    initial_delay=POLL_SECONDS,
-    when=unverified,
-)
-async def poll(namespace: str | None, name: str, logger: kopf.Logger, **_: Any) -> None:
-    """Only while unverified: catch what does not change the Job (image pulls)."""
-    await sync(str(namespace), name, logger)
+@kopf.on.event(GROUP, VERSION, "modelversions")
+async def follow(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str,
+    logger: kopf.Logger, **_: Any,
+) -> None:  # fmt: skip
+    """Poll only while unverified: catch what does not change the Job (image pulls). A
+    loop, not a Kopf timer, so that no finalizer holds the ModelVersion."""
+    key = (str(namespace), name)
+    wanted = (
+        event.get("type") != "DELETED"
+        and not body.get("metadata", {}).get("deletionTimestamp")
+        and unverified(body.get("status") or {})
+    )
+    _polls.follow(key, wanted, lambda: poll(key, logger), initial_delay=POLL_SECONDS)
+    if event.get("type") == "DELETED":
+        _locks.pop(key, None)
+    if event.get("type") != "DELETED" and FINALIZER in (
+        body.get("metadata", {}).get("finalizers") or []
+    ):
+        _guarded.add(key)
+    else:
+        _guarded.discard(key)
+
+
+@kopf.on.cleanup()
+async def release_guards(logger: kopf.Logger, **_: Any) -> None:
+    """The operator stops (an upgrade, an uninstall): take the guard's finalizer off
+    every version it holds, so that nothing waits for an operator that may not come back
+    (uninstalling deletes the deployments, the versions and the CRDs at once). A started
+    operator puts it back within seconds on the versions still in use."""
+    for namespace, name in sorted(_guarded):
+        try:
+            await release(namespace, name)
+        except kube.KubeError as err:  # another try would not outlive the operator
+            logger.warning(
+                "cannot take the finalizer off ModelVersion %s/%s: %s", namespace, name, err
+            )
+    _guarded.clear()
+
+
+async def release(namespace: str, name: str) -> None:
+    """Remove Orchard's finalizer from one ModelVersion (only if unchanged since read)."""
+    body = await kube.get(API_VERSION, "ModelVersion", name, namespace)
+    held = list((body or {}).get("metadata", {}).get("finalizers") or [])
+    if body is None or FINALIZER not in held:
+        return
+    meta = {
+        "finalizers": [f for f in held if f != FINALIZER],
+        "resourceVersion": body["metadata"]["resourceVersion"],
+    }
+    await kube.merge_patch(API_VERSION, "ModelVersion", name, namespace, {"metadata": meta})
+
+
+async def poll(key: tuple[str, str], logger: kopf.Logger) -> float:
+    await sync(key[0], key[1], logger)
+    return POLL_SECONDS
 
 
 async def sync(namespace: str, name: str, logger: kopf.Logger) -> None:
@@ -174,27 +258,41 @@ async def _write_status(
             logger.warning("cannot post event %s: %s", outcome.reason, err)
 
 
-@kopf.on.delete(GROUP, VERSION, "modelversions")
+def guarded(status: Mapping[str, Any], annotations: Mapping[str, str], **_: Any) -> bool:
+    """Kopf's filter of the guard: a finalizer only while a deployment uses the version."""
+    return deletion_guarded(status, annotations)
+
+
+@kopf.on.delete(GROUP, VERSION, "modelversions", when=guarded)
 async def guard_deletion(
     body: kopf.Body, namespace: str | None, name: str, retry: int, logger: kopf.Logger, **_: Any
 ) -> None:
     """Hold deletion while a ModelDeployment serves (or is moving to or from) this version.
 
-    Retries with a delay until nothing uses it; says so in an event now and then. When
-    nothing uses it (or ModelDeployments are not installed) deletion goes ahead at once.
+    Only while status.usedBy names one does the version carry a finalizer (Kopf adds and
+    removes it as `guarded` says), so with no deployment, or with the annotation
+    orchard.dev/allow-deletion=true, deletion never waits for the operator. Here the
+    deployments are read again: those gone or being deleted no longer count, and when
+    none is left usedBy is cleared and the deletion goes ahead. Else the DeletionBlocked
+    condition (InUse) and a Warning event say why, and the check comes again with
+    backoff (15 s doubling, at most 10 min), or at once when usedBy changes.
     """
-    deployments = await kube.list_objects(API_VERSION, "ModelDeployment", str(namespace))
+    namespace = str(namespace)
+    mv = _parse(body)
+    deployments = await kube.list_objects(API_VERSION, "ModelDeployment", namespace)
     users = deployments_using(name, deployments)
+    delay = retries.DELETION_GUARD.delay(retry) or retries.MAX_DELAY
+    message = in_use_message(name, users, delay)
+    new = deletion_blocked(mv.status, users, message, generation=mv.metadata.generation)
+    patch = status_patch(to_k8s(mv.status), to_k8s(new))
+    if patch:
+        await kube.patch_status("ModelVersion", name, namespace, patch)
     if not users:
+        logger.info("no ModelDeployment uses %s any more: deletion goes ahead", name)
         return
-    message = (
-        f"ModelVersion {name} is used by ModelDeployment(s) {', '.join(users)}; "
-        "it will be deleted once none uses it"
-    )
-    if retry % IN_USE_EVENT_EVERY == 0:
-        try:
-            await kube.post_event(dict(body), "InUse", message, type_="Warning")
-        except kube.KubeError as err:
-            logger.warning("cannot post event InUse: %s", err)
+    try:
+        await kube.post_event(dict(body), IN_USE, message, type_="Warning")
+    except kube.KubeError as err:
+        logger.warning("cannot post event InUse: %s", err)
     logger.info(message)
-    raise kopf.TemporaryError(message, delay=IN_USE_RETRY_SECONDS)
+    raise kopf.TemporaryError(message, delay=delay)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from orchard.decisions import monitoring as mon
 from orchard.decisions import observing as ob
 
 from .canary_metrics import scrape_pods
+from .loops import Loops
 from .modeldeployment import lock
 
 RBAC_RULES: list[dict[str, Any]] = [
@@ -76,6 +77,7 @@ MONITORING_SAMPLES = prometheus_client.Gauge(
 
 # The windows of this process: the stored ConfigMap is read only when one is missing here.
 _windows: dict[tuple[str, str], dict[str, mon.MonitoringWindow]] = {}
+_monitors = Loops("monitoring", retry_after=60.0)
 
 
 def serving(status: Mapping[str, Any], **_: Any) -> bool:
@@ -83,51 +85,47 @@ def serving(status: Mapping[str, Any], **_: Any) -> bool:
     return bool(status.get("stableVersion"))
 
 
-@kopf.daemon(GROUP, VERSION, "modeldeployments", when=serving, cancellation_timeout=5.0)
-async def monitor(
-    stopped: kopf.DaemonStopped,
-    namespace: str | None,
-    name: str,
-    spec: Mapping[str, Any],
-    logger: kopf.Logger,
-    **_: Any,
-) -> None:
-    """Every monitoring interval, while a stable version serves."""
-    await every_interval(stopped, spec, lambda: evaluate(str(namespace), name, logger),
-                         logger, "monitoring")  # fmt: skip
+@kopf.on.event(GROUP, VERSION, "modeldeployments")
+async def follow_monitoring(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str,
+    spec: Mapping[str, Any], status: Mapping[str, Any], logger: kopf.Logger, **_: Any,
+) -> None:  # fmt: skip
+    """Every monitoring interval while a stable version serves, in a loop of
+    `handlers.loops` (a Kopf daemon would hold a finalizer); the DELETED event forgets
+    the window (its ConfigMap goes by garbage collection)."""
+    key = (str(namespace), name)
+    gone = event.get("type") == "DELETED"
+    deleting = bool(body.get("metadata", {}).get("deletionTimestamp"))
+    interval = monitoring_interval(spec)
+
+    async def tick() -> float:
+        await evaluate(key[0], key[1], logger)
+        return interval
+
+    _monitors.follow(key, not gone and not deleting and serving(status), tick)
+    if gone:
+        forget(key)
 
 
-async def every_interval(
-    stopped: kopf.DaemonStopped,
-    spec: Mapping[str, Any],
-    tick: Callable[[], Awaitable[None]],
-    logger: kopf.Logger,
-    what: str,
-) -> None:
-    """Run `tick` every spec.monitoring.interval until the daemon stops; a failed tick
-    is logged and the next one retries."""
-    while not stopped:
-        interval = 60.0
-        try:
-            interval = parse_duration(
-                ModelDeploymentSpec.model_validate(dict(spec)).monitoring.interval
-            )
-            await tick()
-        except Exception as exc:  # keep watching; the next tick retries
-            logger.warning("%s failed: %s", what, exc)
-        await stopped.wait(max(interval, 1.0))
+def monitoring_interval(spec: Mapping[str, Any]) -> float:
+    """spec.monitoring.interval in seconds (a minute when it cannot be read)."""
+    try:
+        seconds = parse_duration(ModelDeploymentSpec.model_validate(dict(spec)).monitoring.interval)
+    except (ValidationError, ValueError):
+        seconds = 60.0
+    return max(seconds, 1.0)
 
 
-@kopf.on.delete(GROUP, VERSION, "modeldeployments", optional=True)
-async def forget(namespace: str | None, name: str, **_: Any) -> None:
+def forget(key: tuple[str, str]) -> None:
     """The window goes with the deployment (its ConfigMap by garbage collection)."""
-    _windows.pop((str(namespace), name), None)
+    namespace, name = key
+    _windows.pop(key, None)
     for gauge in (DRIFT_SCORE, DRIFT_DETECTED, ACCURACY_DEGRADED, MONITORING_SAMPLES):
         with contextlib.suppress(KeyError):  # never set for this deployment
-            gauge.remove(str(namespace), name)
+            gauge.remove(namespace, name)
     for metric in ("accuracy", "mae", "rmse"):
         with contextlib.suppress(KeyError):
-            LIVE_ACCURACY.remove(str(namespace), name, metric)
+            LIVE_ACCURACY.remove(namespace, name, metric)
 
 
 # --- One evaluation ------------------------------------------------------------------------

@@ -27,8 +27,9 @@ from orchard.builders import improvement as imp
 from orchard.builders.common import owned_by
 from orchard.decisions import retraining as rt
 
+from .loops import Loops
 from .modeldeployment import lock
-from .monitoring import every_interval
+from .monitoring import monitoring_interval
 
 RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [GROUP], "resources": ["modeldeployments"], "verbs": ["get"]},
@@ -40,23 +41,30 @@ RBAC_RULES: list[dict[str, Any]] = [
 TEMPLATE_NOT_FOUND = "TemplateNotFound"
 NAME_TAKEN = "TrainingJobNameTaken"
 
+_checks = Loops("retraining check", retry_after=60.0)
+
 
 def wants_retraining(spec: Mapping[str, Any], **_: Any) -> bool:
     return bool(spec.get("retrain"))
 
 
-@kopf.daemon(GROUP, VERSION, "modeldeployments", when=wants_retraining, cancellation_timeout=5.0)
-async def retrain(
-    stopped: kopf.DaemonStopped,
-    namespace: str | None,
-    name: str,
-    spec: Mapping[str, Any],
-    logger: kopf.Logger,
-    **_: Any,
-) -> None:
-    """Every monitoring interval, while the spec asks for retraining."""
-    await every_interval(stopped, spec, lambda: tick(str(namespace), name, logger),
-                         logger, "retraining check")  # fmt: skip
+@kopf.on.event(GROUP, VERSION, "modeldeployments")
+async def follow_retraining(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str,
+    spec: Mapping[str, Any], logger: kopf.Logger, **_: Any,
+) -> None:  # fmt: skip
+    """Every monitoring interval while the spec asks for retraining, in a loop of
+    `handlers.loops` (a Kopf daemon would hold a finalizer)."""
+    key = (str(namespace), name)
+    gone = event.get("type") == "DELETED"
+    deleting = bool(body.get("metadata", {}).get("deletionTimestamp"))
+    interval = monitoring_interval(spec)
+
+    async def check() -> float:
+        await tick(key[0], key[1], logger)
+        return interval
+
+    _checks.follow(key, not gone and not deleting and wants_retraining(spec), check)
 
 
 async def read_training(md: ModelDeployment) -> rt.TrainingSeen | None:

@@ -3,8 +3,10 @@ register the (best) result as a ModelVersion exactly once.
 
 How the Job is watched: event handlers on the Jobs and pods carrying the TrainingJob
 label (filtered on the server by label selectors) react the moment a pod starts, exits
-or cannot pull its image, and when the Job's own status changes; a slow timer, active
-only while a TrainingJob is unfinished, is the safety net for a watch that went silent.
+or cannot pull its image, and when the Job's own status changes; a slow poll, running
+only while a TrainingJob is unfinished, is the safety net for a watch that went silent
+(a loop of `handlers.loops`, not a Kopf timer: nothing puts a finalizer on a TrainingJob,
+whose children go by their ownerReferences).
 All run the same `sync`, serialised per TrainingJob.
 """
 
@@ -38,17 +40,23 @@ from orchard.builders.modelversion import TRAININGJOB_UID_LABEL, model_version, 
 from orchard.builders.training import config_map, job_name, training_job
 from orchard.contracts import TrainerReport
 from orchard.decisions import policy as pol
+from orchard.decisions import retries
 from orchard.decisions.training import (
+    JOB_CONFLICT,
     NO_ARTIFACT_STORE,
     NO_ARTIFACT_STORE_MESSAGE,
+    SPEC_CONFLICT,
+    START_FAILED,
     Outcome,
     artifact_store,
+    missing_job,
     next_version,
     registered_version,
     training_outcome,
     training_status,
 )
-from orchard.handlers import policy
+from orchard.handlers import children, policy
+from orchard.handlers.loops import Loops
 
 RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [GROUP], "resources": ["trainingjobs"], "verbs": ["get", "list", "watch"]},
@@ -59,10 +67,12 @@ RBAC_RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["batch"],
         "resources": ["jobs"],
-        "verbs": ["get", "list", "watch", "create", "patch"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+    # get and delete: a spec ConfigMap found by name is claimed by owner, a stale one
+    # (an earlier TrainingJob's of the same name) replaced; stale Jobs likewise.
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "delete"]},
 ]
 
 POLL_SECONDS = 20.0
@@ -71,8 +81,10 @@ ORCHARD_BATCH_PODS = label_selector(
     {PART_OF_LABEL: PART_OF, COMPONENT_LABEL: (TRAINING_COMPONENT, VERIFICATION_COMPONENT)}
 )
 MAX_VERSION_ATTEMPTS = 5
+MAX_STATUS_ATTEMPTS = 5  # reads of an object that changed before its status was written
 
 _locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+_polls = Loops("TrainingJob poll", retry_after=POLL_SECONDS)
 
 
 def unfinished(status: Mapping[str, Any], **_: Any) -> bool:
@@ -93,9 +105,10 @@ def _parse(body: kopf.Body | dict[str, Any]) -> TrainingJob:
         ) from exc
 
 
-async def _create_once(obj: dict[str, Any]) -> None:
-    with contextlib.suppress(kube.Conflict):
-        await kube.create(obj)
+async def ensure_child(tj: TrainingJob, obj: dict[str, Any], conflict: str) -> None:
+    """Create a child of the TrainingJob once, claimed by owner (`handlers.children`)."""
+    await children.ensure_child("TrainingJob", str(tj.metadata.name), tj.metadata.uid, obj,
+                                conflict)  # fmt: skip
 
 
 @kopf.on.startup()
@@ -110,9 +123,20 @@ def watch_only_orchard_batch(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, "trainingjobs")
 @kopf.on.create(GROUP, VERSION, "trainingjobs")
 async def start(
-    body: kopf.Body, namespace: str | None, name: str, logger: kopf.Logger, **_: Any
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    logger: kopf.Logger,
+    retry: int = 0,
+    **_: Any,
 ) -> None:
-    """Create the spec ConfigMap and the Job (once; a 409 means they exist), then sync."""
+    """Create the spec ConfigMap and the Job (once, claimed by owner), then sync.
+
+    A refusal no retry can help (400/422, a name taken by someone else's object) fails
+    the TrainingJob at once; any other error is retried with backoff (5, 10, 20, 40,
+    80 s), and the sixth failure fails it with reason StartFailed.
+    """
+    namespace = str(namespace)
     tj = _parse(body)
     if not unfinished(body.status):
         return
@@ -120,26 +144,42 @@ async def start(
     violations = pol.trainingjob_violations(tj.spec, policy.current(), settings.image)
     store = artifact_store(tj.spec, settings.default_artifacts)
     if violations or store is None:
-        if await kube.get("batch/v1", "Job", job_name(tj), namespace or "") is None:
+        if await kube.get("batch/v1", "Job", job_name(tj), namespace) is None:
             # Refused before anything exists.
             if violations:
                 reason, message = pol.REASON, pol.summary(violations)
             else:
                 reason, message = NO_ARTIFACT_STORE, NO_ARTIFACT_STORE_MESSAGE
-            await _fail(dict(body), tj, reason, message)
+            await _fail(namespace, name, reason, message)
             return
         # A Job made under an earlier policy or default store runs on.
-        await sync(str(namespace), name, logger)
+        await sync(namespace, name, logger)
         return
     try:
-        await _create_once(config_map(tj))
-        await _create_once(training_job(tj, store, settings))
-    except kube.Invalid as err:  # other refusals are retried: the server or RBAC may recover
+        await ensure_child(tj, config_map(tj), SPEC_CONFLICT)
+        await ensure_child(tj, training_job(tj, store, settings), JOB_CONFLICT)
+    except children.ChildConflict as err:
+        await _fail(namespace, name, err.reason, str(err))
+        return
+    except kube.Invalid as err:
         # The API server refused what the spec asks for (e.g. malformed resources): no
         # retry can help, so say why in status and stop.
-        await _fail(dict(body), tj, "InvalidJob", f"the API server refused the Job: {err}")
+        await _fail(namespace, name, "InvalidJob", f"the API server refused the Job: {err}")
         raise kopf.PermanentError(f"the API server refused the Job: {err}") from err
-    await sync(str(namespace), name, logger)
+    except Exception as err:  # the API server away, a 5xx, RBAC: it may recover
+        delay = retries.TRAINING_START.delay(retry)
+        tries = retries.TRAINING_START.tries
+        if delay is None:
+            message = retries.gave_up_message("starting the training", retry + 1, str(err))
+            await _fail(namespace, name, START_FAILED, message)
+            return
+        raise kopf.TemporaryError(
+            f"cannot start the training (try {retry + 1} of {tries}): {err}", delay=delay
+        ) from err
+    try:
+        await sync(namespace, name, logger)
+    except Exception as err:  # started; the poll syncs again
+        logger.warning("sync after start failed, the poll retries: %s", err)
 
 
 @kopf.on.update(GROUP, VERSION, "trainingjobs", field="spec")
@@ -156,15 +196,30 @@ async def spec_changed(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         logger.warning("cannot post event SpecChangeIgnored: %s", err)
 
 
-async def _fail(body: dict[str, Any], tj: TrainingJob, reason: str, message: str) -> None:
-    outcome = Outcome("Failed", reason, message)
-    new = training_status(
-        tj.status, outcome, tj.spec, generation=tj.metadata.generation, job_name=job_name(tj)
-    )
-    await kube.patch_status(
-        "TrainingJob", str(tj.metadata.name), str(tj.metadata.namespace), to_k8s(new)
-    )
-    await kube.post_event(body, reason, message, type_="Warning")
+async def _fail(namespace: str, name: str, reason: str, message: str) -> None:
+    """Fail the TrainingJob with a reason, under its lock and only over the status it was
+    read with (a sync finishing meanwhile is never overwritten)."""
+    async with _locks[(namespace, name)]:
+        for _attempt in range(MAX_STATUS_ATTEMPTS):
+            body = await kube.get(API_VERSION, "TrainingJob", name, namespace)
+            if body is None or not unfinished(body.get("status") or {}):
+                return
+            tj = _parse(body)
+            outcome = Outcome("Failed", reason, message)
+            new = training_status(
+                tj.status, outcome, tj.spec, generation=tj.metadata.generation,
+                job_name=job_name(tj),
+            )  # fmt: skip
+            try:
+                await kube.patch_status(
+                    "TrainingJob", name, namespace, to_k8s(new),
+                    resource_version=body["metadata"]["resourceVersion"],
+                )  # fmt: skip
+            except kube.Conflict:
+                continue  # changed since read: decide again on the newer one
+            await kube.post_event(body, reason, message, type_="Warning")
+            return
+    raise kopf.TemporaryError(f"TrainingJob {name} keeps changing; failing it again", delay=5)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={TRAININGJOB_LABEL: kopf.PRESENT})
@@ -188,60 +243,86 @@ async def pod_changed(
         await sync(str(namespace), owner, logger)
 
 
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "trainingjobs",
-    interval=POLL_SECONDS,
-    initial_delay=POLL_SECONDS,
-    when=unfinished,
-)
-async def poll(namespace: str | None, name: str, logger: kopf.Logger, **_: Any) -> None:
-    """Only while unfinished: what does not change the Job (image pulls) still shows."""
-    await sync(str(namespace), name, logger)
+@kopf.on.event(GROUP, VERSION, "trainingjobs")
+async def follow(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str,
+    logger: kopf.Logger, **_: Any,
+) -> None:  # fmt: skip
+    """Poll only while unfinished: what does not change the Job (image pulls) still
+    shows. A loop, not a Kopf timer, so that no finalizer holds the TrainingJob."""
+    key = (str(namespace), name)
+    wanted = (
+        event.get("type") != "DELETED"
+        and not body.get("metadata", {}).get("deletionTimestamp")
+        and unfinished(body.get("status") or {})
+    )
+    _polls.follow(key, wanted, lambda: poll(key, logger), initial_delay=POLL_SECONDS)
+    if event.get("type") == "DELETED":
+        _locks.pop(key, None)
+
+
+async def poll(key: tuple[str, str], logger: kopf.Logger) -> float:
+    await sync(key[0], key[1], logger)
+    return POLL_SECONDS
 
 
 async def sync(namespace: str, name: str, logger: kopf.Logger) -> None:
-    """Read the TrainingJob, its Job and pods; decide; register; write status; tell."""
+    """Read the TrainingJob, its Job and pods; decide; register; write status; tell.
+
+    The status is written only over the object as read (its resourceVersion): when it
+    changed meanwhile the step is taken again on the newer one."""
     async with _locks[(namespace, name)]:
-        body = await kube.get(API_VERSION, "TrainingJob", name, namespace)
-        if body is None:
-            _locks.pop((namespace, name), None)
-            return
-        tj = _parse(body)
-        if not unfinished(body.get("status") or {}):
-            return
-        outcome = await _observe(tj)
-        if outcome.stop_job:
-            # The run is over (its pod can never start): stop the Job's pods, keep the Job.
-            await _suspend(job_name(tj), namespace)
-        registered = None
-        if outcome.phase == "Succeeded" and outcome.result is not None:
+        for _attempt in range(MAX_STATUS_ATTEMPTS):
             try:
-                registered = await register(tj, outcome.result)
-            except (ValidationError, kube.Invalid, kube.Forbidden) as exc:
-                outcome = Outcome(
-                    "Failed",
-                    "RegistrationFailed",
-                    f"cannot register the ModelVersion: {exc}",
-                    outcome.start_time,
-                    outcome.completion_time,
-                    trials=outcome.trials,
-                )
-        new = training_status(
-            tj.status,
-            outcome,
-            tj.spec,
-            generation=tj.metadata.generation,
-            job_name=job_name(tj),
-            model_version=registered,
-        )
-        old_status = to_k8s(tj.status)
-        new_status = to_k8s(new)
-        if new_status == old_status:
-            return
-        await kube.patch_status("TrainingJob", name, namespace, new_status)
-        await _tell(body, tj, new.phase, new.reason or "", new.message or "", registered, logger)
+                await _step(namespace, name, logger)
+                return
+            except kube.Conflict:
+                continue
+    raise kopf.TemporaryError(f"TrainingJob {name} keeps changing; syncing again", delay=5)
+
+
+async def _step(namespace: str, name: str, logger: kopf.Logger) -> None:
+    """One read → decide → register → write status of a TrainingJob (under its lock)."""
+    body = await kube.get(API_VERSION, "TrainingJob", name, namespace)
+    if body is None:
+        return
+    tj = _parse(body)
+    if not unfinished(body.get("status") or {}):
+        return
+    outcome = await _observe(tj)
+    if outcome.stop_job:
+        # The run is over (its pod can never start): stop the Job's pods, keep the Job.
+        await _suspend(job_name(tj), namespace)
+    registered = None
+    if outcome.phase == "Succeeded" and outcome.result is not None:
+        try:
+            registered = await register(tj, outcome.result)
+        except (ValidationError, kube.Invalid, kube.Forbidden) as exc:
+            outcome = Outcome(
+                "Failed",
+                "RegistrationFailed",
+                f"cannot register the ModelVersion: {exc}",
+                outcome.start_time,
+                outcome.completion_time,
+                trials=outcome.trials,
+            )
+    new = training_status(
+        tj.status,
+        outcome,
+        tj.spec,
+        generation=tj.metadata.generation,
+        job_name=job_name(tj),
+        model_version=registered,
+    )
+    old_status = to_k8s(tj.status)
+    new_status = to_k8s(new)
+    if new_status == old_status:
+        return
+    await kube.patch_status(
+        "TrainingJob", name, namespace, new_status,
+        resource_version=body["metadata"]["resourceVersion"],
+    )  # fmt: skip
+    await _tell(body, tj, new.phase, new.reason or "", new.message or "", registered, logger)
 
 
 async def _suspend(job: str, namespace: str) -> None:
@@ -252,17 +333,17 @@ async def _suspend(job: str, namespace: str) -> None:
 async def _observe(tj: TrainingJob) -> Outcome:
     namespace = str(tj.metadata.namespace)
     job = await kube.get("batch/v1", "Job", job_name(tj), namespace)
-    if job is not None and not owned_by(job, tj.metadata.uid):
+    if job is None:
+        return missing_job(tj.status, job_name(tj))
+    if not owned_by(job, tj.metadata.uid):
         return Outcome(
             "Failed",
-            "JobConflict",
+            JOB_CONFLICT,
             f"a Job named {job_name(tj)} exists and does not belong to this TrainingJob",
         )
-    pods: list[dict[str, Any]] = []
-    if job is not None:
-        pods = await kube.list_objects(
-            "v1", "Pod", namespace, labels={JOB_UID_LABEL: job["metadata"]["uid"]}
-        )
+    pods = await kube.list_objects(
+        "v1", "Pod", namespace, labels={JOB_UID_LABEL: job["metadata"]["uid"]}
+    )
     return training_outcome(
         job, pods, tj.spec.search, deadline_seconds=tj.spec.active_deadline_seconds
     )

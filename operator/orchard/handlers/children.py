@@ -1,0 +1,52 @@
+"""Children made once and claimed by owner uid, not by name (`decisions.ownership`).
+
+A 409 on create is no proof that the object is ours: one left by an earlier owner of the
+same kind and name (deleted, its children not yet collected) is replaced, with its own
+dependents going after it; anybody else's is a `ChildConflict`, which the controller
+reports as a Failed reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchard import kube
+from orchard.decisions.ownership import ownership
+
+ATTEMPTS = 3  # creates of one child before its stale namesake is assumed still going
+
+
+class ChildConflict(Exception):
+    """A child's name is taken by an object this owner does not own."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+async def ensure_child(
+    owner_kind: str, owner_name: str, owner_uid: str | None, obj: dict[str, Any], conflict: str
+) -> None:
+    """Create `obj` unless one of ours exists; replace a stale namesake; ChildConflict
+    (with reason `conflict`) for anyone else's. A stale one still there after its
+    deletion is a plain KubeError: the caller's bounded retry comes back to it."""
+    kind, name = obj["kind"], obj["metadata"]["name"]
+    namespace = obj["metadata"]["namespace"]
+    for _attempt in range(ATTEMPTS):
+        try:
+            await kube.create(obj)
+            return
+        except kube.Conflict:
+            found = await kube.get(obj["apiVersion"], kind, name, namespace)
+        verdict = ownership(found, owner_kind, owner_name, owner_uid)
+        if verdict == "ours":
+            return
+        if verdict == "foreign":
+            raise ChildConflict(
+                conflict,
+                f"a {kind} named {name} exists and does not belong to this {owner_kind}; "
+                f"delete it, or name the {owner_kind} otherwise",
+            )
+        if verdict == "stale":
+            await kube.delete(obj["apiVersion"], kind, name, namespace, background=True)
+    raise kube.KubeError(409, f"{kind} {name} is still there after its deletion; retrying")
