@@ -16,7 +16,13 @@ import pytest
 import yaml
 from conftest import kubectl
 
-from orchard.api import ROLLOUT_ACTION_ANNOTATION, ModelDeployment, ModelVersion, TrainingJob
+from orchard.api import (
+    RETRAIN_REQUEST_ANNOTATION,
+    ROLLOUT_ACTION_ANNOTATION,
+    ModelDeployment,
+    ModelVersion,
+    TrainingJob,
+)
 from tests.cluster.harness.common import build_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,12 +56,18 @@ def cond(type_: str, status: str, reason: str, message: str) -> dict[str, str]:
     return {"type": type_, "status": status, "reason": reason, "message": message}
 
 
-def obj(kind: str, status: dict[str, Any] | None, generation: int = 2, **meta: Any) -> Any:
+def obj(
+    kind: str,
+    status: dict[str, Any] | None,
+    generation: int = 2,
+    spec: dict[str, Any] | None = None,
+    **meta: Any,
+) -> Any:
     body: dict[str, Any] = {
         "apiVersion": "orchard.dev/v1alpha1",
         "kind": kind,
         "metadata": {"name": "iris", "namespace": "ml", "generation": generation, **meta},
-        "spec": SPECS[kind],
+        "spec": spec or SPECS[kind],
     }
     if status is not None:
         body["status"] = status
@@ -227,9 +239,29 @@ STABLE = obj("ModelDeployment", {"phase": "Stable", "observedGeneration": 2,
 def test_actions_are_offered_only_while_a_rollout_is_under_way(
     argocd: Path, tmp_path: Path
 ) -> None:
-    assert actions(argocd, tmp_path, ROLLING) == {"promote": False, "abort": False}
-    assert actions(argocd, tmp_path, PAUSED) == {"promote": False, "abort": False}
-    assert actions(argocd, tmp_path, STABLE) == {"promote": True, "abort": True}
+    offered = {"promote": False, "abort": False, "retrain": True}  # no spec.retrain
+    assert actions(argocd, tmp_path, ROLLING) == offered
+    assert actions(argocd, tmp_path, PAUSED) == offered
+    assert actions(argocd, tmp_path, STABLE) == {"promote": True, "abort": True, "retrain": True}
+
+
+def test_retrain_is_offered_when_the_deployment_retrains_and_none_runs(
+    argocd: Path, tmp_path: Path
+) -> None:
+    tracking = yaml.safe_load(
+        (ROOT / "manifests" / "samples" / "modeldeployment-tracking.yaml").read_text()
+    )
+    retraining = {"phase": "Stable", "observedGeneration": 2, "stableVersion": "iris-v2",
+                  "conditions": [SERVING]}  # fmt: skip
+    idle = obj("ModelDeployment", retraining, spec=tracking["spec"])
+    assert actions(argocd, tmp_path, idle)["retrain"] is False
+    running = dict(retraining, retraining={"count": 1, "phase": "Running",
+                                           "trainingJob": "iris-retrain-1"})  # fmt: skip
+    busy = obj("ModelDeployment", running, spec=tracking["spec"])
+    assert actions(argocd, tmp_path, busy)["retrain"] is True
+
+    out = resource_overrides(argocd, tmp_path, idle, "run-action", "retrain")
+    assert changed_annotations(out) == {RETRAIN_REQUEST_ANNOTATION: "1"}, out
 
 
 def changed_annotations(out: str) -> dict[str, str]:

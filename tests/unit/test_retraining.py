@@ -4,6 +4,7 @@ cooldown, a blocked schedule that waits), as tables of pure decisions."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,6 +68,7 @@ def cond(type_: str, status: str, message: str = "") -> Condition:
     return Condition(type=type_, status=status, reason="R", message=message)  # type: ignore[arg-type]
 
 
+ASKED = rt.Monitored("iris-v1", "iris-v1", requested_at=T0 - timedelta(seconds=30))
 DRIFTED = rt.Monitored("iris-v1", "iris-v1", [cond("DriftDetected", "True", "petal_length")])
 QUIET = rt.Monitored("iris-v1", "iris-v1", [cond("DriftDetected", "False")])
 
@@ -105,6 +107,22 @@ CASES: list[tuple[str, Retrain, RetrainingStatus | None, rt.Monitored, rt.Traini
      rt.TrainingSeen(found=False), None, (rt.FAILED,)),
     ("no retraining while a rollout is under way", retrain(), None,
      rt.Monitored("iris-v1", "iris-v1", DRIFTED.conditions, in_rollout=True), None, None, ()),
+    ("a request starts one, with no trigger firing", retrain(), None, ASKED, None, "request",
+     (rt.STARTED,)),
+    ("a request goes first, drift or not", retrain(), None,
+     rt.Monitored("iris-v1", "iris-v1", DRIFTED.conditions, requested_at=T0), None, "request",
+     (rt.STARTED,)),
+    ("a request does not wait for the cooldown", retrain(), status(
+        count=1, trainingJob="iris-retrain-1", phase="Failed", startedAt="2026-12-02T11:55:00Z"),
+     ASKED, rt.TrainingSeen(phase="Failed"), "request", (rt.STARTED,)),
+    ("a request waits for the retraining under way", retrain(), status(**RUNNING), ASKED,
+     rt.TrainingSeen(phase="Running"), None, ()),
+    ("a request waits for the rollout under way", retrain(), None,
+     rt.Monitored("iris-v1", "iris-v1", requested_at=T0, in_rollout=True), None, None, ()),
+    ("a request answered by a retraining started after it is done", retrain(), status(
+        count=1, trainingJob="iris-retrain-1", phase="Succeeded", startedAt="2026-12-02T11:59:00Z"),
+     rt.Monitored("iris-v1", "iris-v1", requested_at=T0 - timedelta(minutes=2)),
+     rt.TrainingSeen(phase="Succeeded", model_version="iris-v2"), None, ()),
 ]  # fmt: skip
 
 
@@ -143,3 +161,23 @@ def test_a_schedule_fires_at_its_time_and_waits_while_blocked() -> None:
 def test_a_retrain_spec_refuses_a_schedule_that_cannot_fire() -> None:
     with pytest.raises(ValueError, match="day-of-month"):
         retrain(schedule="0 0 32 * *")
+
+
+def test_a_request_is_when_the_annotation_was_written() -> None:
+    """The handler reads the request's time from managedFields (the manager's last write
+    of the annotation), and nothing when the annotation is absent."""
+    import yaml
+
+    from orchard.api import RETRAIN_REQUEST_ANNOTATION, ModelDeployment
+    from orchard.handlers.retraining import monitored
+
+    sample = Path(__file__).resolve().parents[2] / "manifests/samples/modeldeployment-tracking.yaml"
+    body = yaml.safe_load(sample.read_text())
+    body["metadata"] |= {"namespace": "ml", "uid": "u-1"}
+    md = ModelDeployment.model_validate(body)
+    written = {"manager": "argocd-server", "operation": "Update", "time": "2026-12-02T12:00:10Z",
+               "fieldsV1": {"f:metadata": {"f:annotations": {
+                   f"f:{RETRAIN_REQUEST_ANNOTATION}": {}}}}}  # fmt: skip
+    meta = {"annotations": {RETRAIN_REQUEST_ANNOTATION: "3"}, "managedFields": [written]}
+    assert monitored(md, meta).requested_at == datetime(2026, 12, 2, 12, 0, 10, tzinfo=UTC)
+    assert monitored(md, {"managedFields": [written]}).requested_at is None

@@ -24,6 +24,8 @@ CATEGORY = "orchard"
 FINALIZER = f"{GROUP}/finalizer"
 ANNOTATION_PREFIX = GROUP
 ROLLOUT_ACTION_ANNOTATION = f"{GROUP}/rollout-action"
+# A person's (or Argo CD's retrain action's) request for one retraining now: any new value.
+RETRAIN_REQUEST_ANNOTATION = f"{GROUP}/retrain-request"
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"

@@ -19,7 +19,7 @@ from .common import CamelModel, DnsLabel, DnsSubdomain, Duration, cel, validatio
 from .trainingjob import TrainingJobSpec
 
 SelectRule = Literal["best", "latest"]
-TriggerType = Literal["drift", "accuracy", "schedule", "labels"]
+TriggerType = Literal["drift", "accuracy", "schedule", "labels", "request"]
 
 # A 5-field cron expression: minute hour day-of-month month day-of-week, in UTC.
 CRON_PATTERN = r"^[0-9*,/-]+(\s+[0-9*,/-]+){4}$"
@@ -220,7 +220,10 @@ class ReplayStatus(CamelModel):
 class RetrainTrigger(CamelModel):
     """What started a retraining."""
 
-    type: TriggerType = Field(description="drift, accuracy, schedule or labels.")
+    type: TriggerType = Field(
+        description="drift, accuracy, schedule, labels, or request (the "
+        "orchard.dev/retrain-request annotation)."
+    )
     message: str = Field(default="", description="What was seen.")
     at: datetime | None = Field(default=None, description="When.")
 

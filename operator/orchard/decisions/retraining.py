@@ -10,11 +10,14 @@ the events. The rules:
 - nothing starts while a rollout is under way, nor within `cooldown` of the last start,
   whatever the trigger: a failing retraining, or one whose result is refused, is
   reported once and waits, never a storm;
-- triggers, in this order: `drift` (DriftDetected True), `accuracy` (AccuracyDegraded
-  True), `labels` (the monitoring window holds `newLabels` labelled rows), `schedule`
-  (its time came). A condition counts only when it is about the version serving now. A
-  scheduled time that comes while something blocks it waits until it can run (several
-  missed times run once).
+- triggers, in this order: `request` (the retrain-request annotation was written after
+  the last retraining started), `drift` (DriftDetected True), `accuracy`
+  (AccuracyDegraded True), `labels` (the monitoring window holds `newLabels` labelled
+  rows), `schedule` (its time came). A condition counts only when it is about the
+  version serving now. A scheduled time that comes while something blocks it waits
+  until it can run (several missed times run once). A request is a person asking: it
+  does not wait for the cooldown, but does wait for a running retraining or rollout, and
+  any retraining started after it was written answers it.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class Monitored:
     conditions: list[Condition] = field(default_factory=list)
     labels: int = 0  # labelled rows in the monitoring window
     in_rollout: bool = False
+    requested_at: datetime | None = None  # when the retrain-request annotation was written
 
 
 @dataclass
@@ -85,8 +89,19 @@ def _finished(st: RetrainingStatus, seen: TrainingSeen | None, events: Events) -
         events.append(("Normal", SUCCEEDED, st.message))
 
 
-def _fired(retrain: Retrain, mon: Monitored, due: bool) -> tuple[TriggerType, str] | None:
+def requested(mon: Monitored, st: RetrainingStatus) -> bool:
+    """A request not yet answered by a retraining started at or after it."""
+    if mon.requested_at is None:
+        return False
+    return st.started_at is None or st.started_at < mon.requested_at
+
+
+def _fired(
+    retrain: Retrain, mon: Monitored, due: bool, asked: bool
+) -> tuple[TriggerType, str] | None:
     """The first trigger that fires now, with what was seen."""
+    if asked:
+        return "request", f"requested at {mon.requested_at:%Y-%m-%dT%H:%M:%SZ}"
     triggers = retrain.triggers
     current = mon.watched_version is not None and mon.watched_version == mon.stable_version
     by_condition: tuple[tuple[bool, str, TriggerType], ...] = (
@@ -124,9 +139,10 @@ def decide(
     cooling = st.started_at is not None and now - st.started_at < timedelta(
         seconds=parse_duration(retrain.cooldown)
     )
-    if st.phase == "Running" or mon.in_rollout or cooling:
+    asked = requested(mon, st)
+    if st.phase == "Running" or mon.in_rollout or (cooling and not asked):
         return Decision(st, None, events)
-    fired = _fired(retrain, mon, due)
+    fired = _fired(retrain, mon, due, asked)
     if fired is None:
         return Decision(st, None, events)
     kind, seen_text = fired

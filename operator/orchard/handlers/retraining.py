@@ -1,6 +1,7 @@
 """Retraining controller: a ModelDeployment with `spec.retrain` trains new versions by itself.
 
-Every monitoring interval, the shape of `trainingjob.sync`: read the deployment and its
+Every monitoring interval (and a request by the `orchard.dev/retrain-request`
+annotation is seen at the next one), the shape of `trainingjob.sync`: read the deployment and its
 last retraining TrainingJob; decide (`orchard.decisions.retraining`: the last one's end,
 and whether a trigger fires, with one at a time and a cooldown); ensure the new
 TrainingJob (the template's spec with the collected, labelled production rows of the
@@ -20,12 +21,20 @@ import kopf
 from pydantic import ValidationError
 
 from orchard import kube
-from orchard.api.common import API_VERSION, GROUP, VERSION, parse_duration, to_k8s
+from orchard.api.common import (
+    API_VERSION,
+    GROUP,
+    RETRAIN_REQUEST_ANNOTATION,
+    VERSION,
+    parse_duration,
+    to_k8s,
+)
 from orchard.api.modeldeployment import ModelDeployment
 from orchard.api.trainingjob import TrainingJob, TrainingJobSpec
 from orchard.builders import improvement as imp
 from orchard.builders.common import owned_by
 from orchard.decisions import retraining as rt
+from orchard.decisions.rollout import annotation_set_at
 
 from .loops import Loops
 from .modeldeployment import lock
@@ -85,8 +94,12 @@ async def read_training(md: ModelDeployment) -> rt.TrainingSeen | None:
     )
 
 
-def monitored(md: ModelDeployment) -> rt.Monitored:
+def monitored(md: ModelDeployment, metadata: Mapping[str, Any]) -> rt.Monitored:
+    """What the decision needs of the deployment: monitoring's view of the stable
+    version, and when a retraining was last asked for (the annotation's write, from the
+    object's managedFields)."""
     st = md.status
+    asked = (metadata.get("annotations") or {}).get(RETRAIN_REQUEST_ANNOTATION)
     watched = st.monitoring.version if st.monitoring is not None else None
     accuracy = st.monitoring.accuracy if st.monitoring is not None else None
     return rt.Monitored(
@@ -95,6 +108,7 @@ def monitored(md: ModelDeployment) -> rt.Monitored:
         conditions=list(st.conditions),
         labels=accuracy.labels if accuracy is not None else 0,
         in_rollout=st.canary_version is not None,
+        requested_at=annotation_set_at(metadata, RETRAIN_REQUEST_ANNOTATION) if asked else None,
     )
 
 
@@ -158,7 +172,11 @@ async def tick(namespace: str, name: str, logger: kopf.Logger) -> None:
             return
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         decision = rt.decide(
-            md.spec.retrain, md.status.retraining, monitored(md), await read_training(md), now
+            md.spec.retrain,
+            md.status.retraining,
+            monitored(md, body.get("metadata") or {}),
+            await read_training(md),
+            now,
         )
         if decision.start is not None:
             await start(md, decision, now)
