@@ -101,13 +101,14 @@ test-e2e: venv ## e2e tests on the node level with every image built and loaded
 .PHONY: test
 test: venv deps ## everything on a fresh machine: lint, unit, api and e2e tests (starts the local cluster)
 	$(MAKE) lint
-	$(MAKE) argocd
+	# both Go builds at once (a cache hit when built): their module downloads overlap
+	$(MAKE) -j2 --output-sync=target argocd cluster-build
 	$(MAKE) test-unit
 	$(MAKE) test-api
 	$(MAKE) test-e2e
 
 .PHONY: demo
-demo: venv deps ## the main job end to end: local cluster, Orchard, a model trained, served, rolled out
+demo: venv deps argocd ## the main job end to end: local cluster, Orchard, a model trained, served, rolled out
 	$(HARNESS) up --level node --unless-external
 	$(BUILD_IMAGES) --unless-external
 	KUBECONFIG=$${KUBECONFIG:-$(CURDIR)/.cluster/kubeconfig} $(BIN)/python scripts/demo.py

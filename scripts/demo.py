@@ -4,7 +4,8 @@ the local one, builds the images and then runs this).
 1. install Orchard from its manifests (`kubectl apply -k manifests/overlays/local`);
 2. train iris with the sample TrainingJob: a real pod trains, the artifact lands on a
    PVC, and ModelVersion iris-v1 is registered and verified;
-3. serve it with the sample ModelDeployment and ask it for predictions over HTTP;
+3. serve it with the sample ModelDeployment and ask it for predictions over HTTP, and
+   for the class probabilities (a requested output);
 4. train a second version (iris-v2) and roll it out as a canary under live traffic:
    the operator scores it against iris-v1 on the same rows (an evaluation Job), walks
    the steps, analyses each one and promotes it;
@@ -20,7 +21,8 @@ the local one, builds the images and then runs this).
    never moves;
 7. show that a spec asking for an image the admin's policy does not allow is refused,
    with the rule named, before any pod exists;
-8. show `kubectl get orchard`.
+8. show `kubectl get orchard`, and the health Argo CD gives each object (its own code,
+   the argocd CLI, with manifests/argocd/argocd-cm.yaml).
 
 Every step uses kubectl, as a person would; the script only waits and prints.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -137,12 +140,16 @@ def train(manifest: Path | None, obj: dict[str, Any] | None, name: str) -> str:
     return version
 
 
-def answer(url: str, row: dict[str, float], model: str = "iris") -> dict[str, Any]:
-    body = {
+def answer(
+    url: str, row: dict[str, float], model: str = "iris", outputs: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "inputs": [
             {"name": n, "shape": [1], "datatype": "FP64", "data": [v]} for n, v in row.items()
         ]
     }
+    if outputs:
+        body["outputs"] = [{"name": name} for name in outputs]
     response = httpx.post(f"{url}/v2/models/{model}/infer", json=body, timeout=5)
     response.raise_for_status()
     result: dict[str, Any] = response.json()
@@ -296,6 +303,29 @@ def improve_by_itself() -> None:
     )
 
 
+def argocd_view() -> None:
+    """What Argo CD shows of each Orchard object: its own health check code (the argocd
+    CLI built by `make argocd`) run on the live objects with manifests/argocd/argocd-cm.yaml."""
+    sys.path.insert(0, str(REPO))
+    from tests.cluster.harness.common import build_dir
+
+    cli = build_dir("argocd") / "argocd"
+    say("what Argo CD shows of them (argocd admin settings resource-overrides health):")
+    listed = json.loads(kubectl("get", "orchard", "-n", NAMESPACE, "-o", "json"))["items"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for obj in listed:
+            path = Path(tmp) / "object.json"
+            path.write_text(json.dumps(obj))
+            out = subprocess.run(
+                [str(cli), "admin", "settings", "resource-overrides", "health", str(path),
+                 "--argocd-cm-path", str(REPO / "manifests" / "argocd" / "argocd-cm.yaml")],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            fields = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+            name = f"{obj['kind']}/{obj['metadata']['name']}"
+            say(f"  {name:32s} {fields.get('STATUS', '?'):12s} {fields.get('MESSAGE', '')}")
+
+
 def main() -> int:
     install()
     prepare_artifact_volume()
@@ -307,6 +337,10 @@ def main() -> int:
     service_ip = get("svc", "iris")["spec"]["clusterIP"]
     url = f"http://{service_ip}:8080"
     say(f"predict through the Service {url}: {ROW} -> {predict(url)}")
+    probabilities = answer(url, ROW, outputs=("predict_proba",))["outputs"][0]
+    chances = dict(zip(probabilities["parameters"]["classes"], probabilities["data"], strict=True))
+    say("asked for predict_proba (Open Inference Protocol requested outputs): "
+        + ", ".join(f"{label} {p:.3f}" for label, p in chances.items()))  # fmt: skip
 
     v2 = train(None, SECOND_TRAINING, "iris-gb")
     traffic = Traffic(url, iris_rows())
@@ -342,6 +376,7 @@ def main() -> int:
     improve_by_itself()
     refused_by_policy()
     print(kubectl("get", "orchard", "-n", NAMESPACE))
+    argocd_view()
     return 0
 
 

@@ -766,7 +766,12 @@ def test_monitoring_names_a_shifted_input_across_replicas_and_restarts(
         s = md_status(client, ns)
         return s if condition(s, "AccuracyDegraded").get("status") == verdict else None
 
-    status = wait_for("true labels to be judged", lambda: accuracy_judged("False"), 60)
+    def all_labels_judged() -> dict[str, Any] | None:
+        # the verdict comes once minLabels are in; the rest arrive at the next scrapes
+        s = accuracy_judged("False")
+        return s if s is not None and s["monitoring"]["accuracy"]["labels"] == 150 else None
+
+    status = wait_for("the 150 true labels to be judged", all_labels_judged, 60)
     live = status["monitoring"]["accuracy"]
     offline = artifacts["iris-v1"]["accuracy"]
     figures["live_accuracy"], figures["offline_accuracy"] = live["value"], round(offline, 4)
@@ -774,8 +779,12 @@ def test_monitoring_names_a_shifted_input_across_replicas_and_restarts(
     assert abs(live["value"] - offline) <= 0.05, (live, offline)
     wrong = [CLASSES[(t + 1) % 3] for t in iris.target]
     assert set(labelled(list(zip(rows, wrong, strict=True)) * 2)) == {200}
-    status = wait_for("wrong labels to degrade accuracy", lambda: accuracy_judged("True"), 60)
-    assert status["monitoring"]["accuracy"]["value"] < 0.5
+
+    def degraded_below_half() -> dict[str, Any] | None:  # once most wrong labels are in
+        s = accuracy_judged("True")
+        return s if s is not None and s["monitoring"]["accuracy"]["value"] < 0.5 else None
+
+    wait_for("the wrong labels to degrade accuracy below 0.5", degraded_below_half, 60)
 
     shifted = [[a, b, c + 3.0, d] for a, b, c, d in rows]
     traffic = Traffic(url, shifted, poison_share=0.0)
