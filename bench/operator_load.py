@@ -43,6 +43,7 @@ import yaml
 from lightkube import Client, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.batch_v1 import Job
+from training import kubectl  # bench/training.py: kubectl on a kubeconfig, failing loudly
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -169,15 +170,6 @@ def percentiles(values: list[float]) -> dict[str, float]:
         "p99": p99,
         "max": ordered[-1],
     }
-
-
-def kubectl(kubeconfig: str, *args: str) -> str:
-    proc = subprocess.run(
-        ["kubectl", "--kubeconfig", kubeconfig, *args], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
-    return proc.stdout
 
 
 def main() -> None:

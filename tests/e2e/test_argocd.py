@@ -294,7 +294,7 @@ def operator(kubeconfig_node: Path, node_namespace: str) -> Iterator[InClusterOp
 
 @pytest.fixture
 def argocd(kubeconfig_node: Path, tmp_path: Path) -> Iterator[ArgoCD]:
-    if build_dir("argocd").joinpath(".complete").exists() is False:
+    if not (build_dir("argocd") / ".complete").exists():
         pytest.fail("no argocd build: run `make argocd`")
     cd = ArgoCD(kubeconfig_node, tmp_path)
     try:
