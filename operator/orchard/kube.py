@@ -24,7 +24,7 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Any, cast
 
-from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
 from lightkube.core.resource_registry import resource_registry
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Event
@@ -34,6 +34,7 @@ from .api import API_VERSION, GROUP, KINDS, VERSION
 from .api.modeldeployment import GATEWAY_GROUP
 
 FIELD_MANAGER = "orchard"
+ALL_NAMESPACES = ALL_NS  # list_objects in every namespace
 COMPONENT = "orchard-operator"
 
 # Orchard's own kinds, known to lightkube as generic resources (with a status subresource).

@@ -119,6 +119,7 @@ BAD: list[tuple[str, str, Any, str]] = [
     (TJ, "spec.search", {**SEARCH, "parallelism": 3}, "spec.search.parallelism"),
     (TJ, "spec.search", {**SEARCH, "maxTrials": 500}, "spec.search.maxTrials"),
     (TJ, "spec.estimator.params.n_jobs", 100000, "spec.estimator.params.n_jobs"),
+    (TJ, "spec.estimator.params.n_jobs", 0, "must be an integer -1..8 but 0 or null"),
     (TJ, "spec.estimator.params.n_estimators", 0, "spec.estimator.params.n_estimators"),
     (TJ, "spec.estimator.params.max_depth", 1000, "spec.estimator.params.max_depth"),
     (TJ, "spec.estimator.params.max_iter", 10**6, "spec.estimator.params.max_iter"),

@@ -29,6 +29,7 @@ from orchard.api.modelversion import ModelVersion
 from orchard.api.trainingjob import Artifacts, TrainingJob
 from orchard.builders.modelversion import verify_job, verify_job_name
 from orchard.builders.training import config_map, job_name, training_job
+from orchard.decisions.queue import TrainingQueue
 from orchard.handlers import modelversion as mv_handlers
 from orchard.handlers import trainingjob as tj_handlers
 
@@ -70,6 +71,16 @@ async def fresh_client() -> AsyncIterator[None]:
     """lightkube's async client is bound to the event loop it was made on."""
     yield
     await kube.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_queue(monkeypatch: pytest.MonkeyPatch) -> TrainingQueue:
+    """The training queue is the operator's memory; no watch events end these tests'
+    TrainingJobs, so each test starts with an empty one (of the default limit)."""
+    queue = TrainingQueue()
+    monkeypatch.setattr(tj_handlers, "_queue", queue)
+    monkeypatch.setattr(tj_handlers, "_queued_written", {})
+    return queue
 
 
 def tj_body(namespace: str, name: str = "iris-rf", **spec: Any) -> dict[str, Any]:
@@ -856,3 +867,73 @@ async def test_a_verification_job_is_claimed_by_owner_not_by_name(namespace: str
     status = (await kube.get(API_VERSION, "ModelVersion", "iris-v1", namespace) or {})["status"]
     assert (status["phase"], status["reason"]) == ("Failed", "JobConflict")
     assert "does not belong to this ModelVersion" in status["message"]
+
+
+async def _wait_for_job(tj: dict[str, Any], namespace: str, seconds: float = 15) -> None:
+    name = job_name(TrainingJob.model_validate(tj))
+    for _ in range(int(seconds * 10)):
+        if await kube.get("batch/v1", "Job", name, namespace) is not None:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no Job {name} after {seconds} s")
+
+
+async def test_at_most_the_limit_train_and_the_rest_queue_in_turn(
+    namespace: str, fresh_queue: TrainingQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two slots, four TrainingJobs: two Jobs, two Queued with their places; an ended
+    or deleted one lets the next in turn start, and a queued one whose place did not
+    change is polled without an API request."""
+    fresh_queue.limit = 2
+    names = ["q-a", "q-b", "q-c", "q-d"]  # created in the same second: turn by name
+    bodies = {n: tj_body(namespace, n) for n in names}
+    for name in names:
+        await kube.create(bodies[name])
+    for name in reversed(names):  # the handlers of the later ones happen to run first
+        await tj_handlers.start(body=kopf.Body(await get_tj(namespace, name)), logger=log)
+    jobs = {n: await kube.get("batch/v1", "Job", n, namespace) for n in names}  # job_name
+    statuses = {n: (await get_tj(namespace, n))["status"] for n in names}
+    # q-d and q-c started first, and hold the slots: the turn counts from the queue on.
+    assert {n for n, job in jobs.items() if job} == {"q-c", "q-d"}
+    assert (statuses["q-a"]["phase"], statuses["q-a"]["reason"]) == ("Pending", "Queued")
+    assert statuses["q-a"]["queuePosition"] == 1
+    # q-b was first in the queue when it joined; q-a, created earlier, went ahead of it,
+    # and q-b's poll says so.
+    assert statuses["q-b"]["queuePosition"] == 1
+    await tj_handlers.poll((namespace, "q-b"), log)
+    status = (await get_tj(namespace, "q-b"))["status"]
+    assert (status["reason"], status["queuePosition"]) == ("Queued", 2)
+    assert status["message"].startswith("queued: 2 of 2 waiting; at most 2")
+
+    # A deleted one frees its slot: the first in turn starts, the second moves up.
+    gone = await get_tj(namespace, "q-d")
+    await kube.delete(API_VERSION, "TrainingJob", "q-d", namespace)
+    await tj_handlers.follow(event={"type": "DELETED"}, body=gone, namespace=namespace,
+                             name="q-d", logger=log)  # fmt: skip
+    await _wait_for_job(await get_tj(namespace, "q-a"), namespace)
+    assert (await get_tj(namespace, "q-a"))["status"].get("queuePosition") is None
+    await tj_handlers.poll((namespace, "q-b"), log)
+    assert (await get_tj(namespace, "q-b"))["status"]["queuePosition"] == 1
+
+    reads: list[str] = []
+    real_get = kube.get
+
+    async def counting_get(*args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        reads.append(args[1])
+        return await real_get(*args, **kwargs)
+
+    monkeypatch.setattr(kube, "get", counting_get)
+    await tj_handlers.poll((namespace, "q-b"), log)
+    assert reads == []
+    monkeypatch.setattr(kube, "get", real_get)
+
+    # One that ends (its Job deleted by hand: JobDeleted) frees its slot too.
+    await kube.delete("batch/v1", "Job", "q-c", namespace, background=True)
+    await tj_handlers.sync(namespace, "q-c", log)
+    ended = await get_tj(namespace, "q-c")
+    assert (ended["status"]["phase"], ended["status"]["reason"]) == ("Failed", "JobDeleted")
+    await tj_handlers.follow(event={"type": "MODIFIED"}, body=ended, namespace=namespace,
+                             name="q-c", logger=log)  # fmt: skip
+    await _wait_for_job(await get_tj(namespace, "q-b"), namespace)
+    assert fresh_queue.running == {(namespace, "q-a"), (namespace, "q-b")}
+    assert not fresh_queue.waiting

@@ -136,6 +136,7 @@ BAD: list[tuple[str, str, Any, str]] = [
         "parallelism",
     ),
     ("trainingjob.yaml", "spec.estimator.params", {"n_jobs": 100000}, "n_jobs must be"),
+    ("trainingjob.yaml", "spec.estimator.params", {"n_jobs": 0}, "but 0 or null, not 0"),
     ("trainingjob.yaml", "spec.estimator.params", {"n_estimators": 0}, "n_estimators must"),
     ("trainingjob.yaml", "spec.estimator.params", {"max_depth": True}, "max_depth must"),
     ("trainingjob.yaml", "spec.estimator.params", {"max_iter": 10**6}, "max_iter must"),

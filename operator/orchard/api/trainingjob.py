@@ -287,17 +287,32 @@ PARAM_LIMITS: dict[str, tuple[int, int, bool]] = {
     "max_depth": (1, 100, True),
     "max_iter": (1, 100_000, False),
 }
+# A value within those bounds that still asks for nothing: scikit-learn refuses n_jobs=0.
+PARAM_REFUSED: dict[str, int] = {"n_jobs": 0}
+
+
+def _limit_text(name: str) -> str:
+    lo, hi, nullable = PARAM_LIMITS[name]
+    but = f" but {PARAM_REFUSED[name]}" if name in PARAM_REFUSED else ""
+    return f"an integer {lo}..{hi}{but}{' or null' if nullable else ''}"
 
 
 def _limit_schema(name: str) -> dict[str, Any]:
     lo, hi, nullable = PARAM_LIMITS[name]
-    null = " or null" if nullable else ""
+    refused = (
+        {"x-kubernetes-validations": [
+            {"rule": f"self != {PARAM_REFUSED[name]}", "message": f"must be {_limit_text(name)}"}
+        ]}
+        if name in PARAM_REFUSED
+        else {}
+    )  # fmt: skip
     return {
         "type": "integer",
         "minimum": lo,
         "maximum": hi,
         **({"nullable": True} if nullable else {}),
-        "description": f"{name}: an integer {lo}..{hi}{null}.",
+        **refused,
+        "description": f"{name}: {_limit_text(name)}.",
     }
 
 
@@ -305,9 +320,14 @@ def _limit_errors(name: str, value: Any) -> str | None:
     lo, hi, nullable = PARAM_LIMITS[name]
     if value is None and nullable:
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi:
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and lo <= value <= hi
+        and value != PARAM_REFUSED.get(name)
+    ):
         return None
-    return f"{name} must be an integer {lo}..{hi}{' or null' if nullable else ''}, not {value!r}"
+    return f"{name} must be {_limit_text(name)}, not {value!r}"
 
 
 def _check_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -367,7 +387,7 @@ class Estimator(CamelModel):
     params: EstimatorParams = Field(
         default_factory=dict,
         description="Constructor parameters of the estimator, e.g. {n_estimators: 200}. "
-        "Bounded at admission: n_jobs -1..8, n_estimators 1..2000, max_depth 1..100 or "
+        "Bounded at admission: n_jobs -1..8 but 0, n_estimators 1..2000, max_depth 1..100 or "
         "null, max_iter 1..100000.",
     )
 
@@ -602,6 +622,12 @@ class TrainingJobStatus(CamelModel):
         default_factory=list, max_length=100, description="Trials of the search, if any."
     )
     best_trial: int | None = Field(default=None, ge=0, description="Index of the best trial.")
+    queue_position: int | None = Field(
+        default=None,
+        ge=1,
+        description="While Pending with reason Queued: its place in the operator's queue "
+        "(1 starts next); at most ORCHARD_MAX_RUNNING_TRAININGS TrainingJobs train at once.",
+    )
 
 
 class TrainingJob(Resource):

@@ -59,6 +59,7 @@ TRAINING_ERROR = "TrainingError"
 BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 JOB_MISSING = "JobMissing"
 JOB_DELETED = "JobDeleted"
+QUEUED = "Queued"  # waiting for a slot (decisions.queue)
 START_FAILED = "StartFailed"
 SPEC_CONFLICT = "SpecConflict"
 JOB_CONFLICT = "JobConflict"
@@ -365,7 +366,7 @@ def missing_job(previous: TrainingJobStatus, job_name: str) -> Outcome:
     """No training Job: not made yet (nothing but JobMissing was ever written), or gone
     after it was seen (deleted by hand, or with its pods): then the run is over at once,
     with the reason, never a JobMissing that lasts until the operator restarts."""
-    if previous.reason in (None, JOB_MISSING) and previous.phase in (None, "Pending"):
+    if previous.reason in (None, JOB_MISSING, QUEUED) and previous.phase in (None, "Pending"):
         return Outcome("Pending", JOB_MISSING, "the training Job does not exist yet")
     return Outcome(
         "Failed",
@@ -549,10 +550,12 @@ def training_status(
     generation: int | None,
     job_name: str,
     model_version: str | None = None,
+    queue_position: int | None = None,
     at: datetime | None = None,
 ) -> TrainingJobStatus:
     """The new status from the outcome: phase, conditions (Ready, Complete, Failed),
-    times, metrics, trials and, once registered, the ModelVersion's name."""
+    times, metrics, trials, the place in the queue while queued and, once registered,
+    the ModelVersion's name."""
     conditions: list[Condition] = list(previous.conditions)
     metrics = outcome.result.metrics if outcome.result else {}
     reason, message = outcome.reason, outcome.message
@@ -612,6 +615,7 @@ def training_status(
         message=message,
         trials=outcome.trials or previous.trials,
         best_trial=outcome.best_trial if outcome.best_trial is not None else previous.best_trial,
+        queue_position=queue_position,
     )
 
 

@@ -8,12 +8,19 @@ only while a TrainingJob is unfinished, is the safety net for a watch that went 
 (a loop of `handlers.loops`, not a Kopf timer: nothing puts a finalizer on a TrainingJob,
 whose children go by their ownerReferences).
 All run the same `sync`, serialised per TrainingJob.
+
+At most ORCHARD_MAX_RUNNING_TRAININGS train at once (`decisions.queue`): a TrainingJob
+beyond that waits Pending with reason Queued and its place, and is started when a slot
+frees, by the event that ends another or by its own poll.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
+import itertools
+import os
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -22,7 +29,7 @@ import kopf
 from pydantic import ValidationError
 
 from orchard import kube
-from orchard.api.common import API_VERSION, GROUP, VERSION, to_k8s
+from orchard.api.common import API_VERSION, GROUP, VERSION, status_patch, to_k8s
 from orchard.api.trainingjob import TrainingJob
 from orchard.builders.common import (
     COMPONENT_LABEL,
@@ -41,10 +48,12 @@ from orchard.builders.training import config_map, job_name, training_job
 from orchard.contracts import TrainerReport
 from orchard.decisions import policy as pol
 from orchard.decisions import retries
+from orchard.decisions.queue import TrainingQueue, holds_slot, max_running_setting
 from orchard.decisions.training import (
     JOB_CONFLICT,
     NO_ARTIFACT_STORE,
     NO_ARTIFACT_STORE_MESSAGE,
+    QUEUED,
     SPEC_CONFLICT,
     START_FAILED,
     Outcome,
@@ -85,6 +94,9 @@ MAX_STATUS_ATTEMPTS = 5  # reads of an object that changed before its status was
 
 _locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 _polls = Loops("TrainingJob poll", retry_after=POLL_SECONDS)
+_queue = TrainingQueue()
+_queued_written: dict[tuple[str, str], int | None] = {}  # the place each status shows
+_starting: set[asyncio.Task[None]] = set()
 
 
 def unfinished(status: Mapping[str, Any], **_: Any) -> bool:
@@ -120,26 +132,52 @@ def watch_only_orchard_batch(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.label_selectors["v1", "pods"] = ORCHARD_BATCH_PODS
 
 
+@kopf.on.startup()
+async def count_running_trainings(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Read the queue's limit, and count the TrainingJobs that train before any other is
+    admitted (the create and resume handlers of many objects run at once)."""
+    try:
+        _queue.limit = max_running_setting(os.environ)
+    except ValueError as exc:
+        raise kopf.PermanentError(str(exc)) from exc
+    options = memo.get("options")
+    patterns: tuple[str, ...] = ()
+    if options is not None and not options.all_namespaces:
+        patterns = tuple(options.namespaces)
+    for body in await kube.list_objects(API_VERSION, "TrainingJob", kube.ALL_NAMESPACES):
+        meta, status = body["metadata"], body.get("status") or {}
+        if patterns and not any(fnmatch.fnmatchcase(meta["namespace"], p) for p in patterns):
+            continue
+        if holds_slot(status.get("phase"), status.get("reason")):
+            _queue.hold((meta["namespace"], meta["name"]))
+    logger.info(
+        "training queue: %d TrainingJobs training, at most %s at once",
+        len(_queue.running), _queue.limit or "any",
+    )  # fmt: skip
+
+
 @kopf.on.resume(GROUP, VERSION, "trainingjobs")
 @kopf.on.create(GROUP, VERSION, "trainingjobs")
 async def start(
     body: kopf.Body,
-    namespace: str | None,
-    name: str,
     logger: kopf.Logger,
     retry: int = 0,
     **_: Any,
 ) -> None:
-    """Create the spec ConfigMap and the Job (once, claimed by owner), then sync.
+    """Start the training, or queue it when ORCHARD_MAX_RUNNING_TRAININGS train already."""
+    if unfinished(body.status):
+        await begin(_parse(body), logger, retry)
+
+
+async def begin(tj: TrainingJob, logger: kopf.Logger, retry: int) -> None:
+    """Check the spec against the policy; when admitted by the queue, create the spec
+    ConfigMap and the Job (once, claimed by owner); then sync.
 
     A refusal no retry can help (400/422, a name taken by someone else's object) fails
     the TrainingJob at once; any other error is retried with backoff (5, 10, 20, 40,
-    80 s), and the sixth failure fails it with reason StartFailed.
+    80 s: `retry` counts the tries), and the sixth failure fails it with reason StartFailed.
     """
-    namespace = str(namespace)
-    tj = _parse(body)
-    if not unfinished(body.status):
-        return
+    namespace, name = str(tj.metadata.namespace), str(tj.metadata.name)
     settings = TrainerSettings.from_env()
     violations = pol.trainingjob_violations(tj.spec, policy.current(), settings.image)
     store = artifact_store(tj.spec, settings.default_artifacts)
@@ -150,10 +188,15 @@ async def start(
                 reason, message = pol.REASON, pol.summary(violations)
             else:
                 reason, message = NO_ARTIFACT_STORE, NO_ARTIFACT_STORE_MESSAGE
+            if _queue.forget((namespace, name)):
+                _start_next(logger)
             await _fail(namespace, name, reason, message)
             return
         # A Job made under an earlier policy or default store runs on.
         await sync(namespace, name, logger)
+        return
+    if not await _admitted(tj):
+        await sync(namespace, name, logger)  # Queued, with its place
         return
     try:
         await ensure_child(tj, config_map(tj), SPEC_CONFLICT)
@@ -180,6 +223,56 @@ async def start(
         await sync(namespace, name, logger)
     except Exception as err:  # started; the poll syncs again
         logger.warning("sync after start failed, the poll retries: %s", err)
+
+
+async def _admitted(tj: TrainingJob) -> bool:
+    """Whether the TrainingJob may have its Job: it trains already (by its status, or by
+    a Job made just before a restart), it is trained, or the queue admits it now."""
+    key = (str(tj.metadata.namespace), str(tj.metadata.name))
+    if tj.status.phase == "Succeeded":  # trained, registering: it needs no slot
+        return True
+    if holds_slot(tj.status.phase, tj.status.reason):
+        _queue.hold(key)
+        return True
+    if _queue.admit(key, tj.metadata.creation_timestamp or ""):
+        return True
+    if await kube.get("batch/v1", "Job", job_name(tj), key[0]) is not None:
+        _queue.hold(key)
+        return True
+    return False
+
+
+def _start_next(logger: kopf.Logger) -> None:
+    """Start as many queued TrainingJobs as there are free slots, in turn."""
+    for key in _queue.admit_next():
+        task = asyncio.create_task(
+            _start_admitted(key, logger), name=f"orchard start {key[0]}/{key[1]}"
+        )
+        _starting.add(task)
+        task.add_done_callback(_starting.discard)
+
+
+async def _start_admitted(key: tuple[str, str], logger: kopf.Logger) -> None:
+    """`begin` for a TrainingJob the queue admitted, with the same bounded retries as
+    the create handler's (here, in this task)."""
+    namespace, name = key
+    for attempt in itertools.count():
+        try:
+            body = await kube.get(API_VERSION, "TrainingJob", name, namespace)
+            if body is None or not unfinished(body.get("status") or {}):
+                if _queue.forget(key):
+                    _start_next(logger)
+                return
+            await begin(_parse(body), logger, attempt)
+            return
+        except kopf.PermanentError:
+            return
+        except kopf.TemporaryError as err:
+            delay = err.delay or POLL_SECONDS
+        except Exception as err:  # the API server away: it may recover
+            logger.warning("cannot start queued TrainingJob %s/%s yet: %s", namespace, name, err)
+            delay = POLL_SECONDS
+        await asyncio.sleep(delay)
 
 
 @kopf.on.update(GROUP, VERSION, "trainingjobs", field="spec")
@@ -251,17 +344,24 @@ async def follow(
     """Poll only while unfinished: what does not change the Job (image pulls) still
     shows. A loop, not a Kopf timer, so that no finalizer holds the TrainingJob."""
     key = (str(namespace), name)
-    wanted = (
-        event.get("type") != "DELETED"
-        and not body.get("metadata", {}).get("deletionTimestamp")
-        and unfinished(body.get("status") or {})
-    )
+    status = body.get("status") or {}
+    deleting = bool(body.get("metadata", {}).get("deletionTimestamp"))
+    gone = event.get("type") == "DELETED" or deleting
+    wanted = not gone and unfinished(status)
+    if (gone or not wanted or status.get("phase") == "Succeeded") and _queue.forget(key):
+        _start_next(logger)  # it no longer trains: the next in turn may
     _polls.follow(key, wanted, lambda: poll(key, logger), initial_delay=POLL_SECONDS)
     if event.get("type") == "DELETED":
         _locks.pop(key, None)
+        _queued_written.pop(key, None)
 
 
 async def poll(key: tuple[str, str], logger: kopf.Logger) -> float:
+    """Sync; a queued TrainingJob whose place has not changed costs no API request."""
+    if key in _queue.waiting:
+        _start_next(logger)  # a slot freed whose event was missed
+        if key in _queue.waiting and _queue.place(key) == _queued_written.get(key):
+            return POLL_SECONDS
     await sync(key[0], key[1], logger)
     return POLL_SECONDS
 
@@ -289,7 +389,12 @@ async def _step(namespace: str, name: str, logger: kopf.Logger) -> None:
     tj = _parse(body)
     if not unfinished(body.get("status") or {}):
         return
-    outcome = await _observe(tj)
+    key = (namespace, name)
+    place = _queue.place(key)
+    if place is not None:  # no Job yet, by the queue's own word: nothing to read
+        outcome = Outcome("Pending", QUEUED, _queue.queued_message(key))
+    else:
+        outcome = await _observe(tj)
     if outcome.stop_job:
         # The run is over (its pod can never start): stop the Job's pods, keep the Job.
         await _suspend(job_name(tj), namespace)
@@ -313,13 +418,16 @@ async def _step(namespace: str, name: str, logger: kopf.Logger) -> None:
         generation=tj.metadata.generation,
         job_name=job_name(tj),
         model_version=registered,
+        queue_position=place,
     )
     old_status = to_k8s(tj.status)
     new_status = to_k8s(new)
+    if place is not None:
+        _queued_written[key] = place
     if new_status == old_status:
         return
     await kube.patch_status(
-        "TrainingJob", name, namespace, new_status,
+        "TrainingJob", name, namespace, status_patch(old_status, new_status),
         resource_version=body["metadata"]["resourceVersion"],
     )  # fmt: skip
     await _tell(body, tj, new.phase, new.reason or "", new.message or "", registered, logger)
