@@ -937,3 +937,26 @@ async def test_at_most_the_limit_train_and_the_rest_queue_in_turn(
     await _wait_for_job(await get_tj(namespace, "q-b"), namespace)
     assert fresh_queue.running == {(namespace, "q-a"), (namespace, "q-b")}
     assert not fresh_queue.waiting
+
+
+async def test_a_verification_job_deleted_by_hand_is_made_again(namespace: str) -> None:
+    """The check is read-only: a verification Job gone before its verdict is made again,
+    and status says so, instead of Verifying for ever."""
+    mv = await registered(namespace)
+    name = str(mv.metadata.name)
+    job = verify_job(mv)
+    job["spec"]["suspend"] = True
+    job = await kube.create(job)
+    await mv_handlers.sync(namespace, name, log)
+    assert await kube.delete("batch/v1", "Job", job["metadata"]["name"], namespace, background=True)
+    for _ in range(50):  # the API server takes the Job away (no finalizer at this level)
+        if await kube.get("batch/v1", "Job", job["metadata"]["name"], namespace) is None:
+            break
+        await asyncio.sleep(0.1)
+    await mv_handlers.sync(namespace, name, log)  # as the Job's DELETED event does
+    status = (await kube.get(API_VERSION, "ModelVersion", name, namespace) or {})["status"]
+    assert (status["phase"], status["reason"]) == ("Pending", "Verifying")
+    assert status["message"] == mv_handlers.JOB_REMADE_MESSAGE
+    remade = await kube.get("batch/v1", "Job", verify_job_name(mv), namespace)
+    assert remade is not None and remade["metadata"]["uid"] != job["metadata"]["uid"]
+    assert remade["metadata"]["ownerReferences"][0]["uid"] == mv.metadata.uid

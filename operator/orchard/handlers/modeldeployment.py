@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,6 +46,7 @@ from orchard.handlers import policy
 
 from .canary_metrics import AnalysisWindows, scrape_tracks
 from .loops import Loops
+from .serial import Serial
 from .serving_children import (
     ensure_children,
     ensure_evaluation,
@@ -92,15 +92,16 @@ RBAC_RULES: list[dict[str, Any]] = [
 
 IN_PROGRESS = ("Pending", "Progressing", "Paused")
 RECONCILE_RETRY_SECONDS = 10.0
+MAX_STATUS_ATTEMPTS = 5  # reads of an object that changed before its status was written
 
-_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+_serial = Serial()
 _windows = AnalysisWindows()
 _analyses = Loops("ModelDeployment analysis", retry_after=10.0)
 
 
 def lock(namespace: str, name: str) -> asyncio.Lock:
     """One reconcile of a ModelDeployment at a time (the monitoring controller's too)."""
-    return _locks[(namespace, name)]
+    return _serial.lock((namespace, name))
 
 
 def in_progress(status: Mapping[str, Any], **_: Any) -> bool:
@@ -194,7 +195,7 @@ async def follow_rollout(
     if gone or deleting:
         await forget(key, status, logger)
     if gone:
-        _locks.pop(key, None)
+        _serial.forget(key)
 
 
 def _analysis_interval(spec: Mapping[str, Any]) -> float:
@@ -209,7 +210,7 @@ def _analysis_interval(spec: Mapping[str, Any]) -> float:
 
 async def analyse(key: tuple[str, str], interval: float, logger: kopf.Logger) -> float:
     """One tick of a rollout under way."""
-    await reconcile(key[0], key[1], logger)
+    await reconcile(key[0], key[1], logger, coalesce=True)
     return interval
 
 
@@ -232,7 +233,7 @@ async def deployment_changed(
     owner = body.get("metadata", {}).get("labels", {}).get(MODELDEPLOYMENT_LABEL)
     if owner and namespace:
         try:
-            await reconcile(str(namespace), owner, logger)
+            await reconcile(str(namespace), owner, logger, coalesce=True)
         except Exception as exc:  # events are not retried; the next one or the analysis loop will
             logger.warning("reconcile of %s failed: %s", owner, exc)
 
@@ -259,7 +260,7 @@ async def model_version_ready(
         track = (body.get("spec") or {}).get("track") or {}
         if model and track.get("model") == model:
             try:
-                await reconcile(str(namespace), body["metadata"]["name"], logger)
+                await reconcile(str(namespace), body["metadata"]["name"], logger, coalesce=True)
             except (
                 Exception
             ) as exc:  # events are not retried; the analysis loop or the next one will
@@ -351,31 +352,51 @@ def policy_refusal(md: ModelDeployment, now: dt.datetime) -> ro.Decision | None:
     )
 
 
-async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> None:
-    """Read, decide, ensure the children, write status: one step of the ModelDeployment's life."""
-    async with lock(namespace, name):
-        body = await kube.get(API_VERSION, "ModelDeployment", name, namespace)
-        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
-            return
-        md = await _parse(body, logger)
-        if md is None:
-            return
-        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        decision = policy_refusal(md, now)
-        if decision is None:
-            reads = await read(md, body)
-            obs = ob.observe(md, reads, sv.url(md), now)
-            decision = ro.decide(md.spec, md.status, now, obs)
-            _windows.advance(md, decision.status, reads.scrapes)
+async def reconcile(
+    namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool = False
+) -> None:
+    """Read, decide, ensure the children, write status: one step of the ModelDeployment's
+    life. A watch event's or loop's step (`coalesce`) is left to one that waits already
+    (`handlers.serial`)."""
+    key = (namespace, name)
+    if coalesce and _serial.covered(key):
+        return
+    async with _serial.turn(key):
+        for _attempt in range(MAX_STATUS_ATTEMPTS):
             try:
-                await ensure_children(md, decision.status, reads, obs, now, logger)
-                await ensure_evaluation(md, decision.status, reads, logger)
-                await ensure_replay(md, decision.status, reads, logger)
-            except sv.UnsupportedArtifact as exc:  # a version no serving pod can read
-                decision = ro.refused(
-                    md.spec, md.status, now, md.metadata.generation,
-                    ro.UNSUPPORTED_ARTIFACT, str(exc),
-                )  # fmt: skip
-        await write_status(body, md.status, decision, logger)
-        await record_evaluation(md, md.status, decision.status)
-        await versions_changed(namespace, md.status, decision.status)
+                await _step(namespace, name, logger)
+                return
+            except kube.Conflict:  # changed since read: decide again on the newer one
+                continue
+    raise kopf.TemporaryError(f"ModelDeployment {name} keeps changing; reconciling again", delay=5)
+
+
+async def _step(namespace: str, name: str, logger: kopf.Logger) -> None:
+    """One read → decide → ensure → write status (under the deployment's lock). The status
+    is written only over the object as read (its resourceVersion), so a request a person
+    wrote meanwhile (status.requestedAction) is never lost."""
+    body = await kube.get(API_VERSION, "ModelDeployment", name, namespace)
+    if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    md = await _parse(body, logger)
+    if md is None:
+        return
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    decision = policy_refusal(md, now)
+    if decision is None:
+        reads = await read(md, body)
+        obs = ob.observe(md, reads, sv.url(md), now)
+        decision = ro.decide(md.spec, md.status, now, obs)
+        _windows.advance(md, decision.status, reads.scrapes)
+        try:
+            await ensure_children(md, decision.status, reads, obs, now, logger)
+            await ensure_evaluation(md, decision.status, reads, logger)
+            await ensure_replay(md, decision.status, reads, logger)
+        except sv.UnsupportedArtifact as exc:  # a version no serving pod can read
+            decision = ro.refused(
+                md.spec, md.status, now, md.metadata.generation,
+                ro.UNSUPPORTED_ARTIFACT, str(exc),
+            )  # fmt: skip
+    await write_status(body, md.status, decision, logger)
+    await record_evaluation(md, md.status, decision.status)
+    await versions_changed(namespace, md.status, decision.status)

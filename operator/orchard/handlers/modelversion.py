@@ -10,9 +10,7 @@ only while the verification is unfinished (a loop of `handlers.loops`, no finali
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +29,7 @@ from orchard.decisions.modelversion import (
     INVALID_JOB,
     JOB_CONFLICT,
     START_FAILED,
+    VERIFYING,
     Verification,
     deletion_blocked,
     deletion_guarded,
@@ -41,6 +40,7 @@ from orchard.decisions.modelversion import (
 )
 from orchard.handlers import children, policy
 from orchard.handlers.loops import Loops
+from orchard.handlers.serial import Serial
 
 RBAC_RULES: list[dict[str, Any]] = [
     # patch: the guard's finalizer taken off when the operator stops (release_guards).
@@ -62,8 +62,9 @@ RBAC_RULES: list[dict[str, Any]] = [
 ]
 
 POLL_SECONDS = 20.0
+JOB_REMADE_MESSAGE = "the verification Job was gone before its verdict, and is made again"
 
-_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+_serial = Serial()
 _polls = Loops("ModelVersion poll", retry_after=POLL_SECONDS)
 _guarded: set[tuple[str, str]] = set()  # versions seen holding the guard's finalizer
 
@@ -98,25 +99,8 @@ async def start(
     mv = _parse(body)
     if not unverified(body.status):
         return
-    violations = pol.modelversion_violations(mv.spec, policy.current())
-    # Refused before anything exists; a Job made under an earlier policy runs on.
-    if (
-        violations
-        and await kube.get("batch/v1", "Job", verify_job_name(mv), str(namespace)) is None
-    ):
-        refused = Verification("Failed", pol.REASON, pol.summary(violations))
-        await _write_status(dict(body), mv, refused, logger)
-        return
-    job = verify_job(mv, TrainerSettings.from_env())
     try:
-        await children.ensure_child("ModelVersion", name, mv.metadata.uid, job, JOB_CONFLICT)
-    except children.ChildConflict as err:
-        await _write_status(dict(body), mv, Verification("Failed", err.reason, str(err)), logger)
-        return
-    except kube.Invalid as err:
-        refused = Verification("Failed", INVALID_JOB, f"the API server refused the Job: {err}")
-        await _write_status(dict(body), mv, refused, logger)
-        return
+        refusal = await make_job(mv)
     except Exception as err:  # the API server away, a 5xx, RBAC: it may recover
         delay = retries.TRAINING_START.delay(retry)
         if delay is None:
@@ -125,7 +109,29 @@ async def start(
                                 logger)  # fmt: skip
             return
         raise kopf.TemporaryError(f"cannot start the verification: {err}", delay=delay) from err
+    if refusal is not None:
+        await _write_status(dict(body), mv, refusal, logger)
+        return
     await sync(str(namespace), name, logger)
+
+
+async def make_job(mv: ModelVersion) -> Verification | None:
+    """Create the verification Job unless it exists (claimed by owner); the verdict when
+    no Job can be made: the policy refuses it, its name is taken, the API server refuses
+    it. Other errors are raised, for the caller to retry."""
+    namespace, name = str(mv.metadata.namespace), str(mv.metadata.name)
+    violations = pol.modelversion_violations(mv.spec, policy.current())
+    # Refused before anything exists; a Job made under an earlier policy runs on.
+    if violations and await kube.get("batch/v1", "Job", verify_job_name(mv), namespace) is None:
+        return Verification("Failed", pol.REASON, pol.summary(violations))
+    job = verify_job(mv, TrainerSettings.from_env())
+    try:
+        await children.ensure_child("ModelVersion", name, mv.metadata.uid, job, JOB_CONFLICT)
+    except children.ChildConflict as err:
+        return Verification("Failed", err.reason, str(err))
+    except kube.Invalid as err:
+        return Verification("Failed", INVALID_JOB, f"the API server refused the Job: {err}")
+    return None
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={MODELVERSION_LABEL: kopf.PRESENT})
@@ -135,7 +141,7 @@ async def job_changed(
     """A verification Job changed: mirror it into its ModelVersion."""
     owner = body.get("metadata", {}).get("labels", {}).get(MODELVERSION_LABEL)
     if owner:
-        await sync(str(namespace), owner, logger)
+        await sync(str(namespace), owner, logger, coalesce=True)
 
 
 @kopf.on.event("v1", "pods", labels={MODELVERSION_LABEL: kopf.PRESENT})
@@ -145,7 +151,7 @@ async def pod_changed(
     """A verifier pod changed: its exit decides before its Job says so."""
     owner = body.get("metadata", {}).get("labels", {}).get(MODELVERSION_LABEL)
     if owner:
-        await sync(str(namespace), owner, logger)
+        await sync(str(namespace), owner, logger, coalesce=True)
 
 
 @kopf.on.event(GROUP, VERSION, "modelversions")
@@ -163,7 +169,7 @@ async def follow(
     )
     _polls.follow(key, wanted, lambda: poll(key, logger), initial_delay=POLL_SECONDS)
     if event.get("type") == "DELETED":
-        _locks.pop(key, None)
+        _serial.forget(key)
     if event.get("type") != "DELETED" and FINALIZER in (
         body.get("metadata", {}).get("finalizers") or []
     ):
@@ -202,16 +208,19 @@ async def release(namespace: str, name: str) -> None:
 
 
 async def poll(key: tuple[str, str], logger: kopf.Logger) -> float:
-    await sync(key[0], key[1], logger)
+    await sync(key[0], key[1], logger, coalesce=True)
     return POLL_SECONDS
 
 
-async def sync(namespace: str, name: str, logger: kopf.Logger) -> None:
-    """Read the ModelVersion and its verification Job and pods; write status; tell."""
-    async with _locks[(namespace, name)]:
+async def sync(namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool = False) -> None:
+    """Read the ModelVersion and its verification Job and pods; write status; tell. A
+    watch event's sync (`coalesce`) is left to one that waits already (`handlers.serial`)."""
+    key = (namespace, name)
+    if coalesce and _serial.covered(key):
+        return
+    async with _serial.turn(key):
         body = await kube.get(API_VERSION, "ModelVersion", name, namespace)
         if body is None:
-            _locks.pop((namespace, name), None)
             return
         if not unverified(body.get("status") or {}):
             return
@@ -219,6 +228,17 @@ async def sync(namespace: str, name: str, logger: kopf.Logger) -> None:
         job = await kube.get("batch/v1", "Job", verify_job_name(mv), namespace)
         if job is not None and not owned_by(job, mv.metadata.uid):
             job = None  # someone else's Job by that name: not evidence about this artifact
+        if job is None and mv.status.phase is not None:
+            # Made once and gone (deleted by hand, or by its TTL before a verdict was
+            # seen): the check is read-only, so it is made again, and status says so.
+            try:
+                refusal = await make_job(mv)
+            except kube.KubeError as err:  # the poll tries again
+                logger.warning("cannot make the verification Job again: %s", err)
+                return
+            outcome = refusal or Verification("Pending", VERIFYING, JOB_REMADE_MESSAGE)
+            await _write_status(body, mv, outcome, logger)
+            return
         pods = (
             await kube.list_objects(
                 "v1", "Pod", namespace, labels={JOB_UID_LABEL: job["metadata"]["uid"]}

@@ -200,11 +200,15 @@ async def write_status(
     decision: ro.Decision,
     logger: kopf.Logger,
 ) -> None:
-    """Patch what changed in status, then post the decision's events."""
+    """Patch what changed in status over the object as read (`kube.Conflict` when it
+    changed since), then post the decision's events."""
     meta = body["metadata"]
     patch = status_patch(to_k8s(old), to_k8s(decision.status))
     if patch:
-        await kube.patch_status("ModelDeployment", meta["name"], meta["namespace"], patch)
+        await kube.patch_status(
+            "ModelDeployment", meta["name"], meta["namespace"], patch,
+            resource_version=meta.get("resourceVersion"),
+        )  # fmt: skip
     for event in decision.events:
         logger.info("%s: %s", event.reason, event.message)
         try:

@@ -21,7 +21,6 @@ import contextlib
 import fnmatch
 import itertools
 import os
-from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,6 +65,7 @@ from orchard.decisions.training import (
 )
 from orchard.handlers import children, policy
 from orchard.handlers.loops import Loops
+from orchard.handlers.serial import Serial
 
 RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [GROUP], "resources": ["trainingjobs"], "verbs": ["get", "list", "watch"]},
@@ -92,7 +92,7 @@ ORCHARD_BATCH_PODS = label_selector(
 MAX_VERSION_ATTEMPTS = 5
 MAX_STATUS_ATTEMPTS = 5  # reads of an object that changed before its status was written
 
-_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+_serial = Serial()
 _polls = Loops("TrainingJob poll", retry_after=POLL_SECONDS)
 _queue = TrainingQueue()
 _queued_written: dict[tuple[str, str], int | None] = {}  # the place each status shows
@@ -292,7 +292,7 @@ async def spec_changed(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
 async def _fail(namespace: str, name: str, reason: str, message: str) -> None:
     """Fail the TrainingJob with a reason, under its lock and only over the status it was
     read with (a sync finishing meanwhile is never overwritten)."""
-    async with _locks[(namespace, name)]:
+    async with _serial.lock((namespace, name)):
         for _attempt in range(MAX_STATUS_ATTEMPTS):
             body = await kube.get(API_VERSION, "TrainingJob", name, namespace)
             if body is None or not unfinished(body.get("status") or {}):
@@ -322,7 +322,7 @@ async def job_changed(
     """A training Job changed: mirror it into its TrainingJob."""
     owner = body.get("metadata", {}).get("labels", {}).get(TRAININGJOB_LABEL)
     if owner:
-        await sync(str(namespace), owner, logger)
+        await sync(str(namespace), owner, logger, coalesce=True)
 
 
 @kopf.on.event("v1", "pods", labels={TRAININGJOB_LABEL: kopf.PRESENT})
@@ -333,7 +333,7 @@ async def pod_changed(
     pod that cannot pull its image shows at once."""
     owner = body.get("metadata", {}).get("labels", {}).get(TRAININGJOB_LABEL)
     if owner:
-        await sync(str(namespace), owner, logger)
+        await sync(str(namespace), owner, logger, coalesce=True)
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
@@ -352,7 +352,7 @@ async def follow(
         _start_next(logger)  # it no longer trains: the next in turn may
     _polls.follow(key, wanted, lambda: poll(key, logger), initial_delay=POLL_SECONDS)
     if event.get("type") == "DELETED":
-        _locks.pop(key, None)
+        _serial.forget(key)
         _queued_written.pop(key, None)
 
 
@@ -362,16 +362,20 @@ async def poll(key: tuple[str, str], logger: kopf.Logger) -> float:
         _start_next(logger)  # a slot freed whose event was missed
         if key in _queue.waiting and _queue.place(key) == _queued_written.get(key):
             return POLL_SECONDS
-    await sync(key[0], key[1], logger)
+    await sync(key[0], key[1], logger, coalesce=True)
     return POLL_SECONDS
 
 
-async def sync(namespace: str, name: str, logger: kopf.Logger) -> None:
+async def sync(namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool = False) -> None:
     """Read the TrainingJob, its Job and pods; decide; register; write status; tell.
 
     The status is written only over the object as read (its resourceVersion): when it
-    changed meanwhile the step is taken again on the newer one."""
-    async with _locks[(namespace, name)]:
+    changed meanwhile the step is taken again on the newer one. A watch event's sync
+    (`coalesce`) is left to one that waits already (`handlers.serial`)."""
+    key = (namespace, name)
+    if coalesce and _serial.covered(key):
+        return
+    async with _serial.turn(key):
         for _attempt in range(MAX_STATUS_ATTEMPTS):
             try:
                 await _step(namespace, name, logger)

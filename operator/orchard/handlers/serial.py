@@ -1,0 +1,63 @@
+"""One step at a time per object, and a step that waits covers every event before it.
+
+Each controller runs its step (`trainingjob.sync`, `modelversion.sync`,
+`modeldeployment.reconcile`) under the object's lock. A burst of watch events (a Job's
+pods changing, a hundred versions turning Ready for the deployments that track them)
+would queue one step per event behind the one running. But a step waiting for the lock
+reads the object and its children only once it holds the lock, after every event that
+arrived meanwhile, so one waiting step covers them all: a step asked for by a watch event
+(`coalesce=True`) is dropped when another already waits, the way a controller's work
+queue holds a key once. Steps asked for by a person or a handler that must act (create,
+resume, a retry) always run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+
+Key = tuple[str, str]  # namespace, name
+
+
+class Serial:
+    """The locks of one controller's objects, and how many steps wait for each."""
+
+    def __init__(self) -> None:
+        self._locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._waiting: Counter[Key] = Counter()
+
+    def lock(self, key: Key) -> asyncio.Lock:
+        """The object's lock, for work that is not the step itself (it never counts as a
+        waiting step)."""
+        return self._locks[key]
+
+    def covered(self, key: Key) -> bool:
+        """A step of this object waits for the lock: it will see what happened until now."""
+        return self._waiting[key] > 0
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: Key) -> AsyncIterator[None]:
+        """Hold the object's lock for one step, counted as waiting until it holds it."""
+        self._waiting[key] += 1
+        waiting = True
+        try:
+            async with self._locks[key]:
+                self._done_waiting(key)
+                waiting = False
+                yield
+        finally:
+            if waiting:  # cancelled before its turn
+                self._done_waiting(key)
+
+    def forget(self, key: Key) -> None:
+        """The object is gone (its DELETED event)."""
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked() and not self._waiting[key]:
+            del self._locks[key]
+
+    def _done_waiting(self, key: Key) -> None:
+        self._waiting[key] -= 1
+        if self._waiting[key] <= 0:
+            del self._waiting[key]
