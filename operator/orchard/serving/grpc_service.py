@@ -27,8 +27,9 @@ gRPC code            REST status and reasons
 ===================  =============================================================
 INVALID_ARGUMENT     400 bad_request, invalid_value (a message that does not parse too)
 NOT_FOUND            404 not_found: an unknown model or version
-RESOURCE_EXHAUSTED   413 too_many_rows; a message over `--max-body-bytes` is refused by
-                     gRPC itself before the server sees it (and so is not counted)
+RESOURCE_EXHAUSTED   413 too_many_rows; a message over `--max-body-bytes`, or a call
+                     beyond `--max-connections` calls under way, is refused by gRPC
+                     itself before the server sees it (and so is not counted)
 UNAVAILABLE          503 not_ready: until the model is loaded
 INTERNAL             500 prediction_failed, internal
 UNIMPLEMENTED        a method of Triton's service this server has not (endpoint
@@ -127,11 +128,12 @@ class GRPCServer:
     async def start(self) -> None:
         limit = self.app.limits.max_body_bytes
         self.server = aio.server(
+            maximum_concurrent_rpcs=self.app.limits.max_connections,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 0),  # a port in use is an error, never shared
-            ]
+            ],
         )
         self.server.add_generic_rpc_handlers((_Handlers(self),))
         try:
