@@ -26,7 +26,7 @@ venv: $(BIN)/orchard ## create .venv with every extra installed
 # --- Checks -------------------------------------------------------------------
 
 .PHONY: lint
-lint: venv ## ruff, mypy (strict), import contracts, CRDs in step with the models
+lint: venv ## ruff, mypy (strict), import contracts, CRDs and gRPC modules in step with their sources
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check operator tests bench scripts images
 	$(BIN)/mypy
@@ -34,6 +34,11 @@ lint: venv ## ruff, mypy (strict), import contracts, CRDs in step with the model
 	$(BIN)/orchard crds --check
 	$(BIN)/orchard crds --check --output manifests/crds
 	$(BIN)/orchard operator --check-rbac manifests/rbac/role.yaml
+	$(BIN)/python scripts/protos.py --check
+
+.PHONY: protos
+protos: venv ## regenerate the model server's gRPC modules from serving/proto/*.proto
+	$(BIN)/python scripts/protos.py
 
 .PHONY: crds
 crds: venv ## regenerate crds/ from the models and the RBAC role from the handlers

@@ -169,7 +169,7 @@ class Server:
         if self.kind == "orchard":
             argv = [str(ENVS / "orchard/bin/orchard"), "serve", "--model-dir", str(bench.dir),
                     "--model-name", bench.name, "--host", "127.0.0.1", "--port", str(self.port),
-                    "--log-level", "warning"]  # fmt: skip
+                    "--grpc-port", str(free_port()), "--log-level", "warning"]  # fmt: skip
             if self.options.get("collect"):  # every request kept as Parquet segments
                 argv += ["--collect-to", str(work / f"{self.label}-{bench.name}-collected"),
                          "--collect-sample-rate", "1"]  # fmt: skip

@@ -82,7 +82,7 @@ REPLAY_PREDICTED_CLASS = "orchard_replay_predictions_total"  # counter (class); 
 COLLECT_ENV_PREFIX = "ORCHARD_COLLECT_"
 
 ENDPOINT_LABEL = "endpoint"
-CODE_LABEL = "code"  # the HTTP status, as digits
+CODE_LABEL = "code"  # the HTTP status, as digits (a gRPC call: its answer's over REST)
 CLASS_LABEL = "class"
 
 
@@ -102,11 +102,24 @@ class Endpoint(StrEnum):
     V1_MODEL = "v1_model"
     V1_MODELS = "v1_models"
     METRICS = "metrics"
-    UNKNOWN = "unknown"  # a path no route serves
+    # The gRPC service's methods (GRPCInferenceService/ModelInfer, ...), on its own port.
+    GRPC_INFER = "grpc_infer"
+    GRPC_MODEL_METADATA = "grpc_model_metadata"
+    GRPC_MODEL_READY = "grpc_model_ready"
+    GRPC_SERVER_METADATA = "grpc_server_metadata"
+    GRPC_SERVER_LIVE = "grpc_server_live"
+    GRPC_SERVER_READY = "grpc_server_ready"
+    UNKNOWN = "unknown"  # a path no route serves, or a gRPC method the server has not
 
 
-# Only inference requests are traffic: probes and scrapes reach the same server.
-INFERENCE_ENDPOINTS: tuple[str, ...] = (Endpoint.V2_INFER, Endpoint.V1_PREDICT)
+# Only inference requests are traffic: probes and scrapes reach the same server. A gRPC
+# call counts under the HTTP status its answer has over REST (`serving.grpc_service`), so
+# that a 5xx is the server's fault whichever protocol carried it.
+INFERENCE_ENDPOINTS: tuple[str, ...] = (
+    Endpoint.V2_INFER,
+    Endpoint.V1_PREDICT,
+    Endpoint.GRPC_INFER,
+)
 
 
 # --- The trainer's report ---------------------------------------------------------------

@@ -70,6 +70,26 @@ def test_error_rate_fails() -> None:
     assert result.metrics["canaryErrorRate"] == pytest.approx(10 / 60, abs=1e-3)
 
 
+def test_grpc_calls_count_as_rest_requests_do() -> None:
+    """ModelInfer over gRPC is traffic: its calls are requests and its 5xx errors, its
+    4xx the client's; its health calls are probes."""
+    m = Metrics("iris")
+    for _ in range(40):
+        m.observe_request("grpc_infer", 200, 0.004)
+    for _ in range(8):
+        m.observe_request("grpc_infer", 500, 0.004)  # INTERNAL: prediction_failed
+    for _ in range(5):
+        m.observe_request("grpc_infer", 400, 0.001)  # INVALID_ARGUMENT
+    m.observe_request("v2_infer", 200, 0.004)
+    for endpoint in ("grpc_server_ready", "grpc_model_ready", "grpc_server_live", "unknown"):
+        m.observe_request(endpoint, 200, None)
+    canary = an.track_window(mt.delta(None, mt.parse_scrape(m.render().decode())))
+    assert (canary.requests, canary.errors) == (54, 8)
+    assert canary.latency_buckets[-1] == (float("inf"), 54)
+    result = an.evaluate(canary, STABLE, SETTINGS)
+    assert result.verdict == "Fail" and result.reason == "ErrorRate"
+
+
 def test_clear_errors_fail_before_min_requests() -> None:
     """Errors beyond what min_requests could ever allow fail at once (fast rollback)."""
     canary = window(3, errors=4)

@@ -72,7 +72,8 @@ def test_verify_refuses_other_digests_and_gaps(iris: Path) -> None:
 
 def _serve(model_dir: Path, port: int) -> subprocess.Popen[str]:
     argv = [sys.executable, "-m", "orchard.cli", "serve", "--model-dir", str(model_dir),
-            "--model-name", "iris", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+            "--model-name", "iris", "--host", "127.0.0.1", "--port", str(port),
+            "--grpc-port", str(free_port())]  # fmt: skip
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
 

@@ -228,6 +228,35 @@ def test_service_selects_both_tracks_by_default() -> None:
     assert sv.url(md()) == "http://iris.ml.svc:8080"
 
 
+def test_grpc_is_a_named_port_of_the_container_and_every_service() -> None:
+    c = container(sv.deployment(md(), "stable", mv(), 1))
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8081, "protocol": "TCP"},
+    ]
+    assert c["args"][c["args"].index("--grpc-port") + 1] == "8081"
+    assert c["readinessProbe"]["httpGet"]["port"] == "http"  # probes stay on HTTP
+    gateway = md(traffic={"mode": "gatewayAPI", "httpRoute": {"name": "web"}})
+    for svc in [*sv.services(md()), *sv.services(gateway)]:
+        assert svc["spec"]["ports"] == [
+            {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"},
+            {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP",
+             "appProtocol": "kubernetes.io/h2c"},
+        ], svc["metadata"]["name"]  # fmt: skip
+    other = md(server={"port": 9000, "grpcPort": 9001})
+    assert [p["port"] for p in sv.service(other)["spec"]["ports"]] == [9000, 9001]
+
+
+def test_grpc_port_zero_is_no_grpc() -> None:
+    off = md(server={"grpcPort": 0})
+    c = container(sv.deployment(off, "stable", mv(), 1))
+    assert [p["name"] for p in c["ports"]] == ["http"]
+    assert c["args"][c["args"].index("--grpc-port") + 1] == "0"  # the server's own off
+    assert [p["name"] for p in sv.service(off)["spec"]["ports"]] == ["http"]
+    with pytest.raises(ValueError, match="grpcPort must differ"):
+        md(server={"port": 8081})
+
+
 def test_gateway_mode_has_per_track_services_and_route_weights() -> None:
     m = md(traffic={"mode": "gatewayAPI", "httpRoute": {"name": "web"}})
     main, _, stable, canary = sv.services(m)

@@ -9,17 +9,18 @@ raises (InferenceServerException with the server's message).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import joblib
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from test_serving_support import ServeProcess, iris_artifact, mixed_artifact, mixed_frame
+from test_serving_support import Served as ServedProcess
+from test_serving_support import mixed_frame, serving_iris, serving_penguins
 from tritonclient.utils import InferenceServerException
 
 IRIS_ROWS = np.array(
@@ -37,29 +38,27 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(artifact: Path, name: str, log: Path, *args: str) -> Iterator[Served]:
-    server = ServeProcess(artifact, name, log, *args)
-    client = triton.InferenceServerClient(f"{server.host}:{server.port}")
-    try:
-        yield Served(client, joblib.load(artifact / "model.joblib"), server.base)
-    finally:
-        client.close()
-        server.stop()
+def http_client(
+    root: Path, serve: Callable[[Path], ContextManager[ServedProcess]]
+) -> Iterator[Served]:
+    with serve(root) as served:
+        server = served.server
+        client = triton.InferenceServerClient(f"{server.host}:{server.port}")
+        try:
+            yield Served(client, served.model, server.base)
+        finally:
+            client.close()
 
 
 @pytest.fixture(scope="module")
 def iris(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("iris")
-    with serving(iris_artifact(root / "a"), "iris", root / "log", "--model-version", "3") as s:
+    with http_client(tmp_path_factory.mktemp("iris"), serving_iris) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
 def penguins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("penguins")
-    with serving(
-        mixed_artifact(root / "a", handle_unknown="ignore"), "penguins", root / "log"
-    ) as s:
+    with http_client(tmp_path_factory.mktemp("penguins"), serving_penguins) as s:
         yield s
 
 

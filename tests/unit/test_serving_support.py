@@ -5,7 +5,9 @@ format (docs/artifact-format.md). `running_server` starts uvicorn with the app o
 port of 127.0.0.1 in a thread of this process, configured as `orchard serve` configures
 it (`main.server_config`: the guarded protocol, the app's limits), so tests can reach
 the app's state. `ServeProcess` runs `orchard serve` itself, in its own process, for
-tests that need the whole command (or a process of its own to measure).
+tests that need the whole command (or a process of its own to measure); `serving` gives
+one with the model it serves, and `serving_iris` and `serving_penguins` the two that the
+tritonclient tests, HTTP and gRPC, drive.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -233,7 +236,8 @@ def app_for(model_dir: Path, name: str, expected_digest: str | None = None, **kw
 
 class ServeProcess:
     """`orchard serve` in its own process on a free port of 127.0.0.1, ready once started;
-    its output goes to `log`. `args` are more flags of `orchard serve`."""
+    its output goes to `log`. `args` are more flags of `orchard serve`; gRPC listens on
+    another free port (`grpc_port`, `grpc_target`) unless they say `--grpc-port`."""
 
     host = "127.0.0.1"  # never anything else
 
@@ -242,10 +246,13 @@ class ServeProcess:
 
         self.port = free_port()
         self.base = f"http://{self.host}:{self.port}"
+        self.grpc_port = 0 if "--grpc-port" in args else free_port()
+        self.grpc_target = f"{self.host}:{self.grpc_port}"
+        grpc = ["--grpc-port", str(self.grpc_port)] if self.grpc_port else []
         self.log = log.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "orchard.cli", "serve", "--model-dir", str(model_dir),
-             "--model-name", name, "--host", self.host, "--port", str(self.port), *args],
+             "--model-name", name, "--host", self.host, "--port", str(self.port), *grpc, *args],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -271,3 +278,31 @@ class ServeProcess:
             self.proc.kill()
             self.proc.wait(10)
         self.log.close()
+
+
+@dataclass
+class Served:
+    """A served model: its `orchard serve` process and the model itself."""
+
+    server: ServeProcess
+    model: Any
+
+
+@contextlib.contextmanager
+def serving(artifact: Path, name: str, log: Path, *args: str) -> Iterator[Served]:
+    server = ServeProcess(artifact, name, log, *args)
+    try:
+        yield Served(server, joblib.load(artifact / "model.joblib"))
+    finally:
+        server.stop()
+
+
+def serving_iris(root: Path) -> contextlib.AbstractContextManager[Served]:
+    """iris (integer classes with probabilities) as version 3, its files under `root`."""
+    return serving(iris_artifact(root / "a"), "iris", root / "log", "--model-version", "3")
+
+
+def serving_penguins(root: Path) -> contextlib.AbstractContextManager[Served]:
+    """Penguin-like rows (numeric and string columns, missing values, string classes),
+    an unseen category ignored."""
+    return serving(mixed_artifact(root / "a", handle_unknown="ignore"), "penguins", root / "log")

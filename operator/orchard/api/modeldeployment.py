@@ -84,6 +84,16 @@ class Autoscaling(CamelModel):
 class Server(CamelModel):
     """The model server in each serving pod."""
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.grpcPort != self.port",
+                "server.grpcPort must differ from server.port",
+                field_path=".grpcPort",
+            )
+        )
+    )
+
     image: str | None = Field(
         default=None,
         max_length=512,
@@ -92,6 +102,13 @@ class Server(CamelModel):
         "(images.allowedPrefixes), else the deployment is Degraded with PolicyViolation.",
     )
     port: int = Field(default=8080, ge=1, le=65535, description="HTTP port of the server.")
+    grpc_port: int = Field(
+        default=8081,
+        ge=0,
+        le=65535,
+        description="gRPC port of the server: the Open Inference Protocol's "
+        "GRPCInferenceService, the Service's port named grpc (KServe's 8081); 0 for none.",
+    )
     max_batch_size: int = Field(
         default=32, ge=1, le=4096, description="Most requests batched into one prediction."
     )
@@ -101,6 +118,12 @@ class Server(CamelModel):
         le=1000,
         description="Longest a request waits for a batch to fill, in milliseconds.",
     )
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Self:
+        if self.grpc_port == self.port:
+            raise ValueError("server.grpcPort must differ from server.port")
+        return self
 
 
 class CanaryStep(CamelModel):

@@ -9,6 +9,12 @@ Services. Pure functions from typed inputs to plain dicts; the handler only send
 By pod counts the split is per connection (kube-proxy picks a pod when a connection
 opens): a client holding one keep-alive connection stays on the pod it met first, so
 the split shows over many clients or reconnecting ones. An HTTPRoute splits requests.
+
+Each Service has the port `http` and, unless `spec.server.grpcPort` is 0, `grpc` (the
+Open Inference Protocol's gRPC service, appProtocol `kubernetes.io/h2c`). gRPC keeps one
+HTTP/2 connection per client, so by pod counts a gRPC client stays on one track; an
+HTTPRoute splits HTTP only, and gRPC through the Service goes to the stable track.
+Probes stay on HTTP.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ FETCH_CONTAINER = "fetch-model"
 MODEL_ROOT = "/models"
 FETCHED_DIR = f"{MODEL_ROOT}/artifact"
 PRESTOP_SECONDS = 3
+GRPC_APP_PROTOCOL = "kubernetes.io/h2c"  # HTTP/2 over cleartext, as Kubernetes names it
 COLLECT_ROOT = "/var/run/orchard/collected"  # the deployment's collection directory
 # A serving container without spec.resources, and the init container that fetches an S3
 # artifact: fixed requests and limits, never a BestEffort pod.
@@ -353,19 +360,24 @@ def deployment(
         mv.spec.artifact.digest,
         "--port",
         str(server.port),
+        "--grpc-port",
+        str(server.grpc_port),
         "--max-batch-size",
         str(server.max_batch_size),
     ]
     if server.max_batch_wait_ms is not None:
         args += ["--max-batch-wait-ms", f"{server.max_batch_wait_ms:g}"]
     args += collect_args
+    ports = [{"name": "http", "containerPort": server.port, "protocol": "TCP"}]
+    if server.grpc_port:
+        ports.append({"name": "grpc", "containerPort": server.grpc_port, "protocol": "TCP"})
     container = {
         "name": SERVER_CONTAINER,
         "image": image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["orchard"],
         "args": args,
-        "ports": [{"name": "http", "containerPort": server.port, "protocol": "TCP"}],
+        "ports": ports,
         "env": [
             {"name": "HOME", "value": "/tmp"},
             {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
@@ -431,16 +443,18 @@ def deployment(
 def _service(
     md: ModelDeployment, name: str, sel: dict[str, str], track: Track | None
 ) -> dict[str, Any]:
-    port = md.spec.server.port
+    server = md.spec.server
+    ports = [{"name": "http", "port": server.port, "targetPort": "http", "protocol": "TCP"}]
+    if server.grpc_port:  # HTTP/2 without TLS: Kubernetes' own name for it
+        ports.append(
+            {"name": "grpc", "port": server.grpc_port, "targetPort": "grpc", "protocol": "TCP",
+             "appProtocol": GRPC_APP_PROTOCOL}
+        )  # fmt: skip
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(md, name, labels(md, track)),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": sel,
-            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
-        },
+        "spec": {"type": "ClusterIP", "selector": sel, "ports": ports},
     }
 
 

@@ -10,7 +10,9 @@ Routes (`{m}` is the served model's name; `/versions/{v}` may follow it in V2 pa
 `GET /` is KServe's V1 liveness (`{"status": "alive"}`). What an inference request asks
 back is `outputs` (the labels, class probabilities; JSON or binary); a V2 body may carry
 binary tensors after its JSON (`tensors`); a request body may be compressed, and an
-answer is compressed when the client accepts it (`encoding`).
+answer is compressed when the client accepts it (`encoding`). The Open Inference
+Protocol's gRPC service (`grpc_service`, on its own port, a `Companion` the lifespan
+starts and stops) answers through the same `predict`, errors and metrics.
 
 A path that names a model or a version the server does not serve is a 404 before its
 method is looked at, and so is a path no route matches; both are counted under endpoint
@@ -79,7 +81,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -91,7 +93,7 @@ from orchard.serving.feedback import AlreadyLabelled, RecentPredictions, parse_f
 from orchard.serving.inputs import BadRequest, InvalidValue, Rows, TooManyRows
 from orchard.serving.limits import PARSE_INLINE_BYTES, Limits
 from orchard.serving.metrics import Metrics
-from orchard.serving.model import BatchResult, ModelRunner
+from orchard.serving.model import BatchResult, ModelRunner, Prediction
 from orchard.serving.monitoring import pod_view
 from orchard.serving.peers import FORWARDED_HEADER, Peers
 
@@ -120,6 +122,15 @@ class HTTPError(Exception):
     def __init__(self, status: int, reason: str, message: str, allow: str | None = None) -> None:
         super().__init__(message)
         self.status, self.reason, self.message, self.allow = status, reason, message, allow
+
+
+class Companion(Protocol):
+    """A server that runs beside the app on its event loop (the gRPC one), started once
+    the batcher runs and stopped before it stops."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass(slots=True)  # not frozen: one per request, and a frozen one takes 1 µs to build
@@ -162,8 +173,8 @@ ROUTES = (  # patterns are tried in this order: inference first
     Route("POST", _V2_MODEL + "/feedback", Endpoint.V2_FEEDBACK, "_feedback", body=True),
     Route("GET", "/v2/health/live", Endpoint.V2_HEALTH_LIVE, "_live"),
     Route("GET", "/v2/health/ready", Endpoint.V2_HEALTH_READY, "_ready"),
-    Route("GET", "/v2/?", Endpoint.V2_SERVER_METADATA, "_server_metadata"),
-    Route("GET", _V2_MODEL + "/?", Endpoint.V2_MODEL_METADATA, "_model_metadata"),
+    Route("GET", "/v2/?", Endpoint.V2_SERVER_METADATA, "server_metadata"),
+    Route("GET", _V2_MODEL + "/?", Endpoint.V2_MODEL_METADATA, "model_metadata"),
     Route("GET", _V2_MODEL + "/ready", Endpoint.V2_MODEL_READY, "_model_ready"),
     Route("GET", _V2_MODEL + "/monitoring", Endpoint.V2_MONITORING, "_monitoring"),
     Route("GET", "/v1/models", Endpoint.V1_MODELS, "_v1_models"),
@@ -193,7 +204,7 @@ def _index(routes: tuple[Route, ...]) -> tuple[dict[str, Methods], Patterns]:
 _LITERAL, _PATTERNS = _index(ROUTES)
 
 
-def _bad_request(exc: BadRequest) -> HTTPError:
+def client_error(exc: BadRequest) -> HTTPError:
     if isinstance(exc, TooManyRows):
         return HTTPError(413, "too_many_rows", str(exc))
     if isinstance(exc, InvalidValue):
@@ -218,11 +229,13 @@ class App:
         limits: Limits | None = None,
         peers: Peers | None = None,
         collector: Collector | None = None,
+        servers: Sequence[Companion] = (),
     ) -> None:
         self.name = name
         self.limits = limits or Limits()
         self.peers = peers
         self.collector = collector
+        self.servers = tuple(servers)
         self.recent = RecentPredictions(self.limits.feedback_requests, self.limits.feedback_rows)
         self.version = version
         self.load = load
@@ -242,7 +255,7 @@ class App:
         self.loading: asyncio.Task[None] | None = None
         self.load_error: BaseException | None = None
         # One thread decodes large bodies: one at a time, so their memory does not add up.
-        self._parser = ThreadPoolExecutor(1, thread_name_prefix="orchard-parse")
+        self.parser = ThreadPoolExecutor(1, thread_name_prefix="orchard-parse")
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -304,11 +317,19 @@ class App:
                     self.collector.start()
                 if self.load is not None and self.runner is None:
                     self.loading = asyncio.get_running_loop().create_task(self._load())
+                try:
+                    for server in self.servers:
+                        await server.start()
+                except Exception as exc:  # a port taken: uvicorn logs it and exits
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                for server in self.servers:  # its calls under way are answered first
+                    await server.stop()
                 self.runner = None  # not ready while draining
                 await self.batcher.stop()
-                self._parser.shutdown(wait=False, cancel_futures=True)
+                self.parser.shutdown(wait=False, cancel_futures=True)
                 if self.collector is not None:  # after the last answer: all of it is written
                     await self.collector.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -338,7 +359,7 @@ class App:
                 )
             if route.handler is None:
                 replay = _header(scope, _REPLAY) is not None
-                runner = self._runner()
+                runner = self.ready_runner()
                 body = await self._read_body(scope, receive)
                 if body is None:
                     return
@@ -371,10 +392,10 @@ class App:
             extra = [(b"allow", err.allow.encode())] if err.allow else []
             if unread:
                 extra.append(_CLOSE)
-            message = _one_line(err.message)
+            message = one_line(err.message)
             await _send(send, status, orjson.dumps({"error": message}), extra=extra)
         except Exception as exc:
-            log.exception("internal error on %s %s", method, _one_line(scope["path"]))
+            log.exception("internal error on %s %s", method, one_line(scope["path"]))
             status = 500
             self.metrics.observe_error(endpoint, "internal")
             await _send(
@@ -394,9 +415,8 @@ class App:
         target = path
         if (versioned := _VERSIONED.match(path)) is not None:
             name, version = versioned["model"], versioned["version"]
-            self._model(name)
-            if not version or version != self.version:
-                raise HTTPError(404, "not_found", f"model {name!r} has no version {version!r}")
+            self.check_model(name)
+            self.check_version(name, version)
             target = f"/v2/models/{name}{path[versioned.end() :]}"
         methods = _LITERAL.get(target) or self._matching(target, path)
         route = methods.get(method) or next(iter(methods.values()))
@@ -407,17 +427,22 @@ class App:
         for pattern, methods in _PATTERNS:
             if (params := pattern.fullmatch(target)) is not None:
                 if "model" in pattern.groupindex:
-                    self._model(params["model"])
+                    self.check_model(params["model"])
                 return methods
         raise HTTPError(404, "not_found", f"no route for {path}")
 
-    def _model(self, name: str) -> None:
+    def check_model(self, name: str) -> None:
         if name != self.name:
             raise HTTPError(
                 404, "not_found", f"model {name!r} is not served here (this serves {self.name!r})"
             )
 
-    def _runner(self) -> ModelRunner:
+    def check_version(self, name: str, version: str) -> None:
+        """404 unless `version` is the one served (an empty one never is)."""
+        if not version or version != self.version:
+            raise HTTPError(404, "not_found", f"model {name!r} has no version {version!r}")
+
+    def ready_runner(self) -> ModelRunner:
         if self.runner is None:
             raise HTTPError(503, "not_ready", f"model {self.name!r} is not ready")
         return self.runner
@@ -428,23 +453,23 @@ class App:
         return {"live": True}
 
     def _ready(self) -> dict[str, Any]:
-        self._runner()
+        self.ready_runner()
         return {"ready": True}
 
     def _model_ready(self) -> dict[str, Any]:
-        self._runner()
+        self.ready_runner()
         return {"name": self.name, "ready": True}
 
     def _v1_live(self) -> dict[str, Any]:
         return {"status": "alive"}
 
-    def _server_metadata(self) -> dict[str, Any]:
+    def server_metadata(self) -> dict[str, Any]:
         from orchard import __version__
 
         return {"name": "orchard", "version": __version__, "extensions": [tensors.EXTENSION]}
 
-    def _model_metadata(self) -> dict[str, Any]:
-        runner = self._runner()
+    def model_metadata(self) -> dict[str, Any]:
+        runner = self.ready_runner()
         schema = runner.schema
         if schema.columns:
             inputs = [
@@ -464,7 +489,7 @@ class App:
 
     async def _feedback(self, scope: Scope, body: bytes) -> dict[str, Any]:
         """Label the rows of an earlier answer: this pod's, else a peer's (`feedback`)."""
-        runner = self._runner()
+        runner = self.ready_runner()
         try:
             feedback = parse_feedback(orjson.loads(body))
         except orjson.JSONDecodeError as exc:
@@ -499,7 +524,7 @@ class App:
 
     def _monitoring(self) -> dict[str, Any]:
         """This pod's drift and accuracy since it started (`serving.monitoring`)."""
-        self._runner()
+        self.ready_runner()
         return pod_view(self.metrics, self.version)
 
     def _v1_model(self) -> dict[str, Any]:
@@ -529,7 +554,7 @@ class App:
         if body is None or coding is None:
             return body
         loop = asyncio.get_running_loop()  # up to the body cap of work: off the event loop
-        return await loop.run_in_executor(self._parser, _decompress, body, coding, limit)
+        return await loop.run_in_executor(self.parser, _decompress, body, coding, limit)
 
     async def _decode(
         self, runner: ModelRunner, v2: bool, body: bytes, header_length: int | None
@@ -538,9 +563,7 @@ class App:
         if len(body) <= PARSE_INLINE_BYTES:
             return self._parse(runner, v2, body, header_length)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._parser, self._parse, runner, v2, body, header_length
-        )
+        return await loop.run_in_executor(self.parser, self._parse, runner, v2, body, header_length)
 
     def _parse(
         self, runner: ModelRunner, v2: bool, body: bytes, header_length: int | None
@@ -570,11 +593,11 @@ class App:
         except tensors.MalformedTensor as exc:
             raise HTTPError(400, "bad_request", str(exc)) from None
         except BadRequest as exc:
-            raise _bad_request(exc) from None
+            raise client_error(exc) from None
 
-    async def _infer(
-        self, runner: ModelRunner, v2: bool, request: Decoded, replay: bool = False
-    ) -> Reply:
+    async def predict(self, request: Decoded, replay: bool = False) -> tuple[Prediction, str]:
+        """The answer to a decoded request, and its id: batched with every other request
+        (REST and gRPC alike), remembered for feedback and collected."""
         rows, n = request.rows, request.n
         try:
             prediction = await self.batcher.submit(
@@ -588,6 +611,12 @@ class App:
             self.recent.remember(response_id, predictions)  # for feedback on it
             if self.collector is not None:
                 self.collector.record_request(response_id, rows, predictions, n)
+        return prediction, response_id
+
+    async def _infer(
+        self, runner: ModelRunner, v2: bool, request: Decoded, replay: bool = False
+    ) -> Reply:
+        prediction, response_id = await self.predict(request, replay)
         if not v2:
             answer = outputs.v1_outputs(request.wanted, prediction, runner.class_list)
             answer["id"] = response_id
@@ -618,7 +647,7 @@ class App:
         else:
             loop = asyncio.get_running_loop()
             reply.body = await loop.run_in_executor(
-                self._parser, encoding.compress, reply.body, coding
+                self.parser, encoding.compress, reply.body, coding
             )
         reply.headers += ((b"content-encoding", coding.encode()), (b"vary", b"accept-encoding"))
 
@@ -683,7 +712,7 @@ def _has_body(scope: Scope) -> bool:
     return bool(_content_length(scope)) or _header(scope, b"transfer-encoding") is not None
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """A message for a response or a log: one line, at most _MESSAGE_CHARS characters."""
     line = " ".join(text[: 2 * _MESSAGE_CHARS].split())
     return line if len(line) <= _MESSAGE_CHARS else line[: _MESSAGE_CHARS - 3] + "..."

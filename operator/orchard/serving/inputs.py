@@ -84,19 +84,29 @@ class Schema:
     # --- V2 -----------------------------------------------------------------------------
 
     def parse_v2(
-        self, body: Any, max_rows: int = DEFAULT_MAX_ROWS, binary: memoryview | None = None
+        self,
+        body: Any,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        binary: memoryview | None = None,
+        sections: Sequence[memoryview | None] | None = None,
     ) -> tuple[Rows, int]:
         """Rows from a V2 inference request: one 2-D tensor, or one named input per column.
 
         `binary`: the body's bytes after its JSON header, which its inputs with a
-        `binary_data_size` parameter are read from (None: every input has JSON `data`)."""
+        `binary_data_size` parameter are read from (None: every input has JSON `data`).
+        `sections`: each input's raw bytes already apart, one per input (gRPC's
+        `raw_input_contents`; None for an input with `data`)."""
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object with 'inputs'")
         inputs = body.get("inputs")
         if not isinstance(inputs, list) or not inputs:
             raise BadRequest("'inputs' must be a non-empty list of tensors")
         raw: list[memoryview | None] = [None] * len(inputs)
-        if binary is not None:
+        if sections is not None:
+            if len(sections) != len(inputs):
+                raise BadRequest(f"{len(sections)} raw input contents for {len(inputs)} inputs")
+            raw = list(sections)
+        elif binary is not None:
             try:
                 raw = tensors.sections(inputs, binary)
             except tensors.MalformedTensor as exc:

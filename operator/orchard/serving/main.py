@@ -4,6 +4,13 @@ The digests are checked before anything is unpickled; a mismatch prints one line
 exits with status 2 without opening a port. The model then loads on a thread while
 the server already answers liveness (and 503 on model routes until it is ready).
 
+REST listens on `--port` (8080), the Open Inference Protocol's gRPC service
+(`grpc_service`) on `--grpc-port` (8081, KServe's; 0 for none), both on one uvloop event
+loop, stopped together: on SIGTERM uvicorn stops taking connections and answers those
+under way, then gRPC answers its calls under way, then the batcher stops. A port that
+cannot be had, REST's or gRPC's, stops the server at startup with uvicorn's status 3
+(the one of a model that fails to load) and the reason logged.
+
 The flags of `limits.Limits` (rows, body and header sizes, timeouts, connections) come
 from its fields, each with an environment default: `orchard serve --help` lists them.
 
@@ -33,6 +40,7 @@ if TYPE_CHECKING:
 
 EXIT_REFUSED = 2
 EXIT_LOAD_FAILED = 3
+GRPC_PORT = 8081  # grpc_service.DEFAULT_PORT, here without importing grpc
 MMAP_THRESHOLD_BYTES = 128 * 1024
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
@@ -64,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--host", default="0.0.0.0")
     add("--port", type=int, default=int(env("ORCHARD_PORT", "8080")))
+    add(
+        "--grpc-port",
+        type=int,
+        default=int(env("ORCHARD_GRPC_PORT", str(GRPC_PORT))),
+        help=f"port of the Open Inference Protocol's gRPC service (default {GRPC_PORT}, "
+        "KServe's); 0: none [ORCHARD_GRPC_PORT]",
+    )
     add("--max-batch-size", type=int, default=32, help="most requests in one predict call")
     add("--max-batch-rows", type=int, default=2048, help="most rows in one predict call")
     add("--max-batch-wait-ms", type=float, default=2.0, help="longest wait to fill a batch")
@@ -202,6 +217,10 @@ def run(args: argparse.Namespace) -> int:
         peers=Peers(args.peers, args.port, args.pod_ip) if args.peers else None,
         collector=collector,
     )
+    if args.grpc_port:
+        from orchard.serving.grpc_service import GRPCServer
+
+        app.servers = (GRPCServer(app, args.host, args.grpc_port),)
     server = uvicorn.Server(server_config(app, args.host, args.port, args.log_level))
     server.run()
     return EXIT_LOAD_FAILED if app.load_error is not None else 0

@@ -12,7 +12,9 @@ values it reads are declared in `orchard.contracts`, for both sides.
 =========================================  =========  ======================================
 metric                                     type       meaning (labels)
 =========================================  =========  ======================================
-orchard_requests_total                     counter    HTTP requests (endpoint, code)
+orchard_requests_total                     counter    requests (endpoint, code: the HTTP
+                                                      status; a gRPC call's is that of its
+                                                      answer over REST, 200 for OK)
 orchard_request_errors_total               counter    requests answered >= 400 (endpoint,
                                                       reason: bad_request, invalid_value,
                                                       too_many_rows, too_large,
@@ -21,7 +23,7 @@ orchard_request_errors_total               counter    requests answered >= 400 (
                                                       prediction_failed, internal)
 orchard_request_duration_seconds           histogram  latency of inference requests, from
                                                       request start to response (endpoint:
-                                                      v1_predict, v2_infer)
+                                                      v1_predict, v2_infer, grpc_infer)
 orchard_batch_rows                         histogram  rows per `predict` call
 orchard_batch_requests                     histogram  requests grouped into one batch
 orchard_predict_duration_seconds           histogram  time in the model per batch (retries
@@ -97,7 +99,9 @@ short label values (`limits.MAX_CATEGORIES`, `limits.MAX_LABEL_CHARS`).
 
 Endpoints (`orchard.contracts.Endpoint`): v2_infer, v1_predict, v2_feedback,
 v2_monitoring, v2_model_metadata, v2_model_ready, v2_server_metadata, v2_health_live,
-v2_health_ready, v1_live, v1_model, v1_models, metrics, unknown (any other path).
+v2_health_ready, v1_live, v1_model, v1_models, metrics; the gRPC service's grpc_infer,
+grpc_model_metadata, grpc_model_ready, grpc_server_metadata, grpc_server_live,
+grpc_server_ready (`grpc_service`); unknown (any other path or gRPC method).
 """
 
 from __future__ import annotations

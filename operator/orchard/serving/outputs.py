@@ -131,7 +131,7 @@ def v2_outputs(
     out: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for w in wanted:
-        values, datatype, parameters = _values(w, prediction, classes)
+        values, datatype, parameters = tensor_values(w, prediction, classes)
         tensor: dict[str, Any] = {
             "name": w.name, "shape": list(values.shape), "datatype": datatype,
             "parameters": parameters,
@@ -153,16 +153,16 @@ def v1_outputs(
     """The keys of a V1 answer: each asked name, and `classes` beside probabilities."""
     answer: dict[str, Any] = {}
     for w in wanted:
-        values, _, parameters = _values(w, prediction, classes)
+        values, _, parameters = tensor_values(w, prediction, classes)
         answer[w.name] = output_data(values) if values.ndim == 1 else values
         answer.update(parameters)
     return answer
 
 
-def _values(
+def tensor_values(
     wanted: Wanted, prediction: Prediction, classes: list[Any] | None
 ) -> tuple[np.ndarray[Any, Any], str, dict[str, Any]]:
-    """An output's values, its V2 datatype and its parameters."""
+    """An output's values, its V2 datatype and its parameters (REST and gRPC alike)."""
     if wanted.kind == LABELS:
         return prediction.labels, output_datatype(prediction.labels), {}
     assert prediction.probabilities is not None, "probabilities were asked of the batch"
