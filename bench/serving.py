@@ -92,12 +92,17 @@ class Bench:
     expected: Any = None
 
 
-def _write_artifact(root: Path, model: Any, columns: list[str], name: str) -> None:
+def _write_artifact(root: Path, model: Any, columns: list[str], name: str, X: Any) -> None:
+    """model.joblib, and heldout.parquet (every row of X: what orchard serve checks its
+    ONNX graph on, serving/runtime.py), listed in metadata.json."""
     import joblib
+    import pandas as pd
 
     root.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, root / "model.joblib")
     digest = "sha256:" + hashlib.sha256((root / "model.joblib").read_bytes()).hexdigest()
+    pd.DataFrame(X, columns=columns).assign(y=0).to_parquet(root / "heldout.parquet")
+    held = "sha256:" + hashlib.sha256((root / "heldout.parquet").read_bytes()).hexdigest()
     meta = {
         "formatVersion": 1, "model": name, "task": "classification",
         "estimator": {"name": type(model).__name__, "params": {}}, "metrics": {},
@@ -106,7 +111,8 @@ def _write_artifact(root: Path, model: Any, columns: list[str], name: str) -> No
                     "target": "y"},
         "inputs": [{"name": c, "type": "number"} for c in columns],
         "output": {"name": "y", "type": "integer", "classes": [int(c) for c in model.classes_]},
-        "files": {"model.joblib": digest},
+        "files": {"model.joblib": digest, "heldout.parquet": held},
+        "heldout": {"file": "heldout.parquet", "rows": len(X), "target": "y"},
         "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip
     (root / "metadata.json").write_text(json.dumps(meta, indent=1))
@@ -119,10 +125,10 @@ def make_models(work: Path) -> list[Bench]:
 
     iris = load_iris()
     lr = LogisticRegression(max_iter=1000).fit(iris.data, iris.target)
-    _write_artifact(work / "iris", lr, [f"x{i}" for i in range(4)], "iris")
+    _write_artifact(work / "iris", lr, [f"x{i}" for i in range(4)], "iris", iris.data)
     bc = load_breast_cancer()
     rf = RandomForestClassifier(n_estimators=100, random_state=0).fit(bc.data, bc.target)
-    _write_artifact(work / "forest", rf, [f"x{i}" for i in range(30)], "forest")
+    _write_artifact(work / "forest", rf, [f"x{i}" for i in range(30)], "forest", bc.data)
     return [
         Bench("iris-logreg", "iris", work / "iris", iris.data, lr),
         Bench("cancer-forest100", "forest", work / "forest", bc.data, rf),

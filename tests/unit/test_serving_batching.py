@@ -45,6 +45,7 @@ def iris_server(tmp_path: Path) -> Iterator[tuple[str, App, Counting]]:
         assert app.runner is not None
         counting = Counting(app.runner.model, hold=0.05)
         app.runner.model = counting
+        app.runner.native = None  # the pipeline answers, counted
         yield base, app, counting
 
 
@@ -84,6 +85,7 @@ def test_batches_hold_at_most_max_requests_and_rows(tmp_path: Path) -> None:
         assert app.runner is not None
         counting = Counting(app.runner.model, hold=0.05)
         app.runner.model = counting
+        app.runner.native = None  # the pipeline answers, counted
         bodies = [{"instances": [row] * 10} for _ in range(7)] + [{"instances": [row]}] * 6
         replies = asyncio.run(_post_all(f"{base}/v1/models/iris:predict", bodies))
         sizes = [len(r.json()["predictions"]) for r in replies]
@@ -109,6 +111,7 @@ def test_a_request_that_breaks_the_model_fails_alone(tmp_path: Path) -> None:
         assert app.runner is not None
         counting = Counting(app.runner.model, hold=0.05)
         app.runner.model = counting
+        app.runner.native = None  # the pipeline answers, counted
         bodies = [{"instances": rows} for rows in [*good[:3], bad, *good[3:]]]
         replies = asyncio.run(_post_all(f"{base}/v1/models/penguins:predict", bodies))
         model = joblib.load(artifact / "model.joblib")

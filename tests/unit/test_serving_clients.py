@@ -23,6 +23,8 @@ from test_serving_support import Served as ServedProcess
 from test_serving_support import mixed_frame, serving_iris, serving_penguins
 from tritonclient.utils import InferenceServerException
 
+from orchard.serving.runtime import PROBABILITY_TOLERANCE as TOLERANCE
+
 IRIS_ROWS = np.array(
     [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3], [5.9, 3.0, 5.1, 1.8]]
 )
@@ -112,8 +114,8 @@ def test_labels_and_probabilities(
     np.testing.assert_array_equal(result.as_numpy("output-0"), model.predict(as_served))
     proba = result.as_numpy("predict_proba")
     assert proba.dtype == np.float64 and proba.shape == (4, 3)
-    np.testing.assert_allclose(proba, model.predict_proba(as_served))
-    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_allclose(proba, model.predict_proba(as_served), atol=TOLERANCE)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=TOLERANCE)
     classes = result.get_output("predict_proba")["parameters"]["classes"]
     assert classes == model.classes_.tolist()
     assert model.classes_[proba.argmax(axis=1)].tolist() == result.as_numpy("output-0").tolist()
@@ -181,7 +183,9 @@ def test_compressed_requests_and_responses(iris: Served, algorithm: str) -> None
             "iris", [tensor("input-0", x, "FP64", binary)], outputs=wanted,
             request_compression_algorithm=algorithm, response_compression_algorithm=algorithm,
         )  # fmt: skip
-        np.testing.assert_allclose(result.as_numpy("predict_proba"), model.predict_proba(x))
+        np.testing.assert_allclose(
+            result.as_numpy("predict_proba"), model.predict_proba(x), atol=TOLERANCE
+        )
 
 
 def test_an_answer_is_compressed_only_when_asked_and_worth_it(iris: Served) -> None:

@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from google.protobuf import unknown_fields
 from test_serving_support import (
     Served,
     free_port,
@@ -38,6 +39,7 @@ from tritonclient.utils import InferenceServerException
 from orchard.decisions import analysis as an
 from orchard.decisions import metrics_text as mt
 from orchard.serving import main as serve_main
+from orchard.serving.runtime import PROBABILITY_TOLERANCE as TOLERANCE
 
 REPO = Path(__file__).resolve().parents[2]
 GRPC_INFER = ("endpoint", "grpc_infer")
@@ -127,6 +129,27 @@ def test_server_and_model_metadata(iris: tuple[triton.InferenceServerClient, Any
 # --- inference ------------------------------------------------------------------------------
 
 
+def test_the_model_metadata_properties_say_which_runtime_answers(iris_served: Served) -> None:
+    """As REST's metadata parameters. tritonclient's proto lacks the OIP's `properties`
+    (field 6), so it is read from the unknown fields: each map entry is (key 1, value 2),
+    the wire form of a ModelMetadataRequest (name 1, version 2)."""
+    with grpc.insecure_channel(iris_served.server.grpc_target) as channel:
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelMetadata",
+            request_serializer=service_pb2.ModelMetadataRequest.SerializeToString,
+        )
+        raw = call(service_pb2.ModelMetadataRequest(name="iris"))
+    response = service_pb2.ModelMetadataResponse.FromString(raw)
+    properties = {}
+    for field in unknown_fields.UnknownFieldSet(response):
+        if field.field_number == 6:
+            entry = service_pb2.ModelMetadataRequest.FromString(field.data)
+            properties[entry.name] = entry.version
+    assert properties["runtime"] == "onnx", properties
+    assert "labels as the pipeline's on" in properties["runtime_reason"], properties
+    assert json.loads(properties["classes"]) == [0, 1, 2], properties
+
+
 @pytest.mark.parametrize("datatype", ["FP64", "FP32", "INT64"])
 def test_labels_and_probabilities(
     iris: tuple[triton.InferenceServerClient, Any], datatype: str
@@ -142,7 +165,7 @@ def test_labels_and_probabilities(
     np.testing.assert_array_equal(result.as_numpy("output-0"), model.predict(as_served))
     proba = result.as_numpy("predict_proba")
     assert proba.dtype == np.float64 and proba.shape == (4, 3)
-    np.testing.assert_allclose(proba, model.predict_proba(as_served))
+    np.testing.assert_allclose(proba, model.predict_proba(as_served), atol=TOLERANCE)
     classes = result.get_output("predict_proba").parameters["classes"].string_param
     assert json.loads(classes) == model.classes_.tolist()
 
@@ -184,7 +207,7 @@ def test_typed_contents_are_answered_typed(iris_served: Served) -> None:
         labels, proba = response.outputs
         assert list(labels.contents.int64_contents) == model.predict(IRIS_ROWS).tolist()
         got = np.array(proba.contents.fp64_contents).reshape(list(proba.shape))
-        np.testing.assert_allclose(got, model.predict_proba(IRIS_ROWS))
+        np.testing.assert_allclose(got, model.predict_proba(IRIS_ROWS), atol=TOLERANCE)
         x.datatype = "FP32"  # its values must be in fp32_contents
         with pytest.raises(grpc.RpcError) as caught:
             service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
@@ -204,7 +227,9 @@ def test_mixed_rows_as_bytes(penguins_served: Served) -> None:
         result = client.infer("penguins", [tensor("rows", rows, "BYTES")], outputs=wanted)
         labels = [v.decode() for v in result.as_numpy("output-0")]
         assert labels == model.predict(frame).tolist()
-        np.testing.assert_allclose(result.as_numpy("predict_proba"), model.predict_proba(frame))
+        np.testing.assert_allclose(
+            result.as_numpy("predict_proba"), model.predict_proba(frame), atol=TOLERANCE
+        )
         filled = frame.fillna({"sex": "male"})
         inputs = [
             tensor("bill_length_mm", filled["bill_length_mm"].to_numpy(np.float32), "FP32"),

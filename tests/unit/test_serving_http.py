@@ -22,6 +22,7 @@ from test_serving_support import (
 )
 
 from orchard.serving.app import App
+from orchard.serving.runtime import PROBABILITY_TOLERANCE as TOLERANCE
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +217,9 @@ def test_v2_outputs_are_what_was_asked(iris: tuple[str, Any]) -> None:
     assert [o["name"] for o in out] == ["predict_proba"]
     assert out[0]["shape"] == [3, 3] and out[0]["datatype"] == "FP64"
     assert out[0]["parameters"] == {"classes": [0, 1, 2]}
-    np.testing.assert_allclose(np.reshape(out[0]["data"], (3, 3)), model.predict_proba(x))
+    np.testing.assert_allclose(
+        np.reshape(out[0]["data"], (3, 3)), model.predict_proba(x), atol=TOLERANCE
+    )
     body["outputs"] = [{"name": "predict"}, {"name": "output-0"}]
     out = httpx.post(url, json=body).json()["outputs"]
     assert [(o["name"], o["data"]) for o in out] == [
@@ -241,7 +244,9 @@ def test_v1_outputs_by_request_parameter(iris: tuple[str, Any]) -> None:
     both = {"instances": IRIS_ROWS, "parameters": {"outputs": ["predictions", "probabilities"]}}
     answer = httpx.post(url, json=both).json()
     assert answer["predictions"] == [0, 1, 2] and answer["classes"] == [0, 1, 2]
-    np.testing.assert_allclose(answer["probabilities"], model.predict_proba(np.asarray(IRIS_ROWS)))
+    np.testing.assert_allclose(
+        answer["probabilities"], model.predict_proba(np.asarray(IRIS_ROWS)), atol=TOLERANCE
+    )
     only = httpx.post(url, json=both | {"parameters": {"outputs": ["probabilities"]}}).json()
     assert sorted(only) == ["classes", "id", "probabilities"]
     r = httpx.post(url, json=both | {"parameters": {"outputs": ["predict_proba"]}})

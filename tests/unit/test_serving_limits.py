@@ -363,6 +363,7 @@ def test_every_connection_busy_in_the_model_gets_503(iris_dir: Path) -> None:
                 return real.predict(rows)
 
         app.runner.model = Held()
+        app.runner.native = None  # the pipeline answers, held
         results: list[int] = []
 
         def call() -> None:

@@ -36,14 +36,23 @@ from orchard.serving.main import build_runner, server_config
 
 def write_artifact(
     root: Path, model: Any, inputs: list[dict[str, str]], task: str = "classification",
-    name: str = "model", extra: dict[str, Any] | None = None,
+    name: str = "model", extra: dict[str, Any] | None = None, heldout: Any = None,
 ) -> Path:  # fmt: skip
-    """model.joblib plus a metadata.json listing its sha256, in the trainer's format."""
+    """model.joblib plus a metadata.json listing its sha256, in the trainer's format; with
+    `heldout` (a DataFrame of the inputs), heldout.parquet too, which the server's parity
+    check (serving/runtime.py) reads."""
     import sklearn
 
     root.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, root / "model.joblib")
     digest = "sha256:" + hashlib.sha256((root / "model.joblib").read_bytes()).hexdigest()
+    files = {"model.joblib": digest}
+    if heldout is not None:
+        heldout.assign(y=0).to_parquet(root / "heldout.parquet", index=False)
+        raw = (root / "heldout.parquet").read_bytes()
+        files["heldout.parquet"] = "sha256:" + hashlib.sha256(raw).hexdigest()
+        held = {"file": "heldout.parquet", "rows": len(heldout), "target": "y"}
+        extra = {"heldout": held, **(extra or {})}
     classes = [c.item() if hasattr(c, "item") else c for c in getattr(model, "classes_", [])]
     metadata = {
         "formatVersion": 1,
@@ -61,7 +70,7 @@ def write_artifact(
         "inputs": inputs,
         "output": {"name": "y", "type": "string" if task == "classification" else "number"}
         | ({"classes": classes} if classes else {}),
-        "files": {"model.joblib": digest},
+        "files": files,
         "createdAt": "2026-11-27T10:00:00Z",
         **(extra or {}),
     }
@@ -81,7 +90,8 @@ def iris_artifact(root: Path) -> Path:
         data.data, data.target
     )
     cols = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-    return write_artifact(root, model, [{"name": c, "type": "number"} for c in cols], name="iris")
+    inputs = [{"name": c, "type": "number"} for c in cols]
+    return write_artifact(root, model, inputs, name="iris", heldout=_frame(data.data, cols))
 
 
 def iris_artifact_with_baselines(root: Path) -> Path:
@@ -107,7 +117,9 @@ def iris_artifact_with_baselines(root: Path) -> Path:
         "predictionStats": prediction_stats(model.predict(held_out), "classification"),
         "calibration": calibration(model, held_out, pd.Series(data.target[1::2])),
     }
-    return write_artifact(root, model, inputs, name="iris", extra=extra)
+    return write_artifact(
+        root, model, inputs, name="iris", extra=extra, heldout=_frame(held_out, cols)
+    )
 
 
 def forest_artifact(root: Path, n_estimators: int = 100) -> Path:
@@ -120,7 +132,8 @@ def forest_artifact(root: Path, n_estimators: int = 100) -> Path:
         data.data, data.target
     )
     inputs = [{"name": f"f{i}", "type": "number"} for i in range(data.data.shape[1])]
-    return write_artifact(root, model, inputs, name="cancer")
+    held = _frame(data.data[::3], [c["name"] for c in inputs])
+    return write_artifact(root, model, inputs, name="cancer", heldout=held)
 
 
 MIXED_INPUTS = [
@@ -176,7 +189,8 @@ def mixed_artifact(root: Path, handle_unknown: str = "error") -> Path:
         ]
     )
     model = make_pipeline(pre, DecisionTreeClassifier(random_state=0)).fit(frame, species)
-    return write_artifact(root, model, MIXED_INPUTS, name="penguins")
+    held, _ = mixed_frame(60, seed=1)
+    return write_artifact(root, model, MIXED_INPUTS, name="penguins", heldout=held)
 
 
 def regression_artifact(root: Path) -> Path:
@@ -187,7 +201,14 @@ def regression_artifact(root: Path) -> Path:
     data = load_diabetes()
     model = Ridge().fit(data.data, data.target)
     inputs = [{"name": f"x{i}", "type": "number"} for i in range(data.data.shape[1])]
-    return write_artifact(root, model, inputs, task="regression", name="diabetes")
+    held = _frame(data.data[::4], [c["name"] for c in inputs])
+    return write_artifact(root, model, inputs, task="regression", name="diabetes", heldout=held)
+
+
+def _frame(rows: Any, columns: list[str]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns)
 
 
 def free_port() -> int:

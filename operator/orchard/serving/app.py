@@ -263,7 +263,7 @@ class App:
         """Make the model live (the app answers 503 on model routes until then)."""
         self.metrics.set_model(
             runner.schema.names, [c.numeric for c in runner.schema.columns],
-            not runner.classification, self.info,
+            not runner.classification, {**self.info, "runtime": runner.runtime.name},
         )  # fmt: skip
         self.metrics.set_baseline(runner.drift_bins, runner.prediction_bins, runner.confidence_bins)
         self.runner = runner
@@ -484,6 +484,8 @@ class App:
             "platform": _PLATFORM,
             "inputs": inputs,
             "outputs": outputs.metadata(runner.output_datatype, runner.class_list),
+            # What answers (serving/runtime.py): onnx or sklearn, and why.
+            "parameters": {"runtime": runner.runtime.name, "runtime_reason": runner.runtime.reason},
         }
         return meta
 

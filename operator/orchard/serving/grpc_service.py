@@ -227,7 +227,7 @@ class GRPCServer:
     async def _model_metadata(self, request: pb.ModelMetadataRequest, context: Context) -> Any:
         self._check(request.name, request.version)
         meta = self.app.model_metadata()  # REST's, in the proto's terms
-        properties: dict[str, str] = {}
+        properties: dict[str, str] = {key: str(value) for key, value in meta["parameters"].items()}
         for output in meta["outputs"]:
             classes = (output.get("parameters") or {}).get(outputs.CLASSES)
             if classes is not None:

@@ -29,7 +29,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from orchard.serving.limits import LIMIT_FIELDS, Limits, fit_fd_limit
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import uvicorn
 
     from orchard.serving.app import App
+    from orchard.serving.runtime import Mode
 
 EXIT_REFUSED = 2
 EXIT_LOAD_FAILED = 3
@@ -111,6 +112,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest a collected row waits in memory")  # fmt: skip
     add("--collect-segment-rows", type=_positive(int), default=10_000,
         help="most rows in one segment")  # fmt: skip
+    add(
+        "--runtime",
+        default=env("ORCHARD_RUNTIME", "auto"),
+        choices=["auto", "onnx", "sklearn"],
+        help="what answers: auto, the pipeline's ONNX graph when it answers the held-out "
+        "rows as the pipeline does (serving/runtime.py); onnx, that graph or no model; "
+        "sklearn, the pipeline [ORCHARD_RUNTIME]",
+    )
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -153,18 +162,23 @@ def return_large_blocks() -> bool:
         return False
 
 
-def build_runner(artifact: Any) -> Any:
-    """Unpickle a verified artifact into a ModelRunner (runs on a thread)."""
+def build_runner(artifact: Any, runtime: str = "auto") -> Any:
+    """Unpickle a verified artifact into a ModelRunner, answering through the runtime
+    `runtime` selects (`serving.runtime`; runs on a thread)."""
     from orchard.artifacts.metadata import prediction_drift_bins
     from orchard.serving.artifact import unpickle
     from orchard.serving.model import ModelRunner
+    from orchard.serving.runtime import heldout_frame
 
     meta = artifact.metadata
-    return ModelRunner(
+    runner = ModelRunner(
         unpickle(artifact), artifact.columns, meta.task, meta.feature_stats,
         prediction_drift_bins(meta.prediction_stats),
         meta.calibration.bins() if meta.calibration else None,
     )  # fmt: skip
+    mode = cast("Mode", runtime)
+    runner.use_runtime(mode, heldout_frame(artifact) if mode != "sklearn" else None)
+    return runner
 
 
 def run(args: argparse.Namespace) -> int:
@@ -206,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
 
     app = App(
         args.model_name,
-        lambda: build_runner(artifact),
+        lambda: build_runner(artifact, args.runtime),
         version=args.model_version,
         max_batch_size=args.max_batch_size,
         max_batch_wait=args.max_batch_wait_ms / 1000.0,

@@ -76,7 +76,7 @@ orchard_feature_category_total             counter    string input values (featu
                                                       a value cut to 64 characters)
 orchard_model_ready                        gauge      1 once the model is loaded
 orchard_model_info                         gauge      1, labelled (model, digest, framework,
-                                                      estimator)
+                                                      estimator, runtime: onnx | sklearn)
 orchard_connections_open                   gauge      open HTTP connections
 orchard_connections_dropped_total          counter    connections the server closed on a
                                                       client (reason: idle, header_timeout,

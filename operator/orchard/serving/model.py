@@ -8,6 +8,10 @@ batch's inputs and predictions (a few vectorised numpy calls) so that the event 
 adds numbers into the metrics. The rows of replayed requests (`contracts.REPLAY_HEADER`)
 are predicted with the rest but left out of the summaries and the confidence sample; only
 their classes are counted, apart.
+
+The model answers through the runtime `use_runtime` chose (`orchard.serving.runtime`):
+its ONNX graph when that answers the held-out rows as the pipeline does, else the
+pipeline; `runtime` says which and why.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from orchard.artifacts.metadata import FeatureStats
 from orchard.serving.artifact import Column
 from orchard.serving.inputs import Array, Rows, Schema
 from orchard.serving.metrics import category_label
+from orchard.serving.runtime import SKLEARN, Mode, OnnxModel, PipelineRows, Runtime
 
 log = logging.getLogger("orchard.serving")
 
@@ -157,6 +162,25 @@ class ModelRunner:
             import pandas as pd  # only for models that were fitted on a DataFrame
 
             self._frame_type = pd.DataFrame
+        self.runtime = Runtime(SKLEARN, "the pipeline (no runtime selected)")
+        self.native: OnnxModel | None = None
+
+    def use_runtime(self, mode: Mode = "auto", heldout: Any = None) -> Runtime:
+        """Choose what answers (`runtime.select`), checked against this pipeline on the
+        held-out rows (a DataFrame, or None); one log line says which and why."""
+        from orchard.serving.runtime import select
+
+        self.native = None
+        runtime, native = select(
+            self.model, self.schema.columns, named=self.needs_frame, width=self.schema.width or 0,
+            classes=self.classes if self.classification else None,
+            classification=self.classification,
+            reference=(self.predict, self.probabilities if self.has_probabilities else None),
+            heldout=heldout, mode=mode,
+        )  # fmt: skip
+        self.runtime, self.native = runtime, native
+        log.info("runtime %s: %s", runtime.name, runtime.reason)
+        return runtime
 
     @property
     def has_probabilities(self) -> bool:
@@ -175,11 +199,21 @@ class ModelRunner:
         return rows
 
     def predict(self, rows: Rows) -> Array:
+        if self.native is not None:
+            try:
+                return self.native.predict(rows)
+            except PipelineRows:
+                pass
         out = np.asarray(self.model.predict(self.to_model_input(rows)))
         return out.reshape(len(out), -1)[:, 0] if out.ndim > 1 and out.shape[1] == 1 else out
 
     def probabilities(self, rows: Rows) -> Array:
         """Class probabilities: a row per row, a column per class in `classes` order."""
+        if self.native is not None:
+            try:
+                return self.native.probabilities(rows)
+            except PipelineRows:
+                pass
         return np.asarray(self.model.predict_proba(self.to_model_input(rows)), dtype=np.float64)
 
     def predict_batch(
