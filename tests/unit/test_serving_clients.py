@@ -39,13 +39,22 @@ class Served:
     base: str
 
 
+class HTTPClient(triton.InferenceServerClient):  # type: ignore[misc]
+    """tritonclient's HTTP client, closed by its fixture only. Its own `__del__` closes it
+    again, in whichever thread the garbage collector runs: from another thread gevent
+    refuses (InvalidThreadUseError), which pytest then reports in an unrelated test."""
+
+    def __del__(self) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def http_client(
     root: Path, serve: Callable[[Path], ContextManager[ServedProcess]]
 ) -> Iterator[Served]:
     with serve(root) as served:
         server = served.server
-        client = triton.InferenceServerClient(f"{server.host}:{server.port}")
+        client = HTTPClient(f"{server.host}:{server.port}")
         try:
             yield Served(client, served.model, server.base)
         finally:

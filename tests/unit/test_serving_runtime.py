@@ -282,7 +282,7 @@ def test_the_flag_and_its_environment_default(monkeypatch: pytest.MonkeyPatch) -
 def test_metadata_and_model_info_show_the_runtime(tmp_path: Path) -> None:
     onnx = App("cancer", info={"digest": "sha256:1"})
     onnx.set_runner(build_runner(verify(forest_artifact(tmp_path / "forest", n_estimators=5))))
-    meta = onnx._model_metadata()
+    meta = onnx.model_metadata()
     assert meta["parameters"]["runtime"] == "onnx"
     assert "labels as the pipeline's" in meta["parameters"]["runtime_reason"]
     assert "answered by the pipeline" in meta["parameters"]["runtime_reason"]  # NaN branches
@@ -291,7 +291,7 @@ def test_metadata_and_model_info_show_the_runtime(tmp_path: Path) -> None:
     plain.set_runner(
         build_runner(verify(forest_artifact(tmp_path / "f2", n_estimators=5)), "sklearn")
     )
-    assert plain._model_metadata()["parameters"] == {
+    assert plain.model_metadata()["parameters"] == {
         "runtime": "sklearn",
         "runtime_reason": "--runtime sklearn",
     }
