@@ -366,6 +366,8 @@ def deployment(
         "command": ["orchard"],
         "args": args,
         "ports": [{"name": "http", "containerPort": server.port, "protocol": "TCP"}],
+        # A refused artifact's one line (contracts.SERVE_REFUSED_PREFIX) reaches status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "env": [
             {"name": "HOME", "value": "/tmp"},
             {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
