@@ -94,6 +94,43 @@ class InClusterOperator:
                       *pod.split())  # fmt: skip
         self.restarts += 1
 
+    def kill_container(self) -> None:
+        """SIGKILL the operator's process through containerd (kill -9 of its container, as
+        the kernel's OOM killer or a crash would), then wait until the kubelet has started
+        it again in the same pod and its watches run. The local cluster only."""
+        from tests.cluster.harness.images import ctr
+
+        self._seen.append(self.log())
+        pod = json.loads(self._kubectl("-n", self.namespace, "get", "pods", "-l", SELECTOR,
+                                       "-o", "json"))["items"][0]  # fmt: skip
+        status = pod["status"]["containerStatuses"][0]
+        before = int(status["restartCount"])
+        ctr("tasks", "kill", "--signal", "SIGKILL", status["containerID"].split("://", 1)[1])
+        self.restarts += 1
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            now = json.loads(self._kubectl("-n", self.namespace, "get", "pod",
+                                           pod["metadata"]["name"], "-o", "json"))  # fmt: skip
+            status = now["status"]["containerStatuses"][0]
+            if int(status["restartCount"]) > before and status.get("ready"):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"the operator's container was not restarted: {status}")
+        self.wait_ready()
+
+    def stop(self) -> None:
+        """Remove the operator as `kubectl delete -k manifests/default` does (its
+        Deployment, gracefully: it stops cleanly), keeping its log; the Orchard objects
+        and the CRDs stay."""
+        self._seen.append(self.log())
+        self._kubectl("-n", self.namespace, "delete", "deployment", "orchard-operator",
+                      "--wait=true", "--timeout=90s", timeout=120)  # fmt: skip
+        deadline = time.monotonic() + 90
+        while self._kubectl("-n", self.namespace, "get", "pods", "-l", SELECTOR, "-o", "name"):
+            assert time.monotonic() < deadline, "the operator's pod did not go"
+            time.sleep(1)
+
     def uninstall(self) -> None:
         """Delete Orchard's objects while the operator runs (a ModelVersion's deletion
         guard needs it), keep its log, then remove its cluster-scoped objects."""
@@ -101,7 +138,7 @@ class InClusterOperator:
             with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
                 self._kubectl("-n", self.namespace, "delete", kind, "--all", "--timeout=60s",
                               timeout=90)  # fmt: skip
-        self._seen.append(self.log())
+        self._seen.append(self.log())  # empty once `stop` removed it
         self.logs.mkdir(parents=True, exist_ok=True)
         (self.logs / f"{self.namespace}-operator.log").write_text("\n".join(self._seen))
         with contextlib.suppress(AssertionError):

@@ -25,6 +25,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+# --- The model server's refusal of an artifact -----------------------------------------
+
+# `orchard serve` exits with this status, having printed one line that starts with the
+# prefix, when the artifact fails its digests or cannot be read as one; the serving
+# container's termination message (FallbackToLogsOnError) carries that line to the
+# controller, which puts it in the ModelDeployment's Ready condition.
+SERVE_EXIT_REFUSED = 2
+SERVE_REFUSED_PREFIX = "orchard serve: refusing to start: "
+
 # --- The model server's metrics, as the canary analysis reads them --------------------
 
 REQUESTS = "orchard_requests_total"  # counter (endpoint, code)

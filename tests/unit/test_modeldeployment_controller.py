@@ -325,6 +325,35 @@ async def test_deleting_a_deployment_takes_it_out_of_used_by(cluster: FakeKube) 
     assert cluster.find("ModelVersion", "iris-v1")["status"]["usedBy"] == []  # type: ignore[index]
 
 
+async def test_a_serving_child_deleted_by_hand_is_made_again(cluster: FakeKube) -> None:
+    """The watch events of a Deployment or Service gone by hand reconcile the owner, which
+    makes it again; a Service's other events do nothing."""
+    cluster.add(deployment())
+    cluster.add(pod("iris-stable-a", "stable", "iris-v1"))
+    await reconcile()
+    await reconcile()
+    service = cluster.find("Service", "iris")
+    stable = cluster.find("Deployment", "iris-stable")
+    assert service is not None and stable is not None
+    writes = len(cluster.writes)
+    await h.service_deleted(
+        event={"type": "MODIFIED", "object": service}, body=service, namespace=NS, logger=log
+    )
+    assert cluster.writes[writes:] == []
+    for kind, body in (("Service", service), ("Deployment", stable)):
+        await kube.delete(body["apiVersion"], kind, body["metadata"]["name"], NS)
+        assert cluster.find(kind, body["metadata"]["name"]) is None
+    await h.service_deleted(
+        event={"type": "DELETED", "object": service}, body=service, namespace=NS, logger=log
+    )
+    assert cluster.find("Service", "iris") is not None
+    await kube.delete("apps/v1", "Deployment", "iris-stable", NS)
+    await h.deployment_changed(body=stable, namespace=NS, logger=log)
+    again = cluster.find("Deployment", "iris-stable")
+    assert again is not None and again["spec"]["replicas"] == 2
+    assert cluster.find("Service", "iris") is not None
+
+
 async def test_a_deployment_being_deleted_uses_nothing(cluster: FakeKube) -> None:
     cluster.add(deployment())
     await reconcile()

@@ -220,7 +220,25 @@ CASES = [
     Case("stable pods all gone: degraded", {**STABLE}, spec={"modelVersion": "iris-v1"},
          obs=replace(BASE_OBS, stable_ready=0), phase="Degraded", reason="StableUnavailable",
          events=("StableUnavailable",)),
+    Case("stable pods refusing the artifact: degraded, saying why", {**STABLE},
+         spec={"modelVersion": "iris-v1"},
+         obs=replace(BASE_OBS, stable_ready=0, stable_refused="pod p refused the artifact: x"),
+         phase="Degraded", reason="StableUnavailable", events=("StableUnavailable",)),
 ]  # fmt: skip
+
+
+def test_a_refused_artifact_is_the_ready_conditions_reason() -> None:
+    refused = replace(BASE_OBS, stable_ready=0, stable_refused="pod p refused the artifact: x")
+    st = ro.decide(spec(modelVersion="iris-v1"), status(**STABLE), T0, refused).status
+    ready = get_condition(st.conditions, "Ready")
+    assert ready is not None
+    assert (ready.status, ready.reason) == ("False", "ArtifactRefused")
+    assert ready.message == "no ready pod serves iris-v1: pod p refused the artifact: x"
+    assert st.message == ready.message
+    st = ro.decide(spec(modelVersion="iris-v1"), status(**STABLE), T0,
+                   replace(BASE_OBS, stable_ready=0)).status  # fmt: skip
+    ready = get_condition(st.conditions, "Ready")
+    assert ready is not None and ready.reason == "NoReadyPods"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -42,6 +42,29 @@ def container(dep: dict[str, Any]) -> dict[str, Any]:
     return c
 
 
+def test_a_refused_artifact_reaches_status_through_the_termination_message() -> None:
+    """`orchard serve` refuses a changed artifact with one line on stderr and exit 2; the
+    container hands its log's tail to the kubelet, which the controller reads."""
+    from orchard.contracts import SERVE_EXIT_REFUSED, SERVE_REFUSED_PREFIX
+    from orchard.decisions.observing import refusal
+
+    dep = sv.deployment(md(), "stable", mv(), 1, sv.ServerSettings(image="img:1"))
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    line = "model.joblib has digest sha256:1, but metadata.json lists sha256:2"
+    ended = {"exitCode": SERVE_EXIT_REFUSED, "message": f"{SERVE_REFUSED_PREFIX}{line}\n"}
+    waiting = {"waiting": {"reason": "CrashLoopBackOff"}}
+    server = {"name": "server", "lastState": {"terminated": ended}, "state": waiting}
+    pod = {"metadata": {"name": "iris-stable-x", "labels": labels},
+           "status": {"containerStatuses": [server]}}  # fmt: skip
+    version = labels["orchard.dev/model-version"]
+    assert refusal([pod], "stable", version) == f"pod iris-stable-x refused the artifact: {line}"
+    assert refusal([pod], "canary", version) == ""
+    ended["exitCode"] = 3  # a model that cannot load is another story
+    assert refusal([pod], "stable", version) == ""
+
+
 def test_stable_deployment_from_pvc() -> None:
     dep = sv.deployment(md(), "stable", mv(), 2, sv.ServerSettings(image="img:1"))
     assert dep["metadata"]["name"] == "iris-stable"

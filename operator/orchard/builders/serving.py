@@ -378,6 +378,8 @@ def deployment(
         "command": ["orchard"],
         "args": args,
         "ports": ports,
+        # A refused artifact's one line (contracts.SERVE_REFUSED_PREFIX) reaches status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "env": [
             {"name": "HOME", "value": "/tmp"},
             {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},

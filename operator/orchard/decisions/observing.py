@@ -23,6 +23,7 @@ from orchard.api.modeldeployment import (
     RolloutAction,
 )
 from orchard.api.modelversion import ModelVersion
+from orchard.contracts import SERVE_EXIT_REFUSED, SERVE_REFUSED_PREFIX
 
 from . import analysis as an
 from . import evaluation as ev
@@ -91,6 +92,31 @@ def pods_of(pods: Sequence[Pod], track: str, version: str | None) -> list[Pod]:
         if ((p.get("metadata") or {}).get("labels") or {}).get(TRACK_LABEL) == track
         and ((p.get("metadata") or {}).get("labels") or {}).get(MODEL_VERSION_LABEL) == version
     ]
+
+
+MAX_REFUSAL = 512
+
+
+def refusal(pods: Sequence[Pod], track: str, version: str | None) -> str:
+    """Why a pod of one track and version would not serve: the line of its server that
+    refused the artifact (exit SERVE_EXIT_REFUSED), from its container's last or current
+    termination; empty when no pod refused."""
+    for pod in pods_of(pods, track, version):
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            for state in (container.get("state") or {}, container.get("lastState") or {}):
+                ended = state.get("terminated") or {}
+                if ended.get("exitCode") != SERVE_EXIT_REFUSED:
+                    continue
+                text = str(ended.get("message") or "")
+                line = next(
+                    (ln for ln in text.splitlines() if ln.startswith(SERVE_REFUSED_PREFIX)), ""
+                )
+                said = line.removeprefix(SERVE_REFUSED_PREFIX).strip()
+                why = f"pod {pod['metadata']['name']} refused the artifact: " + (
+                    said or f"exit code {SERVE_EXIT_REFUSED}"
+                )
+                return why if len(why) <= MAX_REFUSAL else why[: MAX_REFUSAL - 3] + "..."
+    return ""
 
 
 def serving_pods(pods: Sequence[Pod], status: ModelDeploymentStatus) -> list[Pod]:
@@ -263,6 +289,7 @@ def observe(md: ModelDeployment, reads: Reads, url: str, now: dt.datetime) -> ro
         stable_ready=stable_ready,
         stable_desired=stable_desired(md, reads.stable_deployment),
         canary_ready=len(canary_pods),
+        stable_refused=refusal(pods, "stable", st.stable_version) if not stable_ready else "",
         candidate=candidate,
         stable=stable,
         analysis=analysis,

@@ -68,6 +68,7 @@ SERVING = "Serving"
 STABLE = "Stable"
 STABLE_UNAVAILABLE = "StableUnavailable"
 NO_READY_PODS = "NoReadyPods"
+ARTIFACT_REFUSED = "ArtifactRefused"  # a serving pod refused its artifact (its digests)
 SCALED_TO_ZERO = "ScaledToZero"
 WAITING_FOR_MODEL_VERSION = "WaitingForModelVersion"
 MODEL_VERSION_FAILED = "ModelVersionFailed"
@@ -136,6 +137,9 @@ class Observations:
     stable_desired: int = 0
     # Ready pods of the canary Deployment that run status.canaryVersion.
     canary_ready: int = 0
+    # Why a pod of the stable version would not start: its server's own line refusing
+    # the artifact (a digest that no longer matches); empty when none refused.
+    stable_refused: str = ""
     candidate: VersionInfo | None = None  # the target version
     stable: VersionInfo | None = None  # status.stableVersion
     analysis: an.Result | None = None  # verdict on the canary's window this step
@@ -472,6 +476,8 @@ class _Machine:
             self.cond("Degraded", "False", DEPLOYING, f"waiting for {st.stable_version}")
         else:
             text = f"no ready pod serves {st.stable_version}"
+            if self.obs.stable_refused:
+                text += f": {self.obs.stable_refused}"
             if st.phase != "Degraded":
                 self.event("Warning", STABLE_UNAVAILABLE, text)
             self.set_phase("Degraded", STABLE_UNAVAILABLE, text)
@@ -774,6 +780,13 @@ class _Machine:
             self.cond("Ready", "True", SERVING, f"{obs.stable_ready} stable pods ready")
         elif self.spec.replicas == 0:
             self.cond("Ready", "True", SCALED_TO_ZERO, "spec.replicas is 0")
+        elif obs.stable_refused:
+            self.cond(
+                "Ready",
+                "False",
+                ARTIFACT_REFUSED,
+                f"no ready pod serves {st.stable_version}: {obs.stable_refused}",
+            )
         else:
             self.cond("Ready", "False", NO_READY_PODS, f"no ready pod serves {st.stable_version}")
         if not obs.traffic_ok:

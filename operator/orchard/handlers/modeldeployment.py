@@ -11,7 +11,8 @@ status, so a restarted operator resumes where it was. Triggers:
 - a change of the `orchard.dev/rollout-action` annotation (promote | abort), acted on once;
 - a loop (`handlers.loops`, no finalizer), only while the phase is Pending, Progressing
   or Paused, every analysis interval (it stops when the rollout ends);
-- events of the Deployments it owns (pods becoming ready, or going away);
+- events of the Deployments it owns (pods becoming ready, or going away), and the
+  deletion of a Service it owns (a child deleted by hand is made again at once);
 - a ModelVersion turning Ready, for the deployments that track its model (`spec.track`).
 """
 
@@ -78,7 +79,8 @@ RBAC_RULES: list[dict[str, Any]] = [
         "resources": ["deployments"],
         "verbs": ["get", "list", "watch", "create", "patch"],
     },
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "patch"]},  # apply
+    # apply; list and watch: a serving Service deleted by hand is made again at once.
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch", "create", "patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {
@@ -130,9 +132,10 @@ async def _parse(body: dict[str, Any], logger: kopf.Logger) -> ModelDeployment |
 
 @kopf.on.startup()
 def watch_only_serving_deployments(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Filter the Deployment watch on the server: only the serving Deployments Orchard
-    made stream into the operator, never every Deployment of the cluster."""
+    """Filter the Deployment and Service watches on the server: only the serving
+    children Orchard made stream into the operator, never every one of the cluster."""
     settings.watching.label_selectors["apps", "deployments"] = MODELDEPLOYMENT_LABEL
+    settings.watching.label_selectors["v1", "services"] = MODELDEPLOYMENT_LABEL
 
 
 @kopf.on.resume(GROUP, VERSION, "modeldeployments")
@@ -235,6 +238,25 @@ async def deployment_changed(
         try:
             await reconcile(str(namespace), owner, logger, coalesce=True)
         except Exception as exc:  # events are not retried; the next one or the analysis loop will
+            logger.warning("reconcile of %s failed: %s", owner, exc)
+
+
+@kopf.on.event("", "v1", "services", labels={MODELDEPLOYMENT_LABEL: kopf.PRESENT})
+async def service_deleted(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
+) -> None:
+    """A serving Service went (deleted by hand): the owner's reconcile makes it again. Its
+    other events change nothing the controller reads."""
+    if event.get("type") != "DELETED":
+        return
+    owner = body.get("metadata", {}).get("labels", {}).get(MODELDEPLOYMENT_LABEL)
+    if owner and namespace:
+        logger.info(
+            "Service %s of %s was deleted: making it again", body["metadata"]["name"], owner
+        )
+        try:
+            await reconcile(str(namespace), owner, logger)
+        except Exception as exc:  # events are not retried; the next trigger will
             logger.warning("reconcile of %s failed: %s", owner, exc)
 
 

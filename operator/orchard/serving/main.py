@@ -31,6 +31,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from orchard.contracts import SERVE_EXIT_REFUSED, SERVE_REFUSED_PREFIX
 from orchard.serving.limits import LIMIT_FIELDS, Limits, fit_fd_limit
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from orchard.serving.app import App
     from orchard.serving.runtime import Mode
 
-EXIT_REFUSED = 2
+EXIT_REFUSED = SERVE_EXIT_REFUSED
 EXIT_LOAD_FAILED = 3
 GRPC_PORT = 8081  # grpc_service.DEFAULT_PORT, here without importing grpc
 MMAP_THRESHOLD_BYTES = 128 * 1024
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         artifact = verify(args.model_dir, args.expected_digest)
     except ArtifactRefused as exc:
-        print(f"orchard serve: refusing to start: {exc}", file=sys.stderr)
+        print(f"{SERVE_REFUSED_PREFIX}{exc}", file=sys.stderr)
         return EXIT_REFUSED
 
     import uvicorn

@@ -14,6 +14,7 @@ started is recorded by PID (with its start time, so a reused PID is never signal
 stopped by that PID.
 
     python -m tests.cluster.harness up [--level api|node] [--unless-external]
+    python -m tests.cluster.harness restart COMPONENT...   (e.g. etcd kube-apiserver)
     python -m tests.cluster.harness status | down | preflight
 
 The images the pods run are built and loaded by images/build.py
@@ -21,5 +22,5 @@ The images the pods run are built and loaded by images/build.py
 
 Modules, in the order `up` needs them: common (paths, addresses, helpers), preflight,
 processes, pki, network, components, images (pause image, containerd imports), dns (a
-minimal DNS client), lifecycle (up, down, status).
+minimal DNS client), lifecycle (up, down, restart, status).
 """

@@ -1,4 +1,4 @@
-"""The command line: `python -m tests.cluster.harness up | down | status | preflight`."""
+"""The command line: `python -m tests.cluster.harness up | down | restart | status | preflight`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 from . import __doc__ as DESCRIPTION
 from .common import KUBECONFIG, LEVELS, HarnessError, say
-from .lifecycle import EXTERNAL_HELP, down, leave_to_external, locked, status, up
+from .lifecycle import EXTERNAL_HELP, down, leave_to_external, locked, restart, status, up
 from .preflight import check_preflight, preflight
 
 
@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--level", choices=sorted(LEVELS), default="node")
     p_up.add_argument("--unless-external", action="store_true", help=EXTERNAL_HELP)
     sub.add_parser("down", help="stop everything and clean up (idempotent)")
+    p_restart = sub.add_parser(
+        "restart", help="stop running components and start them again with the same arguments"
+    )
+    p_restart.add_argument("components", nargs="+", metavar="component", choices=LEVELS["node"])
     sub.add_parser("status", help="show what runs")
     sub.add_parser("preflight", help="check this machine")
     args = parser.parse_args(argv)
@@ -43,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    export KUBECONFIG={KUBECONFIG}\n    kubectl get nodes,pods -A")
             elif args.command == "down":
                 down()
+            elif args.command == "restart":
+                restart(args.components)
     except (HarnessError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -161,6 +161,52 @@ def up(level: str) -> None:
         "kube-controller-manager", default_service_account, 60, "default ServiceAccount present"
     )
     (STATE / "level").write_text("node")
+
+
+def health_check(name: str) -> tuple[str, Callable[[], bool]]:
+    """How a component shows that it is up again after `restart`: what, and the check."""
+    checks: dict[str, tuple[str, Callable[[], bool]]] = {
+        "etcd": ("healthy", partial(https_ok, f"{ETCD_CLIENT}/health")),
+        "kube-apiserver": ("ready", lambda: api_request("GET", "/readyz") == "ok"),
+        "containerd": ("serving", lambda: bool(ctr("version"))),
+        "kube-controller-manager": (
+            "healthy",
+            partial(https_ok, "https://127.0.0.1:10257/healthz"),
+        ),
+        "kube-scheduler": ("healthy", partial(https_ok, "https://127.0.0.1:10259/healthz")),
+        "kubelet": ("healthy", partial(https_ok, "http://127.0.0.1:10248/healthz")),
+        "kube-proxy": ("healthy", partial(https_ok, "http://127.0.0.1:10256/healthz")),
+        "coredns": ("answering", dns_answers),
+    }
+    return checks[name]
+
+
+def restart(names: list[str]) -> None:
+    """Stop the recorded PIDs of `names` (in the reverse of the boot order), start each
+    again with the command line it runs with (read from /proc), in boot order, and wait
+    until it is healthy; a restarted kubelet also until the node is Ready again."""
+    order = LEVELS["node"]
+    unknown = [n for n in names if n not in order]
+    if unknown:
+        raise HarnessError(f"no component {', '.join(unknown)}; one of {', '.join(order)}")
+    chosen = [n for n in order if n in names]
+    commands: dict[str, list[str]] = {}
+    for name in chosen:
+        proc = recorded(name)
+        if proc is None or not proc.alive():
+            raise HarnessError(f"{name} is not running: `up` starts it")
+        raw = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        commands[name] = [arg.decode() for arg in raw.split(b"\0") if arg]
+    start = time.monotonic()
+    for name in reversed(chosen):
+        stop(name)
+    for name in chosen:
+        spawn(name, commands[name])
+        what, check = health_check(name)
+        wait_for(name, check, 120, what)
+        if name == "kubelet":
+            wait_for(name, node_ready, 120, f"node {NODE_NAME} Ready")
+    say(f"restarted {', '.join(chosen)} in {time.monotonic() - start:.1f}s")
 
 
 def node_ready() -> bool:
