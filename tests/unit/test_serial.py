@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from orchard.handlers.serial import Serial
+import kopf
+import pytest
+
+from orchard import kube
+from orchard.handlers.serial import MAX_STATUS_ATTEMPTS, Serial, until_written
 
 KEY = ("ml", "iris")
 
@@ -70,3 +74,28 @@ async def test_other_keys_do_not_wait() -> None:
 async def _take_turn(serial: Serial) -> None:
     async with serial.turn(KEY):
         pass
+
+
+async def test_a_conflicting_write_takes_the_step_again_on_the_newer_object() -> None:
+    reads: list[int] = []
+
+    async def step() -> None:
+        reads.append(len(reads))
+        if len(reads) < 3:
+            raise kube.Conflict(409, "the object has been modified")
+
+    await until_written(step, "TrainingJob iris")
+    assert reads == [0, 1, 2]
+
+
+async def test_an_object_that_keeps_changing_is_left_to_kopf_s_retry() -> None:
+    steps = 0
+
+    async def step() -> None:
+        nonlocal steps
+        steps += 1
+        raise kube.Conflict(409, "the object has been modified")
+
+    with pytest.raises(kopf.TemporaryError, match="ModelDeployment iris keeps changing"):
+        await until_written(step, "ModelDeployment iris")
+    assert steps == MAX_STATUS_ATTEMPTS

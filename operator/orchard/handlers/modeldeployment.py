@@ -47,7 +47,7 @@ from orchard.handlers import policy
 
 from .canary_metrics import AnalysisWindows, scrape_tracks
 from .loops import Loops
-from .serial import Serial
+from .serial import Serial, until_written
 from .serving_children import (
     ensure_children,
     ensure_evaluation,
@@ -94,7 +94,6 @@ RBAC_RULES: list[dict[str, Any]] = [
 
 IN_PROGRESS = ("Pending", "Progressing", "Paused")
 RECONCILE_RETRY_SECONDS = 10.0
-MAX_STATUS_ATTEMPTS = 5  # reads of an object that changed before its status was written
 
 _serial = Serial()
 _windows = AnalysisWindows()
@@ -384,13 +383,7 @@ async def reconcile(
     if coalesce and _serial.covered(key):
         return
     async with _serial.turn(key):
-        for _attempt in range(MAX_STATUS_ATTEMPTS):
-            try:
-                await _step(namespace, name, logger)
-                return
-            except kube.Conflict:  # changed since read: decide again on the newer one
-                continue
-    raise kopf.TemporaryError(f"ModelDeployment {name} keeps changing; reconciling again", delay=5)
+        await until_written(lambda: _step(namespace, name, logger), f"ModelDeployment {name}")
 
 
 async def _step(namespace: str, name: str, logger: kopf.Logger) -> None:

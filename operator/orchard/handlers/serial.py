@@ -9,6 +9,9 @@ arrived meanwhile, so one waiting step covers them all: a step asked for by a wa
 (`coalesce=True`) is dropped when another already waits, the way a controller's work
 queue holds a key once. Steps asked for by a person or a handler that must act (create,
 resume, a retry) always run.
+
+A step writes status only over the object as it read it (its resourceVersion);
+`until_written` takes the step again on the newer object when that write conflicts.
 """
 
 from __future__ import annotations
@@ -16,9 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import kopf
+
+from orchard import kube
 
 Key = tuple[str, str]  # namespace, name
+MAX_STATUS_ATTEMPTS = 5  # reads of an object that changed before its status was written
 
 
 class Serial:
@@ -61,3 +69,16 @@ class Serial:
         self._waiting[key] -= 1
         if self._waiting[key] <= 0:
             del self._waiting[key]
+
+
+async def until_written(step: Callable[[], Awaitable[None]], what: str) -> None:
+    """Take `step` again while its status write conflicts (`kube.Conflict`: the object
+    changed since the step read it, so it decides again on the newer one), at most
+    MAX_STATUS_ATTEMPTS times; then a TemporaryError, which Kopf retries later."""
+    for _attempt in range(MAX_STATUS_ATTEMPTS):
+        try:
+            await step()
+            return
+        except kube.Conflict:
+            continue
+    raise kopf.TemporaryError(f"{what} keeps changing; trying again", delay=5)

@@ -65,7 +65,7 @@ from orchard.decisions.training import (
 )
 from orchard.handlers import children, policy
 from orchard.handlers.loops import Loops
-from orchard.handlers.serial import Serial
+from orchard.handlers.serial import Serial, until_written
 
 RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [GROUP], "resources": ["trainingjobs"], "verbs": ["get", "list", "watch"]},
@@ -90,7 +90,6 @@ ORCHARD_BATCH_PODS = label_selector(
     {PART_OF_LABEL: PART_OF, COMPONENT_LABEL: (TRAINING_COMPONENT, VERIFICATION_COMPONENT)}
 )
 MAX_VERSION_ATTEMPTS = 5
-MAX_STATUS_ATTEMPTS = 5  # reads of an object that changed before its status was written
 
 _serial = Serial()
 _polls = Loops("TrainingJob poll", retry_after=POLL_SECONDS)
@@ -292,27 +291,25 @@ async def spec_changed(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
 async def _fail(namespace: str, name: str, reason: str, message: str) -> None:
     """Fail the TrainingJob with a reason, under its lock and only over the status it was
     read with (a sync finishing meanwhile is never overwritten)."""
-    async with _serial.lock((namespace, name)):
-        for _attempt in range(MAX_STATUS_ATTEMPTS):
-            body = await kube.get(API_VERSION, "TrainingJob", name, namespace)
-            if body is None or not unfinished(body.get("status") or {}):
-                return
-            tj = _parse(body)
-            outcome = Outcome("Failed", reason, message)
-            new = training_status(
-                tj.status, outcome, tj.spec, generation=tj.metadata.generation,
-                job_name=job_name(tj),
-            )  # fmt: skip
-            try:
-                await kube.patch_status(
-                    "TrainingJob", name, namespace, to_k8s(new),
-                    resource_version=body["metadata"]["resourceVersion"],
-                )  # fmt: skip
-            except kube.Conflict:
-                continue  # changed since read: decide again on the newer one
-            await kube.post_event(body, reason, message, type_="Warning")
+
+    async def attempt() -> None:
+        body = await kube.get(API_VERSION, "TrainingJob", name, namespace)
+        if body is None or not unfinished(body.get("status") or {}):
             return
-    raise kopf.TemporaryError(f"TrainingJob {name} keeps changing; failing it again", delay=5)
+        tj = _parse(body)
+        outcome = Outcome("Failed", reason, message)
+        new = training_status(
+            tj.status, outcome, tj.spec, generation=tj.metadata.generation,
+            job_name=job_name(tj),
+        )  # fmt: skip
+        await kube.patch_status(
+            "TrainingJob", name, namespace, to_k8s(new),
+            resource_version=body["metadata"]["resourceVersion"],
+        )  # fmt: skip
+        await kube.post_event(body, reason, message, type_="Warning")
+
+    async with _serial.lock((namespace, name)):
+        await until_written(attempt, f"TrainingJob {name}")
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={TRAININGJOB_LABEL: kopf.PRESENT})
@@ -376,13 +373,7 @@ async def sync(namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool
     if coalesce and _serial.covered(key):
         return
     async with _serial.turn(key):
-        for _attempt in range(MAX_STATUS_ATTEMPTS):
-            try:
-                await _step(namespace, name, logger)
-                return
-            except kube.Conflict:
-                continue
-    raise kopf.TemporaryError(f"TrainingJob {name} keeps changing; syncing again", delay=5)
+        await until_written(lambda: _step(namespace, name, logger), f"TrainingJob {name}")
 
 
 async def _step(namespace: str, name: str, logger: kopf.Logger) -> None:
