@@ -27,7 +27,7 @@ def test_admits_up_to_the_limit_then_queues_in_creation_order() -> None:
     assert queue.order() == [("ml", "c"), ("ml", "d")]
     assert [queue.place(("ml", "c")), queue.place(("ml", "d"))] == [1, 2]
     assert queue.place(("ml", "a")) is None  # training, not waiting
-    assert queue.queued_message(("ml", "d")) == (
+    assert queue.queued_message(2) == (
         "queued: 2 of 2 waiting; at most 2 TrainingJobs train at once "
         "(ORCHARD_MAX_RUNNING_TRAININGS)"
     )

@@ -101,8 +101,8 @@ class TrainingQueue:
         mine = (self.waiting[key], key)
         return 1 + sum(1 for other, at in self.waiting.items() if (at, other) < mine)
 
-    def queued_message(self, key: Key) -> str:
-        place = self.place(key)
+    def queued_message(self, place: int) -> str:
+        """What a TrainingJob at `place` (from `place`, computed once per step) reads."""
         return (
             f"queued: {place} of {len(self.waiting)} waiting; at most {self.limit} "
             f"TrainingJobs train at once ({MAX_RUNNING_ENV})"

@@ -387,7 +387,7 @@ async def _step(namespace: str, name: str, logger: kopf.Logger) -> None:
     key = (namespace, name)
     place = _queue.place(key)
     if place is not None:  # no Job yet, by the queue's own word: nothing to read
-        outcome = Outcome("Pending", QUEUED, _queue.queued_message(key))
+        outcome = Outcome("Pending", QUEUED, _queue.queued_message(place))
     else:
         outcome = await _observe(tj)
     if outcome.stop_job:
