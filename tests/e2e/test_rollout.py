@@ -361,6 +361,7 @@ def test_canary_rollouts(
 
     rows = [list(map(float, r)) for r in load_iris().data]
     wait_answering(ip)
+    grpc_through_the_service(client, ns, ip, rows[:3])
     traffic = Traffic(f"http://{ip}:8080/v2/models/iris/infer", rows)
     traffic.start()
     watcher = Watcher(client, ns)
@@ -454,6 +455,31 @@ def test_canary_rollouts(
         print("\nrollout figures:", json.dumps(figures, indent=2))
     assert figures["bad_first_traffic_to_all_stable_s"] <= 30
     assert figures["requests_failed_outside_v3"] == 0
+
+
+def grpc_through_the_service(client: Client, ns: str, ip: str, rows: list[list[float]]) -> None:
+    """The Service's named port `grpc` (h2c) reaches the pods' GRPCInferenceService: with
+    tritonclient's gRPC client, unmodified, the same labels as over HTTP."""
+    import tritonclient.grpc as triton
+
+    service = client.get(Service, "iris", namespace=ns)
+    assert service.spec is not None and service.spec.ports is not None
+    ports = {p.name: (p.port, p.appProtocol) for p in service.spec.ports}
+    assert ports["grpc"] == (8081, "kubernetes.io/h2c"), ports
+    body = {"inputs": [{"name": "input-0", "shape": [len(rows), 4], "datatype": "FP64",
+                        "data": [x for row in rows for x in row]}]}  # fmt: skip
+    over_http = httpx.post(f"http://{ip}:8080/v2/models/iris/infer", json=body, timeout=10,
+                           trust_env=False).json()["outputs"][0]["data"]  # fmt: skip
+    with triton.InferenceServerClient(f"{ip}:8081") as grpc_client:
+        assert grpc_client.is_server_live() and grpc_client.is_model_ready("iris")
+        tensor = triton.InferInput("input-0", [len(rows), 4], "FP64")
+        tensor.set_data_from_numpy(np.array(rows, dtype=np.float64))
+        wanted = [triton.InferRequestedOutput("output-0"),
+                  triton.InferRequestedOutput("predict_proba")]  # fmt: skip
+        result = grpc_client.infer("iris", [tensor], outputs=wanted)
+        assert result.get_response().model_version == "iris-v1"
+        assert result.as_numpy("output-0").tolist() == over_http
+        assert result.as_numpy("predict_proba").shape == (len(rows), 3)
 
 
 def create_md(client: Client, ns: str, version: str, **spec: Any) -> None:

@@ -59,12 +59,13 @@ def test_app_labels() -> None:
 
 def test_the_operators_watches_select_what_the_builders_label() -> None:
     """The Job and pod watches are filtered on the server: they must see every training
-    and verification Job and pod the builders make, and no serving pod."""
-    from orchard.handlers.trainingjob import ORCHARD_BATCH_PODS, ORCHARD_JOBS
+    and verification Job and pod and every serving pod the builders make, and no other."""
+    from orchard.handlers.trainingjob import ORCHARD_JOBS, ORCHARD_PODS
 
     assert ORCHARD_JOBS == "app.kubernetes.io/part-of=orchard"
-    assert ORCHARD_BATCH_PODS == (
-        "app.kubernetes.io/part-of=orchard,app.kubernetes.io/component in (training,verification)"
+    assert ORCHARD_PODS == (
+        "app.kubernetes.io/part-of=orchard,"
+        "app.kubernetes.io/component in (training,verification,serving)"
     )
     tj = TrainingJob.model_validate(
         {
@@ -91,12 +92,13 @@ def test_the_operators_watches_select_what_the_builders_label() -> None:
     store = Artifacts(uri="pvc://orchard-artifacts/")
     for job in (training_job(tj, store), verify_job(mv)):
         assert matches(ORCHARD_JOBS, job["metadata"]["labels"])
-        assert matches(ORCHARD_BATCH_PODS, job["spec"]["template"]["metadata"]["labels"])
+        assert matches(ORCHARD_PODS, job["spec"]["template"]["metadata"]["labels"])
     md = ModelDeployment.model_validate(
         {"metadata": {"name": "iris", "namespace": "ml"}, "spec": {"modelVersion": "iris-v1"}}
     )
     serving = sv.labels(md, "stable", "iris-v1")
-    assert matches(ORCHARD_JOBS, serving) and not matches(ORCHARD_BATCH_PODS, serving)
+    assert matches(ORCHARD_JOBS, serving) and matches(ORCHARD_PODS, serving)
+    assert not matches(ORCHARD_PODS, {"app.kubernetes.io/part-of": "shop", "app": "web"})
     assert sv.selector("iris", "stable").items() <= serving.items()
 
 

@@ -46,7 +46,7 @@ def test_a_refused_artifact_reaches_status_through_the_termination_message() -> 
     """`orchard serve` refuses a changed artifact with one line on stderr and exit 2; the
     container hands its log's tail to the kubelet, which the controller reads."""
     from orchard.contracts import SERVE_EXIT_REFUSED, SERVE_REFUSED_PREFIX
-    from orchard.decisions.observing import refusal
+    from orchard.decisions.observing import refusal, refused_artifact
 
     dep = sv.deployment(md(), "stable", mv(), 1, sv.ServerSettings(image="img:1"))
     container = dep["spec"]["template"]["spec"]["containers"][0]
@@ -61,8 +61,10 @@ def test_a_refused_artifact_reaches_status_through_the_termination_message() -> 
     version = labels["orchard.dev/model-version"]
     assert refusal([pod], "stable", version) == f"pod iris-stable-x refused the artifact: {line}"
     assert refusal([pod], "canary", version) == ""
+    assert refused_artifact(pod["status"])  # the pod event that tells the owner
     ended["exitCode"] = 3  # a model that cannot load is another story
     assert refusal([pod], "stable", version) == ""
+    assert not refused_artifact(pod["status"]) and not refused_artifact({})
 
 
 def test_stable_deployment_from_pvc() -> None:

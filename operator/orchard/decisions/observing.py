@@ -97,6 +97,16 @@ def pods_of(pods: Sequence[Pod], track: str, version: str | None) -> list[Pod]:
 MAX_REFUSAL = 512
 
 
+def refused_artifact(pod_status: Mapping[str, Any]) -> bool:
+    """A container of the pod ended (now or last time) with the server's exit code for a
+    refused artifact (SERVE_EXIT_REFUSED)."""
+    for container in pod_status.get("containerStatuses") or []:
+        for state in (container.get("state") or {}, container.get("lastState") or {}):
+            if (state.get("terminated") or {}).get("exitCode") == SERVE_EXIT_REFUSED:
+                return True
+    return False
+
+
 def refusal(pods: Sequence[Pod], track: str, version: str | None) -> str:
     """Why a pod of one track and version would not serve: the line of its server that
     refused the artifact (exit SERVE_EXIT_REFUSED), from its container's last or current

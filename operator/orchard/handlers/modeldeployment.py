@@ -81,7 +81,8 @@ RBAC_RULES: list[dict[str, Any]] = [
     },
     # apply; list and watch: a serving Service deleted by hand is made again at once.
     {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch", "create", "patch"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+    # watch: a serving pod that refuses its artifact (serving_pod_refused).
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {
         "apiGroups": ["autoscaling"],
@@ -256,6 +257,26 @@ async def service_deleted(
         try:
             await reconcile(str(namespace), owner, logger)
         except Exception as exc:  # events are not retried; the next trigger will
+            logger.warning("reconcile of %s failed: %s", owner, exc)
+
+
+def refused_its_artifact(status: Mapping[str, Any], **_: Any) -> bool:
+    return ob.refused_artifact(status)
+
+
+@kopf.on.event("", "v1", "pods", labels={MODELDEPLOYMENT_LABEL: kopf.PRESENT},
+               when=refused_its_artifact)  # fmt: skip
+async def serving_pod_refused(
+    body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
+) -> None:
+    """A serving pod refused its artifact: its Deployment's status does not change (it was
+    not ready before either), so the owner is told here, for its Ready condition to say
+    why (`ob.refusal`). Other pod events are filtered out before this runs."""
+    owner = body.get("metadata", {}).get("labels", {}).get(MODELDEPLOYMENT_LABEL)
+    if owner and namespace:
+        try:
+            await reconcile(str(namespace), owner, logger, coalesce=True)
+        except Exception as exc:  # events are not retried; the next one will
             logger.warning("reconcile of %s failed: %s", owner, exc)
 
 

@@ -35,6 +35,7 @@ from orchard.builders.common import (
     JOB_UID_LABEL,
     PART_OF,
     PART_OF_LABEL,
+    SERVING_COMPONENT,
     TRAINING_COMPONENT,
     TRAININGJOB_LABEL,
     VERIFICATION_COMPONENT,
@@ -86,8 +87,13 @@ RBAC_RULES: list[dict[str, Any]] = [
 
 POLL_SECONDS = 20.0
 ORCHARD_JOBS = label_selector({PART_OF_LABEL: PART_OF})
-ORCHARD_BATCH_PODS = label_selector(
-    {PART_OF_LABEL: PART_OF, COMPONENT_LABEL: (TRAINING_COMPONENT, VERIFICATION_COMPONENT)}
+# Orchard's own pods: training and verification (TrainingJob, ModelVersion) and serving
+# (ModelDeployment: a pod that refuses its artifact, `modeldeployment.serving_pod_refused`).
+ORCHARD_PODS = label_selector(
+    {
+        PART_OF_LABEL: PART_OF,
+        COMPONENT_LABEL: (TRAINING_COMPONENT, VERIFICATION_COMPONENT, SERVING_COMPONENT),
+    }
 )
 MAX_VERSION_ATTEMPTS = 5
 
@@ -125,10 +131,10 @@ async def ensure_child(tj: TrainingJob, obj: dict[str, Any], conflict: str) -> N
 @kopf.on.startup()
 def watch_only_orchard_batch(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Filter the Job and pod watches on the server: Orchard follows only the Jobs it made
-    and their pods, never every pod of the cluster. (A controller that needs other pods
+    and its own pods, never every pod of the cluster. (A controller that needs other pods
     must widen the pod selector here.)"""
     settings.watching.label_selectors["batch", "jobs"] = ORCHARD_JOBS
-    settings.watching.label_selectors["v1", "pods"] = ORCHARD_BATCH_PODS
+    settings.watching.label_selectors["v1", "pods"] = ORCHARD_PODS
 
 
 @kopf.on.startup()
