@@ -4,15 +4,20 @@ Each server runs from its own virtual environment under bench/envs/ (created her
 pip on first use): Orchard (this checkout with the `serve` extra), KServe (the `kserve`
 0.21 SDK's ModelServer with a minimal scikit-learn Model, bench/servers/kserve_sklearn.py)
 and MLServer (`mlserver` + `mlserver-sklearn` 1.7, with its default settings and with
-`parallel_workers: 0`). One load client (bench/loadgen.py) drives them in turn, A B A B,
-with the same payloads: 1-row and 32-row requests at concurrency 1 and 16, on a logistic
-regression on iris and a 100-tree random forest on breast_cancer.
+`parallel_workers: 0`). One load client drives them in turn, A B A B, with the same
+payloads: over HTTP (bench/loadgen.py) 1-row and 32-row requests at concurrency 1 and 16,
+and over the Open Inference Protocol's gRPC (bench/grpc_loadgen.py) 1-row requests at 1
+and 16, on a logistic regression on iris and a 100-tree random forest on breast_cancer.
+Orchard's server chooses its runtime at load (serving/runtime.py); which one served is
+printed.
 
     python bench/serving.py            # full run (about 15 minutes)
     python bench/serving.py --quick    # smoke run (about 3 minutes)
 
 Prints requests/s, p50, p99, server CPU per request (utime + stime of the server's
-process tree, from /proc) and RSS, with ratios against KServe's V2 path.
+process tree, from /proc) and RSS, with ratios against KServe on the same protocol, then
+the serving issue's targets as ratios of this run (`targets`), met or not. The figures
+are facts of one run on this machine, not assertions.
 """
 
 from __future__ import annotations
@@ -163,32 +168,35 @@ class Server:
     v1: bool
     options: dict[str, Any] = field(default_factory=dict)
     port: int = 0
+    grpc_port: int = 0
+    runtime: str = ""  # what answers in Orchard's server (its model metadata)
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
     idle_rss: float = 0.0
 
     def start(self, bench: Bench, work: Path) -> None:
         self.port = free_port()
+        self.grpc_port = free_port()
         self.log = work / f"{self.label}-{bench.name}.log"
         out = self.log.open("wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.kind == "orchard":
             argv = [str(ENVS / "orchard/bin/orchard"), "serve", "--model-dir", str(bench.dir),
                     "--model-name", bench.name, "--host", "127.0.0.1", "--port", str(self.port),
-                    "--grpc-port", str(free_port()), "--log-level", "warning"]  # fmt: skip
+                    "--grpc-port", str(self.grpc_port), "--log-level", "warning"]  # fmt: skip
             if self.options.get("collect"):  # every request kept as Parquet segments
                 argv += ["--collect-to", str(work / f"{self.label}-{bench.name}-collected"),
                          "--collect-sample-rate", "1"]  # fmt: skip
         elif self.kind == "kserve":
             argv = [str(ENVS / "kserve/bin/python"), str(HERE / "servers/kserve_sklearn.py"),
                     "--model_name", bench.name, "--model_dir", str(bench.dir),
-                    "--http_port", str(self.port), "--grpc_port", str(free_port())]  # fmt: skip
+                    "--http_port", str(self.port), "--grpc_port", str(self.grpc_port)]  # fmt: skip
         else:
             folder = work / f"{self.label}-{bench.name}"
             model_folder = folder / bench.name
             model_folder.mkdir(parents=True, exist_ok=True)
             shutil.copy(bench.dir / "model.joblib", model_folder / "model.joblib")
-            settings = {"http_port": self.port, "grpc_port": free_port(),
+            settings = {"http_port": self.port, "grpc_port": self.grpc_port,
                         "metrics_port": free_port(), "host": "127.0.0.1",
                         **self.options}  # fmt: skip
             (folder / "settings.json").write_text(json.dumps(settings))
@@ -221,6 +229,17 @@ class Server:
                 pass
             time.sleep(0.3)
         raise TimeoutError(f"{self.label} not ready after {timeout}s; see {self.log}")
+
+    def read_runtime(self, bench: Bench) -> None:
+        """Orchard's runtime and why, from its V2 model metadata's parameters."""
+        if self.kind != "orchard":
+            return
+        url = f"http://127.0.0.1:{self.port}/v2/models/{bench.name}"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            params = json.loads(r.read()).get("parameters") or {}
+        self.runtime = str(params.get("runtime", "?"))
+        print(f"  {bench.key:17} {self.label:13} runtime {self.runtime}: "
+              f"{params.get('runtime_reason', '')}", flush=True)  # fmt: skip
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -291,16 +310,30 @@ def check_answers(server: Server, bench: Bench) -> None:
             )
 
 
-def run_load(server: Server, url: str, body: bytes, conc: int, seconds: float, warmup: float,
-             work: Path) -> dict[str, Any]:  # fmt: skip
-    body_file = work / "body.json"
-    body_file.write_bytes(body)
+def run_load(server: Server, bench: Bench, protocol: str, n: int, conc: int, seconds: float,
+             warmup: float, work: Path) -> dict[str, Any]:  # fmt: skip
+    """One cell: `protocol` v2 or v1 over HTTP (bench/loadgen.py) or grpc
+    (bench/grpc_loadgen.py), n rows a request, conc in flight; plus the server's CPU per
+    request and RSS."""
+    import numpy as np
+
+    if protocol == "grpc":
+        rows_file = work / "rows.npy"
+        np.save(rows_file, np.asarray(bench.X[:n], dtype=np.float64))
+        client = [str(HERE / "grpc_loadgen.py"), "--target", f"127.0.0.1:{server.grpc_port}",
+                  "--model", bench.name, "--rows-file", str(rows_file)]  # fmt: skip
+    else:
+        body_file = work / "body.json"
+        v1 = protocol == "v1"
+        body_file.write_bytes(v1_body(bench.X, n) if v1 else v2_body(bench.X, n))
+        client = [str(HERE / "loadgen.py"), "--url", server.url(bench, v1),
+                  "--body-file", str(body_file)]  # fmt: skip
     assert server.proc is not None
     pids = tree_pids(server.proc.pid)
     cpu0 = cpu_seconds(pids)
     out = subprocess.run(
-        [sys.executable, str(HERE / "loadgen.py"), "--url", url, "--body-file", str(body_file),
-         "--concurrency", str(conc), "--duration", str(seconds), "--warmup", str(warmup)],
+        [sys.executable, *client, "--concurrency", str(conc), "--duration", str(seconds),
+         "--warmup", str(warmup)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -348,17 +381,20 @@ def main() -> int:
                 assert s.proc is not None
                 s.idle_rss = rss_mb(tree_pids(s.proc.pid))
                 check_answers(s, bench)
-            cells = [(n, c, False) for n in (1, 32) for c in (1, 16)] + [(1, 16, True)]
+                s.read_runtime(bench)
+            cells = [(n, c, "v2") for n in (1, 32) for c in (1, 16)] + [(1, 16, "v1")]
+            cells += [(1, c, "grpc") for c in (1, 16)]
             for pass_no in range(passes):
-                for n, conc, v1 in cells:
+                for n, conc, protocol in cells:
                     for s in group:  # A B A B: every server in turn, then again
-                        if v1 and not s.v1:
+                        if protocol == "v1" and not s.v1:
                             continue
-                        body = v1_body(bench.X, n) if v1 else v2_body(bench.X, n)
-                        r = run_load(s, s.url(bench, v1), body, conc, seconds, warmup, work)
+                        if protocol == "grpc" and s.options.get("collect"):
+                            continue  # collection is the same code behind either protocol
+                        r = run_load(s, bench, protocol, n, conc, seconds, warmup, work)
                         r.update(model=bench.key, server=s.label, rows=n, conc=conc,
-                                 protocol="v1" if v1 else "v2", pass_no=pass_no,
-                                 idle_rss_mb=s.idle_rss)  # fmt: skip
+                                 protocol=protocol, pass_no=pass_no, idle_rss_mb=s.idle_rss,
+                                 runtime=s.runtime)  # fmt: skip
                         rows.append(r)
                         print(
                             f"  {bench.key:17} {s.label:13} {r['protocol']} rows={n:<2} "
@@ -374,30 +410,81 @@ def main() -> int:
     out.write_text(json.dumps(rows, indent=1))
     print()
     print(report(rows))
+    print()
+    print(targets(rows))
     print(f"\nraw results: {out}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-def report(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table: mean of the passes per cell, and ratios against KServe's V2 path."""
+def summarize(rows: list[dict[str, Any]]) -> dict[tuple[str, int, int, str, str], dict[str, Any]]:
+    """The mean of the passes of each cell (model, rows, conc, protocol, server)."""
     cells: dict[tuple[str, int, int, str, str], list[dict[str, Any]]] = {}
     for r in rows:
         key = (r["model"], r["rows"], r["conc"], r["protocol"], r["server"])
         cells.setdefault(key, []).append(r)
     fields = ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req", "rss_mb", "idle_rss_mb")
-    summary = {
+    return {
         k: {f: sum(x[f] for x in v) / len(v) for f in fields}
         | {"errors": sum(x["errors"] for x in v)}
         for k, v in cells.items()
     }
+
+
+FOREST, IRIS = "cancer-forest100", "iris-logreg"
+
+
+def targets(rows: list[dict[str, Any]]) -> str:
+    """The serving issue's goals, as ratios of this run: Orchard's server against KServe's
+    on the same protocol, 1 row at concurrency 16 (HTTP V2, then gRPC)."""
+    summary = summarize(rows)
+    lines = ["| target | goal | this run | met |", "|---|---|---|---|"]
+
+    def add(what: str, goal: str, value: float | None, met: bool | None) -> None:
+        shown = "-" if value is None else f"{value:.2f}"
+        lines.append(f"| {what} | {goal} | {shown} | {'-' if met is None else met} |")
+
+    for proto in ("v2", "grpc"):
+        cell = {
+            (m, s): summary.get((m, 1, 16, proto, s))
+            for m in (FOREST, IRIS) for s in ("orchard", "kserve")
+        }  # fmt: skip
+
+        def ratio(m: str, f: str, cell: Any = cell) -> float | None:
+            a, b = cell[(m, "orchard")], cell[(m, "kserve")]
+            return a[f] / b[f] if a and b and b[f] else None
+
+        forest, iris = ratio(FOREST, "rps"), ratio(IRIS, "rps")
+        p99 = ratio(FOREST, "p99_ms")
+        add(f"{proto}: forest req/s vs KServe", ">= 50", forest,
+            None if forest is None else forest >= 50)  # fmt: skip
+        add(f"{proto}: forest p99 vs KServe", "<= 1", p99, None if p99 is None else p99 <= 1)
+        add(f"{proto}: iris req/s vs KServe", ">= 20", iris,
+            None if iris is None else iris >= 20)  # fmt: skip
+        of, oi = cell[(FOREST, "orchard")], cell[(IRIS, "orchard")]
+        share = of["rps"] / oi["rps"] if of and oi and oi["rps"] else None
+        add(f"{proto}: Orchard forest req/s / iris req/s", ">= 0.6", share,
+            None if share is None else share >= 0.6)  # fmt: skip
+    for m in (FOREST, IRIS):
+        o = summary.get((m, 1, 16, "v2", "orchard"))
+        k = summary.get((m, 1, 16, "v2", "kserve"))
+        for f, what in (("idle_rss_mb", "idle"), ("rss_mb", "loaded")):
+            r = o[f] / k[f] if o and k and k[f] else None
+            add(f"{m}: {what} RSS vs KServe", "<= 1", r, None if r is None else r <= 1)
+    return "\n".join(lines)
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table: mean of the passes per cell, and ratios against KServe on the same
+    protocol (V1 against KServe's V2)."""
+    summary = summarize(rows)
     lines = [
         "| model | rows | conc | proto | server | req/s | p50 ms | p99 ms | CPU ms/req "
-        "| RSS MB (idle) | req/s vs KServe V2 | p99 vs KServe V2 | errors |",
+        "| RSS MB (idle) | req/s vs KServe | p99 vs KServe | errors |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (model, n, conc, proto, server), s in sorted(summary.items()):
-        ref = summary.get((model, n, conc, "v2", "kserve"))
+        ref = summary.get((model, n, conc, "v2" if proto == "v1" else proto, "kserve"))
         ratio = f"{s['rps'] / ref['rps']:.2f}x" if ref else "-"
         p99 = f"{s['p99_ms'] / ref['p99_ms']:.2f}x" if ref else "-"
         lines.append(

@@ -415,7 +415,7 @@ def test_a_tampered_artifact_is_refused_and_the_deployment_says_why(
     figures["tampered_pod_deleted_to_condition_s"] = round(time.monotonic() - start, 1)
     assert ready["status"] == "False", ready
     assert "model.joblib has digest" in ready["message"], ready
-    assert "refusing to unpickle" in ready["message"], ready
+    assert "refusing the artifact" in ready["message"], ready
     pods = [p for p in items(cluster, "pods", "-l", f"{MD_LABEL}=tamper")
             if p["metadata"]["name"] not in old]  # fmt: skip
     assert pods, "no new serving pod"

@@ -478,7 +478,8 @@ def grpc_through_the_service(client: Client, ns: str, ip: str, rows: list[list[f
                   triton.InferRequestedOutput("predict_proba")]  # fmt: skip
         result = grpc_client.infer("iris", [tensor], outputs=wanted)
         assert result.get_response().model_version == "iris-v1"
-        assert result.as_numpy("output-0").tolist() == over_http
+        labels = [label.decode() for label in result.as_numpy("output-0").tolist()]  # BYTES
+        assert labels == over_http
         assert result.as_numpy("predict_proba").shape == (len(rows), 3)
 
 
