@@ -11,8 +11,9 @@ status, so a restarted operator resumes where it was. Triggers:
 - a change of the `orchard.dev/rollout-action` annotation (promote | abort), acted on once;
 - a loop (`handlers.loops`, no finalizer), only while the phase is Pending, Progressing
   or Paused, every analysis interval (it stops when the rollout ends);
-- events of the Deployments it owns (pods becoming ready, or going away), and the
-  deletion of a Service it owns (a child deleted by hand is made again at once);
+- events of the Deployments it owns (pods becoming ready, or going away), the deletion
+  of a Service it owns (a child deleted by hand is made again at once), and a serving
+  pod that refuses its artifact (which changes no Deployment's status);
 - a ModelVersion turning Ready, for the deployments that track its model (`spec.track`).
 """
 
