@@ -28,7 +28,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,10 +37,9 @@ import pytest
 from conftest import build_images, external_kubeconfig, install_crds, kubectl
 from in_cluster import InClusterOperator
 from lightkube import Client
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, PersistentVolume, PersistentVolumeClaim
+from lightkube.resources.core_v1 import Namespace
 from test_rollout import Traffic, condition, wait_for
-from test_training import Cluster
+from test_training import Cluster, namespace_with_claim
 
 pytestmark = pytest.mark.e2e
 
@@ -89,25 +87,7 @@ def setting(
     if os.environ.get("ORCHARD_E2E_REUSE_IMAGES") != "1":
         build_images("server", "trainer", "operator")
     install_crds(kubeconfig_node)
-    ns = f"orchard-chaos-{uuid.uuid4().hex[:6]}"
-    node_client.create(Namespace(metadata=ObjectMeta(name=ns, labels={"orchard.dev/test": "true"})))
-    node_client.create(
-        PersistentVolumeClaim.from_dict(
-            {"metadata": {"name": CLAIM},
-             "spec": {"accessModes": ["ReadWriteOnce"],
-                      "resources": {"requests": {"storage": "256Mi"}}}}
-        ),
-        namespace=ns,
-    )  # fmt: skip
-
-    def bound() -> str | None:
-        pvc = node_client.get(PersistentVolumeClaim, CLAIM, namespace=ns)
-        ok = pvc.status is not None and pvc.status.phase == "Bound" and pvc.spec is not None
-        return pvc.spec.volumeName if ok and pvc.spec is not None else None
-
-    volume = node_client.get(PersistentVolume, wait_for("the PVC to bind", bound, 60))
-    assert volume.spec is not None and volume.spec.hostPath is not None
-    storage = Path(volume.spec.hostPath.path)
+    ns, storage = namespace_with_claim(node_client, "orchard-chaos")
     storage.chmod(0o777)  # pods run as uid 10001; host paths ignore fsGroup
     op = InClusterOperator(kubeconfig_node, ns, FIGURES / "logs")
     cluster = Cluster(kubeconfig_node, ns, storage)

@@ -91,6 +91,31 @@ class Cluster:
         return result
 
 
+def namespace_with_claim(client: Client, prefix: str) -> tuple[str, Path]:
+    """A fresh test namespace with the artifact claim CLAIM bound; the namespace and the
+    claim's host path on the node."""
+    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    client.create(Namespace(metadata=ObjectMeta(name=ns, labels={"orchard.dev/test": "true"})))
+    client.create(
+        PersistentVolumeClaim.from_dict(
+            {"metadata": {"name": CLAIM},
+             "spec": {"accessModes": ["ReadWriteOnce"],
+                      "resources": {"requests": {"storage": "256Mi"}}}}
+        ),
+        namespace=ns,
+    )  # fmt: skip
+
+    def bound() -> str | None:
+        pvc = client.get(PersistentVolumeClaim, CLAIM, namespace=ns)
+        if pvc.status is None or pvc.status.phase != "Bound" or pvc.spec is None:
+            return None
+        return pvc.spec.volumeName
+
+    volume = client.get(PersistentVolume, wait_for("the PVC to bind", bound, 60))
+    assert volume.spec is not None and volume.spec.hostPath is not None
+    return ns, Path(volume.spec.hostPath.path)
+
+
 @pytest.fixture(scope="module")
 def trainer_image(kubeconfig_node: Path) -> None:
     """The trainer (training and verification Jobs) and operator images, built from
@@ -102,26 +127,7 @@ def trainer_image(kubeconfig_node: Path) -> None:
 def cluster(kubeconfig_node: Path, node_client: Client, trainer_image: None) -> Iterator[Cluster]:
     """A namespace with the CRDs, an artifact PVC (with the penguins CSV on it) and the
     operator watching it."""
-    ns = f"orchard-train-{uuid.uuid4().hex[:6]}"
-    node_client.create(Namespace(metadata=ObjectMeta(name=ns, labels={"orchard.dev/test": "true"})))
-    node_client.create(
-        PersistentVolumeClaim.from_dict(
-            {"metadata": {"name": CLAIM},
-             "spec": {"accessModes": ["ReadWriteOnce"],
-                      "resources": {"requests": {"storage": "256Mi"}}}}
-        ),
-        namespace=ns,
-    )  # fmt: skip
-
-    def bound() -> str | None:
-        pvc = node_client.get(PersistentVolumeClaim, CLAIM, namespace=ns)
-        if pvc.status is None or pvc.status.phase != "Bound" or pvc.spec is None:
-            return None
-        return pvc.spec.volumeName
-
-    volume = node_client.get(PersistentVolume, wait_for("the PVC to bind", bound, 60))
-    assert volume.spec is not None and volume.spec.hostPath is not None
-    storage = Path(volume.spec.hostPath.path)
+    ns, storage = namespace_with_claim(node_client, "orchard-train")
     storage.mkdir(parents=True, exist_ok=True)
     (storage / "data").mkdir(exist_ok=True)
     shutil.copy(PENGUINS, storage / "data" / "penguins.csv")

@@ -48,7 +48,7 @@ from orchard.handlers import policy
 
 from .canary_metrics import AnalysisWindows, scrape_tracks
 from .loops import Loops
-from .serial import Serial, until_written
+from .serial import Serial
 from .serving_children import (
     ensure_children,
     ensure_evaluation,
@@ -234,11 +234,19 @@ async def deployment_changed(
     body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
 ) -> None:
     """A serving Deployment changed (pods ready or gone): bring the owner in step."""
-    owner = body.get("metadata", {}).get("labels", {}).get(MODELDEPLOYMENT_LABEL)
+    await _reconcile_owner(body, namespace, logger, coalesce=True)
+
+
+async def _reconcile_owner(
+    child: kopf.Body, namespace: str | None, logger: kopf.Logger, *, coalesce: bool
+) -> None:
+    """Reconcile the ModelDeployment a serving child names in its label. Events are not
+    retried: a failure is logged, and the next event or the analysis loop takes over."""
+    owner = child.get("metadata", {}).get("labels", {}).get(MODELDEPLOYMENT_LABEL)
     if owner and namespace:
         try:
-            await reconcile(str(namespace), owner, logger, coalesce=True)
-        except Exception as exc:  # events are not retried; the next one or the analysis loop will
+            await reconcile(str(namespace), owner, logger, coalesce=coalesce)
+        except Exception as exc:
             logger.warning("reconcile of %s failed: %s", owner, exc)
 
 
@@ -250,15 +258,8 @@ async def service_deleted(
     other events change nothing the controller reads."""
     if event.get("type") != "DELETED":
         return
-    owner = body.get("metadata", {}).get("labels", {}).get(MODELDEPLOYMENT_LABEL)
-    if owner and namespace:
-        logger.info(
-            "Service %s of %s was deleted: making it again", body["metadata"]["name"], owner
-        )
-        try:
-            await reconcile(str(namespace), owner, logger)
-        except Exception as exc:  # events are not retried; the next trigger will
-            logger.warning("reconcile of %s failed: %s", owner, exc)
+    logger.info("Service %s was deleted: its owner makes it again", body["metadata"]["name"])
+    await _reconcile_owner(body, namespace, logger, coalesce=False)
 
 
 def refused_its_artifact(status: Mapping[str, Any], **_: Any) -> bool:
@@ -273,12 +274,7 @@ async def serving_pod_refused(
     """A serving pod refused its artifact: its Deployment's status does not change (it was
     not ready before either), so the owner is told here, for its Ready condition to say
     why (`ob.refusal`). Other pod events are filtered out before this runs."""
-    owner = body.get("metadata", {}).get("labels", {}).get(MODELDEPLOYMENT_LABEL)
-    if owner and namespace:
-        try:
-            await reconcile(str(namespace), owner, logger, coalesce=True)
-        except Exception as exc:  # events are not retried; the next one will
-            logger.warning("reconcile of %s failed: %s", owner, exc)
+    await _reconcile_owner(body, namespace, logger, coalesce=True)
 
 
 def version_ready(status: Mapping[str, Any], **_: Any) -> bool:
@@ -401,11 +397,10 @@ async def reconcile(
     """Read, decide, ensure the children, write status: one step of the ModelDeployment's
     life. A watch event's or loop's step (`coalesce`) is left to one that waits already
     (`handlers.serial`)."""
-    key = (namespace, name)
-    if coalesce and _serial.covered(key):
-        return
-    async with _serial.turn(key):
-        await until_written(lambda: _step(namespace, name, logger), f"ModelDeployment {name}")
+    await _serial.step(
+        (namespace, name), lambda: _step(namespace, name, logger), f"ModelDeployment {name}",
+        coalesce=coalesce,
+    )  # fmt: skip
 
 
 async def _step(namespace: str, name: str, logger: kopf.Logger) -> None:

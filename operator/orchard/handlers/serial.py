@@ -59,6 +59,17 @@ class Serial:
             if waiting:  # cancelled before its turn
                 self._done_waiting(key)
 
+    async def step(
+        self, key: Key, step: Callable[[], Awaitable[None]], what: str, *, coalesce: bool
+    ) -> None:
+        """One step of the object under its lock, taken again on a conflicting status
+        write (`until_written`); a watch event's (`coalesce`) is dropped when a step of
+        the object already waits (it will read after the event)."""
+        if coalesce and self.covered(key):
+            return
+        async with self.turn(key):
+            await until_written(step, what)
+
     def forget(self, key: Key) -> None:
         """The object is gone (its DELETED event)."""
         lock = self._locks.get(key)

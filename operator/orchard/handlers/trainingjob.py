@@ -375,11 +375,10 @@ async def sync(namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool
     The status is written only over the object as read (its resourceVersion): when it
     changed meanwhile the step is taken again on the newer one. A watch event's sync
     (`coalesce`) is left to one that waits already (`handlers.serial`)."""
-    key = (namespace, name)
-    if coalesce and _serial.covered(key):
-        return
-    async with _serial.turn(key):
-        await until_written(lambda: _step(namespace, name, logger), f"TrainingJob {name}")
+    await _serial.step(
+        (namespace, name), lambda: _step(namespace, name, logger), f"TrainingJob {name}",
+        coalesce=coalesce,
+    )  # fmt: skip
 
 
 async def _step(namespace: str, name: str, logger: kopf.Logger) -> None:
