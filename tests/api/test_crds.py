@@ -249,7 +249,7 @@ def test_server_fills_in_the_model_defaults(kube: Path, api_namespace: str) -> N
     ]
     assert spec["canary"]["analysis"]["maxLatencyP95"] == "500ms"
     assert spec["traffic"] == {"mode": "replicas"}
-    assert spec["server"] == {"port": 8080, "maxBatchSize": 32}
+    assert spec["server"] == {"port": 8080, "grpcPort": 8081, "maxBatchSize": 32}
 
 
 def _explain(kube: Path, field: str) -> str:
