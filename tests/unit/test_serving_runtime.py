@@ -231,12 +231,39 @@ def test_without_held_out_rows_the_pipeline_serves(tmp_path: Path) -> None:
     np.testing.assert_array_equal(forced.predict(x), model.predict(x))
 
 
-def test_rows_missing_a_number_a_forest_answers_otherwise_go_to_the_pipeline(
-    tmp_path: Path,
-) -> None:
+def test_a_forest_sends_missing_numbers_down_the_branches_it_learned(tmp_path: Path) -> None:
+    """scikit-learn's trees learn where NaN goes; the graph is given the same branches
+    (`_split_as_trained`) and answers rows missing any input as the pipeline."""
     runner = build_runner(verify(forest_artifact(tmp_path / "forest", n_estimators=20)))
     assert runner.runtime.name == "onnx" and runner.native is not None
-    assert runner.native.pipeline_missing  # scikit-learn's trees learn where NaN goes
+    assert runner.native.pipeline_missing == [], runner.runtime.reason
+    from sklearn.datasets import load_breast_cancer
+
+    x = load_breast_cancer().data[:60].copy()
+    for j in range(x.shape[1]):
+        x[j :: x.shape[1], j] = np.nan
+    assert np.isnan(x).any(axis=1).all()
+    pipeline = runner.model
+    native = runner.native
+    np.testing.assert_array_equal(native.predict(x), pipeline.predict(x))
+    np.testing.assert_allclose(
+        native.probabilities(x), pipeline.predict_proba(x), atol=PROBABILITY_TOLERANCE
+    )
+
+
+def test_rows_missing_a_number_the_graph_answers_otherwise_go_to_the_pipeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the learned branches (an ensemble whose trees match no estimator's), the
+    parity check finds the rows missing a number answered otherwise, and sends them to
+    the pipeline."""
+    from orchard.serving import runtime
+
+    monkeypatch.setattr(runtime, "_split_as_trained", lambda graph, model: None)
+    runner = build_runner(verify(forest_artifact(tmp_path / "forest", n_estimators=20)))
+    assert runner.runtime.name == "onnx" and runner.native is not None
+    assert runner.native.pipeline_missing
+    assert "answered by the pipeline" in runner.runtime.reason
     from sklearn.datasets import load_breast_cancer
 
     x = load_breast_cancer().data[:40].copy()
@@ -285,7 +312,6 @@ def test_metadata_and_model_info_show_the_runtime(tmp_path: Path) -> None:
     meta = onnx.model_metadata()
     assert meta["parameters"]["runtime"] == "onnx"
     assert "labels as the pipeline's" in meta["parameters"]["runtime_reason"]
-    assert "answered by the pipeline" in meta["parameters"]["runtime_reason"]  # NaN branches
     assert 'runtime="onnx"' in onnx.metrics.render().decode()
     plain = App("cancer", info={"digest": "sha256:1"})
     plain.set_runner(
@@ -300,3 +326,93 @@ def test_metadata_and_model_info_show_the_runtime(tmp_path: Path) -> None:
         if line.startswith("orchard_model_info{")
     )  # fmt: skip
     assert 'runtime="sklearn"' in info and 'digest="sha256:1"' in info
+
+
+# --- chosen in a child process (serving/isolated.py), as `orchard serve` does ------------
+
+
+def test_the_server_chooses_in_a_child_and_holds_only_the_graph(tmp_path: Path) -> None:
+    """A fresh interpreter, as the server is: after loading, scikit-learn, skl2onnx and
+    pandas were never imported in it, and its answers are the pipeline's."""
+    import json
+    import subprocess
+    import sys
+
+    import joblib
+
+    root = forest_artifact(tmp_path / "forest", n_estimators=20)
+    script = """
+import json, sys
+import numpy as np
+from orchard.serving.artifact import verify
+from orchard.serving.main import build_runner
+runner = build_runner(verify(sys.argv[1]), "auto", isolate=True)
+x = np.array(json.loads(sys.argv[2]))
+print(json.dumps({
+    "model": runner.model is None, "runtime": runner.runtime.name,
+    "reason": runner.runtime.reason,
+    "imported": sorted(m for m in ("sklearn", "skl2onnx", "onnx", "pandas") if m in sys.modules),
+    "labels": runner.predict(x).tolist(), "proba": runner.probabilities(x).tolist(),
+}))
+"""
+    from sklearn.datasets import load_breast_cancer
+
+    x = load_breast_cancer().data[1::7][:30].copy()
+    x[::4, 3] = np.nan
+    rows = json.dumps(np.where(np.isnan(x), None, x).tolist())
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(root), rows],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["runtime"] == "onnx", found["reason"]
+    assert found["model"] is True and found["imported"] == []
+    pipeline = joblib.load(root / "model.joblib")
+    assert found["labels"] == pipeline.predict(x).tolist()
+    np.testing.assert_allclose(
+        found["proba"], pipeline.predict_proba(x), atol=PROBABILITY_TOLERANCE
+    )
+
+
+def test_what_the_graph_cannot_answer_the_server_loads_the_pipeline_for(tmp_path: Path) -> None:
+    artifact = verify(trained(tmp_path, "HistGradientBoostingClassifier", {"max_iter": 20}))
+    runner = build_runner(artifact, isolate=True)
+    assert runner.runtime.name == "sklearn" and runner.native is None
+    assert runner.runtime.reason.startswith("no ONNX graph: ") and runner.model is not None
+    frame = raw_rows()
+    np.testing.assert_array_equal(
+        runner.predict(rows_of(frame, artifact.columns)), runner.model.predict(frame)
+    )
+    with pytest.raises(RuntimeRefused, match="--runtime onnx: no ONNX graph"):
+        build_runner(artifact, "onnx", isolate=True)
+
+
+def test_a_child_that_dies_leaves_the_pipeline_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    artifact = verify(forest_artifact(tmp_path / "forest", n_estimators=5))
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    runner = build_runner(artifact, isolate=True)
+    assert (runner.runtime.name, runner.runtime.reason) == (
+        "sklearn", "the runtime check exited with code 1",
+    )  # fmt: skip
+    assert runner.model is not None and runner.native is None
+    with pytest.raises(RuntimeRefused, match="--runtime onnx: the runtime check exited"):
+        build_runner(artifact, "onnx", isolate=True)
+
+
+def test_an_artifact_changed_after_verification_is_refused_by_the_child(tmp_path: Path) -> None:
+    from sklearn.dummy import DummyClassifier
+
+    from orchard.serving.artifact import ArtifactRefused
+
+    root = forest_artifact(tmp_path / "forest", n_estimators=5)
+    artifact = verify(root)
+    import joblib
+
+    joblib.dump(DummyClassifier().fit([[0.0] * 30], [0]), root / "model.joblib")
+    with pytest.raises(ArtifactRefused, match=r"model\.joblib"):
+        build_runner(artifact, isolate=True)

@@ -163,22 +163,42 @@ def return_large_blocks() -> bool:
         return False
 
 
-def build_runner(artifact: Any, runtime: str = "auto") -> Any:
-    """Unpickle a verified artifact into a ModelRunner, answering through the runtime
-    `runtime` selects (`serving.runtime`; runs on a thread)."""
+def build_runner(artifact: Any, runtime: str = "auto", isolate: bool = False) -> Any:
+    """A ModelRunner for a verified artifact, answering through the runtime `runtime`
+    selects (`serving.runtime`; runs on a thread). `isolate` selects it in a child process
+    (`serving.isolated`, what `orchard serve` does): when the ONNX graph then answers every
+    row alone, the model is never unpickled here."""
     from orchard.artifacts.metadata import prediction_drift_bins
     from orchard.serving.artifact import unpickle
     from orchard.serving.model import ModelRunner
-    from orchard.serving.runtime import heldout_frame
+    from orchard.serving.runtime import SKLEARN, OnnxModel, heldout_frame
 
     meta = artifact.metadata
+    mode = cast("Mode", runtime)
+    choice = None
+    if isolate and mode != SKLEARN:
+        from orchard.serving.isolated import choose
+
+        choice = choose(artifact, mode)
+    alone = choice is not None and choice.graph_alone
     runner = ModelRunner(
-        unpickle(artifact), artifact.columns, meta.task, meta.feature_stats,
+        None if alone else unpickle(artifact), artifact.columns, meta.task, meta.feature_stats,
         prediction_drift_bins(meta.prediction_stats),
         meta.calibration.bins() if meta.calibration else None,
+        facts=choice.facts if alone and choice is not None else None,
     )  # fmt: skip
-    mode = cast("Mode", runtime)
-    runner.use_runtime(mode, heldout_frame(artifact) if mode != "sklearn" else None)
+    if choice is None:
+        runner.use_runtime(mode, heldout_frame(artifact) if mode != SKLEARN else None)
+        return runner
+    native = None
+    if choice.graph is not None:
+        native = OnnxModel(
+            choice.graph, artifact.columns, runner.needs_frame,
+            runner.classes if runner.classification else None,
+        )  # fmt: skip
+        native.refuse_missing(artifact.columns, choice.no_missing)
+        native.pipeline_missing = choice.pipeline_missing
+    runner.adopt(choice.runtime, native)
     return runner
 
 
@@ -221,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
 
     app = App(
         args.model_name,
-        lambda: build_runner(artifact, args.runtime),
+        lambda: build_runner(artifact, args.runtime, isolate=True),
         version=args.model_version,
         max_batch_size=args.max_batch_size,
         max_batch_wait=args.max_batch_wait_ms / 1000.0,

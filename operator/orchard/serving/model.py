@@ -104,8 +104,35 @@ class Prediction:
     probabilities: Array | None = None
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the server reads off the fitted model, apart from predicting with it: what
+    a server answering through the ONNX graph alone keeps instead of the model
+    (`orchard.serving.isolated`), so that it never imports scikit-learn."""
+
+    n_features: int | None
+    fitted_columns: list[str] | None  # feature_names_in_: fitted on a DataFrame
+    classes: Array | None
+    has_predict_proba: bool
+
+    @classmethod
+    def of(cls, model: Any) -> ModelFacts:
+        n_features = getattr(model, "n_features_in_", None)
+        fitted = getattr(model, "feature_names_in_", None)
+        classes = getattr(model, "classes_", None)
+        return cls(
+            int(n_features) if n_features is not None else None,
+            [str(c) for c in fitted] if fitted is not None else None,
+            np.asarray(classes) if classes is not None else None,
+            hasattr(model, "predict_proba"),
+        )
+
+
 class ModelRunner:
-    """A fitted scikit-learn estimator and the schema its rows follow."""
+    """A fitted scikit-learn estimator and the schema its rows follow.
+
+    `model` is None when its ONNX graph answers every row (`adopt`): `facts` then say
+    what the model would have."""
 
     def __init__(
         self,
@@ -115,10 +142,12 @@ class ModelRunner:
         baseline: Mapping[str, FeatureStats] | None = None,
         prediction_bins: NumericBins | CategoryBins | None = None,
         confidence_bins: ConfidenceBins | None = None,
+        facts: ModelFacts | None = None,
     ) -> None:
         self.model = model
-        n_features = getattr(model, "n_features_in_", None)
-        self.schema = Schema(columns, int(n_features) if n_features is not None else None)
+        self.facts = facts if facts is not None else ModelFacts.of(model)
+        n_features = self.facts.n_features
+        self.schema = Schema(columns, n_features)
         self.baselines = [NumericBaseline.of((baseline or {}).get(n)) for n in self.schema.names]
         self.drift_bins = {
             name: bins
@@ -127,41 +156,37 @@ class ModelRunner:
         }
         self.prediction_bins = prediction_bins
         # Calibrated at training and able to say its confidence: accuracy can be estimated.
-        self.confidence_bins = confidence_bins if hasattr(model, "predict_proba") else None
+        self.confidence_bins = confidence_bins if self.facts.has_predict_proba else None
         self._next_sample = 0.0
         # Fitted on a DataFrame (ColumnTransformer by name, say): it needs one back.
-        self.needs_frame = hasattr(model, "feature_names_in_") and bool(columns)
-        if self.needs_frame:
-            fitted = [str(c) for c in model.feature_names_in_]
+        fitted = self.facts.fitted_columns
+        self.needs_frame = fitted is not None and bool(columns)
+        if fitted is not None and self.needs_frame:
             if sorted(fitted) != sorted(self.schema.names):
                 # Every request would fail in predict: better not to become ready at all.
                 raise ValueError(
                     f"the model was fitted on columns {fitted}, "
                     f"but the metadata's inputs are {self.schema.names}"
                 )
-        elif n_features is not None and int(n_features) != self.schema.width:
+        elif n_features is not None and n_features != self.schema.width:
             raise ValueError(
-                f"the model takes {int(n_features)} features, "
+                f"the model takes {n_features} features, "
                 f"but the metadata lists {self.schema.width} inputs"
             )
-        self.classification = task == "classification" if task else hasattr(model, "classes_")
-        classes = getattr(model, "classes_", None)
-        self.classes = np.asarray(classes) if classes is not None else None
+        classes = self.facts.classes
+        self.classification = task == "classification" if task else classes is not None
+        self.classes = classes
         # The classes as JSON values, in the order of predict_proba's columns; None for a
         # model without class probabilities (a regressor, an SVC without probability=True).
-        probabilities = self.classification and hasattr(model, "predict_proba")
+        probabilities = self.classification and self.facts.has_predict_proba
         self.class_list: list[Any] | None = (
             self.classes.tolist() if probabilities and self.classes is not None else None
         )
         self.output_datatype = (
-            output_datatype(np.asarray(classes)) if self.classification and classes is not None
+            output_datatype(classes) if self.classification and classes is not None
             else "FP64" if not self.classification else "BYTES"
         )  # fmt: skip
         self._frame_type: Any = None
-        if self.needs_frame:
-            import pandas as pd  # only for models that were fitted on a DataFrame
-
-            self._frame_type = pd.DataFrame
         self.runtime = Runtime(SKLEARN, "the pipeline (no runtime selected)")
         self.native: OnnxModel | None = None
 
@@ -182,6 +207,13 @@ class ModelRunner:
         log.info("runtime %s: %s", runtime.name, runtime.reason)
         return runtime
 
+    def adopt(self, runtime: Runtime, native: OnnxModel | None) -> None:
+        """Answer through a runtime chosen elsewhere (`orchard.serving.isolated`)."""
+        if native is None and self.model is None:
+            raise ValueError("neither an ONNX graph nor the pipeline to answer with")
+        self.runtime, self.native = runtime, native
+        log.info("runtime %s: %s", runtime.name, runtime.reason)
+
     @property
     def has_probabilities(self) -> bool:
         return self.class_list is not None
@@ -190,6 +222,10 @@ class ModelRunner:
 
     def to_model_input(self, rows: Rows) -> Any:
         if self.needs_frame:
+            if self._frame_type is None:
+                import pandas as pd  # only for pipelines fitted on a DataFrame
+
+                self._frame_type = pd.DataFrame
             names = self.schema.names
             if isinstance(rows, list):
                 return self._frame_type(dict(zip(names, rows, strict=True)), copy=False)
@@ -203,7 +239,8 @@ class ModelRunner:
             try:
                 return self.native.predict(rows)
             except PipelineRows:
-                pass
+                if self.model is None:
+                    raise ValueError("these rows need the pipeline, which is not loaded") from None
         out = np.asarray(self.model.predict(self.to_model_input(rows)))
         return out.reshape(len(out), -1)[:, 0] if out.ndim > 1 and out.shape[1] == 1 else out
 
@@ -213,7 +250,8 @@ class ModelRunner:
             try:
                 return self.native.probabilities(rows)
             except PipelineRows:
-                pass
+                if self.model is None:
+                    raise ValueError("these rows need the pipeline, which is not loaded") from None
         return np.asarray(self.model.predict_proba(self.to_model_input(rows)), dtype=np.float64)
 
     def predict_batch(

@@ -1,7 +1,8 @@
 """Which runtime serves a model: its pipeline converted to ONNX, or the pipeline itself.
 
 At load time, after the digests are checked and model.joblib is unpickled, `select`
-converts the fitted pipeline whole with skl2onnx and runs the graph with ONNX Runtime.
+converts the fitted pipeline whole with skl2onnx and runs the graph with ONNX Runtime
+(`orchard serve` does this in a child process, `orchard.serving.isolated`).
 The graph serves only when it answers the artifact's held-out rows (heldout.parquet,
 read from bytes checked against metadata.json) as the pipeline does: the same label on
 every row, class probabilities within `PROBABILITY_TOLERANCE`, a regression's values
@@ -70,6 +71,12 @@ significant digits, a sum over 100 trees loses about one of them."""
 
 MAX_HELDOUT_ROWS = 2000  # rows of heldout.parquet checked (the first ones)
 PROBE_ROWS = 20  # held-out rows repeated per input, once missing and once unseen
+TIE_TOLERANCE = 1e-6
+"""Class probabilities of a row this close to its largest are a tie, resolved as
+scikit-learn resolves an exact one: the first such class. A forest's graph adds its
+trees' votes in float32, so a 10-to-10 vote comes out 0.49999994 against 0.50000006
+where the pipeline has 0.5 and 0.5 (`VOTES_KEY`)."""
+VOTES_KEY = "orchard.labels"  # in the graph's metadata: "votes" when labels are argmax
 MISSING_STRING = "\x00orchard:missing\x00"
 UNSEEN_STRING = "\x00orchard:unseen\x00"
 
@@ -115,6 +122,11 @@ class OnnxModel:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 4  # its errors reach the server's log as exceptions
         self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        self.graph = onnx_bytes
+        # A graph whose labels are its classes' largest probability (`convert`): they are
+        # taken from the probabilities here, a tie to the first class (`TIE_TOLERANCE`).
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.labels_from_votes = meta.get(VOTES_KEY) == "votes" and classes is not None
         self.named = named
         self.inputs = [i.name for i in self.session.get_inputs()]
         index = {c.name: j for j, c in enumerate(columns)}
@@ -179,11 +191,14 @@ class OnnxModel:
             ) from exc
         labels = np.asarray(found[0])
         labels = labels.reshape(len(labels), -1)[:, 0] if labels.ndim > 1 else labels
-        if self.classes is not None:
+        proba = np.asarray(found[1], dtype=np.float64) if len(found) > 1 else None
+        if self.labels_from_votes and proba is not None and self.classes is not None:
+            near = proba >= proba.max(axis=1, keepdims=True) - TIE_TOLERANCE
+            labels = self.classes[np.argmax(near, axis=1)]
+        elif self.classes is not None:
             labels = labels.astype(self.classes.dtype, copy=False)
         else:
             labels = labels.astype(np.float64)
-        proba = np.asarray(found[1], dtype=np.float64) if len(found) > 1 else None
         self._last = (rows, labels, proba)
         return labels, proba
 
@@ -228,8 +243,86 @@ def convert(
         initial = [("input", FloatTensorType([None, width]))]
     options = {"zipmap": False} if classification else None
     graph = to_onnx(_missing_as_text(model), initial_types=initial, options=options)
+    _split_as_trained(graph, model)
+    final = _steps(model)[-1]
+    if classification and _trees_of(final):
+        # scikit-learn labels a forest's row with its most probable class (a tree's, a
+        # boosted ensemble's alike), the first on a tie (`OnnxModel.labels_from_votes`).
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = VOTES_KEY, "votes"
     data: bytes = graph.SerializeToString()
     return data
+
+
+TREE_ENSEMBLES = ("TreeEnsembleClassifier", "TreeEnsembleRegressor")
+
+
+def _split_as_trained(graph: Any, model: Any) -> None:
+    """Make the graph's trees split rows exactly as scikit-learn's do.
+
+    Two things skl2onnx leaves otherwise. A missing value: scikit-learn's trees (1.3 on)
+    keep, per split, where NaN goes (`tree_.missing_go_to_left`: the side that held the
+    missing values in training, else the side with more rows); skl2onnx writes
+    `nodes_missing_value_tracks_true` 0 for every node, which sends NaN to the "greater"
+    side. A threshold: scikit-learn compares float32(x) with a float64 threshold (the
+    midpoint of two float32 training values); skl2onnx rounds the threshold to the
+    nearest float32, which can be the upper value itself, so a row holding exactly that
+    value goes left in the graph and right in the pipeline. Rounded down instead, the
+    float32 comparison is the float64 one for every float32 input.
+
+    Each tree ensemble of the graph whose trees match one estimator's, node for node,
+    gets that estimator's branches and thresholds; one that matches none is left as it
+    is, and the parity check finds what it answers otherwise."""
+    candidates = [trees for step in _steps(model) if (trees := _trees_of(step))]
+    for node in graph.graph.node:
+        if node.op_type not in TREE_ENSEMBLES or not candidates:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if not {"nodes_treeids", "nodes_nodeids", "nodes_modes", "nodes_values"} <= attrs.keys():
+            continue
+        tree_ids, node_ids = list(attrs["nodes_treeids"].ints), list(attrs["nodes_nodeids"].ints)
+        counts = np.bincount(tree_ids).tolist() if tree_ids else []
+        matching = [t for t in candidates if [x.tree_.node_count for x in t] == counts]
+        if len(matching) != 1:
+            continue
+        trees = matching[0]
+        split = [m.decode() == "BRANCH_LEQ" for m in attrs["nodes_modes"].strings]
+        tracks = [
+            int(leq and bool(trees[t].tree_.missing_go_to_left[i]))
+            for t, i, leq in zip(tree_ids, node_ids, split, strict=True)
+        ]
+        pairs = zip(tree_ids, node_ids, strict=True)
+        exact = np.array([trees[t].tree_.threshold[i] for t, i in pairs])
+        values = np.where(split, _float32_below(exact), np.asarray(attrs["nodes_values"].floats))
+        from onnx import helper
+
+        for name, data in (
+            ("nodes_missing_value_tracks_true", tracks),
+            ("nodes_values", [float(v) for v in values.astype(np.float32)]),
+        ):
+            if name in attrs:
+                node.attribute.remove(attrs[name])
+            node.attribute.append(helper.make_attribute(name, data))
+
+
+def _float32_below(values: Array) -> Array:
+    """The largest float32 at or below each float64 value."""
+    near = values.astype(np.float32)
+    return np.where(near > values, np.nextafter(near, np.float32(-np.inf)), near)
+
+
+def _trees_of(step: Any) -> list[Any]:
+    """A fitted tree, or an ensemble's trees in the order skl2onnx numbers them; [] for
+    anything else, or trees without learned missing branches (scikit-learn < 1.3)."""
+    if hasattr(step, "tree_"):
+        trees = [step]
+    elif hasattr(step, "estimators_"):
+        trees = list(np.asarray(step.estimators_, dtype=object).ravel())
+        if not all(hasattr(t, "tree_") for t in trees):
+            return []
+    else:
+        return []
+    return trees if all(hasattr(t.tree_, "missing_go_to_left") for t in trees) else []
 
 
 def _missing_as_text(model: Any) -> Any:
