@@ -204,6 +204,15 @@ def test_trains_registers_and_verifies(cluster: Cluster) -> None:
     metadata = (directory / "metadata.json").read_bytes()
     assert "sha256:" + hashlib.sha256(metadata).hexdigest() == spec["artifact"]["digest"]
     assert (directory / "model.joblib").stat().st_size > 0
+    # The verification Job (server image) found the runtime a server would use: the one
+    # this checkout's check finds on the same bytes.
+    from orchard.serving.verify import runtime_report
+
+    found = runtime_report(directory, spec["artifact"]["digest"])["runtime"]
+    assert mv_status["runtime"] == {
+        "name": found["name"], "reason": found["reason"], "checkedRows": found["rows"],
+    }, mv_status  # fmt: skip
+    assert "Runtime" in cluster.kubectl("get", "mv", name)
 
     tj = cluster.status("tj", "penguins-rf")
     assert tj["metrics"]["accuracy"] == spec["metrics"]["accuracy"]

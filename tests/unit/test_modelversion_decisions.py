@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchard.api.common import get_condition
+from orchard.api.common import get_condition, to_k8s
 from orchard.api.modelversion import ModelVersionStatus
 from orchard.decisions.modelversion import (
     deployments_using,
@@ -141,6 +141,26 @@ def test_verified_status_sets_both_conditions() -> None:
         c = get_condition(status.conditions, type_)
         assert c is not None and c.status == "True" and c.observed_generation == 1
     assert "1 file(s)" in (status.message or "")
+
+
+def test_the_verifiers_runtime_is_recorded_and_nonsense_is_not() -> None:
+    said = {**OK, "runtime": {"name": "onnx", "reason": "labels as the pipeline's", "rows": 90}}
+    outcome = verification_outcome(job(("Complete", "")), [pod(terminated(0, said), "Succeeded")])
+    status = verification_status(ModelVersionStatus(), outcome, generation=1)
+    assert status.runtime is not None
+    assert (status.runtime.name, status.runtime.checked_rows) == ("onnx", 90)
+    assert status.runtime.reason == "labels as the pipeline's"
+    assert to_k8s(status)["runtime"] == {
+        "name": "onnx", "reason": "labels as the pipeline's", "checkedRows": 90,
+    }  # fmt: skip
+    for nonsense in ({"name": "tensorrt", "reason": "x"}, "onnx", {"rows": -1}):
+        report = {**OK, "runtime": nonsense}
+        pods = [pod(terminated(0, report), "Succeeded")]
+        found = verification_outcome(job(("Complete", "")), pods)
+        assert found.phase == "Ready" and found.runtime is None  # still verified
+    # A verifier that says nothing of the runtime (an older image) leaves none.
+    plain = verification_outcome(job(("Complete", "")), [pod(terminated(0, OK), "Succeeded")])
+    assert verification_status(status, plain, generation=2).runtime is None
 
 
 def test_failed_and_pending_status() -> None:

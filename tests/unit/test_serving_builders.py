@@ -9,6 +9,7 @@ import pytest
 from orchard.api.modeldeployment import ModelDeployment
 from orchard.api.modelversion import ModelVersion
 from orchard.builders import serving as sv
+from orchard.builders.common import DEFAULT_SERVER_IMAGE, ServerSettings
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -48,7 +49,7 @@ def test_a_refused_artifact_reaches_status_through_the_termination_message() -> 
     from orchard.contracts import SERVE_EXIT_REFUSED, SERVE_REFUSED_PREFIX
     from orchard.decisions.observing import refusal, refused_artifact
 
-    dep = sv.deployment(md(), "stable", mv(), 1, sv.ServerSettings(image="img:1"))
+    dep = sv.deployment(md(), "stable", mv(), 1, ServerSettings(image="img:1"))
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     labels = dep["spec"]["template"]["metadata"]["labels"]
@@ -68,7 +69,7 @@ def test_a_refused_artifact_reaches_status_through_the_termination_message() -> 
 
 
 def test_stable_deployment_from_pvc() -> None:
-    dep = sv.deployment(md(), "stable", mv(), 2, sv.ServerSettings(image="img:1"))
+    dep = sv.deployment(md(), "stable", mv(), 2, ServerSettings(image="img:1"))
     assert dep["metadata"]["name"] == "iris-stable"
     assert dep["metadata"]["namespace"] == "ml"
     owner = dep["metadata"]["ownerReferences"][0]
@@ -396,9 +397,9 @@ def test_http_route_accepted(status: dict[str, Any], accepted: tuple[bool, str])
 
 
 def test_settings_from_env() -> None:
-    s = sv.ServerSettings.from_env({"ORCHARD_SERVER_IMAGE": "x/y:z"})
+    s = ServerSettings.from_env({"ORCHARD_SERVER_IMAGE": "x/y:z"})
     assert s.image == "x/y:z" and s.image_pull_policy == "IfNotPresent"
-    assert sv.ServerSettings.from_env({}).image == sv.DEFAULT_SERVER_IMAGE
+    assert ServerSettings.from_env({}).image == DEFAULT_SERVER_IMAGE
 
 
 # --- collection -------------------------------------------------------------------------------

@@ -416,3 +416,41 @@ def test_an_artifact_changed_after_verification_is_refused_by_the_child(tmp_path
     joblib.dump(DummyClassifier().fit([[0.0] * 30], [0]), root / "model.joblib")
     with pytest.raises(ArtifactRefused, match=r"model\.joblib"):
         build_runner(artifact, isolate=True)
+
+
+# --- the ModelVersion's verification, in the server image (serving/verify.py) -------------
+
+
+def _verifier_report(root: Path, tmp_path: Path) -> dict[str, Any]:
+    """`python -m orchard.serving.verify`, as the verification Job runs it: its report is
+    the termination message."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "termination-log"
+    done = subprocess.run(
+        [sys.executable, "-m", "orchard.serving.verify", f"file://{root}", verify(root).digest],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "ORCHARD_TERMINATION_LOG": str(log)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(log.read_text())
+    return report
+
+
+def test_the_verification_reports_the_runtime_that_would_serve(tmp_path: Path) -> None:
+    report = _verifier_report(forest_artifact(tmp_path / "forest", n_estimators=5), tmp_path)
+    assert report["verified"] is True and "model.joblib" in report["files"]
+    runtime = report["runtime"]
+    assert runtime["name"] == "onnx" and runtime["rows"] > 0
+    assert runtime["reason"].startswith("labels as the pipeline's on ")
+
+
+def test_the_verification_reports_why_the_pipeline_would_serve(tmp_path: Path) -> None:
+    root = trained(tmp_path, "HistGradientBoostingClassifier", {"max_iter": 5})
+    report = _verifier_report(root, tmp_path)
+    assert report["verified"] is True
+    assert report["runtime"]["name"] == "sklearn"
+    assert report["runtime"]["reason"].startswith("no ONNX graph: ")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from orchard.api.trainingjob import Artifacts, TrainingJob
-from orchard.builders.common import TrainerSettings, bounded_name
+from orchard.builders.common import DEFAULT_SERVER_IMAGE, TrainerSettings, bounded_name
 from orchard.builders.modelversion import (
     TRAININGJOB_UID_LABEL,
     model_version,
@@ -365,7 +365,8 @@ def test_verify_job_checks_the_recorded_digest() -> None:
     assert job["metadata"]["ownerReferences"][0]["uid"] == "mv-uid"
     assert job["metadata"]["labels"]["orchard.dev/modelversion"] == "penguins-v2"
     c = container(job)
-    assert c["command"] == ["python", "-m", "orchard.artifacts.verify"]
+    assert c["command"] == ["python", "-m", "orchard.serving.verify"]
+    assert c["image"] == DEFAULT_SERVER_IMAGE  # what serving needs, to find the runtime
     assert c["args"] == [RESULT.artifact_uri, DIGEST]
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert mounts["/mnt/pvc/orchard-artifacts"]["readOnly"] is True

@@ -162,6 +162,24 @@ class VersionEvaluation(CamelModel):
     at: datetime | None = Field(default=None, description="When.")
 
 
+class RuntimeStatus(CamelModel):
+    """The runtime a server answers this version through under `--runtime auto`, as the
+    verification found it (every server checks again when it loads the model)."""
+
+    name: Literal["onnx", "sklearn"] = Field(
+        description="onnx: the pipeline converted to ONNX and run by ONNX Runtime; sklearn: "
+        "the pipeline itself."
+    )
+    reason: str = Field(
+        max_length=1024,
+        description="Why: the rows on which the ONNX graph's answers were compared with the "
+        "pipeline's, or why the pipeline serves.",
+    )
+    checked_rows: int | None = Field(
+        default=None, ge=0, description="Held-out rows (and probes) the comparison covered."
+    )
+
+
 class ModelVersionStatus(CamelModel):
     """What the operator verified about the version."""
 
@@ -186,6 +204,9 @@ class ModelVersionStatus(CamelModel):
     )
     reason: str | None = Field(default=None, description="Why the version is in its phase.")
     message: str | None = Field(default=None, description="Details, for people.")
+    runtime: RuntimeStatus | None = Field(
+        default=None, description="What serves the version, as its verification found."
+    )
     evaluations: list[VersionEvaluation] = Field(
         default_factory=list,
         max_length=10,
@@ -221,6 +242,12 @@ class ModelVersion(Resource):
                 type="string",
                 json_path=".status.usedBy",
                 description="ModelDeployments serving it.",
+            ),
+            PrinterColumn(
+                name="Runtime",
+                type="string",
+                json_path=".status.runtime.name",
+                description="What serves it: onnx or sklearn.",
             ),
             PrinterColumn(
                 name="Artifact",

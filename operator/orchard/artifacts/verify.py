@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +41,29 @@ def _report(result: dict[str, Any]) -> None:
             print(f"cannot write the termination message to {path}: {exc}", file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+Inspect = Callable[[Path, str], Mapping[str, Any]]
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    inspect: Inspect | None = None,
+    prog: str = "python -m orchard.artifacts.verify",
+) -> int:
+    """Verify; then `inspect(directory, digest)`, given the verified copy, adds its own
+    fields to the report (`orchard.serving.verify`: the runtime that would serve)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2:
-        print(
-            "usage: python -m orchard.artifacts.verify <artifact URI> <sha256:digest>",
-            file=sys.stderr,
-        )
+        print(f"usage: {prog} <artifact URI> <sha256:digest>", file=sys.stderr)
         return 2
     uri, digest = args
     with tempfile.TemporaryDirectory(prefix="orchard-verify-") as tmp:
         try:
-            _, metadata = fetch_artifact(uri, digest, Path(tmp))
+            directory, metadata = fetch_artifact(uri, digest, Path(tmp))
         except ArtifactError as exc:
             message = str(exc)[:2000]
             _report({"error": {"reason": reason_of(exc), "message": message}})
             return 1
+        found = dict(inspect(directory, digest)) if inspect is not None else {}
     _report(
         {
             "verified": True,
@@ -64,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "digest": digest,
             "model": metadata.model,
             "files": metadata.files,
+            **found,
         }
     )
     return 0

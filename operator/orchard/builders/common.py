@@ -25,6 +25,9 @@ from orchard.artifacts.store import DEFAULT_PVC_ROOT, LOCAL_ROOTS_ENV, PVC_ROOT_
 DEFAULT_TRAINER_IMAGE = "localhost/orchard/trainer:dev"
 TRAINER_IMAGE_ENV = "ORCHARD_TRAINER_IMAGE"
 TRAINER_PULL_POLICY_ENV = "ORCHARD_TRAINER_IMAGE_PULL_POLICY"
+DEFAULT_SERVER_IMAGE = "localhost/orchard/server:dev"
+SERVER_IMAGE_ENV = "ORCHARD_SERVER_IMAGE"
+SERVER_PULL_POLICY_ENV = "ORCHARD_SERVER_IMAGE_PULL_POLICY"
 # Resources of the pods Orchard creates, unless a spec says otherwise (JSON, as in a pod).
 TRAINER_RESOURCES_ENV = "ORCHARD_TRAINER_RESOURCES"
 BATCH_RESOURCES_ENV = "ORCHARD_BATCH_RESOURCES"  # verification, evaluation and replay Jobs
@@ -125,6 +128,23 @@ class TrainerSettings:
     def tmp_volume(self) -> dict[str, Any]:
         """The /tmp of a batch pod: an emptyDir, bounded (the pod is evicted beyond it)."""
         return {"name": "tmp", "emptyDir": {"sizeLimit": self.tmp_size_limit}}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Operator-wide settings of the serving pods (and of the verification Jobs, which
+    run in the server image)."""
+
+    image: str = DEFAULT_SERVER_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
+        env = os.environ if env is None else env
+        return cls(
+            image=env.get(SERVER_IMAGE_ENV) or DEFAULT_SERVER_IMAGE,
+            image_pull_policy=env.get(SERVER_PULL_POLICY_ENV) or "IfNotPresent",
+        )
 
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")

@@ -30,6 +30,7 @@ from orchard.builders.common import (
     MODEL_LABEL,
     TRAININGJOB_LABEL,
     VERIFICATION_COMPONENT,
+    ServerSettings,
     TrainerSettings,
     app_labels,
     base_env,
@@ -163,17 +164,24 @@ def verify_labels(mv: ModelVersion) -> dict[str, str]:
     }
 
 
-def verify_job(mv: ModelVersion, settings: TrainerSettings | None = None) -> dict[str, Any]:
-    """A short Job that fetches the artifact and checks every digest against the one the
-    ModelVersion records (`python -m orchard.artifacts.verify`), in the trainer image."""
+def verify_job(
+    mv: ModelVersion,
+    settings: TrainerSettings | None = None,
+    server: ServerSettings | None = None,
+) -> dict[str, Any]:
+    """A short Job that fetches the artifact, checks every digest against the one the
+    ModelVersion records, and finds the runtime a server would answer through
+    (`python -m orchard.serving.verify`): in the server image, which has what serving
+    needs (ONNX Runtime, skl2onnx); the batch pods' resources and /tmp."""
     settings = settings or TrainerSettings()
+    server = server or ServerSettings()
     artifact = mv.spec.artifact
     volumes, mounts = claim_volumes(read_write=[], read_only=[pvc_claim(artifact.uri)])
     container: dict[str, Any] = {
         "name": VERIFY_CONTAINER,
-        "image": settings.image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-m", "orchard.artifacts.verify"],
+        "image": server.image,
+        "imagePullPolicy": server.image_pull_policy,
+        "command": ["python", "-m", "orchard.serving.verify"],
         "args": [artifact.uri, artifact.digest],
         "env": base_env(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],

@@ -19,7 +19,6 @@ Probes stay on HTTP.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -39,6 +38,7 @@ from orchard.builders.common import (
     PVC_ROOT,
     SERVING_COMPONENT,
     VERSION_LABEL,
+    ServerSettings,
     app_labels,
     bounded_name,
     owner_reference,
@@ -49,10 +49,6 @@ from orchard.builders.common import (
 from orchard.contracts import COLLECT_ENV_PREFIX
 
 Track = Literal["stable", "canary"]
-
-DEFAULT_SERVER_IMAGE = "localhost/orchard/server:dev"
-SERVER_IMAGE_ENV = "ORCHARD_SERVER_IMAGE"
-SERVER_PULL_POLICY_ENV = "ORCHARD_SERVER_IMAGE_PULL_POLICY"
 
 SERVER_CONTAINER = "server"
 FETCH_CONTAINER = "fetch-model"
@@ -84,22 +80,6 @@ FETCH_PROGRAM = (
 
 class UnsupportedArtifact(ValueError):
     """A ModelVersion's artifact URI that a serving pod cannot read."""
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """Operator-wide settings of the serving pods."""
-
-    image: str = DEFAULT_SERVER_IMAGE
-    image_pull_policy: str = "IfNotPresent"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
-        env = os.environ if env is None else env
-        return cls(
-            image=env.get(SERVER_IMAGE_ENV) or DEFAULT_SERVER_IMAGE,
-            image_pull_policy=env.get(SERVER_PULL_POLICY_ENV) or "IfNotPresent",
-        )
 
 
 # --- Names and labels -----------------------------------------------------------------------

@@ -14,7 +14,12 @@ from datetime import datetime
 from typing import Any
 
 from orchard.api.common import ConditionStatus, now, set_condition
-from orchard.api.modelversion import ALLOW_DELETION, ModelVersionPhase, ModelVersionStatus
+from orchard.api.modelversion import (
+    ALLOW_DELETION,
+    ModelVersionPhase,
+    ModelVersionStatus,
+    RuntimeStatus,
+)
 from orchard.decisions.training import IMAGE_PROBLEM, clip, parse_time, pod_report
 
 VERIFYING = "Verifying"
@@ -36,6 +41,7 @@ class Verification:
     message: str
     at: datetime | None = None
     stop_job: bool = False
+    runtime: RuntimeStatus | None = None  # what the verifier found would serve
 
     @property
     def terminal(self) -> bool:
@@ -84,14 +90,14 @@ def verification_outcome(
             report = _report(terminated.get("message")) if terminated else None
             if terminated and terminated.get("exitCode") == 0 and report and report.get("verified"):
                 at = parse_time(terminated.get("finishedAt"))
-                return Verification("Ready", VERIFIED, _verified_message(report), at)
+                return _verified(report, at)
     if "Complete" in conditions:
         at = parse_time(job.get("status", {}).get("completionTime"))
         for pod in reversed(newest):
             terminated = _terminated(pod)
             report = _report(terminated.get("message")) if terminated else None
             if terminated and terminated.get("exitCode") == 0 and report and report.get("verified"):
-                return Verification("Ready", VERIFIED, _verified_message(report), at)
+                return _verified(report, at)
         return Verification(
             "Failed", VERIFICATION_FAILED, "the verifier exited 0 but did not report success", at
         )
@@ -128,6 +134,24 @@ def verification_outcome(
         if waiting and waiting.reason == IMAGE_PROBLEM:
             return Verification("Failed", IMAGE_PROBLEM, waiting.message, stop_job=True)
     return Verification("Verifying", VERIFYING, "checking the artifact's digests")
+
+
+def _verified(report: Mapping[str, Any], at: datetime | None) -> Verification:
+    return Verification("Ready", VERIFIED, _verified_message(report), at, runtime=_runtime(report))
+
+
+def _runtime(report: Mapping[str, Any]) -> RuntimeStatus | None:
+    """The report's runtime (None: a verifier that does not say, or says nonsense)."""
+    found = report.get("runtime")
+    if not isinstance(found, Mapping):
+        return None
+    try:
+        return RuntimeStatus(
+            name=found.get("name"), reason=clip(str(found.get("reason") or ""), 1024),
+            checked_rows=found.get("rows"),
+        )  # fmt: skip
+    except ValueError:
+        return None
 
 
 def _verified_message(report: Mapping[str, Any]) -> str:
@@ -175,6 +199,7 @@ def verification_status(
             else previous.verified_at,
             "reason": outcome.reason,
             "message": outcome.message,
+            "runtime": outcome.runtime if outcome.phase == "Ready" else previous.runtime,
         }
     )
 

@@ -37,7 +37,7 @@ from orchard.api.modeldeployment import (
 )
 from orchard.builders import improvement as imp
 from orchard.builders import serving as sv
-from orchard.builders.common import JOB_UID_LABEL, owned_by
+from orchard.builders.common import JOB_UID_LABEL, ServerSettings, owned_by
 from orchard.contracts import ReplayReport
 from orchard.decisions import evaluation as ev
 from orchard.decisions import jobs, retries
@@ -382,7 +382,7 @@ async def read(md: ModelDeployment, body: Mapping[str, Any]) -> ob.Reads:
 def policy_refusal(md: ModelDeployment, now: dt.datetime) -> ro.Decision | None:
     """The admin's policy refuses the spec as written: what serves keeps serving."""
     violations = pol.modeldeployment_violations(
-        md.spec, policy.current(), sv.ServerSettings.from_env().image
+        md.spec, policy.current(), ServerSettings.from_env().image
     )
     if not violations:
         return None

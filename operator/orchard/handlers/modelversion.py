@@ -2,8 +2,9 @@
 and Ready, and hold deletion while a ModelDeployment uses the version (the only
 finalizer Orchard puts on anything, and only while status.usedBy is not empty).
 
-The verification is a real check, not trust: a pod in the trainer image fetches the
-artifact and compares every digest with the one the ModelVersion records. Its Job is
+The verification is a real check, not trust: a pod in the server image fetches the
+artifact and compares every digest with the one the ModelVersion records, then finds
+the runtime a server would answer through (`status.runtime`). Its Job is
 watched like the training Jobs: event handlers on the Job and its pod, and a slow poll
 only while the verification is unfinished (a loop of `handlers.loops`, no finalizer).
 """
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 from orchard import kube
 from orchard.api.common import API_VERSION, FINALIZER, GROUP, VERSION, status_patch, to_k8s
 from orchard.api.modelversion import ModelVersion
-from orchard.builders.common import JOB_UID_LABEL, TrainerSettings, owned_by
+from orchard.builders.common import JOB_UID_LABEL, ServerSettings, TrainerSettings, owned_by
 from orchard.builders.modelversion import MODELVERSION_LABEL, verify_job, verify_job_name
 from orchard.decisions import policy as pol
 from orchard.decisions import retries
@@ -124,7 +125,7 @@ async def make_job(mv: ModelVersion) -> Verification | None:
     # Refused before anything exists; a Job made under an earlier policy runs on.
     if violations and await kube.get("batch/v1", "Job", verify_job_name(mv), namespace) is None:
         return Verification("Failed", pol.REASON, pol.summary(violations))
-    job = verify_job(mv, TrainerSettings.from_env())
+    job = verify_job(mv, TrainerSettings.from_env(), ServerSettings.from_env())
     try:
         await children.ensure_child("ModelVersion", name, mv.metadata.uid, job, JOB_CONFLICT)
     except children.ChildConflict as err:

@@ -21,7 +21,7 @@ from orchard.api.modeldeployment import ModelDeployment, ModelDeploymentStatus
 from orchard.api.modelversion import ModelVersion, VersionEvaluation
 from orchard.builders import improvement as imp
 from orchard.builders import serving as sv
-from orchard.builders.common import TrainerSettings, owned_by
+from orchard.builders.common import ServerSettings, TrainerSettings, owned_by
 from orchard.decisions import observing as ob
 from orchard.decisions import rollout as ro
 from orchard.decisions.modelversion import deployments_using
@@ -58,7 +58,7 @@ async def ensure_children(
 
     Raises `sv.UnsupportedArtifact` for a version no serving pod can read.
     """
-    settings = sv.ServerSettings.from_env()
+    settings = ServerSettings.from_env()
     spec, name, namespace = md.spec, str(md.metadata.name), str(md.metadata.namespace)
     versions = await _versions((status.stable_version, status.canary_version), reads, namespace)
     total = obs.stable_desired if spec.autoscaling else spec.replicas
