@@ -106,6 +106,24 @@ def test_health(iris: tuple[triton.InferenceServerClient, Any]) -> None:
         assert status_of(caught) == "StatusCode.NOT_FOUND"
 
 
+def test_grpc_health_checking(iris_served: Served) -> None:
+    """grpc.health.v1, as Kubernetes' gRPC probe and grpc_health_probe ask it."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    serving_ = health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(iris_served.server.grpc_target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):
+            answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert answer.status == serving_, service
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Check(health_pb2.HealthCheckRequest(service="grpc.reflection"), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        watching = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert next(watching).status == serving_
+        watching.cancel()
+
+
 def test_server_and_model_metadata(iris: tuple[triton.InferenceServerClient, Any]) -> None:
     client, _ = iris
     server = client.get_server_metadata()

@@ -47,6 +47,12 @@ loads (REST: 503); ServerReady likewise.
 A message of over `limits.PARSE_INLINE_BYTES` is parsed and decoded on the app's parse
 thread, as a REST body is, so health calls keep their turn on the event loop.
 
+Health over gRPC too: `grpc.health.v1.Health` (grpcio-health-checking), what
+Kubernetes' gRPC probes and grpc_health_probe ask. Its `Check` and `Watch` answer
+SERVING for "" (the server) and for `inference.GRPCInferenceService` once the model is
+loaded, NOT_SERVING while it loads, after a load that failed and while the server drains
+at shutdown; any other service is NOT_FOUND. Health calls are not counted.
+
 This module imports the generated messages, which register `inference.*` in protobuf's
 default pool: a process that loads another client of the protocol (tritonclient.grpc)
 cannot load this too. The server's tests drive it in its own process.
@@ -65,6 +71,8 @@ import numpy as np
 import orjson
 from google.protobuf.message import DecodeError
 from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 
 from orchard.contracts import INFERENCE_ENDPOINTS, REPLAY_HEADER, Endpoint
 from orchard.serving import outputs, tensors
@@ -111,6 +119,8 @@ class GRPCServer:
     def __init__(self, app: App, host: str, port: int, grace: float = STOP_GRACE) -> None:
         self.app, self.address, self.grace = app, f"{host}:{port}", grace
         self.server: aio.Server | None = None
+        self.health = HealthServicer()
+        self._health_task: asyncio.Task[None] | None = None
         # method name: (endpoint, behaviour, request message class; None: raw bytes)
         self.methods: dict[str, tuple[Endpoint, Behavior, type[Any] | None]] = {
             "ServerLive": (Endpoint.GRPC_SERVER_LIVE, self._server_live, pb.ServerLiveRequest),
@@ -136,17 +146,39 @@ class GRPCServer:
             ],
         )
         self.server.add_generic_rpc_handlers((_Handlers(self),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         try:
             self.server.add_insecure_port(self.address)
         except RuntimeError as exc:
             raise OSError(f"cannot listen for gRPC on {self.address}: {exc}") from None
+        await self._set_health(self.app.runner is not None)
         await self.server.start()
-        log.info("gRPC GRPCInferenceService on %s", self.address)
+        if self.app.runner is None:
+            self._health_task = asyncio.get_running_loop().create_task(self._serving_once_loaded())
+        log.info("gRPC GRPCInferenceService and grpc.health.v1.Health on %s", self.address)
 
     async def stop(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            self._health_task = None
         if self.server is not None:
+            await self.health.enter_graceful_shutdown()  # NOT_SERVING while draining
             await self.server.stop(self.grace)
             self.server = None
+
+    async def _set_health(self, ready: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if ready else (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        )  # fmt: skip
+        for service in ("", SERVICE):
+            await self.health.set(service, status)
+
+    async def _serving_once_loaded(self) -> None:
+        """SERVING when the app's model has loaded (it stays NOT_SERVING if that fails)."""
+        loading = self.app.loading
+        if loading is not None:
+            await asyncio.wait([loading])
+        await self._set_health(self.app.runner is not None)
 
     def handler(self, method: str) -> grpc.RpcMethodHandler[Any, Any]:
         """The handler of one method of the service (an unknown one: UNIMPLEMENTED)."""
