@@ -212,7 +212,7 @@ def test_trains_registers_and_verifies(cluster: Cluster) -> None:
     assert mv_status["runtime"] == {
         "name": found["name"], "reason": found["reason"], "checkedRows": found["rows"],
     }, mv_status  # fmt: skip
-    assert "Runtime" in cluster.kubectl("get", "mv", name)
+    assert "RUNTIME" in cluster.kubectl("get", "mv", name).splitlines()[0]
 
     tj = cluster.status("tj", "penguins-rf")
     assert tj["metrics"]["accuracy"] == spec["metrics"]["accuracy"]

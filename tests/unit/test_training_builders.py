@@ -215,6 +215,7 @@ def test_spec_reaches_the_trainer_through_a_config_map() -> None:
     assert c["args"] == [
         "-f",
         "/etc/orchard/trainingjob.yaml",
+        "--keep-existing",
         "--output",
         "pvc://orchard-artifacts/models/penguins/penguins-rf-6f1c1a1e",
     ]

@@ -136,7 +136,14 @@ def training_job(
         "image": spec.image or settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["orchard", "train"],
-        "args": ["-f", f"{SPEC_DIR}/{SPEC_FILE}", "--output", output_uri(tj, store)],
+        # A pod started again after another finished keeps what that one wrote.
+        "args": [
+            "-f",
+            f"{SPEC_DIR}/{SPEC_FILE}",
+            "--keep-existing",
+            "--output",
+            output_uri(tj, store),
+        ],
         "env": base_env(),
         "volumeMounts": mounts,
         "securityContext": restricted_container_security(),

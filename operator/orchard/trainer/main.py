@@ -42,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "a search writes to <output>/trial-<N>/",
     )
     parser.add_argument(
+        "--keep-existing",
+        action="store_true",
+        help="report an artifact this training already wrote at the destination (a pod "
+        "started again after another finished) instead of training and writing it again; "
+        "what the operator's Jobs pass",
+    )
+    parser.add_argument(
         "--trial",
         type=int,
         default=None,
@@ -109,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         job = parse_training_job(read_spec_text(args.filename))
         from orchard.trainer.train import train  # the heavy imports, after the cheap checks
 
-        result = train(job, args.output, trial)
+        result = train(job, args.output, trial, keep_existing=args.keep_existing)
     except TrainerError as exc:
         log.error("%s: %s", exc.reason, exc.message)
         report(failure(exc, trial), args.termination_log)

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from orchard.api.trainingjob import TrainingJob
 from orchard.artifacts import ArtifactError, UnsupportedURI, local_path, put_dir, redact_uri
+from orchard.artifacts.metadata import Metadata
 from orchard.contracts import TrainerReport
 from orchard.trainer.artifact import (
     feature_stats,
@@ -81,10 +82,14 @@ def effective_params(job: TrainingJob, trial: int) -> dict[str, Any]:
     return params
 
 
-def train(job: TrainingJob, output: str | None = None, trial: int = 0) -> TrainerReport:
+def train(
+    job: TrainingJob, output: str | None = None, trial: int = 0, keep_existing: bool = False
+) -> TrainerReport:
     """Train, evaluate, gate, write the artifact; return the report for the operator.
 
-    Raises a `TrainerError` subclass on any failure, with nothing written.
+    With `keep_existing` (what the operator's Jobs ask), an artifact this very training
+    already wrote at the destination is reported as it is, not trained and written again
+    (`earlier_run`). Raises a `TrainerError` subclass on any failure, with nothing written.
     """
     started = time.monotonic()
     spec = job.spec
@@ -94,6 +99,10 @@ def train(job: TrainingJob, output: str | None = None, trial: int = 0) -> Traine
     destination = output_uri(job, output, trial)
     shown = redact_uri(destination)  # what the logs, the result and the ModelVersion show
     check_destination(destination)
+    if keep_existing and (found := earlier_run(job, destination, trial)) is not None:
+        metadata, digest = found
+        log.info("artifact %s %s: written by an earlier run of this training; kept", shown, digest)
+        return report_of(job, metadata, digest, shown, trial, time.monotonic() - started)
     log.info("trial %d: %s(%s) -> %s", trial, spec.estimator.name, params, shown)
 
     data = load_dataset(spec.dataset)
@@ -161,7 +170,6 @@ def train(job: TrainingJob, output: str | None = None, trial: int = 0) -> Traine
         except ArtifactError as exc:
             raise ArtifactStoreError(f"cannot write the artifact to {shown}: {exc}") from exc
     log.info("artifact %s %s", shown, digest)
-
     return TrainerReport(
         artifact_uri=shown,
         digest=digest,
@@ -176,4 +184,51 @@ def train(job: TrainingJob, output: str | None = None, trial: int = 0) -> Traine
         duration_seconds=round(time.monotonic() - started, 3),
         inputs=schema,
         collected=collected,
+    )
+
+
+def earlier_run(job: TrainingJob, destination: str, trial: int) -> tuple[Metadata, str] | None:
+    """The artifact at `destination`, when it is whole (every digest checks) and this
+    training wrote it (its TrainingJob, namespace and trial): a pod of the Job started
+    again after another finished (a node lost, the Job controller's own restart) must
+    not replace what a ModelVersion may already pin. None for anything else: nothing
+    there, or half an artifact, which this run overwrites."""
+    from orchard.artifacts import fetch_artifact, sha256_bytes
+    from orchard.artifacts.metadata import METADATA_FILE
+
+    with tempfile.TemporaryDirectory(prefix="orchard-existing-") as tmp:
+        try:
+            directory, metadata = fetch_artifact(destination, None, Path(tmp))
+            raw = (directory / METADATA_FILE).read_bytes()
+        except (ArtifactError, OSError):
+            return None
+    source = metadata.source
+    if (source.training_job, source.namespace, source.trial) != (
+        job.metadata.name, job.metadata.namespace, trial,
+    ):  # fmt: skip
+        return None
+    return metadata, sha256_bytes(raw)
+
+
+def report_of(
+    job: TrainingJob, metadata: Metadata, digest: str, shown: str, trial: int, seconds: float
+) -> TrainerReport:
+    """The report of an artifact already written (`earlier_run`), as its run reported it."""
+    gate = job.spec.gate
+    return TrainerReport(
+        artifact_uri=shown,
+        digest=digest,
+        model=metadata.model,
+        task=metadata.task,
+        metrics=metadata.metrics,
+        framework=metadata.framework.model_dump(),
+        dataset={"uri": metadata.dataset.uri, "digest": metadata.dataset.digest},
+        trial=trial,
+        params=dict(metadata.estimator.params),
+        gate=gate_verdict(gate, metadata.metrics) if gate is not None else None,
+        duration_seconds=round(seconds, 3),
+        inputs=[{"name": c.name, "type": c.type} for c in metadata.inputs],
+        collected=metadata.collected.model_dump(mode="json", exclude_none=True)
+        if metadata.collected is not None
+        else None,
     )
