@@ -205,8 +205,9 @@ class Server:
                 "parameters": {"uri": "./model.joblib"},
             }))  # fmt: skip
             argv = [str(ENVS / "mlserver/bin/mlserver"), "start", str(folder)]
+        # In the work directory: MLServer writes its metrics under the working one (.metrics).
         self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)  # fmt: skip
+                                     cwd=work, start_new_session=True)  # fmt: skip
 
     def url(self, bench: Bench, v1: bool = False) -> str:
         base = f"http://127.0.0.1:{self.port}"
