@@ -136,7 +136,9 @@ def train(manifest: Path | None, obj: dict[str, Any] | None, name: str) -> str:
     version = str(status["modelVersion"])
     say(f"TrainingJob {name} succeeded: metrics {status.get('metrics')}; registered {version}")
     wait_for(f"ModelVersion {version} to be verified", lambda: phase("mv", version) == "Ready")
-    say(f"ModelVersion {version} is Ready (artifact digest verified)")
+    runtime = get("mv", version).get("status", {}).get("runtime") or {}
+    say(f"ModelVersion {version} is Ready (artifact digest verified); servers will answer "
+        f"through {runtime.get('name', '?')}: {runtime.get('reason', '')}")  # fmt: skip
     return version
 
 
