@@ -25,7 +25,7 @@ import yaml
 from .. import kube
 from ..api import FINALIZER, GROUP
 from ..builders.common import TrainerSettings
-from . import controller_modules, loops, policy
+from . import canary_metrics, controller_modules, loops, policy
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +200,10 @@ def login(settings: kopf.OperatorSettings, **kwargs: Any) -> kopf.ConnectionInfo
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """Stop the per-object loops and the metrics endpoint, and close the API client."""
+    """Stop the per-object loops and the metrics endpoint, and close the API and scrape
+    clients."""
     await loops.stop_all()
+    await canary_metrics.close()
     server = memo.get("metrics_server")
     if server is not None:
         server.shutdown()
