@@ -5,24 +5,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+
+from test_trainer_cli import TRAININGJOB
 
 from orchard.api.trainingjob import TrainingJob
 from orchard.trainer.train import train
 
 
-def iris_job(name: str = "iris-a", **meta: Any) -> TrainingJob:
+def iris_job(name: str = "iris-a") -> TrainingJob:
+    """The CLI tests' TrainingJob (namespace ml), under another name."""
     return TrainingJob.model_validate(
-        {
-            "metadata": {"name": name, "namespace": "ml", **meta},
-            "spec": {
-                "model": "iris",
-                "dataset": {"builtin": "iris"},
-                "estimator": {"name": "LogisticRegression", "params": {"max_iter": 300}},
-                "gate": {"metric": "accuracy", "min": 0.5},
-                "artifacts": {"uri": "file:///unused"},
-            },
-        }
+        {**TRAININGJOB, "metadata": {**TRAININGJOB["metadata"], "name": name}}
     )
 
 

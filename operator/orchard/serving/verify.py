@@ -27,12 +27,13 @@ def runtime_report(directory: Path, digest: str) -> Mapping[str, Any]:
     try:
         found = check(str(directory), digest, "auto")
     except Exception as exc:  # the check of a verified artifact: its fault is not the artifact's
-        reason = " ".join(f"the runtime check failed: {type(exc).__name__}: {exc}".split())
-        return {"runtime": {"name": "sklearn", "reason": reason[:500], "rows": 0}}
-    if not isinstance(found, Choice):  # a Refusal: under auto, only of the artifact
-        return {"runtime": {"name": "sklearn", "reason": found.message[:500], "rows": 0}}
-    runtime = found.runtime
-    return {"runtime": {"name": runtime.name, "reason": runtime.reason[:500], "rows": runtime.rows}}
+        name, reason, rows = "sklearn", f"the runtime check failed: {type(exc).__name__}: {exc}", 0
+    else:
+        if isinstance(found, Choice):
+            name, reason, rows = found.runtime.name, found.runtime.reason, found.runtime.rows
+        else:  # a Refusal: under auto, only of the artifact
+            name, reason, rows = "sklearn", found.message, 0
+    return {"runtime": {"name": name, "reason": " ".join(reason.split())[:500], "rows": rows}}
 
 
 def main() -> int:
