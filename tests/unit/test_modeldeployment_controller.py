@@ -23,6 +23,7 @@ from fake_pods import MetricsPods, serving_pods_fixture  # noqa: F401 (a fixture
 
 from orchard import kube
 from orchard.handlers import modeldeployment as h
+from orchard.handlers import usage
 
 NS = "ml"
 log = logging.getLogger("test")
@@ -82,6 +83,9 @@ def pod(name: str, track: str, version: str, ip: str = "10.0.0.1") -> dict[str, 
 @pytest.fixture
 def cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeKube:
     monkeypatch.setenv("ORCHARD_POLICY_FILE", str(tmp_path / "no-policy.yaml"))  # defaults
+    fresh = usage.Usage()  # the index of who uses which version, empty for each test
+    monkeypatch.setattr(usage, "usage", fresh)
+    monkeypatch.setattr(h, "usage", fresh)
     fake = FakeKube().install(monkeypatch)
     fake.add(version("iris-v1", 1))
     return fake
@@ -134,9 +138,11 @@ async def evaluate(cluster: FakeKube, report: dict[str, Any], exit_code: int = 0
 
 
 async def reconcile() -> dict[str, Any]:
+    """One step, and the watch event of the status it wrote (for usedBy)."""
     await h.reconcile(NS, "iris", log)  # type: ignore[arg-type]
-    status = (await kube.get(kube.API_VERSION, "ModelDeployment", "iris", NS) or {})["status"]
-    return dict(status)
+    body = await kube.get(kube.API_VERSION, "ModelDeployment", "iris", NS) or {}
+    await h.note_usage(NS, "iris", body, log)  # type: ignore[arg-type]
+    return dict(body["status"])
 
 
 def test_the_fake_has_the_real_verbs() -> None:
@@ -348,10 +354,21 @@ async def test_a_serving_child_deleted_by_hand_is_made_again(cluster: FakeKube) 
     )
     assert cluster.find("Service", "iris") is not None
     await kube.delete("apps/v1", "Deployment", "iris-stable", NS)
-    await h.deployment_changed(body=stable, namespace=NS, logger=log)
+    await h.deployment_changed(
+        event={"type": "DELETED", "object": stable}, body=stable, namespace=NS, logger=log
+    )
     again = cluster.find("Deployment", "iris-stable")
     assert again is not None and again["spec"]["replicas"] == 2
     assert cluster.find("Service", "iris") is not None
+    # Its events reconcile the owner only when its pods' counts change.
+    for counts, reconciled in (({}, True), ({"observedGeneration": 3}, False),
+                               ({"readyReplicas": 1}, True)):  # fmt: skip
+        again["status"] = counts
+        writes = len(cluster.writes)
+        await h.deployment_changed(
+            event={"type": "MODIFIED", "object": again}, body=again, namespace=NS, logger=log
+        )
+        assert (cluster.writes[writes:] != []) == reconciled, counts
 
 
 async def test_a_deployment_being_deleted_uses_nothing(cluster: FakeKube) -> None:
@@ -413,3 +430,31 @@ async def test_a_failing_reconcile_is_retried_with_backoff(
             await h.changed(namespace=NS, name="iris", logger=log, retry=retry)
         delays.append(err.value.delay)
     assert delays == [10.0, 20.0, 40.0, 600.0]
+
+
+async def test_a_version_that_appears_or_changes_phase_moves_its_users(
+    cluster: FakeKube,
+) -> None:
+    """No loop polls a deployment waiting for its first version: the version's own
+    events (found through the index of who uses what) reconcile it, once per phase."""
+    cluster.add(deployment("iris-v2"))
+    status = await reconcile()
+    assert (status["phase"], status["reason"]) == ("Pending", "WaitingForModelVersion")
+    assert (NS, "iris") not in h._analyses
+    added = version("iris-v2", 2)
+
+    async def event(kind: str) -> None:
+        await h.model_version_changed(
+            event={"type": kind, "object": added}, namespace=NS, name="iris-v2",
+            spec=added["spec"], status=added["status"], logger=log,
+        )  # fmt: skip
+
+    cluster.add(added)
+    await event("ADDED")
+    status = dict(cluster.find("ModelDeployment", "iris")["status"])  # type: ignore[index]
+    assert (status["phase"], status["reason"], status["stableVersion"]) == (
+        "Pending", "Deploying", "iris-v2"
+    )  # fmt: skip
+    writes = len(cluster.writes)
+    await event("MODIFIED")  # the same phase (its usedBy, say): nothing to decide again
+    assert cluster.writes[writes:] == []

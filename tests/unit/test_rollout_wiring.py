@@ -180,8 +180,9 @@ def test_the_analysis_defaults_are_the_specs() -> None:
     assert an.Settings.from_spec(Analysis(maxLatencyP95="150ms")).max_latency_p95_s == 0.15
 
 
-def test_daemon_runs_only_while_a_rollout_needs_it() -> None:
-    assert h.in_progress({})
+def test_the_loop_runs_only_while_a_rollout_needs_it() -> None:
+    """A first version coming up (Pending) moves on by events, not every interval."""
+    assert not h.in_progress({}) and not h.in_progress({"phase": "Pending"})
     assert h.in_progress({"phase": "Progressing"}) and h.in_progress({"phase": "Paused"})
     assert not h.in_progress({"phase": "Stable"})
     assert not h.in_progress({"phase": "RolledBack"})

@@ -204,23 +204,23 @@ def verification_status(
     )
 
 
+def versions_used(deployment: Mapping[str, Any]) -> frozenset[str]:
+    """The ModelVersions one ModelDeployment serves or is about to serve: named in spec,
+    or still serving as stable or canary while a rollout moves on. One that is being
+    deleted uses nothing any more."""
+    if (deployment.get("metadata") or {}).get("deletionTimestamp"):
+        return frozenset()
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    named = (spec.get("modelVersion"), status.get("stableVersion"), status.get("canaryVersion"))
+    return frozenset(str(v) for v in named if v)
+
+
 def deployments_using(name: str, deployments: Iterable[Mapping[str, Any]]) -> list[str]:
-    """The ModelDeployments that serve or are about to serve a ModelVersion: named in
-    spec, or still serving it as stable or canary while a rollout moves on. One that is
-    being deleted uses nothing any more."""
-    users = []
-    for md in deployments:
-        if (md.get("metadata") or {}).get("deletionTimestamp"):
-            continue
-        spec = md.get("spec") or {}
-        status = md.get("status") or {}
-        if name in (
-            spec.get("modelVersion"),
-            status.get("stableVersion"),
-            status.get("canaryVersion"),
-        ):
-            users.append(str(md.get("metadata", {}).get("name")))
-    return sorted(users)
+    """The ModelDeployments that use a ModelVersion (`versions_used`), sorted."""
+    return sorted(
+        str(md.get("metadata", {}).get("name")) for md in deployments if name in versions_used(md)
+    )
 
 
 # --- The deletion guard --------------------------------------------------------------------

@@ -9,12 +9,13 @@ status, so a restarted operator resumes where it was. Triggers:
 
 - create / update / resume of the ModelDeployment;
 - a change of the `orchard.dev/rollout-action` annotation (promote | abort), acted on once;
-- a loop (`handlers.loops`, no finalizer), only while the phase is Pending, Progressing
-  or Paused, every analysis interval (it stops when the rollout ends);
+- a loop (`handlers.loops`, no finalizer), only while a rollout is under way (phase
+  Progressing or Paused), every analysis interval (it stops when the rollout ends);
 - events of the Deployments it owns (pods becoming ready, or going away), the deletion
   of a Service it owns (a child deleted by hand is made again at once), and a serving
   pod that refuses its artifact (which changes no Deployment's status);
-- a ModelVersion turning Ready, for the deployments that track its model (`spec.track`).
+- a ModelVersion appearing, going or changing phase, for the deployments that use it
+  and those that track its model (`spec.track`), found in `handlers.usage`'s index.
 """
 
 from __future__ import annotations
@@ -54,11 +55,10 @@ from .serving_children import (
     ensure_evaluation,
     ensure_replay,
     record_evaluation,
-    update_used_by,
-    versions_changed,
     write_status,
 )
 from .traffic_routes import traffic_state
+from .usage import sync_used_by, usage
 
 # The verbs of this controller and of the modules it drives (serving_children,
 # traffic_routes, canary_metrics).
@@ -94,7 +94,10 @@ RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [GATEWAY_GROUP], "resources": ["referencegrants"], "verbs": ["list"]},
 ]
 
-IN_PROGRESS = ("Pending", "Progressing", "Paused")
+# Phases analysed every interval. A deployment waiting for its first version (Pending)
+# is moved on by events alone: its Deployments' status, its serving pods refusing their
+# artifact, its ModelVersions appearing or changing phase.
+IN_PROGRESS = ("Progressing", "Paused")
 RECONCILE_RETRY_SECONDS = 10.0
 
 _serial = Serial()
@@ -108,8 +111,8 @@ def lock(namespace: str, name: str) -> asyncio.Lock:
 
 
 def in_progress(status: Mapping[str, Any], **_: Any) -> bool:
-    """Only these need polling: a first version coming up, or a rollout under way."""
-    return status.get("phase") in (None, *IN_PROGRESS)
+    """Only a rollout under way needs a tick every analysis interval."""
+    return status.get("phase") in IN_PROGRESS
 
 
 async def _parse(body: dict[str, Any], logger: kopf.Logger) -> ModelDeployment | None:
@@ -184,9 +187,11 @@ async def follow_rollout(
     spec: Mapping[str, Any], status: Mapping[str, Any], logger: kopf.Logger, **_: Any,
 ) -> None:  # fmt: skip
     """While a rollout is under way: analyse and decide every analysis interval, in a
-    loop of `handlers.loops` (a Kopf daemon would hold a finalizer). The DELETED event
-    forgets the deployment: its children go by garbage collection, the versions it used
-    lose it from usedBy (so their deletion guard lets them go)."""
+    loop of `handlers.loops` (a Kopf daemon would hold a finalizer). Every event updates
+    the index of the versions deployments use (`handlers.usage`) and the usedBy of those
+    that gained or lost this one. The DELETED event forgets the deployment: its children
+    go by garbage collection, the versions it used lose it from usedBy (so their deletion
+    guard lets them go)."""
     key = (str(namespace), name)
     gone = event.get("type") == "DELETED"
     deleting = bool(body.get("metadata", {}).get("deletionTimestamp"))
@@ -196,10 +201,23 @@ async def follow_rollout(
         not gone and not deleting and in_progress(status),
         lambda: analyse(key, interval, logger),
     )
+    await note_usage(key[0], name, None if gone else body, logger)
     if gone or deleting:
-        await forget(key, status, logger)
+        _windows.forget(*key)
     if gone:
         _serial.forget(key)
+
+
+async def note_usage(
+    namespace: str, name: str, body: Mapping[str, Any] | None, logger: kopf.Logger
+) -> None:
+    """A deployment as its newest event shows it (None: gone) into the index; the usedBy
+    of the versions it took up or let go follows."""
+    for version in sorted(usage.see(namespace, name, body)):
+        try:
+            await sync_used_by(namespace, version)
+        except kube.KubeError as err:  # the version's guard reads the deployments again
+            logger.warning("cannot update usedBy of %s: %s", version, err)
 
 
 def _analysis_interval(spec: Mapping[str, Any]) -> float:
@@ -218,22 +236,32 @@ async def analyse(key: tuple[str, str], interval: float, logger: kopf.Logger) ->
     return interval
 
 
-async def forget(key: tuple[str, str], status: Mapping[str, Any], logger: kopf.Logger) -> None:
-    """A deployment being deleted or gone uses nothing any more."""
-    namespace, name = key
-    _windows.forget(namespace, name)
-    versions = {status.get("stableVersion"), status.get("canaryVersion")}
-    try:
-        await update_used_by(namespace, {v for v in versions if v}, exclude=name)
-    except kube.KubeError as err:  # the versions' guard reads the deployments again anyway
-        logger.warning("cannot update usedBy of %s: %s", sorted(v for v in versions if v), err)
+_replica_counts: dict[tuple[str, str], tuple[Any, ...]] = {}  # by serving Deployment
+
+
+def replica_counts(deployment: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What of a serving Deployment its owner acts on: the replicas asked for and its
+    pods' counts (made, updated, ready, available). Its other status changes (observed
+    generation, conditions' heartbeats) leave the owner's decision as it was."""
+    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+    counts = ("replicas", "updatedReplicas", "readyReplicas", "availableReplicas")
+    return (spec.get("replicas"), *(status.get(c) for c in counts))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MODELDEPLOYMENT_LABEL: kopf.PRESENT})
 async def deployment_changed(
-    body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
-) -> None:
-    """A serving Deployment changed (pods ready or gone): bring the owner in step."""
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, logger: kopf.Logger,
+    **_: Any,
+) -> None:  # fmt: skip
+    """A serving Deployment came, went, or its pods changed (ready or gone): bring the
+    owner in step."""
+    key = (str(namespace), str(body.get("metadata", {}).get("name")))
+    if event.get("type") == "DELETED":
+        _replica_counts.pop(key, None)
+    elif _replica_counts.get(key) == (counts := replica_counts(body)):
+        return
+    else:
+        _replica_counts[key] = counts
     await _reconcile_owner(body, namespace, logger, coalesce=True)
 
 
@@ -277,33 +305,38 @@ async def serving_pod_refused(
     await _reconcile_owner(body, namespace, logger, coalesce=True)
 
 
-def version_ready(status: Mapping[str, Any], **_: Any) -> bool:
-    return status.get("phase") == "Ready"
+# What a deployment reads of each ModelVersion, as last seen: its verdict (Ready, Failed),
+# or None while it is verified. A version not in here was not seen yet.
+_version_verdicts: dict[tuple[str, str], str | None] = {}
 
 
-_ready_seen: set[tuple[str, str]] = set()
-
-
-@kopf.on.event(GROUP, VERSION, "modelversions", when=version_ready)
-async def model_version_ready(
-    namespace: str | None, name: str, spec: Mapping[str, Any], logger: kopf.Logger, **_: Any
-) -> None:
-    """A ModelVersion turned Ready: the deployments of its namespace that track its model
-    select again (once per version and process; a restarted operator resumes them all)."""
+@kopf.on.event(GROUP, VERSION, "modelversions")
+async def model_version_changed(
+    event: kopf.RawEvent, namespace: str | None, name: str, spec: Mapping[str, Any],
+    status: Mapping[str, Any], logger: kopf.Logger, **_: Any,
+) -> None:  # fmt: skip
+    """A ModelVersion appeared, went, or reached its verdict (Ready, Failed): the
+    deployments that use it (`handlers.usage`) and those that track its model decide
+    again. Its other events (verification under way, usedBy, evaluations) change nothing
+    they read."""
     key = (str(namespace), name)
-    if key in _ready_seen:
+    phase = status.get("phase")
+    verdict = phase if phase in ("Ready", "Failed") else None
+    if event.get("type") == "DELETED":
+        _version_verdicts.pop(key, None)
+    elif key in _version_verdicts and _version_verdicts[key] == verdict:
         return
-    _ready_seen.add(key)
+    else:
+        _version_verdicts[key] = verdict
     model = spec.get("model")
-    for body in await kube.list_objects(API_VERSION, "ModelDeployment", str(namespace)):
-        track = (body.get("spec") or {}).get("track") or {}
-        if model and track.get("model") == model:
-            try:
-                await reconcile(str(namespace), body["metadata"]["name"], logger, coalesce=True)
-            except (
-                Exception
-            ) as exc:  # events are not retried; the analysis loop or the next one will
-                logger.warning("reconcile of %s failed: %s", body["metadata"]["name"], exc)
+    deployments = set(usage.users(key[0], name))
+    if model:
+        deployments.update(usage.trackers(key[0], str(model)))
+    for deployment in sorted(deployments):
+        try:
+            await reconcile(key[0], deployment, logger, coalesce=True)
+        except Exception as exc:  # events are not retried; the next event will
+            logger.warning("reconcile of %s failed: %s", deployment, exc)
 
 
 # --- One step --------------------------------------------------------------------------
@@ -431,4 +464,3 @@ async def _step(namespace: str, name: str, logger: kopf.Logger) -> None:
             )  # fmt: skip
     await write_status(body, md.status, decision, logger)
     await record_evaluation(md, md.status, decision.status)
-    await versions_changed(namespace, md.status, decision.status)

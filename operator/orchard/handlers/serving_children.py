@@ -1,6 +1,7 @@
 """What a ModelDeployment's decision asks of the cluster, applied: its serving
 Deployments, Services, autoscaler and route weight; the evaluation Job of a candidate;
-its status and events; and the `usedBy` and `evaluations` of the ModelVersions it serves.
+its status and events; and the `evaluations` of the ModelVersions it serves (their
+`usedBy` follows the watch, in `handlers.usage`).
 
 Every object applied is built by `orchard.builders.serving` from spec and status alone,
 so applying them again is harmless and a restarted operator converges on the same ones.
@@ -24,7 +25,6 @@ from orchard.builders import serving as sv
 from orchard.builders.common import ServerSettings, TrainerSettings, owned_by
 from orchard.decisions import observing as ob
 from orchard.decisions import rollout as ro
-from orchard.decisions.modelversion import deployments_using
 
 from .traffic_routes import set_route_weight
 
@@ -215,28 +215,3 @@ async def write_status(
             await kube.post_event(dict(body), event.reason, event.message, type_=event.type)
         except kube.KubeError as err:
             logger.warning("cannot post event %s: %s", event.reason, err)
-
-
-async def update_used_by(namespace: str, versions: set[str], exclude: str | None = None) -> None:
-    """Keep ModelVersion status.usedBy in step with the ModelDeployments that use them."""
-    if not versions:
-        return
-    mds = await kube.list_objects(API_VERSION, "ModelDeployment", namespace)
-    mds = [m for m in mds if m.get("metadata", {}).get("name") != exclude]
-    for version in sorted(versions):
-        body = await kube.get(API_VERSION, "ModelVersion", version, namespace)
-        if body is None:
-            continue
-        users = deployments_using(version, mds)
-        if sorted((body.get("status") or {}).get("usedBy") or []) != users:
-            await kube.patch_status("ModelVersion", version, namespace, {"usedBy": users})
-
-
-async def versions_changed(
-    namespace: str, old: ModelDeploymentStatus, new: ModelDeploymentStatus
-) -> None:
-    """The versions served changed: each one's usedBy, old and new, follows."""
-    if (old.stable_version, old.canary_version) == (new.stable_version, new.canary_version):
-        return
-    used = {old.stable_version, old.canary_version, new.stable_version, new.canary_version}
-    await update_used_by(namespace, {v for v in used if v})
