@@ -261,7 +261,7 @@ def main() -> None:
             "working": proc.cpu_share(began, settled),
             "idle": proc.cpu_share(settled, idle_end),
         },
-        "http_429": len(re.findall(r"\b429\b|Too Many Requests", text)),
+        "http_429": len(re.findall(r"\b429\b|too many requests", text, re.IGNORECASE)),
         "retried_requests": len(re.findall(r"will retry", text)),
         "operator_log": str(log),
     }

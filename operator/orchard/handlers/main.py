@@ -126,9 +126,16 @@ class RetriesAreWarnings(logging.Filter):
         return True
 
 
+# The HTTP clients' line per request (the API server's, and the /metrics scrapes'): debug.
+REQUEST_LOGGERS = ("httpx", "httpx2")
+
+
 def configure_logging(verbose: bool) -> None:
-    """Kopf's JSON logs, with retried requests logged (and posted as events) as warnings."""
+    """Kopf's JSON logs, with retried requests logged (and posted as events) as warnings.
+    A line per HTTP request only with --verbose (under load, thousands a minute)."""
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_refkey="object")
+    for name in REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     retries = RetriesAreWarnings()
     for name in ("", "kopf.objects"):  # the stream handler, and the handler posting events
         for handler in logging.getLogger(name).handlers:
