@@ -4,20 +4,26 @@ Needs only the api level of the local cluster (`make bench-operator` starts it),
 ever runs: a TrainingJob's Job and a ModelVersion's verification Job stay unscheduled,
 which is the load of objects that wait. It runs `orchard operator -n <ns>` on the host,
 creates --objects objects across the kinds (TrainingJobs, ModelVersions imported by hand,
-and ModelDeployments serving them) from --clients threads, watches what the operator
-makes, and reports:
+and ModelDeployments serving them) from --clients threads, all at once or --rate a
+second, watches what the operator makes, and reports:
 
 - from each object's create (the API server's answer) to its child being created (the
   Job; for a ModelDeployment, which at this level has no Ready version to serve, none)
   and to its status first written: p50, p99, max;
 - the operator's RSS (start, peak, end) and CPU while it works and afterwards, when every
   object only waits (--idle seconds);
-- HTTP 429s and retried requests in the operator's log.
+- HTTP 429s and retried requests in the operator's log;
+- how fast it got through them: objects a second from the first create to the last
+  status, and the operator's CPU time per object.
+
+All at once, every object waits behind the ones before it, so the latencies measure how
+long the operator takes to get through the burst; at a --rate it keeps up with, they
+measure its latency.
 
 The goals (issue "Faults and load") are printed beside the figures: RSS <= 200 MB, p99
 <= 1 s from an event to its child and status. Writes bench/results/operator-<time>.json.
 
-    python bench/operator_load.py [--objects 5000] [--clients 8] [--idle 60]
+    python bench/operator_load.py [--objects 5000] [--clients 8] [--rate 0] [--idle 60]
 """
 
 from __future__ import annotations
@@ -176,6 +182,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--objects", type=int, default=5000, help="in all, across the kinds")
     parser.add_argument("--clients", type=int, default=8, help="threads creating objects")
+    parser.add_argument(
+        "--rate", type=float, default=0, help="objects created per second (0: all at once)"
+    )
     parser.add_argument("--idle", type=float, default=60, help="seconds measured once all wait")
     parser.add_argument("--timeout", type=float, default=900, help="for every object's status")
     args = parser.parse_args()
@@ -206,16 +215,20 @@ def main() -> None:
         thread.start()
     time.sleep(5)  # the operator lists and watches before the first create
     rss_start = proc.read()[0]
-    plan = [(KINDS[i % 3], i // 3) for i in range(args.objects)]
+    plan = [(i, KINDS[i % 3], i // 3) for i in range(args.objects)]
     created: dict[tuple[str, str], float] = {}
 
-    def create(item: tuple[str, int]) -> None:
-        kind, index = item
+    def create(item: tuple[int, str, int]) -> None:
+        n, kind, index = item
+        if args.rate > 0:  # the n-th object at its time, not as fast as the clients go
+            time.sleep(max(0.0, began + n / args.rate - time.time()))
         obj = body(kind, index)
         client.create(RESOURCES[kind](obj), namespace=ns)
         created[(kind, obj["metadata"]["name"])] = time.time()
 
-    print(f"{ns}: creating {args.objects} objects with {args.clients} clients ...", flush=True)
+    pace = f"{args.rate:g} a second" if args.rate > 0 else "all at once"
+    print(f"{ns}: creating {args.objects} objects, {pace}, with {args.clients} clients ...",
+          flush=True)  # fmt: skip
     began = time.time()
     try:
         with ThreadPoolExecutor(args.clients) as pool:
@@ -246,6 +259,7 @@ def main() -> None:
     report: dict[str, Any] = {
         "objects": args.objects,
         "clients": args.clients,
+        "rate": args.rate,
         "namespace": ns,
         "create_seconds": submitted - began,
         "all_status_seconds": settled - began,
@@ -265,6 +279,9 @@ def main() -> None:
         "retried_requests": len(re.findall(r"will retry", text)),
         "operator_log": str(log),
     }
+    working = report["cpu_core_share"]["working"] * (settled - began)
+    report["objects_per_second"] = len(created) / (settled - began)
+    report["cpu_ms_per_object"] = 1000 * working / len(created)
     for kind in KINDS:
         names = [(k, n) for k, n in created if k == kind]
         report["to_status"][kind] = percentiles(
@@ -284,6 +301,8 @@ def main() -> None:
     print(
         f"peak RSS {rss:.0f} MB (goal <= {RSS_GOAL_MB}: {rss / RSS_GOAL_MB:.2f}x of it); "
         f"worst p99 {worst:.2f} s (goal <= {P99_GOAL_S:g} s: {worst / P99_GOAL_S:.1f}x); "
+        f"{report['objects_per_second']:.0f} objects/s, "
+        f"{report['cpu_ms_per_object']:.1f} ms of CPU each; "
         f"idle CPU {report['cpu_core_share']['idle']:.0%} of a core; "
         f"{report['http_429']} HTTP 429s"
     )

@@ -183,3 +183,8 @@ def test_a_job_gone_after_it_was_seen_ends_the_run_at_once(
     assert (seen.phase, seen.reason) == outcome
     if seen.phase == "Failed":
         assert "iris was deleted" in seen.message
+
+
+def test_the_poll_of_an_object_that_waits_slows_down_while_no_event_comes() -> None:
+    delays = [retries.QUIET_POLL.delay(tick) for tick in range(7)]
+    assert delays == [20.0, 40.0, 80.0, 160.0, 320.0, 320.0, 320.0]

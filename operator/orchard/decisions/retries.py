@@ -9,6 +9,9 @@ what                delays                                                      
 TRAINING_START      5, 10, 20, 40, 80 s (six tries)                             Failed, StartFailed
 DELETION_GUARD      15 s, doubling, at most 10 min                              never (a guard)
 LOOP_FAILURE        the loop's interval, doubling, at most 10 min               never (a safety net)
+QUIET_POLL          20 s, doubling while no event of the object comes, at       never (a safety net)
+                    most 320 s (the poll of a TrainingJob or ModelVersion
+                    that waits)
 ==================  =========================================================  ==========
 
 `retry` counts the tries that already failed (Kopf's `retry` kwarg: 0 on the first call).
@@ -40,6 +43,9 @@ class Backoff:
 
 TRAINING_START = Backoff(first=5.0, cap=80.0, tries=6)
 DELETION_GUARD = Backoff(first=15.0)
+# Watch events move a waiting object on; its poll only catches one that was missed, so it
+# slows down while none comes: a thousand objects that wait cost little.
+QUIET_POLL = Backoff(first=20.0, cap=320.0)
 
 
 def loop_failure(interval: float, failures: int) -> float:

@@ -12,6 +12,7 @@ only while the verification is unfinished (a loop of `handlers.loops`, no finali
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,7 +63,7 @@ RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
 ]
 
-POLL_SECONDS = 20.0
+POLL_SECONDS = retries.QUIET_POLL.first
 JOB_REMADE_MESSAGE = "the verification Job was gone before its verdict, and is made again"
 
 _serial = Serial()
@@ -168,7 +169,8 @@ async def follow(
         and not body.get("metadata", {}).get("deletionTimestamp")
         and unverified(body.get("status") or {})
     )
-    _polls.follow(key, wanted, lambda: poll(key, logger), initial_delay=POLL_SECONDS)
+    ticks = itertools.count()  # each event starts the poll's backoff again
+    _polls.follow(key, wanted, lambda: poll(key, logger, next(ticks)), initial_delay=POLL_SECONDS)
     if event.get("type") == "DELETED":
         _serial.forget(key)
     if event.get("type") != "DELETED" and FINALIZER in (
@@ -208,9 +210,10 @@ async def release(namespace: str, name: str) -> None:
     await kube.merge_patch(API_VERSION, "ModelVersion", name, namespace, {"metadata": meta})
 
 
-async def poll(key: tuple[str, str], logger: kopf.Logger) -> float:
+async def poll(key: tuple[str, str], logger: kopf.Logger, tick: int = 0) -> float:
+    """Sync; the next poll waits longer the longer no event came (`retries.QUIET_POLL`)."""
     await sync(key[0], key[1], logger, coalesce=True)
-    return POLL_SECONDS
+    return retries.QUIET_POLL.delay(tick) or retries.MAX_DELAY
 
 
 async def sync(namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool = False) -> None:

@@ -85,7 +85,7 @@ RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "delete"]},
 ]
 
-POLL_SECONDS = 20.0
+POLL_SECONDS = retries.QUIET_POLL.first
 ORCHARD_JOBS = label_selector({PART_OF_LABEL: PART_OF})
 # Orchard's own pods: training and verification (TrainingJob, ModelVersion) and serving
 # (ModelDeployment: a pod that refuses its artifact, `modeldeployment.serving_pod_refused`).
@@ -353,20 +353,23 @@ async def follow(
     wanted = not gone and unfinished(status)
     if (gone or not wanted or status.get("phase") == "Succeeded") and _queue.forget(key):
         _start_next(logger)  # it no longer trains: the next in turn may
-    _polls.follow(key, wanted, lambda: poll(key, logger), initial_delay=POLL_SECONDS)
+    ticks = itertools.count()  # each event starts the poll's backoff again
+    _polls.follow(key, wanted, lambda: poll(key, logger, next(ticks)), initial_delay=POLL_SECONDS)
     if event.get("type") == "DELETED":
         _serial.forget(key)
         _queued_written.pop(key, None)
 
 
-async def poll(key: tuple[str, str], logger: kopf.Logger) -> float:
-    """Sync; a queued TrainingJob whose place has not changed costs no API request."""
+async def poll(key: tuple[str, str], logger: kopf.Logger, tick: int = 0) -> float:
+    """Sync; a queued TrainingJob whose place has not changed costs no API request (and
+    polls at the first interval, to start as soon as a slot's event was missed); any
+    other waits longer the longer no event came (`retries.QUIET_POLL`)."""
     if key in _queue.waiting:
         _start_next(logger)  # a slot freed whose event was missed
         if key in _queue.waiting and _queue.place(key) == _queued_written.get(key):
             return POLL_SECONDS
     await sync(key[0], key[1], logger, coalesce=True)
-    return POLL_SECONDS
+    return retries.QUIET_POLL.delay(tick) or retries.MAX_DELAY
 
 
 async def sync(namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool = False) -> None:
