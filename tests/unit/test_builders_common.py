@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 
@@ -129,3 +130,39 @@ def test_settings_read_the_default_store() -> None:
 def test_settings_refuse_a_default_store_that_is_no_store(uri: str) -> None:
     with pytest.raises(ValueError, match="ORCHARD_DEFAULT_ARTIFACTS"):
         TrainerSettings.from_env({"ORCHARD_DEFAULT_ARTIFACTS": uri})
+
+
+def test_an_apply_that_would_change_nothing_is_known_as_such() -> None:
+    from orchard.builders.common import (
+        APPLIED_DIGEST_ANNOTATION,
+        applied_already,
+        with_applied_digest,
+    )
+
+    obj = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "iris-stable", "labels": {"app": "iris"}},
+        "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "server"}]}}},
+    }
+    manifest = with_applied_digest(obj)
+    assert with_applied_digest(manifest) == manifest  # its own digest left out
+    digest = manifest["metadata"]["annotations"][APPLIED_DIGEST_ANNOTATION]
+    assert len(digest) == 64 and "annotations" not in obj["metadata"]  # obj untouched
+    live = copy.deepcopy(manifest)
+    live["metadata"]["uid"] = "u1"  # what the API server adds does not count
+    live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
+    live["status"] = {"readyReplicas": 2}
+    assert applied_already(manifest, live)
+    assert not applied_already(manifest, None)  # not there: made
+    scaled = copy.deepcopy(live)
+    scaled["spec"]["replicas"] = 5  # someone else changed a field Orchard sets
+    assert not applied_already(manifest, scaled)
+    extra = copy.deepcopy(live)
+    extra["spec"]["template"]["spec"]["containers"].append({"name": "sidecar"})
+    assert not applied_already(manifest, extra)
+    # A manifest that leaves out a field it set before (replicas, once autoscaled) is
+    # another manifest: it is applied, though every field it has is live already.
+    fewer = with_applied_digest({**obj, "spec": {"template": obj["spec"]["template"]}})
+    assert not applied_already(fewer, live)
+    assert applied_already(fewer, {**live, "metadata": fewer["metadata"]})  # once applied

@@ -1,6 +1,7 @@
 """What every object Orchard builds shares: labels and the selectors that find them again,
-the controller ownerReference, bounded names, the restricted pod security, the claim
-mounts and environment of the batch pods, and the settings of the trainer image's pods.
+the controller ownerReference, bounded names, applying only what changed, the restricted
+pod security, the claim mounts and environment of the batch pods, and the settings of the
+trainer image's pods.
 
 Pure, like the builders that use it (`training`, `modelversion`, `serving`).
 """
@@ -227,6 +228,55 @@ def owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
     may be someone else's)."""
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
     return uid is not None and any(ref.get("uid") == uid for ref in refs)
+
+
+# --- Applying only what changed -----------------------------------------------------------
+
+APPLIED_DIGEST_ANNOTATION = f"{GROUP}/applied-digest"
+
+
+def with_applied_digest(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The object to apply, carrying the digest of itself (the annotation left out), so
+    that the live object says which manifest it was last applied from."""
+    meta = dict(obj.get("metadata") or {})
+    annotations = {
+        k: v for k, v in (meta.get("annotations") or {}).items() if k != APPLIED_DIGEST_ANNOTATION
+    }
+    bare = {**obj, "metadata": {**meta, "annotations": annotations}}
+    canonical = json.dumps(bare, sort_keys=True, separators=(",", ":"), default=str)
+    annotations[APPLIED_DIGEST_ANNOTATION] = hashlib.sha256(canonical.encode()).hexdigest()
+    return {**obj, "metadata": {**meta, "annotations": annotations}}
+
+
+def applied_already(manifest: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
+    """Whether a server-side apply of `manifest` (from `with_applied_digest`) would
+    change nothing: the live object was applied from this very manifest (so no field
+    Orchard set before has been left out since) and still holds every field of it as
+    written (so no one changed one). When in doubt (a quantity the API server wrote
+    another way, say), False: the apply is made."""
+    if live is None:
+        return False
+    digest = ((manifest.get("metadata") or {}).get("annotations") or {}).get(
+        APPLIED_DIGEST_ANNOTATION
+    )
+    found = ((live.get("metadata") or {}).get("annotations") or {}).get(APPLIED_DIGEST_ANNOTATION)
+    return digest is not None and digest == found and _holds(live, manifest)
+
+
+def _holds(have: Any, want: Any) -> bool:
+    """`want` is in `have`: every key of a mapping (the API server adds defaults), every
+    item of a list in place, every other value equal."""
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(
+            k in have and _holds(have[k], v) for k, v in want.items()
+        )
+    if isinstance(want, list):
+        return (
+            isinstance(have, list)
+            and len(have) == len(want)
+            and all(_holds(h, w) for h, w in zip(have, want, strict=True))
+        )
+    return bool(have == want)
 
 
 # --- Pods --------------------------------------------------------------------------------

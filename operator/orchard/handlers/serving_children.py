@@ -22,7 +22,13 @@ from orchard.api.modeldeployment import ModelDeployment, ModelDeploymentStatus
 from orchard.api.modelversion import ModelVersion, VersionEvaluation
 from orchard.builders import improvement as imp
 from orchard.builders import serving as sv
-from orchard.builders.common import ServerSettings, TrainerSettings, owned_by
+from orchard.builders.common import (
+    ServerSettings,
+    TrainerSettings,
+    applied_already,
+    owned_by,
+    with_applied_digest,
+)
 from orchard.decisions import observing as ob
 from orchard.decisions import rollout as ro
 
@@ -65,14 +71,16 @@ async def ensure_children(
     stable_mv = versions.get(status.stable_version or "")
     if stable_mv is not None:
         replicas = None if spec.autoscaling else ro.stable_replicas(spec, status, total)
-        await kube.apply(sv.deployment(md, "stable", stable_mv, replicas, settings))
+        stable = sv.deployment(md, "stable", stable_mv, replicas, settings)
+        await _apply_unless_applied(stable, reads.stable_deployment)
     else:
         logger.info("stable version %s not found yet", status.stable_version)
     canary_mv = versions.get(status.canary_version or "")
     canary_now = int(((reads.canary_deployment or {}).get("spec") or {}).get("replicas") or 0)
     if status.canary_version and canary_mv is not None:
         replicas = ro.canary_replicas(spec, status, total)
-        await kube.apply(sv.deployment(md, "canary", canary_mv, replicas, settings))
+        canary = sv.deployment(md, "canary", canary_mv, replicas, settings)
+        await _apply_unless_applied(canary, reads.canary_deployment)
     elif canary_now:  # scale the canary away (its Deployment stays, at zero pods)
         await kube.merge_patch(
             "apps/v1",
@@ -86,10 +94,18 @@ async def ensure_children(
     hpa = sv.hpa(md)
     if hpa is not None:
         await kube.apply(hpa)
-    else:
-        await _remove_own_hpa(md)
+    elif md.status.observed_generation != md.metadata.generation:
+        await _remove_own_hpa(md)  # autoscaling turned off is a change of spec
     if reads.traffic.route is not None:
         await set_route_weight(md, status, reads.traffic.route, now, obs.canary_ready_since, logger)
+
+
+async def _apply_unless_applied(obj: dict[str, Any], live: Mapping[str, Any] | None) -> None:
+    """Apply a serving Deployment unless the one read this tick already is that manifest
+    (`applied_already`): most ticks change nothing of it."""
+    manifest = with_applied_digest(obj)
+    if not applied_already(manifest, live):
+        await kube.apply(manifest)
 
 
 def _registered_at(mv: ModelVersion) -> dt.datetime | None:
