@@ -37,7 +37,7 @@ def test_settings_use_orchard_names_and_bounded_watches() -> None:
     assert watching.server_timeout and watching.client_timeout
     assert watching.server_timeout < watching.client_timeout
     assert 0 < watching.inactivity_timeout <= 120
-    assert settings.posting.level == logging.INFO
+    assert settings.posting.level == logging.WARNING  # decisions are posted by Orchard
     assert settings.peering.standalone
 
 
@@ -92,6 +92,22 @@ def test_retried_requests_of_other_loggers_are_left_alone() -> None:
     assert main.RetriesAreWarnings().filter(record) and record.levelno == logging.ERROR
 
 
+@pytest.mark.parametrize(
+    ("name", "level", "message", "shown"),
+    [
+        ("kopf.objects", logging.INFO, "Handler 'follow_rollout' succeeded.", False),
+        ("kopf.objects", logging.INFO, "Creation is processed: 1 succeeded; 0 failed.", False),
+        ("kopf.objects", logging.ERROR, "Handler 'sync' failed with an exception.", True),
+        ("kopf.objects", logging.INFO, "Handler 'start' is invoked.", True),
+        ("orchard.handlers", logging.INFO, "Handler 'x' succeeded.", True),  # not Kopf's
+    ],
+)
+def test_only_kopfs_successes_are_left_to_verbose(
+    name: str, level: int, message: str, shown: bool
+) -> None:
+    assert main.SuccessesAreDebug().filter(_record(name, level, message)) == shown
+
+
 def test_logging_filters_the_stream_and_the_event_poster() -> None:
     root = logging.getLogger()
     saved = root.handlers[:], root.level
@@ -107,7 +123,9 @@ def test_logging_filters_the_stream_and_the_event_poster() -> None:
         root.setLevel(saved[1])
         for handler in logging.getLogger("kopf.objects").handlers:
             handler.filters = [
-                f for f in handler.filters if not isinstance(f, main.RetriesAreWarnings)
+                f
+                for f in handler.filters
+                if not isinstance(f, main.RetriesAreWarnings | main.SuccessesAreDebug)
             ]
 
 
