@@ -129,9 +129,9 @@ bench-dataset: venv ## the trainer's peak memory reading a CSV, against pandas' 
 	$(BIN)/python bench/dataset_memory.py --megabytes $(or $(MB),280)
 
 .PHONY: bench-operator
-bench-operator: venv ## the operator under OBJECTS (5000) objects at once, on the api level: latency, RSS, CPU, 429s
+bench-operator: venv ## the operator under OBJECTS (5000) objects, at once or RATE a second, on the api level: latency, RSS, CPU, 429s
 	$(HARNESS) up --level api --unless-external
-	$(BIN)/python bench/operator_load.py --objects $(or $(OBJECTS),5000)
+	$(BIN)/python bench/operator_load.py --objects $(or $(OBJECTS),5000) --rate $(or $(RATE),0)
 
 .PHONY: bench-training
 bench-training: venv ## kubectl apply -> ModelVersion Ready beside a local `orchard train` (needs the node level)
