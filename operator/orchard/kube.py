@@ -29,6 +29,7 @@ from typing import Any, cast
 
 import aiohttp
 import httpx2
+import prometheus_client
 from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
 from lightkube.config.client_adapter import verify_cluster
 from lightkube.core.resource_registry import resource_registry
@@ -132,6 +133,14 @@ def load_config() -> KubeConfig:
     return KubeConfig.from_env()
 
 
+API_REQUESTS = prometheus_client.Counter(
+    "orchard_operator_api_requests",
+    "Requests the controllers sent to the API server, by method and HTTP code (0: no "
+    "answer); Kopf's own watches and patches are not counted.",
+    ["method", "code"],
+)
+
+
 class AiohttpTransport(httpx2.AsyncBaseTransport):
     """lightkube's requests sent by aiohttp (Kopf's own HTTP client) instead of httpx's
     default transport: lightkube still builds every request (auth included) and reads
@@ -160,9 +169,12 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             ) as answer:  # fmt: skip
                 content = await answer.read()
         except TimeoutError as err:
+            API_REQUESTS.labels(request.method, "0").inc()
             raise httpx2.ReadTimeout(f"no answer in time: {err}", request=request) from err
         except aiohttp.ClientError as err:
+            API_REQUESTS.labels(request.method, "0").inc()
             raise httpx2.ConnectError(str(err) or repr(err), request=request) from err
+        API_REQUESTS.labels(request.method, str(answer.status)).inc()
         return httpx2.Response(
             answer.status, headers=list(answer.raw_headers), content=content, request=request
         )
