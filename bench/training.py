@@ -97,7 +97,11 @@ class Bench:
             raise
         return out
 
-    def setup(self) -> None:
+    def setup(
+        self, operator_args: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        """The namespace, its artifact PVC holding penguins.csv, and the operator on the
+        host (with `operator_args` and `env` besides its defaults)."""
         crds = str(REPO / "crds")
         kubectl(self.kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", crds)
         kubectl(self.kubeconfig, "wait", "--for=condition=Established", "-f", crds)
@@ -129,14 +133,23 @@ class Bench:
         for path in [storage, *storage.rglob("*")]:  # open to the trainer's uid, as fsGroup would
             path.chmod(0o777 if path.is_dir() else 0o644)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        env = {
+        operator_env = {
             **os.environ,
             "KUBECONFIG": self.kubeconfig,
             "ORCHARD_TRAINER_IMAGE": "localhost/orchard/trainer:dev",
+            **(env or {}),
         }
         self.operator = subprocess.Popen(
-            [str(ORCHARD), "operator", "-n", self.ns, "--metrics-port", "0", "--liveness", ""],
-            env=env,
+            [
+                str(ORCHARD),
+                "operator",
+                "-n",
+                self.ns,
+                "--liveness",
+                "",
+                *(operator_args or ["--metrics-port", "0"]),
+            ],
+            env=operator_env,
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
             cwd=REPO,
