@@ -133,6 +133,16 @@ bench-operator: venv ## the operator under OBJECTS (5000) objects, at once or RA
 	$(HARNESS) up --level api --unless-external
 	$(BIN)/python bench/operator_load.py --objects $(or $(OBJECTS),5000) --rate $(or $(RATE),0)
 
+.PHONY: bench-soak
+bench-soak: venv ## the model server for MINUTES (10) at LOAD (0.8) of its capacity, every request collected: RSS, p99, errors each minute
+	$(BIN)/python bench/serving_soak.py --minutes $(or $(MINUTES),10) --load $(or $(LOAD),0.8)
+
+.PHONY: bench-queue
+bench-queue: venv deps ## TRAININGS (500) TrainingJobs at once on the node level: all end, the queue holds, API requests a second
+	$(HARNESS) up --level node --unless-external
+	$(BUILD_IMAGES) trainer server --unless-external
+	$(BIN)/python bench/training_queue.py --trainings $(or $(TRAININGS),500)
+
 .PHONY: bench-training
 bench-training: venv ## kubectl apply -> ModelVersion Ready beside a local `orchard train` (needs the node level)
 	$(BIN)/python bench/training.py $(if $(ROUNDS),--rounds $(ROUNDS))

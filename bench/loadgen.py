@@ -1,5 +1,9 @@
 """A small closed-loop HTTP/1.1 load client: N keep-alive connections, one request in flight each.
 
+With a rate, requests are sent on a fixed schedule (one every 1/rate seconds, on whichever
+connection is free) and each latency is counted from its scheduled time, so a server that
+falls behind shows it in p99 rather than hiding it by slowing the client down.
+
 Raw asyncio protocols on uvloop, so the client costs a few microseconds per request and
 leaves the CPU to the server under test. Prints one JSON line: requests, errors,
 seconds, requests/s, p50 and p99 latency in milliseconds.
@@ -15,6 +19,7 @@ import asyncio
 import json
 import sys
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -32,8 +37,8 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.ready.set_result(None)
 
-    def fire(self) -> None:
-        self.started = time.perf_counter()
+    def fire(self, scheduled: float | None = None) -> None:
+        self.started = time.perf_counter() if scheduled is None else scheduled
         assert self.transport is not None
         self.transport.write(self.request)
 
@@ -58,7 +63,7 @@ class _Conn(asyncio.Protocol):
             now = time.perf_counter()
             self.stats.record(now - self.started, status)
             if self.stats.running:
-                self.fire()
+                self.stats.send(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -68,7 +73,9 @@ class _Conn(asyncio.Protocol):
 
 
 class _Stats:
-    def __init__(self) -> None:
+    def __init__(self, rate: float | None = None) -> None:
+        self.interval = None if rate is None else 1.0 / rate
+        self.next_slot = time.perf_counter()
         self.running = True
         self.measuring = False
         self.latencies: list[float] = []
@@ -76,6 +83,18 @@ class _Stats:
         self.dropped = 0
         self.statuses: dict[int, int] = {}
         self.total = 0  # completed requests, warmup included (for CPU per request)
+
+    def send(self, conn: _Conn) -> None:
+        """At once, or at the next free slot of the schedule."""
+        if self.interval is None:
+            conn.fire()
+            return
+        slot, self.next_slot = self.next_slot, self.next_slot + self.interval
+        delay = slot - time.perf_counter()
+        if delay <= 0:
+            conn.fire(slot)
+        else:
+            asyncio.get_running_loop().call_later(delay, conn.fire, slot)
 
     def record(self, seconds: float, status: int) -> None:
         self.total += 1
@@ -88,22 +107,28 @@ class _Stats:
 
 
 async def load(
-    url: str, body: bytes, concurrency: int, duration: float, warmup: float
-) -> dict[str, object]:
+    url: str,
+    body: bytes,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    rate: float | None = None,
+) -> dict[str, Any]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     request = (
         f"POST {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
-    stats = _Stats()
+    stats = _Stats(rate)
     loop = asyncio.get_running_loop()
     conns = []
     for _ in range(concurrency):
         _, proto = await loop.create_connection(lambda: _Conn(request, stats), host, port)
         conns.append(proto)
+    stats.next_slot = time.perf_counter()
     for c in conns:
-        c.fire()
+        stats.send(c)
     await asyncio.sleep(warmup)
     stats.measuring = True
     t0 = time.perf_counter()
@@ -135,6 +160,7 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--rate", type=float, help="requests a second on a schedule (default: flat out)")
     a = p.parse_args()
     try:
         import uvloop
@@ -144,7 +170,7 @@ def main() -> int:
         pass
     with open(a.body_file, "rb") as f:
         body = f.read()
-    result = asyncio.run(load(a.url, body, a.concurrency, a.duration, a.warmup))
+    result = asyncio.run(load(a.url, body, a.concurrency, a.duration, a.warmup, a.rate))
     print(json.dumps(result))
     return 0
 
