@@ -412,12 +412,16 @@ def test_a_tampered_artifact_is_refused_and_the_deployment_says_why(
 
 @local_only
 def test_etcd_and_the_api_server_restarted_while_trainings_run(cluster: Cluster) -> None:
+    # An iris fit is over in about two seconds, before a restart could land in it; 400
+    # boosting rounds on digits keep each trainer busy for tens of seconds.
     names = ("restart-a", "restart-b")
+    slow = {"dataset": {"builtin": "digits"},
+            "estimator": {"name": "GradientBoostingClassifier",
+                          "params": {"n_estimators": 400}}}  # fmt: skip
     for name in names:
-        cluster.apply(iris_job(name, model="restart"))
-    for name in names:
-        wait_for(f"{name}'s trainer to run", lambda n=name: trainer_running(cluster, n), 180,
-                 every=0.3)  # fmt: skip
+        cluster.apply(iris_job(name, model="restart", **slow))
+    wait_for("both trainers to run at once",
+             lambda: all(trainer_running(cluster, n) for n in names), 180, every=0.3)  # fmt: skip
     figures["etcd_and_apiserver_restart_s"] = restart("etcd", "kube-apiserver")
     start = time.monotonic()
     for name in names:
