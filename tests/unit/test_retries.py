@@ -5,6 +5,9 @@ children claimed by owner uid, and a training Job gone under way."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -20,6 +23,7 @@ from orchard.decisions.modelversion import (
 )
 from orchard.decisions.ownership import ownership
 from orchard.decisions.training import missing_job
+from orchard.handlers import loops as loops_module
 from orchard.handlers.loops import Loops
 
 
@@ -138,6 +142,42 @@ async def test_stop_all_lets_the_tick_under_way_finish() -> None:
     await asyncio.sleep(0.01)
     await loops.stop_all()
     assert finished.is_set() and ("ns", "c") not in loops
+
+
+class _Cause:
+    """Stands for the cause Kopf keeps in a handler's context, the object's body in it."""
+
+
+async def test_a_loop_runs_in_the_operators_context_not_in_the_handlers_that_started_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(loops_module, "_root_context", None)
+    operator_var: contextvars.ContextVar[str] = contextvars.ContextVar("operator")
+    cause_var: contextvars.ContextVar[_Cause] = contextvars.ContextVar("cause")
+    operator_var.set("credentials and event poster")
+    loops_module.keep_root_context()
+    loops = Loops("test", retry_after=0.01)
+    seen: list[tuple[str | None, _Cause | None]] = []
+
+    async def tick() -> float:
+        seen.append((operator_var.get(None), cause_var.get(None)))
+        return 0.01
+
+    def handler(cause: _Cause) -> None:  # as Kopf runs it: in a copy, the cause set
+        cause_var.set(cause)
+        loops.follow(("ns", "d"), True, tick)
+
+    cause = _Cause()
+    held = weakref.ref(cause)
+    contextvars.copy_context().run(handler, cause)
+    del cause
+    await asyncio.sleep(0.05)
+    gc.collect()
+    try:
+        assert seen and set(seen) == {("credentials and event poster", None)}
+        assert held() is None, "the running loop keeps the handler's cause alive"
+    finally:
+        await loops.stop_all()
 
 
 # --- Children claimed by owner, a child gone ---------------------------------------------

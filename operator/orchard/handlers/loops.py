@@ -14,7 +14,10 @@ plain asyncio tasks instead, started and stopped by watch events:
 - a failed tick is logged and the next one waits longer (`decisions.retries.loop_failure`:
   the interval doubling, at most ten minutes);
 - a loop asked to stop finishes the tick under way (a reconcile is never cut in half);
-  `stop_all` stops them all when the operator stops.
+  `stop_all` stops them all when the operator stops;
+- a loop's task runs in the operator's own context (`keep_root_context`, from the startup
+  handler), not in the event handler's that started it: there Kopf keeps the event's
+  cause, the whole object included, which the loop would hold for as long as it runs.
 
 A missed DELETED event costs nothing lasting: the next tick finds the object gone and
 ends the loop.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -68,7 +72,9 @@ class Loops:
         loop = _Loop(tick)
         self._loops[key] = loop
         loop.task = asyncio.create_task(
-            self._run(key, loop, initial_delay), name=f"orchard {self.what} {key[0]}/{key[1]}"
+            self._run(key, loop, initial_delay),
+            name=f"orchard {self.what} {key[0]}/{key[1]}",
+            context=None if _root_context is None else _root_context.copy(),
         )
 
     def stop(self, key: Key) -> None:
@@ -126,6 +132,14 @@ async def _wait(stopped: asyncio.Event, seconds: float) -> bool:
 
 
 _ALL: list[Loops] = []
+_root_context: contextvars.Context | None = None
+
+
+def keep_root_context() -> None:
+    """Remember the startup handler's context (Kopf's own: its API credentials and event
+    poster, and no object's cause) for the loops' tasks; called once at startup."""
+    global _root_context
+    _root_context = contextvars.copy_context()
 
 
 async def stop_all() -> None:

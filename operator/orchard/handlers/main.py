@@ -172,6 +172,7 @@ def startup(
     the metrics endpoint."""
     options: Options = memo.get("options", Options())
     configure(settings, options)
+    loops.keep_root_context()
     try:
         in_force = policy.current()
     except ValueError as exc:  # a typo must not loosen anything: do not start
