@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from orchard.decisions.queue import (
@@ -78,6 +80,29 @@ def test_no_limit_admits_everything() -> None:
     queue = TrainingQueue(limit=None)
     assert all(queue.admit(("ml", f"tj-{i}"), at(i)) for i in range(50))
     assert not queue.waiting
+
+
+def test_the_kept_line_matches_the_creation_order_through_any_sequence_of_changes() -> None:
+    """Thousands of waiting TrainingJobs poll their place: the line is kept sorted as it
+    changes instead of sorted per question; it must agree with a sort from scratch."""
+    rng = random.Random(7)
+    queue = TrainingQueue(limit=5)
+    created: dict[tuple[str, str], str] = {}
+    for _ in range(3000):
+        key = (rng.choice(["ml", "ops"]), f"tj-{rng.randrange(200)}")
+        if rng.random() < 0.6:
+            created.setdefault(key, at(rng.randrange(60)))
+            queue.admit(key, created[key])
+        elif rng.random() < 0.5:
+            queue.forget(key)
+            created.pop(key, None)
+        else:
+            queue.admit_next()
+        expected = sorted(queue.waiting, key=lambda k: (queue.waiting[k], k))
+        assert queue.order() == expected
+        assert len(queue.running) <= 5 and not queue.running & set(queue.waiting)
+        for place, waiting in enumerate(expected[:3], start=1):
+            assert queue.place(waiting) == place
 
 
 def test_admitting_twice_holds_one_slot() -> None:

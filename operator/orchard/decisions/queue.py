@@ -14,6 +14,7 @@ whose status did not say so yet is found by its Job.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -49,20 +50,24 @@ def holds_slot(phase: str | None, reason: str | None) -> bool:
 
 @dataclass
 class TrainingQueue:
-    """Who trains and who waits; `limit` None trains everything at once."""
+    """Who trains and who waits; `limit` None trains everything at once.
+
+    The waiting line is kept sorted as it changes, so that what every queued TrainingJob's
+    poll asks (its place, whether a slot is free) costs no sort of thousands of waiting."""
 
     limit: int | None = DEFAULT_MAX_RUNNING
     running: set[Key] = field(default_factory=set)
     waiting: dict[Key, str] = field(default_factory=dict)  # key -> creation timestamp
+    _line: list[tuple[str, Key]] = field(default_factory=list, repr=False)  # sorted
 
     def hold(self, key: Key) -> None:
         """Count a TrainingJob as training (admitted, or found training)."""
-        self.waiting.pop(key, None)
+        self._leave(key)
         self.running.add(key)
 
     def forget(self, key: Key) -> bool:
         """A TrainingJob ended or is gone; True when it freed a slot."""
-        self.waiting.pop(key, None)
+        self._leave(key)
         if key in self.running:
             self.running.discard(key)
             return True
@@ -75,21 +80,24 @@ class TrainingQueue:
 
     def order(self) -> list[Key]:
         """The waiting ones, first to be admitted first."""
-        return sorted(self.waiting, key=lambda key: (self.waiting[key], key))
+        return [key for _created, key in self._line]
 
     def admit(self, key: Key, created: str) -> bool:
         """May this TrainingJob start now? If so it holds a slot; if not it waits (once)."""
         if key in self.running:
             return True
-        self.waiting.setdefault(key, created)
-        if key in self.order()[: self.free_slots()]:
+        if key not in self.waiting:
+            self.waiting[key] = created
+            bisect.insort(self._line, (created, key))
+        place = self.place(key)
+        if place is not None and place <= self.free_slots():
             self.hold(key)
             return True
         return False
 
     def admit_next(self) -> list[Key]:
         """Admit as many waiting ones as there are free slots, in turn."""
-        admitted = self.order()[: self.free_slots()]
+        admitted = [key for _created, key in self._line[: self.free_slots()]]
         for key in admitted:
             self.hold(key)
         return admitted
@@ -98,8 +106,12 @@ class TrainingQueue:
         """1 for the next to start; None when not waiting."""
         if key not in self.waiting:
             return None
-        mine = (self.waiting[key], key)
-        return 1 + sum(1 for other, at in self.waiting.items() if (at, other) < mine)
+        return 1 + bisect.bisect_left(self._line, (self.waiting[key], key))
+
+    def _leave(self, key: Key) -> None:
+        created = self.waiting.pop(key, None)
+        if created is not None:
+            del self._line[bisect.bisect_left(self._line, (created, key))]
 
     def queued_message(self, place: int) -> str:
         """What a TrainingJob at `place` (from `place`, computed once per step) reads."""
