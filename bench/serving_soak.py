@@ -1,6 +1,6 @@
-"""Ten minutes of 1-row V2 traffic (8 connections) against `orchard serve` on iris with
-every request collected, at --load (0.8) of the capacity measured flat out first: the
-server's RSS, requests, errors and p50/p99 each minute, against its idle RSS.
+"""Ten minutes of 1-row V2 traffic against `orchard serve` on iris with every request
+collected, at --load (0.8) of the capacity measured flat out first (8 connections, 30 s):
+the server's RSS, requests, errors and p50/p99 each minute, against its idle RSS.
 
     .venv/bin/python bench/serving_soak.py [--minutes N] [--load 0.8]
 
