@@ -37,7 +37,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from training import REPO, RESULTS, Bench, ts  # bench/training.py: namespace, PVC, operator
 
-FINAL = ("Succeeded", "Failed")
+FINAL = ("Succeeded", "Failed")  # a TrainingJob's
+VERDICTS = ("Ready", "Failed")  # a ModelVersion's
 
 
 def free_port() -> int:
@@ -110,7 +111,11 @@ def main() -> int:
             verdicts = [(m.get("status") or {}).get("phase") for m in mvs]
             ended = sum(p in FINAL for p in phases)
             registered = sum(1 for t in tjs if (t.get("status") or {}).get("modelVersion"))
-            if ended == len(tjs) and registered == len(mvs) and all(v in FINAL for v in verdicts):
+            if (
+                ended == len(tjs)
+                and registered == len(mvs)
+                and all(v in VERDICTS for v in verdicts)
+            ):
                 succeeded = sum(p == "Succeeded" for p in phases)
                 if succeeded == registered:
                     break
