@@ -8,6 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
+
 from .common import (
     CACHE,
     CONTAINERD_SOCK,
@@ -24,6 +26,21 @@ from .common import (
 
 def ctr(*args: str, check: bool = True) -> str:
     return run(["ctr", "--address", str(CONTAINERD_SOCK), "-n", "k8s.io", *args], check=check)
+
+
+def cri_ready() -> bool:
+    """containerd's CRI answers a call. `ctr version` answers as soon as containerd
+    listens, but the CRI refuses every call ("server is not initialized yet") while it
+    recovers its state, and a kubelet started then exits."""
+    with grpc.insecure_channel(f"unix://{CONTAINERD_SOCK}") as channel:
+        version: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            "/runtime.v1.RuntimeService/Version"
+        )
+        try:
+            version(b"", timeout=2)  # an empty VersionRequest, the answer left unread
+        except grpc.RpcError:
+            return False
+    return True
 
 
 def containerd_images() -> set[str]:

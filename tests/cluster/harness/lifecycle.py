@@ -55,7 +55,7 @@ from .components import (
     write_node_configs,
 )
 from .dns import query
-from .images import ctr, import_archive, import_built_images, pause_archive
+from .images import cri_ready, ctr, import_archive, import_built_images, pause_archive
 from .network import ensure_network, remove_iptables_chains, restore_sysctls, set_sysctl
 from .pki import api_request, ensure_pki, https_ok, write_kubeconfig
 from .processes import recorded, rel, running, spawn, stop, tail, wait_for
@@ -120,7 +120,7 @@ def up(level: str) -> None:
     if not running("containerd"):
         (RUN / "runc").mkdir(parents=True, exist_ok=True)
         spawn("containerd", ["containerd", "--config", str(CONFIG / "containerd.toml")])
-        wait_for("containerd", lambda: bool(ctr("version")), 30, "serving")
+        wait_for("containerd", lambda: bool(ctr("version")) and cri_ready(), 30, "serving CRI")
     import_archive(PAUSE_IMAGE, pause_archive())
     import_built_images()
     if not running("kubelet"):
@@ -168,7 +168,7 @@ def health_check(name: str) -> tuple[str, Callable[[], bool]]:
     checks: dict[str, tuple[str, Callable[[], bool]]] = {
         "etcd": ("healthy", partial(https_ok, f"{ETCD_CLIENT}/health")),
         "kube-apiserver": ("ready", lambda: api_request("GET", "/readyz") == "ok"),
-        "containerd": ("serving", lambda: bool(ctr("version"))),
+        "containerd": ("serving CRI", lambda: bool(ctr("version")) and cri_ready()),
         "kube-controller-manager": (
             "healthy",
             partial(https_ok, "https://127.0.0.1:10257/healthz"),
