@@ -120,7 +120,8 @@ def up(level: str) -> None:
     if not running("containerd"):
         (RUN / "runc").mkdir(parents=True, exist_ok=True)
         spawn("containerd", ["containerd", "--config", str(CONFIG / "containerd.toml")])
-        wait_for("containerd", lambda: bool(ctr("version")) and cri_ready(), 30, "serving CRI")
+        what, check = health_check("containerd")
+        wait_for("containerd", check, 30, what)
     import_archive(PAUSE_IMAGE, pause_archive())
     import_built_images()
     if not running("kubelet"):
@@ -168,7 +169,7 @@ def health_check(name: str) -> tuple[str, Callable[[], bool]]:
     checks: dict[str, tuple[str, Callable[[], bool]]] = {
         "etcd": ("healthy", partial(https_ok, f"{ETCD_CLIENT}/health")),
         "kube-apiserver": ("ready", lambda: api_request("GET", "/readyz") == "ok"),
-        "containerd": ("serving CRI", lambda: bool(ctr("version")) and cri_ready()),
+        "containerd": ("serving CRI", cri_ready),
         "kube-controller-manager": (
             "healthy",
             partial(https_ok, "https://127.0.0.1:10257/healthz"),
