@@ -939,6 +939,49 @@ async def test_at_most_the_limit_train_and_the_rest_queue_in_turn(
     assert not fresh_queue.waiting
 
 
+async def test_a_place_far_back_in_the_queue_is_rewritten_once_it_halved(
+    namespace: str, fresh_queue: TrainingQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thirty wait ahead: the status shows place 31 and is left alone (no request from
+    the poll, no write from a sync) until the place is 15."""
+    fresh_queue.limit = 1
+    fresh_queue.hold(("elsewhere", "training"))
+    ahead = [("elsewhere", f"ahead-{i:02d}") for i in range(30)]
+    for key in ahead:
+        fresh_queue.admit(key, "2026-01-01T00:00:00Z")
+    await kube.create(tj_body(namespace, "far"))
+    await tj_handlers.start(body=kopf.Body(await get_tj(namespace, "far")), logger=log)
+    queued = await get_tj(namespace, "far")
+    assert (queued["status"]["reason"], queued["status"]["queuePosition"]) == ("Queued", 31)
+    assert queued["status"]["message"] == (
+        "queued: 31 of 31 waiting; at most 1 TrainingJobs train at once "
+        "(ORCHARD_MAX_RUNNING_TRAININGS); a place beyond 10 is rewritten once it halves"
+    )
+
+    reads: list[str] = []
+    real_get = kube.get
+
+    async def counting_get(*args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        reads.append(args[1])
+        return await real_get(*args, **kwargs)
+
+    monkeypatch.setattr(kube, "get", counting_get)
+    for key in ahead[:15]:
+        fresh_queue.forget(key)  # 16th now
+    await tj_handlers.poll((namespace, "far"), log)
+    assert reads == []
+    await tj_handlers.sync(namespace, "far", log)  # as a watch event's would
+    monkeypatch.setattr(kube, "get", real_get)
+    unchanged = await get_tj(namespace, "far")
+    assert unchanged["metadata"]["resourceVersion"] == queued["metadata"]["resourceVersion"]
+
+    fresh_queue.forget(ahead[15])  # 15th: half of 31, rounded down
+    await tj_handlers.poll((namespace, "far"), log)
+    status = (await get_tj(namespace, "far"))["status"]
+    assert (status["reason"], status["queuePosition"]) == ("Queued", 15)
+    assert status["message"].startswith("queued: 15 of 15 waiting;")
+
+
 async def test_a_verification_job_deleted_by_hand_is_made_again(namespace: str) -> None:
     """The check is read-only: a verification Job gone before its verdict is made again,
     and status says so, instead of Verifying for ever."""

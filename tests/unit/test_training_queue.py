@@ -105,6 +105,42 @@ def test_the_kept_line_matches_the_creation_order_through_any_sequence_of_change
             assert queue.place(waiting) == place
 
 
+def test_a_place_is_rewritten_at_every_change_near_the_front_and_once_halved_further_back() -> None:
+    queue = TrainingQueue(limit=20)
+    assert queue.exact_places() == 40  # the next two rounds of starts
+    assert queue.place_worth_writing(300, None)  # never shown
+    assert not queue.place_worth_writing(40, 40)
+    assert queue.place_worth_writing(39, 40)
+    assert queue.place_worth_writing(1, 2)
+    assert not queue.place_worth_writing(151, 300)
+    assert queue.place_worth_writing(150, 300)
+    assert queue.place_worth_writing(40, 79)  # into the exact places
+    assert not queue.place_worth_writing(41, 79)
+    assert queue.place_worth_writing(301, 300)  # an older one joined ahead: never less
+    assert TrainingQueue(limit=1).exact_places() == 10
+
+
+def test_a_line_of_thousands_costs_each_waiting_one_a_few_place_writes() -> None:
+    """Each start ahead moves every waiting one up; the shown place follows every step
+    only near the front, and stays at or above the true place all the way."""
+    queue = TrainingQueue(limit=20)
+    keys = [("ml", f"tj-{i:04d}") for i in range(3000)]
+    for i, key in enumerate(keys):
+        queue.admit(key, f"2026-12-03T09:{i // 60:02d}:{i % 60:02d}Z")
+    last = keys[-1]
+    shown: int | None = None
+    writes = 0
+    while last in queue.waiting:
+        place = queue.place(last)
+        assert place is not None and (shown is None or place <= shown)
+        if queue.place_worth_writing(place, shown):
+            shown, writes = place, writes + 1
+        queue.forget(queue.order()[0])  # the first in turn starts and ends
+    assert shown == 1
+    assert writes <= 40 + 8  # every place among the first 40, then log2(2980 / 40)
+    assert queue.queued_message(41).endswith("; a place beyond 40 is rewritten once it halves")
+
+
 def test_admitting_twice_holds_one_slot() -> None:
     queue = TrainingQueue(limit=1)
     assert queue.admit(("ml", "a"), at(1))

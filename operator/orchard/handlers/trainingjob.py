@@ -361,12 +361,14 @@ async def follow(
 
 
 async def poll(key: tuple[str, str], logger: kopf.Logger, tick: int = 0) -> float:
-    """Sync; a queued TrainingJob whose place has not changed costs no API request (and
-    polls at the first interval, to start as soon as a slot's event was missed); any
-    other waits longer the longer no event came (`retries.QUIET_POLL`)."""
+    """Sync; a queued TrainingJob whose status shows its place well enough
+    (`place_worth_writing`) costs no API request (and polls at the first interval, to
+    start as soon as a slot's event was missed); any other waits longer the longer no
+    event came (`retries.QUIET_POLL`)."""
     if key in _queue.waiting:
         _start_next(logger)  # a slot freed whose event was missed
-        if key in _queue.waiting and _queue.place(key) == _queued_written.get(key):
+        place = _queue.place(key)
+        if place is not None and not _queue.place_worth_writing(place, _queued_written.get(key)):
             return POLL_SECONDS
     await sync(key[0], key[1], logger, coalesce=True)
     return retries.QUIET_POLL.delay(tick) or retries.MAX_DELAY
@@ -395,7 +397,11 @@ async def _step(namespace: str, name: str, logger: kopf.Logger) -> None:
     key = (namespace, name)
     place = _queue.place(key)
     if place is not None:  # no Job yet, by the queue's own word: nothing to read
-        outcome = Outcome("Pending", QUEUED, _queue.queued_message(place))
+        shown = tj.status.queue_position if tj.status.reason == QUEUED else None
+        if _queue.place_worth_writing(place, shown):
+            outcome = Outcome("Pending", QUEUED, _queue.queued_message(place))
+        else:  # the status says as much as it must: leave it
+            place, outcome = shown, Outcome("Pending", QUEUED, tj.status.message or "")
     else:
         outcome = await _observe(tj)
     if outcome.stop_job:
