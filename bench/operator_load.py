@@ -12,6 +12,8 @@ second, watches what the operator makes, and reports:
   and to its status first written: p50, p99, max;
 - the operator's RSS (start, peak, end) and CPU while it works and afterwards, when every
   object only waits (--idle seconds);
+- the controllers' requests to the API server (the operator's own counter, by method
+  and code) while it works, per object, and a second once every object waits;
 - HTTP 429s and retried requests in the operator's log;
 - how fast it got through them: objects a second from the first create to the last
   status, and the operator's CPU time per object.
@@ -49,7 +51,12 @@ import yaml
 from lightkube import Client, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.batch_v1 import Job
-from training import kubectl  # bench/training.py: kubectl on a kubeconfig, failing loudly
+from training import (  # bench/training.py: kubectl, the operator's request counter
+    api_requests,
+    free_port,
+    kubectl,
+    request_delta,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -197,8 +204,9 @@ def main() -> None:
     client = Client(KubeConfig.from_file(kubeconfig), field_manager="bench")
     log = Path(tempfile.gettempdir()) / f"{ns}-operator.log"
     env = {**os.environ, "KUBECONFIG": kubeconfig}
+    port = free_port()
     operator = subprocess.Popen(
-        [str(ORCHARD), "operator", "-n", ns, "--metrics-port", "0", "--liveness", ""],
+        [str(ORCHARD), "operator", "-n", ns, "--metrics-port", str(port), "--liveness", ""],
         env=env,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -215,6 +223,7 @@ def main() -> None:
         thread.start()
     time.sleep(5)  # the operator lists and watches before the first create
     rss_start = proc.read()[0]
+    requests_start = api_requests(port)
     plan = [(i, KINDS[i % 3], i // 3) for i in range(args.objects)]
     created: dict[tuple[str, str], float] = {}
 
@@ -242,8 +251,10 @@ def main() -> None:
                 break
             time.sleep(1)
         settled = time.time()
+        requests_settled = api_requests(port)
         time.sleep(args.idle)
         idle_end = time.time()
+        requests_idle = request_delta(requests_settled, api_requests(port))
         rss_end = proc.read()[0]
     finally:
         stop.set()
@@ -278,11 +289,16 @@ def main() -> None:
         # Kopf's retries and the API server's own message say so; a bare 429 may be in a uid.
         "http_429": len(re.findall(r"too many requests", text, re.IGNORECASE)),
         "retried_requests": len(re.findall(r"will retry", text)),
+        "api_requests": request_delta(requests_start, requests_settled),
+        "api_requests_idle_per_second": {
+            key: n / (idle_end - settled) for key, n in requests_idle.items() if n
+        },
         "operator_log": str(log),
     }
     working = report["cpu_core_share"]["working"] * (settled - began)
     report["objects_per_second"] = len(created) / (settled - began)
     report["cpu_ms_per_object"] = 1000 * working / len(created)
+    report["api_requests_per_object"] = sum(report["api_requests"].values()) / len(created)
     for kind in KINDS:
         names = [(k, n) for k, n in created if k == kind]
         report["to_status"][kind] = percentiles(
@@ -305,6 +321,8 @@ def main() -> None:
         f"{report['objects_per_second']:.0f} objects/s, "
         f"{report['cpu_ms_per_object']:.1f} ms of CPU each; "
         f"idle CPU {report['cpu_core_share']['idle']:.0%} of a core; "
+        f"{report['api_requests_per_object']:.1f} API requests each "
+        f"({report['api_requests'].get('GET 200', 0) / len(created):.1f} GET 200); "
         f"{report['http_429']} HTTP 429s"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -22,17 +22,20 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -55,6 +58,31 @@ def kubectl(kubeconfig: str, *args: str, input: str | None = None) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
     return proc.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def api_requests(port: int) -> dict[tuple[str, str], float]:
+    """The operator's own count of its requests, by method and code."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    counts: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text.decode()):
+        if family.name == "orchard_operator_api_requests":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[(sample.labels["method"], sample.labels["code"])] = sample.value
+    return counts
+
+
+def request_delta(
+    before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]
+) -> dict[str, float]:
+    """The requests between two counts, as "METHOD code": n."""
+    return {f"{m} {c}": after[(m, c)] - before.get((m, c), 0) for m, c in sorted(after)}
 
 
 def spec(dataset: str, artifacts: str) -> dict[str, Any]:

@@ -26,25 +26,24 @@ import argparse
 import json
 import os
 import re
-import socket
 import sys
 import time
-import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
-from training import REPO, RESULTS, Bench, ts  # bench/training.py: namespace, PVC, operator
+from training import (  # bench/training.py: namespace, PVC, operator
+    REPO,
+    RESULTS,
+    Bench,
+    api_requests,
+    free_port,
+    request_delta,
+    ts,
+)
 
 FINAL = ("Succeeded", "Failed")  # a TrainingJob's
 VERDICTS = ("Ready", "Failed")  # a ModelVersion's
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def training(index: int) -> dict[str, Any]:
@@ -59,18 +58,6 @@ def training(index: int) -> dict[str, Any]:
             "artifacts": {"uri": "pvc://orchard-artifacts/models"},
         },
     }
-
-
-def api_requests(port: int) -> dict[tuple[str, str], float]:
-    """The operator's own count of its requests, by method and code."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
-    counts: dict[tuple[str, str], float] = {}
-    for family in text_string_to_metric_families(text.decode()):
-        if family.name == "orchard_operator_api_requests":
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    counts[(sample.labels["method"], sample.labels["code"])] = sample.value
-    return counts
 
 
 def most_at_once(intervals: list[tuple[float, float]]) -> int:
@@ -138,7 +125,7 @@ def main() -> int:
             start, end = ts(ended_state.get("startedAt")), ts(ended_state.get("finishedAt"))
             if start is not None and end is not None:
                 intervals.append((start, end))
-    requests = {f"{m} {c}": after.get((m, c), 0) - before.get((m, c), 0) for m, c in after}
+    requests = request_delta(before, after)
     total = sum(requests.values())
     text = bench.log.read_text(errors="replace")
     report = {
