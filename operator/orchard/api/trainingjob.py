@@ -628,7 +628,7 @@ class TrainingJobStatus(CamelModel):
         description="While Pending with reason Queued: its place in the operator's queue "
         "(1 starts next); at most ORCHARD_MAX_RUNNING_TRAININGS TrainingJobs train at once. "
         "Exact among the next twice that limit (at least 10); further back rewritten once "
-        "it halves, so at most the true place.",
+        "it halves, so an upper bound there.",
     )
 
 

@@ -11,7 +11,8 @@ A queued TrainingJob's status shows its place. Among the next `exact_places()` e
 change is written; further back a place is rewritten only once it has halved, so that a
 line of thousands costs each waiting one a few status writes, not one per start ahead of
 it (one per start ahead came to 26,957 PATCHes for 500 at once; now 5,785).
-The place shown further back is therefore at most its place, never less.
+The place shown further back is therefore an upper bound: the true one is the same or
+nearer the front.
 
 The queue lives in the operator's memory. A restart rebuilds it from the TrainingJobs'
 statuses (`holds_slot`) before any is admitted, and a run admitted just before a crash
