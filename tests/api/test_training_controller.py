@@ -10,6 +10,7 @@ does run controllers (the node level) leaves them as the test wrote them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -81,6 +82,23 @@ def fresh_queue(monkeypatch: pytest.MonkeyPatch) -> TrainingQueue:
     monkeypatch.setattr(tj_handlers, "_queue", queue)
     monkeypatch.setattr(tj_handlers, "_queued_written", {})
     return queue
+
+
+@contextlib.contextmanager
+def counting_gets(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The kinds the controllers GET while inside, in order."""
+    reads: list[str] = []
+    real_get = kube.get
+
+    async def counting_get(*args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        reads.append(args[1])
+        return await real_get(*args, **kwargs)
+
+    monkeypatch.setattr(kube, "get", counting_get)
+    try:
+        yield reads
+    finally:
+        monkeypatch.setattr(kube, "get", real_get)
 
 
 def tj_body(namespace: str, name: str = "iris-rf", **spec: Any) -> dict[str, Any]:
@@ -915,17 +933,9 @@ async def test_at_most_the_limit_train_and_the_rest_queue_in_turn(
     await tj_handlers.poll((namespace, "q-b"), log)
     assert (await get_tj(namespace, "q-b"))["status"]["queuePosition"] == 1
 
-    reads: list[str] = []
-    real_get = kube.get
-
-    async def counting_get(*args: Any, **kwargs: Any) -> dict[str, Any] | None:
-        reads.append(args[1])
-        return await real_get(*args, **kwargs)
-
-    monkeypatch.setattr(kube, "get", counting_get)
-    await tj_handlers.poll((namespace, "q-b"), log)
+    with counting_gets(monkeypatch) as reads:
+        await tj_handlers.poll((namespace, "q-b"), log)
     assert reads == []
-    monkeypatch.setattr(kube, "get", real_get)
 
     # One that ends (its Job deleted by hand: JobDeleted) frees its slot too.
     await kube.delete("batch/v1", "Job", "q-c", namespace, background=True)
@@ -958,20 +968,12 @@ async def test_a_place_far_back_in_the_queue_is_rewritten_once_it_halved(
         "(ORCHARD_MAX_RUNNING_TRAININGS); a place beyond 10 is rewritten once it halves"
     )
 
-    reads: list[str] = []
-    real_get = kube.get
-
-    async def counting_get(*args: Any, **kwargs: Any) -> dict[str, Any] | None:
-        reads.append(args[1])
-        return await real_get(*args, **kwargs)
-
-    monkeypatch.setattr(kube, "get", counting_get)
     for key in ahead[:15]:
         fresh_queue.forget(key)  # 16th now
-    await tj_handlers.poll((namespace, "far"), log)
+    with counting_gets(monkeypatch) as reads:
+        await tj_handlers.poll((namespace, "far"), log)
     assert reads == []
     await tj_handlers.sync(namespace, "far", log)  # as a watch event's would
-    monkeypatch.setattr(kube, "get", real_get)
     unchanged = await get_tj(namespace, "far")
     assert unchanged["metadata"]["resourceVersion"] == queued["metadata"]["resourceVersion"]
 
