@@ -4,6 +4,7 @@ models behind loopback /metrics (tests/unit/fake_pods.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -536,3 +537,41 @@ async def test_a_canary_is_watched_apart_and_only_the_stable_version_is_judged(
         "stable",
         "canary",
     }
+
+
+def ready(status: str, reason: str) -> list[dict[str, Any]]:
+    return [{"type": "Ready", "status": status, "reason": reason}]
+
+
+@pytest.mark.parametrize(
+    ("status", "watched"),
+    [
+        ({"stableVersion": "iris-v1", "conditions": ready("True", "Serving")}, True),
+        # waiting for its first pods: nothing answers /metrics yet
+        ({"stableVersion": "iris-v1", "conditions": ready("False", "Deploying")}, False),
+        ({"stableVersion": "iris-v1", "conditions": ready("True", "ScaledToZero")}, False),
+        ({"stableVersion": "iris-v1"}, False),
+        ({"conditions": ready("True", "Serving")}, False),
+    ],
+)
+async def test_only_a_deployment_whose_stable_pods_are_ready_is_evaluated(
+    monkeypatch: pytest.MonkeyPatch, status: dict[str, Any], watched: bool
+) -> None:
+    """Thousands of deployments waiting for pods cost no request every interval."""
+    reads: list[str] = []
+
+    async def get(api_version: str, kind: str, *_: Any, **__: Any) -> None:
+        reads.append(kind)
+
+    monkeypatch.setattr(kube, "get", get)
+    body = {"metadata": {"name": "iris", "namespace": NS}, "spec": {}, "status": status}
+    await h.follow_monitoring(
+        event={"type": "MODIFIED"}, body=body, namespace=NS, name="iris",
+        spec=body["spec"], status=status, logger=log,
+    )  # fmt: skip
+    try:
+        assert ((NS, "iris") in h._monitors) is watched
+        await asyncio.sleep(0.05)  # a loop's first tick comes at once
+        assert reads == (["ModelDeployment"] if watched else [])
+    finally:
+        h._monitors.stop((NS, "iris"))

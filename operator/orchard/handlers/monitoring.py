@@ -1,7 +1,8 @@
 """Monitoring controller: watch what each ModelDeployment's stable version serves.
 
 Beside the rollout (which judges a canary only while one is under way), every served
-ModelDeployment is evaluated every `spec.monitoring.interval`, the shape of
+ModelDeployment (its stable pods ready: `serving`) is evaluated every
+`spec.monitoring.interval`, the shape of
 `trainingjob.sync`: read the serving pods' own /metrics (stable's, and a canary's apart)
 and the stored windows; decide
 (`orchard.decisions.monitoring`: the window advanced, its drift against the training
@@ -32,6 +33,7 @@ from orchard.builders import serving as sv
 from orchard.builders.common import owned_by
 from orchard.decisions import monitoring as mon
 from orchard.decisions import observing as ob
+from orchard.decisions.rollout import SERVING
 
 from .canary_metrics import scrape_pods
 from .loops import Loops
@@ -81,8 +83,14 @@ _monitors = Loops("monitoring", retry_after=60.0)
 
 
 def serving(status: Mapping[str, Any], **_: Any) -> bool:
-    """A stable version is served: there is something to watch."""
-    return bool(status.get("stableVersion"))
+    """A stable version is served by ready pods (the Ready condition's reason Serving):
+    there is something to watch. A deployment still waiting for its first pods, or
+    scaled to zero, costs no request; the status write that makes its pods ready starts
+    the loop."""
+    if not status.get("stableVersion"):
+        return False
+    ready = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), None)
+    return ready is not None and ready.get("status") == "True" and ready.get("reason") == SERVING
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
