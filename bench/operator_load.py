@@ -13,7 +13,8 @@ second, watches what the operator makes, and reports:
 - the operator's RSS (start, peak, end) and CPU while it works and afterwards, when every
   object only waits (--idle seconds);
 - the controllers' requests to the API server (the operator's own counter, by method
-  and code) while it works, per object, and a second once every object waits;
+  and code, and by resource too) while it works, per object, and a second once every
+  object waits;
 - HTTP 429s and retried requests in the operator's log;
 - how fast it got through them: objects a second from the first create to the last
   status, and the operator's CPU time per object.
@@ -254,7 +255,8 @@ def main() -> None:
         requests_settled = api_requests(port)
         time.sleep(args.idle)
         idle_end = time.time()
-        requests_idle = request_delta(requests_settled, api_requests(port))
+        requests_idle_end = api_requests(port)
+        requests_idle = request_delta(requests_settled, requests_idle_end)
         rss_end = proc.read()[0]
     finally:
         stop.set()
@@ -292,6 +294,13 @@ def main() -> None:
         "api_requests": request_delta(requests_start, requests_settled),
         "api_requests_idle_per_second": {
             key: n / (idle_end - settled) for key, n in requests_idle.items() if n
+        },
+        "api_requests_by_resource": request_delta(
+            requests_start, requests_settled, by_resource=True
+        ),
+        "api_requests_idle_per_second_by_resource": {
+            key: n / (idle_end - settled)
+            for key, n in request_delta(requests_settled, requests_idle_end, True).items()
         },
         "operator_log": str(log),
     }

@@ -66,23 +66,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def api_requests(port: int) -> dict[tuple[str, str], float]:
-    """The operator's own count of its requests, by method and code."""
+def api_requests(port: int) -> dict[tuple[str, str, str], float]:
+    """The operator's own count of its requests, by method, resource and code."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
-    counts: dict[tuple[str, str], float] = {}
+    counts: dict[tuple[str, str, str], float] = {}
     for family in text_string_to_metric_families(text.decode()):
         if family.name == "orchard_operator_api_requests":
             for sample in family.samples:
                 if sample.name.endswith("_total"):
-                    counts[(sample.labels["method"], sample.labels["code"])] = sample.value
+                    labels = sample.labels
+                    key = (labels["method"], labels["resource"], labels["code"])
+                    counts[key] = sample.value
     return counts
 
 
 def request_delta(
-    before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]
+    before: dict[tuple[str, str, str], float],
+    after: dict[tuple[str, str, str], float],
+    by_resource: bool = False,
 ) -> dict[str, float]:
-    """The requests between two counts, as "METHOD code": n."""
-    return {f"{m} {c}": after[(m, c)] - before.get((m, c), 0) for m, c in sorted(after)}
+    """The requests between two counts, as "METHOD code": n, or with `by_resource`
+    "METHOD resource code": n (those that changed)."""
+    delta: dict[str, float] = {}
+    for m, r, c in sorted(after):
+        n = after[(m, r, c)] - before.get((m, r, c), 0)
+        key = f"{m} {r} {c}" if by_resource else f"{m} {c}"
+        delta[key] = delta.get(key, 0) + n
+    return {key: n for key, n in delta.items() if n or not by_resource}
 
 
 def spec(dataset: str, artifacts: str) -> dict[str, Any]:

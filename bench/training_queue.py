@@ -13,7 +13,8 @@ and reports:
 - the most trainer pods that ran at once, from the pods' own start and finish times
   (the queue's limit is the goal);
 - the controllers' requests to the API server (`orchard_operator_api_requests_total`, by
-  method and code) a second, and the 429s among them and in the operator's log.
+  method and code, and by resource) a second, and the 429s among them and in the
+  operator's log.
 
     python bench/training_queue.py [--trainings 500] [--limit 20]
 
@@ -137,6 +138,7 @@ def main() -> int:
         "trainer_pods": len(intervals),
         "most_trainer_pods_at_once": most_at_once(intervals),
         "api_requests": requests,
+        "api_requests_by_resource": request_delta(before, after, by_resource=True),
         "api_requests_per_second": total / (finished - began),
         "api_429": sum(n for key, n in requests.items() if key.endswith(" 429")),
         "log_429": len(re.findall(r"too many requests", text, re.IGNORECASE)),

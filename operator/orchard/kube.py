@@ -135,10 +135,29 @@ def load_config() -> KubeConfig:
 
 API_REQUESTS = prometheus_client.Counter(
     "orchard_operator_api_requests",
-    "Requests the controllers sent to the API server, by method and HTTP code (0: no "
-    "answer); Kopf's own watches and patches are not counted.",
-    ["method", "code"],
+    "Requests the controllers sent to the API server, by method, resource (pods, "
+    "trainingjobs/status, ...) and HTTP code (0: no answer); Kopf's own watches and "
+    "patches are not counted.",
+    ["method", "resource", "code"],
 )
+
+
+def resource_of(path: str) -> str:
+    """The resource a request's URL path names, with its subresource ("pods",
+    "modelversions/status"; "other" for a path outside /api and /apis): few enough
+    values to label a counter with."""
+    parts = [part for part in path.split("/") if part]
+    if parts[:1] == ["api"]:
+        rest = parts[2:]  # /api/v1/...
+    elif parts[:1] == ["apis"]:
+        rest = parts[3:]  # /apis/<group>/<version>/...
+    else:
+        return "other"
+    if rest[:1] == ["namespaces"] and len(rest) > 2:
+        rest = rest[2:]  # a namespaced resource
+    if not rest:
+        return "other"
+    return f"{rest[0]}/{rest[2]}" if len(rest) > 2 else rest[0]
 
 
 class AiohttpTransport(httpx2.AsyncBaseTransport):
@@ -162,6 +181,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         timeout = aiohttp.ClientTimeout(
             sock_connect=limits.get("connect"), sock_read=limits.get("read")
         )
+        resource = resource_of(request.url.path)
         try:
             async with self._session.request(
                 request.method, str(request.url), headers=list(request.headers.multi_items()),
@@ -169,12 +189,12 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             ) as answer:  # fmt: skip
                 content = await answer.read()
         except TimeoutError as err:
-            API_REQUESTS.labels(request.method, "0").inc()
+            API_REQUESTS.labels(request.method, resource, "0").inc()
             raise httpx2.ReadTimeout(f"no answer in time: {err}", request=request) from err
         except aiohttp.ClientError as err:
-            API_REQUESTS.labels(request.method, "0").inc()
+            API_REQUESTS.labels(request.method, resource, "0").inc()
             raise httpx2.ConnectError(str(err) or repr(err), request=request) from err
-        API_REQUESTS.labels(request.method, str(answer.status)).inc()
+        API_REQUESTS.labels(request.method, resource, str(answer.status)).inc()
         return httpx2.Response(
             answer.status, headers=list(answer.raw_headers), content=content, request=request
         )

@@ -1,6 +1,6 @@
 """`kube.AiohttpTransport` against a real HTTP server on loopback: lightkube's requests
 go out as they were built, answers come back whole, failures become httpx's errors, and
-every request is counted by method and code."""
+every request is counted by method, resource and code."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from orchard import kube
 
 
 def counted(method: str, code: str) -> float:
-    return kube.API_REQUESTS.labels(method, code)._value.get()
+    return kube.API_REQUESTS.labels(method, "other", code)._value.get()  # /echo and the like
 
 
 @pytest.fixture
@@ -97,3 +97,24 @@ async def test_no_server_is_a_connect_error_counted_without_a_code(
     with pytest.raises(httpx2.ConnectError):
         await client.get(f"http://127.0.0.1:{unused_port()}/")
     assert counted("GET", "0") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("path", "resource"),
+    [
+        ("/api/v1/namespaces/ml/pods", "pods"),
+        ("/api/v1/namespaces/ml/pods/trainer-0/log", "pods/log"),
+        ("/api/v1/namespaces/ml", "namespaces"),
+        ("/api/v1/namespaces", "namespaces"),
+        ("/apis/batch/v1/namespaces/ml/jobs/iris-train", "jobs"),
+        ("/apis/orchard.dev/v1alpha1/namespaces/ml/modelversions/iris-v1/status",
+         "modelversions/status"),
+        ("/apis/orchard.dev/v1alpha1/trainingjobs", "trainingjobs"),
+        ("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/x.orchard.dev",
+         "customresourcedefinitions"),
+        ("/version", "other"),
+        ("/apis", "other"),
+    ],
+)  # fmt: skip
+def test_a_request_is_counted_under_the_resource_its_path_names(path: str, resource: str) -> None:
+    assert kube.resource_of(path) == resource
