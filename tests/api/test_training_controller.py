@@ -332,6 +332,31 @@ async def test_built_job_is_accepted_owned_and_created_once(namespace: str) -> N
     assert cm is not None and "trainingjob.yaml" in cm["data"]
 
 
+async def test_the_pods_of_a_job_not_started_are_not_listed(
+    namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Job the Job controller has not started has no pods: a sync reads the TrainingJob
+    and its Job, and lists pods only once the Job's status says it started."""
+    tj = await create_tj(namespace)
+    job = await create_job(tj)  # suspended, no status: as on a cluster without a node
+    listed: list[str] = []
+    real_list = kube.list_objects
+
+    async def counting_list(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        listed.append(args[1])
+        return await real_list(*args, **kwargs)
+
+    monkeypatch.setattr(kube, "list_objects", counting_list)
+    await tj_handlers.sync(namespace, "iris-rf", log)
+    assert listed == []
+    assert (await get_tj(namespace))["status"]["reason"] == "JobCreated"
+    job = await write_job_status(job, {"startTime": T0, "active": 1, "ready": 0})
+    await make_pod(job, None, "Pending", {"waiting": {"reason": "ErrImagePull", "message": "x"}})
+    await tj_handlers.sync(namespace, "iris-rf", log)
+    assert listed == ["Pod"]
+    assert (await get_tj(namespace))["status"]["reason"] == "ImageProblem"
+
+
 async def test_search_is_accepted_as_an_indexed_job(namespace: str) -> None:
     tj = await create_tj(
         namespace,

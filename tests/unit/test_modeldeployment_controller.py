@@ -133,6 +133,7 @@ async def evaluate(cluster: FakeKube, report: dict[str, Any], exit_code: int = 0
     assert len(jobs) == 1, jobs
     job = jobs[0]
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["orchard", "evaluate"]
+    job["status"] = {"startTime": "2026-12-01T12:00:00Z"}  # as the Job controller writes
     cluster.add(evaluation_pod(job, report, exit_code))
     return await reconcile()
 

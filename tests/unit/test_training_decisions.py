@@ -11,6 +11,7 @@ import pytest
 from orchard.api.common import get_condition
 from orchard.api.trainingjob import Artifacts, Search, TrainingJobSpec, TrainingJobStatus
 from orchard.contracts import ReportedError, TrainerFailureReport, TrainerReport
+from orchard.decisions.jobs import pods_may_exist
 from orchard.decisions.training import (
     NO_ARTIFACT_STORE,
     NO_ARTIFACT_STORE_MESSAGE,
@@ -785,3 +786,23 @@ def test_a_search_decides_early_only_when_every_trial_succeeded() -> None:
     pods.append(succeeded_pod(3, accuracy=0.91))
     outcome = training_outcome(the_job, pods, SEARCH)
     assert (outcome.phase, outcome.best_trial) == ("Succeeded", 2)
+
+
+@pytest.mark.parametrize(
+    ("status", "may"),
+    [
+        (None, False),  # just made, or no Job controller runs
+        ({}, False),
+        ({"conditions": [{"type": "Suspended", "status": "True"}]}, False),
+        ({"startTime": "2026-12-01T12:00:00Z"}, True),
+        ({"active": 1}, True),
+        ({"ready": 0, "terminating": 1}, True),
+        ({"failed": 2}, True),
+        ({"succeeded": 1, "completionTime": "2026-12-01T12:01:00Z"}, True),
+    ],
+)
+def test_a_job_not_started_has_no_pods_to_read(status: dict[str, Any] | None, may: bool) -> None:
+    job: dict[str, Any] = {"metadata": {"name": "iris-train", "uid": "u1"}}
+    if status is not None:
+        job["status"] = status
+    assert pods_may_exist(job) is may

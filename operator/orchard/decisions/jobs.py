@@ -26,6 +26,19 @@ class Outcome(Generic[Report]):
     message: str = ""
 
 
+POD_COUNTS = ("active", "ready", "terminating", "succeeded", "failed")
+
+
+def pods_may_exist(job: Mapping[str, Any]) -> bool:
+    """Whether a Job may have pods to read: the Job controller has started it
+    (`status.startTime`, written in the sync that makes its first pods) or counts some.
+    One it has not started (just made, suspended, or no Job controller runs) has none; a
+    pod made in the moment before its Job's status says so is read on the Job's next
+    event, which that status write is."""
+    status = job.get("status") or {}
+    return bool(status.get("startTime")) or any(status.get(count) for count in POD_COUNTS)
+
+
 def _failure(data: Mapping[str, Any]) -> tuple[str, str] | None:
     error = data.get("error")
     if not isinstance(error, Mapping):

@@ -8,9 +8,12 @@ reports as a Failed reason.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from orchard import kube
+from orchard.builders.common import JOB_UID_LABEL
+from orchard.decisions.jobs import pods_may_exist
 from orchard.decisions.ownership import ownership
 
 ATTEMPTS = 3  # creates of one child before its stale namesake is assumed still going
@@ -50,3 +53,14 @@ async def ensure_child(
         if verdict == "stale":
             await kube.delete(obj["apiVersion"], kind, name, namespace, background=True)
     raise kube.KubeError(409, f"{kind} {name} is still there after its deletion; retrying")
+
+
+async def job_pods(job: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A Job's pods, by its uid; not asked for while it can have none (`pods_may_exist`):
+    a thousand Jobs that wait to start cost no LIST each time their owner is read."""
+    if not pods_may_exist(job):
+        return []
+    meta = job["metadata"]
+    return await kube.list_objects(
+        "v1", "Pod", meta["namespace"], labels={JOB_UID_LABEL: meta["uid"]}
+    )

@@ -38,14 +38,14 @@ from orchard.api.modeldeployment import (
 )
 from orchard.builders import improvement as imp
 from orchard.builders import serving as sv
-from orchard.builders.common import JOB_UID_LABEL, ServerSettings, owned_by
+from orchard.builders.common import ServerSettings, owned_by
 from orchard.contracts import ReplayReport
 from orchard.decisions import evaluation as ev
 from orchard.decisions import jobs, retries
 from orchard.decisions import observing as ob
 from orchard.decisions import policy as pol
 from orchard.decisions import rollout as ro
-from orchard.handlers import policy
+from orchard.handlers import children, policy
 
 from .canary_metrics import AnalysisWindows, scrape_tracks
 from .loops import Loops
@@ -348,8 +348,7 @@ async def _own_job(md: ModelDeployment, name: str) -> tuple[dict[str, Any] | Non
     job = await kube.get("batch/v1", "Job", name, namespace)
     if job is None or not owned_by(job, md.metadata.uid):
         return None, []
-    labels = {JOB_UID_LABEL: job["metadata"]["uid"]}
-    return job, await kube.list_objects("v1", "Pod", namespace, labels=labels)
+    return job, await children.job_pods(job)
 
 
 async def evaluation_outcome(md: ModelDeployment) -> ev.Seen | None:

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from orchard import kube
 from orchard.api.common import API_VERSION, FINALIZER, GROUP, VERSION, status_patch, to_k8s
 from orchard.api.modelversion import ModelVersion
-from orchard.builders.common import JOB_UID_LABEL, ServerSettings, TrainerSettings, owned_by
+from orchard.builders.common import ServerSettings, TrainerSettings, owned_by
 from orchard.builders.modelversion import MODELVERSION_LABEL, verify_job, verify_job_name
 from orchard.decisions import policy as pol
 from orchard.decisions import retries
@@ -243,13 +243,7 @@ async def sync(namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool
             outcome = refusal or Verification("Pending", VERIFYING, JOB_REMADE_MESSAGE)
             await _write_status(body, mv, outcome, logger)
             return
-        pods = (
-            await kube.list_objects(
-                "v1", "Pod", namespace, labels={JOB_UID_LABEL: job["metadata"]["uid"]}
-            )
-            if job is not None
-            else []
-        )
+        pods = await children.job_pods(job) if job is not None else []
         outcome = verification_outcome(job, pods)
         if outcome.stop_job and job is not None:
             with contextlib.suppress(kube.NotFound):

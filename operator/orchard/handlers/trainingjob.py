@@ -32,7 +32,6 @@ from orchard.api.common import API_VERSION, GROUP, VERSION, status_patch, to_k8s
 from orchard.api.trainingjob import TrainingJob
 from orchard.builders.common import (
     COMPONENT_LABEL,
-    JOB_UID_LABEL,
     PART_OF,
     PART_OF_LABEL,
     SERVING_COMPONENT,
@@ -458,9 +457,7 @@ async def _observe(tj: TrainingJob) -> Outcome:
             JOB_CONFLICT,
             f"a Job named {job_name(tj)} exists and does not belong to this TrainingJob",
         )
-    pods = await kube.list_objects(
-        "v1", "Pod", namespace, labels={JOB_UID_LABEL: job["metadata"]["uid"]}
-    )
+    pods = await children.job_pods(job)
     return training_outcome(
         job, pods, tj.spec.search, deadline_seconds=tj.spec.active_deadline_seconds
     )
