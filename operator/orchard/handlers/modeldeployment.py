@@ -253,15 +253,21 @@ async def deployment_changed(
     event: kopf.RawEvent, body: kopf.Body, namespace: str | None, logger: kopf.Logger,
     **_: Any,
 ) -> None:  # fmt: skip
-    """A serving Deployment came, went, or its pods changed (ready or gone): bring the
-    owner in step."""
+    """A serving Deployment went, or its pods changed (ready or gone): bring the owner in
+    step. One first seen with no pod counted (just made by its owner's reconcile, or at
+    start, when the owners' own resume reconciles them) tells the owner nothing new: at
+    5,000 objects that second reconcile of every new deployment was a quarter of the
+    requests."""
     key = (str(namespace), str(body.get("metadata", {}).get("name")))
     if event.get("type") == "DELETED":
         _replica_counts.pop(key, None)
     elif _replica_counts.get(key) == (counts := replica_counts(body)):
         return
     else:
+        first = key not in _replica_counts
         _replica_counts[key] = counts
+        if first and not any(counts[1:]):
+            return
     await _reconcile_owner(body, namespace, logger, coalesce=True)
 
 
