@@ -85,20 +85,21 @@ def fresh_queue(monkeypatch: pytest.MonkeyPatch) -> TrainingQueue:
 
 
 @contextlib.contextmanager
-def counting_gets(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """The kinds the controllers GET while inside, in order."""
-    reads: list[str] = []
-    real_get = kube.get
+def counting(monkeypatch: pytest.MonkeyPatch, verb: str = "get") -> Iterator[list[str]]:
+    """The kinds the controllers ask `kube.<verb>` for (get, list_objects) while inside,
+    in order."""
+    kinds: list[str] = []
+    real = getattr(kube, verb)
 
-    async def counting_get(*args: Any, **kwargs: Any) -> dict[str, Any] | None:
-        reads.append(args[1])
-        return await real_get(*args, **kwargs)
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        kinds.append(args[1])  # (api_version, kind, ...)
+        return await real(*args, **kwargs)
 
-    monkeypatch.setattr(kube, "get", counting_get)
+    monkeypatch.setattr(kube, verb, counted)
     try:
-        yield reads
+        yield kinds
     finally:
-        monkeypatch.setattr(kube, "get", real_get)
+        monkeypatch.setattr(kube, verb, real)
 
 
 def tj_body(namespace: str, name: str = "iris-rf", **spec: Any) -> dict[str, Any]:
@@ -339,21 +340,16 @@ async def test_the_pods_of_a_job_not_started_are_not_listed(
     and its Job, and lists pods only once the Job's status says it started."""
     tj = await create_tj(namespace)
     job = await create_job(tj)  # suspended, no status: as on a cluster without a node
-    listed: list[str] = []
-    real_list = kube.list_objects
-
-    async def counting_list(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        listed.append(args[1])
-        return await real_list(*args, **kwargs)
-
-    monkeypatch.setattr(kube, "list_objects", counting_list)
-    await tj_handlers.sync(namespace, "iris-rf", log)
-    assert listed == []
-    assert (await get_tj(namespace))["status"]["reason"] == "JobCreated"
-    job = await write_job_status(job, {"startTime": T0, "active": 1, "ready": 0})
-    await make_pod(job, None, "Pending", {"waiting": {"reason": "ErrImagePull", "message": "x"}})
-    await tj_handlers.sync(namespace, "iris-rf", log)
-    assert listed == ["Pod"]
+    with counting(monkeypatch, "list_objects") as listed:
+        await tj_handlers.sync(namespace, "iris-rf", log)
+        assert listed == []
+        assert (await get_tj(namespace))["status"]["reason"] == "JobCreated"
+        job = await write_job_status(job, {"startTime": T0, "active": 1, "ready": 0})
+        await make_pod(
+            job, None, "Pending", {"waiting": {"reason": "ErrImagePull", "message": "x"}}
+        )
+        await tj_handlers.sync(namespace, "iris-rf", log)
+        assert listed == ["Pod"]
     assert (await get_tj(namespace))["status"]["reason"] == "ImageProblem"
 
 
@@ -958,7 +954,7 @@ async def test_at_most_the_limit_train_and_the_rest_queue_in_turn(
     await tj_handlers.poll((namespace, "q-b"), log)
     assert (await get_tj(namespace, "q-b"))["status"]["queuePosition"] == 1
 
-    with counting_gets(monkeypatch) as reads:
+    with counting(monkeypatch) as reads:
         await tj_handlers.poll((namespace, "q-b"), log)
     assert reads == []
 
@@ -995,7 +991,7 @@ async def test_a_place_far_back_in_the_queue_is_rewritten_once_it_halved(
 
     for key in ahead[:15]:
         fresh_queue.forget(key)  # 16th now
-    with counting_gets(monkeypatch) as reads:
+    with counting(monkeypatch) as reads:
         await tj_handlers.poll((namespace, "far"), log)
     assert reads == []
     await tj_handlers.sync(namespace, "far", log)  # as a watch event's would
