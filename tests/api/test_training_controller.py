@@ -33,6 +33,7 @@ from orchard.builders.training import config_map, job_name, training_job
 from orchard.decisions.queue import TrainingQueue
 from orchard.handlers import modelversion as mv_handlers
 from orchard.handlers import trainingjob as tj_handlers
+from orchard.handlers.watched import Latest, status_and_identity
 
 pytestmark = pytest.mark.api
 
@@ -1026,3 +1027,44 @@ async def test_a_verification_job_deleted_by_hand_is_made_again(namespace: str) 
     remade = await kube.get("batch/v1", "Job", verify_job_name(mv), namespace)
     assert remade is not None and remade["metadata"]["uid"] != job["metadata"]["uid"]
     assert remade["metadata"]["ownerReferences"][0]["uid"] == mv.metadata.uid
+
+
+async def test_a_verification_step_reads_the_watch_and_a_stale_read_is_taken_again(
+    namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step reads the version and its Job as their watch events brought them, with no
+    GET; one that decided on a body older than the API server's writes nothing over the
+    newer one (409), and is taken again on a live read: one status, one event each."""
+    monkeypatch.setattr(mv_handlers, "_versions", Latest())
+    monkeypatch.setattr(mv_handlers, "_jobs", Latest(status_and_identity))
+    mv = await registered(namespace)
+    name = str(mv.metadata.name)
+    job = verify_job(mv)
+    job["spec"]["suspend"] = True
+    job = await kube.create(job)
+    body = await kube.get(API_VERSION, "ModelVersion", name, namespace)
+    assert body is not None
+    # What Kopf hands the event handlers: the version's and the Job's ADDED.
+    await mv_handlers.follow(event={"type": "ADDED"}, body=kopf.Body(body), namespace=namespace,
+                             name=name, logger=log)  # fmt: skip
+    with counting(monkeypatch) as gets:
+        await mv_handlers.job_changed(event={"type": "ADDED"}, body=kopf.Body(job),
+                                      namespace=namespace, logger=log)  # fmt: skip
+    assert gets == []
+    status = (await kube.get(API_VERSION, "ModelVersion", name, namespace) or {})["status"]
+    assert status["phase"] == "Verifying"
+
+    # The Job finishes and its pod reports; the version's own MODIFIED (its Verifying
+    # status) has not reached the operator yet, so the body kept is the older one.
+    job = await write_job_status(job, complete())
+    report = {"verified": True, "digest": DIGEST, "files": {"model.joblib": "sha256:x"}}
+    await make_pod(job, None, "Succeeded", terminated(0, report), name="verify")
+    with counting(monkeypatch) as gets:
+        await mv_handlers.job_changed(event={"type": "MODIFIED"}, body=kopf.Body(job),
+                                      namespace=namespace, logger=log)  # fmt: skip
+    assert gets == ["ModelVersion", "Job"]  # the second step's live read, after the 409
+    status = (await kube.get(API_VERSION, "ModelVersion", name, namespace) or {})["status"]
+    assert status["phase"] == "Ready"
+    for reason in ("Verifying", "Verified"):
+        told = [e for e in events_of(namespace, reason) if e["involvedObject"]["name"] == name]
+        assert len(told) == 1, reason

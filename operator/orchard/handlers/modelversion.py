@@ -43,6 +43,7 @@ from orchard.decisions.modelversion import (
 from orchard.handlers import children, policy
 from orchard.handlers.loops import Loops
 from orchard.handlers.serial import Serial
+from orchard.handlers.watched import Latest, status_and_identity
 
 RBAC_RULES: list[dict[str, Any]] = [
     # patch: the guard's finalizer taken off when the operator stops (release_guards).
@@ -69,6 +70,10 @@ JOB_REMADE_MESSAGE = "the verification Job was gone before its verdict, and is m
 _serial = Serial()
 _polls = Loops("ModelVersion poll", retry_after=POLL_SECONDS)
 _guarded: set[tuple[str, str]] = set()  # versions seen holding the guard's finalizer
+# What a step reads, as the watch brought it: the versions under verification, and the
+# verification Jobs (their status; `handlers.watched`).
+_versions = Latest()
+_jobs = Latest(status_and_identity)
 
 
 def unverified(status: Mapping[str, Any], **_: Any) -> bool:
@@ -138,9 +143,11 @@ async def make_job(mv: ModelVersion) -> Verification | None:
 
 @kopf.on.event("batch", "v1", "jobs", labels={MODELVERSION_LABEL: kopf.PRESENT})
 async def job_changed(
-    body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
-) -> None:
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, logger: kopf.Logger,
+    **_: Any,
+) -> None:  # fmt: skip
     """A verification Job changed: mirror it into its ModelVersion."""
+    _jobs.see(event.get("type"), body)
     owner = body.get("metadata", {}).get("labels", {}).get(MODELVERSION_LABEL)
     if owner:
         await sync(str(namespace), owner, logger, coalesce=True)
@@ -162,13 +169,15 @@ async def follow(
     logger: kopf.Logger, **_: Any,
 ) -> None:  # fmt: skip
     """Poll only while unverified: catch what does not change the Job (image pulls). A
-    loop, not a Kopf timer, so that no finalizer holds the ModelVersion."""
+    loop, not a Kopf timer, so that no finalizer holds the ModelVersion. The body is kept
+    for the steps (`_versions`) until the verdict."""
     key = (str(namespace), name)
     wanted = (
         event.get("type") != "DELETED"
         and not body.get("metadata", {}).get("deletionTimestamp")
         and unverified(body.get("status") or {})
     )
+    _versions.see(event.get("type"), body, wanted=wanted)
     ticks = itertools.count()  # each event starts the poll's backoff again
     _polls.follow(key, wanted, lambda: poll(key, logger, next(ticks)), initial_delay=POLL_SECONDS)
     if event.get("type") == "DELETED":
@@ -218,45 +227,64 @@ async def poll(key: tuple[str, str], logger: kopf.Logger, tick: int = 0) -> floa
 
 async def sync(namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool = False) -> None:
     """Read the ModelVersion and its verification Job and pods; write status; tell. A
-    watch event's sync (`coalesce`) is left to one that waits already (`handlers.serial`)."""
+    watch event's sync (`coalesce`) is left to one that waits already (`handlers.serial`).
+    The first read of the version and its Job is the watch's (`handlers.watched`); after a
+    conflicting status write, the step is taken again on a live read."""
+    reads = itertools.count()
+    await _serial.step(
+        (namespace, name), lambda: _step(namespace, name, logger, live=next(reads) > 0),
+        f"ModelVersion {name}", coalesce=coalesce,
+    )  # fmt: skip
+
+
+async def _step(namespace: str, name: str, logger: kopf.Logger, *, live: bool) -> None:
+    """One read → decide → write status of a ModelVersion (under its lock)."""
     key = (namespace, name)
-    if coalesce and _serial.covered(key):
-        return
-    async with _serial.turn(key):
+    body = None if live else _versions.get(key)
+    if body is None:
         body = await kube.get(API_VERSION, "ModelVersion", name, namespace)
-        if body is None:
-            return
-        if not unverified(body.get("status") or {}):
-            return
-        mv = _parse(body)
+    if body is None:
+        return
+    if not unverified(body.get("status") or {}):
+        return
+    mv = _parse(body)
+    read_at = body["metadata"].get("resourceVersion")
+    job = None if live else _jobs.get((namespace, verify_job_name(mv)))
+    if job is None:
         job = await kube.get("batch/v1", "Job", verify_job_name(mv), namespace)
-        if job is not None and not owned_by(job, mv.metadata.uid):
-            job = None  # someone else's Job by that name: not evidence about this artifact
-        if job is None and mv.status.phase is not None:
-            # Made once and gone (deleted by hand, or by its TTL before a verdict was
-            # seen): the check is read-only, so it is made again, and status says so.
-            try:
-                refusal = await make_job(mv)
-            except kube.KubeError as err:  # the poll tries again
-                logger.warning("cannot make the verification Job again: %s", err)
-                return
-            outcome = refusal or Verification("Pending", VERIFYING, JOB_REMADE_MESSAGE)
-            await _write_status(body, mv, outcome, logger)
+    if job is not None and not owned_by(job, mv.metadata.uid):
+        job = None  # someone else's Job by that name: not evidence about this artifact
+    if job is None and mv.status.phase is not None:
+        # Made once and gone (deleted by hand, or by its TTL before a verdict was
+        # seen): the check is read-only, so it is made again, and status says so.
+        try:
+            refusal = await make_job(mv)
+        except kube.KubeError as err:  # the poll tries again
+            logger.warning("cannot make the verification Job again: %s", err)
             return
-        pods = await children.job_pods(job) if job is not None else []
-        outcome = verification_outcome(job, pods)
-        if outcome.stop_job and job is not None:
-            with contextlib.suppress(kube.NotFound):
-                await kube.merge_patch(
-                    "batch/v1", "Job", verify_job_name(mv), namespace, {"spec": {"suspend": True}}
-                )
-        await _write_status(body, mv, outcome, logger)
+        outcome = refusal or Verification("Pending", VERIFYING, JOB_REMADE_MESSAGE)
+        await _write_status(body, mv, outcome, logger, resource_version=read_at)
+        return
+    pods = await children.job_pods(job) if job is not None else []
+    outcome = verification_outcome(job, pods)
+    if outcome.stop_job and job is not None:
+        with contextlib.suppress(kube.NotFound):
+            await kube.merge_patch(
+                "batch/v1", "Job", verify_job_name(mv), namespace, {"spec": {"suspend": True}}
+            )
+    await _write_status(body, mv, outcome, logger, resource_version=read_at)
 
 
 async def _write_status(
-    body: dict[str, Any], mv: ModelVersion, outcome: Verification, logger: kopf.Logger
+    body: dict[str, Any],
+    mv: ModelVersion,
+    outcome: Verification,
+    logger: kopf.Logger,
+    *,
+    resource_version: str | None = None,
 ) -> None:
-    """The status an outcome asks for, and an event when the phase changes."""
+    """The status an outcome asks for, and an event when the phase changes. With the
+    `resource_version` it was decided on, `kube.Conflict` when the version changed since."""
     new = verification_status(mv.status, outcome, generation=mv.metadata.generation)
     new_status = to_k8s(new)
     if new_status == to_k8s(mv.status):
@@ -266,7 +294,9 @@ async def _write_status(
     new_status.pop("usedBy", None)
     new_status.pop("evaluations", None)
     name, namespace = str(mv.metadata.name), str(mv.metadata.namespace)
-    await kube.patch_status("ModelVersion", name, namespace, new_status)
+    await kube.patch_status(
+        "ModelVersion", name, namespace, new_status, resource_version=resource_version
+    )
     if new.phase != mv.status.phase:
         logger.info("phase %s -> %s (%s)", mv.status.phase, new.phase, outcome.reason)
         type_ = "Warning" if new.phase == "Failed" else "Normal"

@@ -1,0 +1,69 @@
+"""The newest body of each object a controller reads on every step, as its watch events
+brought it, so that a step reads memory instead of sending a GET.
+
+Kopf already streams these objects into the operator (the controllers' event handlers
+receive every one); each handler hands its body to a `Latest`, and the step reads it
+there. What no event has brought yet (just made, or at start) is read with a GET, as is
+whatever a step reads after its status write conflicted: a body kept here may be a moment
+older than the API server's, so a step that decides on one writes status only over that
+resourceVersion (`handlers.serial.until_written` takes it again, read live, on a 409).
+
+At 5,000 objects, the ModelVersions' own steps sent 4.7 GETs of the version and 4.7 of
+its verification Job per version, a third of the operator's requests.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+Key = tuple[str, str]  # namespace, name
+Trim = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+def whole(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The body as it came, copied (Kopf's own structures never share it)."""
+    return copy.deepcopy(dict(body))
+
+
+def status_and_identity(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a controller reads of a child Job: who it is, who owns it, and its status; not
+    its pod template, most of the bytes, which a thousand Jobs would keep in memory."""
+    meta = body.get("metadata") or {}
+    kept = ("name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences")
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": copy.deepcopy({k: meta[k] for k in kept if k in meta}),
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }
+
+
+class Latest:
+    """Bodies by (namespace, name), each as its last watch event showed it, cut to what
+    the controller reads (`trim`), and only while the controller still reads it."""
+
+    def __init__(self, trim: Trim = whole) -> None:
+        self._trim = trim
+        self._bodies: dict[Key, dict[str, Any]] = {}
+
+    def see(self, event_type: str | None, body: Mapping[str, Any], *, wanted: bool = True) -> None:
+        """Keep an event's body; its DELETED event, or one the controller no longer
+        needs (`wanted` False: a verdict reached), drops it."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        if event_type == "DELETED" or not wanted:
+            self._bodies.pop(key, None)
+        else:
+            self._bodies[key] = self._trim(body)
+
+    def get(self, key: Key) -> dict[str, Any] | None:
+        """The newest body seen, or None when no event has brought it (read it live)."""
+        return self._bodies.get(key)
+
+    def forget(self, key: Key) -> None:
+        self._bodies.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._bodies)

@@ -1,0 +1,68 @@
+"""The newest bodies the watch brought (`orchard.handlers.watched`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchard.handlers.watched import Latest, status_and_identity
+
+
+def job(resource_version: str, active: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": "iris-v1-verify",
+            "namespace": "ml",
+            "uid": "u-1",
+            "resourceVersion": resource_version,
+            "labels": {"orchard.dev/modelversion": "iris-v1"},
+            "ownerReferences": [{"kind": "ModelVersion", "name": "iris-v1", "uid": "mv-1"}],
+            "managedFields": [{"manager": "kube-controller-manager"}],
+        },
+        "spec": {"template": {"spec": {"containers": [{"name": "verify", "image": "x"}]}}},
+        "status": {"active": active},
+    }
+
+
+def test_each_event_replaces_the_body_and_deleted_drops_it() -> None:
+    latest = Latest()
+    key = ("ml", "iris-v1-verify")
+    assert latest.get(key) is None  # nothing seen: the caller reads it live
+    latest.see("ADDED", job("1", 0))
+    latest.see("MODIFIED", job("2", 1))
+    assert latest.get(key) == job("2", 1)
+    latest.see("DELETED", job("3", 0))
+    assert latest.get(key) is None and len(latest) == 0
+
+
+def test_a_body_no_longer_wanted_is_dropped() -> None:
+    latest = Latest()
+    latest.see("ADDED", job("1", 0))
+    latest.see("MODIFIED", job("2", 0), wanted=False)  # a verdict reached: never read again
+    assert latest.get(("ml", "iris-v1-verify")) is None
+
+
+def test_a_kept_body_is_a_copy() -> None:
+    latest = Latest()
+    body = job("1", 0)
+    latest.see("ADDED", body)
+    body["status"]["active"] = 5
+    assert latest.get(("ml", "iris-v1-verify")) == job("1", 0)
+
+
+def test_a_job_is_kept_without_its_template() -> None:
+    kept = status_and_identity(job("7", 1))
+    assert kept == {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": "iris-v1-verify",
+            "namespace": "ml",
+            "uid": "u-1",
+            "resourceVersion": "7",
+            "labels": {"orchard.dev/modelversion": "iris-v1"},
+            "ownerReferences": [{"kind": "ModelVersion", "name": "iris-v1", "uid": "mv-1"}],
+        },
+        "status": {"active": 1},
+    }
