@@ -16,6 +16,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,12 +82,20 @@ def kubectl(
 
 
 def install_crds(kubeconfig: Path | str | None = None) -> None:
-    """Orchard's CRDs from crds/, applied server-side and waited for until established."""
+    """Orchard's CRDs from crds/, applied server-side and waited for until established
+    and served: just after Established, a request can still be answered 503 "storage is
+    (re)initializing", which failed the first api test of a fresh API server."""
     crds = str(REPO / "crds")
     kubectl("apply", "--server-side", "--force-conflicts", "-f", crds, kubeconfig=kubeconfig)
     kubectl(
         "wait", "--for=condition=Established", "--timeout=60s", "-f", crds, kubeconfig=kubeconfig
     )
+    kinds = "trainingjobs.orchard.dev,modelversions.orchard.dev,modeldeployments.orchard.dev"
+    for _ in range(120):
+        if kubectl("get", kinds, "-A", kubeconfig=kubeconfig, check=False).returncode == 0:
+            return
+        time.sleep(0.5)
+    kubectl("get", kinds, "-A", kubeconfig=kubeconfig)  # fails the test with kubectl's words
 
 
 def _ensure_level(level: str) -> Path:
