@@ -41,6 +41,7 @@ class FakeKube:
         self.objects: dict[Key, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.writes: list[tuple[str, str, str]] = []  # (verb, kind, name)
+        self.reads: list[tuple[str, str]] = []  # (kind, name) of every get
         self.not_served: set[str] = set()  # kinds whose CRD is "not installed"
         self._versions = itertools.count(1)
         self._uids = itertools.count(1)
@@ -99,6 +100,7 @@ class FakeKube:
     async def get(
         self, api_version: str, kind: str, name: str, namespace: str
     ) -> dict[str, Any] | None:
+        self.reads.append((kind, name))
         try:
             return copy.deepcopy(self._stored(api_version, kind, name, namespace))
         except kube.NotFound:

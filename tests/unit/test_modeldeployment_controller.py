@@ -281,6 +281,21 @@ async def test_turning_autoscaling_off_removes_only_its_own_autoscaler(
     assert cluster.find("HorizontalPodAutoscaler", "iris") is not None
 
 
+async def test_a_spec_never_changed_is_not_asked_about_an_autoscaler(cluster: FakeKube) -> None:
+    """At generation 1 autoscaling was never on: no GET of an autoscaler to remove (at
+    5,000 deployments, one 404 each); once the spec changed, its first step asks."""
+    cluster.add(deployment())
+    await reconcile()
+    assert [r for r in cluster.reads if r[0] == "HorizontalPodAutoscaler"] == []
+    await kube.merge_patch(
+        kube.API_VERSION, "ModelDeployment", "iris", NS, {"spec": {"replicas": 3}}
+    )
+    await reconcile()
+    assert [r for r in cluster.reads if r[0] == "HorizontalPodAutoscaler"] == [
+        ("HorizontalPodAutoscaler", "iris")
+    ]
+
+
 async def test_a_version_no_serving_pod_can_read_is_degraded_once(cluster: FakeKube) -> None:
     cluster.add(version("iris-gs", 3, uri="https://models.example/iris/3"))
     cluster.add(deployment("iris-gs"))

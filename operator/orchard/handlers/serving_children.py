@@ -94,8 +94,10 @@ async def ensure_children(
     hpa = sv.hpa(md)
     if hpa is not None:
         await kube.apply(hpa)
-    elif md.status.observed_generation != md.metadata.generation:
-        await _remove_own_hpa(md)  # autoscaling turned off is a change of spec
+    elif md.status.observed_generation != md.metadata.generation and md.metadata.generation != 1:
+        # Autoscaling turned off is a change of spec; a spec never changed (generation 1)
+        # never asked for an autoscaler, and is not asked about one.
+        await _remove_own_hpa(md)
     if reads.traffic.route is not None:
         await set_route_weight(md, status, reads.traffic.route, now, obs.canary_ready_since, logger)
 
