@@ -1032,9 +1032,10 @@ async def test_a_verification_job_deleted_by_hand_is_made_again(namespace: str) 
 async def test_a_verification_step_reads_the_watch_and_a_stale_read_is_taken_again(
     namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A step reads the version and its Job as their watch events brought them, with no
-    GET; one that decided on a body older than the API server's writes nothing over the
-    newer one (409), and is taken again on a live read: one status, one event each."""
+    """A step reads the version and its Job as their watch events (and its own status
+    write) left them, with no GET. One that decided on a body older than the API server's
+    writes nothing over the newer one (409) and is taken again on a live read: one status,
+    one event each, and the other controller's usedBy kept."""
     monkeypatch.setattr(mv_handlers, "_versions", Latest())
     monkeypatch.setattr(mv_handlers, "_jobs", Latest(status_and_identity))
     mv = await registered(namespace)
@@ -1051,11 +1052,12 @@ async def test_a_verification_step_reads_the_watch_and_a_stale_read_is_taken_aga
         await mv_handlers.job_changed(event={"type": "ADDED"}, body=kopf.Body(job),
                                       namespace=namespace, logger=log)  # fmt: skip
     assert gets == []
-    status = (await kube.get(API_VERSION, "ModelVersion", name, namespace) or {})["status"]
-    assert status["phase"] == "Verifying"
+    kept = mv_handlers._versions.get((namespace, name))
+    assert kept is not None and kept["status"]["phase"] == "Verifying"  # as written
 
-    # The Job finishes and its pod reports; the version's own MODIFIED (its Verifying
-    # status) has not reached the operator yet, so the body kept is the older one.
+    # The deployment controller writes usedBy; its event has not reached the operator
+    # when the Job finishes and its pod reports.
+    await kube.patch_status("ModelVersion", name, namespace, {"usedBy": ["web"]})
     job = await write_job_status(job, complete())
     report = {"verified": True, "digest": DIGEST, "files": {"model.joblib": "sha256:x"}}
     await make_pod(job, None, "Succeeded", terminated(0, report), name="verify")
@@ -1064,7 +1066,8 @@ async def test_a_verification_step_reads_the_watch_and_a_stale_read_is_taken_aga
                                       namespace=namespace, logger=log)  # fmt: skip
     assert gets == ["ModelVersion", "Job"]  # the second step's live read, after the 409
     status = (await kube.get(API_VERSION, "ModelVersion", name, namespace) or {})["status"]
-    assert status["phase"] == "Ready"
+    assert (status["phase"], status["usedBy"]) == ("Ready", ["web"])
+    assert mv_handlers._versions.get((namespace, name)) is None  # a verdict: not kept
     for reason in ("Verifying", "Verified"):
         told = [e for e in events_of(namespace, reason) if e["involvedObject"]["name"] == name]
         assert len(told) == 1, reason

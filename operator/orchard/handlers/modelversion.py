@@ -294,9 +294,13 @@ async def _write_status(
     new_status.pop("usedBy", None)
     new_status.pop("evaluations", None)
     name, namespace = str(mv.metadata.name), str(mv.metadata.namespace)
-    await kube.patch_status(
+    written = await kube.patch_status(
         "ModelVersion", name, namespace, new_status, resource_version=resource_version
     )
+    # Written over the resourceVersion the step read, the version as written is the
+    # newest there is (a change in between would have been a 409): the next step reads
+    # it, not the event before it, which may reach the operator after the Job's next one.
+    _versions.see("MODIFIED", written, wanted=unverified(written.get("status") or {}))
     if new.phase != mv.status.phase:
         logger.info("phase %s -> %s (%s)", mv.status.phase, new.phase, outcome.reason)
         type_ = "Warning" if new.phase == "Failed" else "Normal"
