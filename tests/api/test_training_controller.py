@@ -33,7 +33,7 @@ from orchard.builders.training import config_map, job_name, training_job
 from orchard.decisions.queue import TrainingQueue
 from orchard.handlers import modelversion as mv_handlers
 from orchard.handlers import trainingjob as tj_handlers
-from orchard.handlers.watched import Latest, status_and_identity
+from orchard.handlers.watched import Latest, job_without_template
 
 pytestmark = pytest.mark.api
 
@@ -83,6 +83,16 @@ def fresh_queue(monkeypatch: pytest.MonkeyPatch) -> TrainingQueue:
     monkeypatch.setattr(tj_handlers, "_queue", queue)
     monkeypatch.setattr(tj_handlers, "_queued_written", {})
     return queue
+
+
+@pytest.fixture(autouse=True)
+def fresh_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the watch brought is the operator's memory too: each test starts with none
+    (a test hands events to the handlers itself, as Kopf would)."""
+    monkeypatch.setattr(tj_handlers, "_trainings", Latest())
+    monkeypatch.setattr(tj_handlers, "_jobs", Latest(job_without_template))
+    monkeypatch.setattr(mv_handlers, "_versions", Latest())
+    monkeypatch.setattr(mv_handlers, "_jobs", Latest(job_without_template))
 
 
 @contextlib.contextmanager
@@ -960,8 +970,10 @@ async def test_at_most_the_limit_train_and_the_rest_queue_in_turn(
     assert reads == []
 
     # One that ends (its Job deleted by hand: JobDeleted) frees its slot too.
+    job = await kube.get("batch/v1", "Job", "q-c", namespace)
     await kube.delete("batch/v1", "Job", "q-c", namespace, background=True)
-    await tj_handlers.sync(namespace, "q-c", log)
+    await tj_handlers.job_changed(event={"type": "DELETED"}, body=kopf.Body(job),
+                                  namespace=namespace, logger=log)  # fmt: skip
     ended = await get_tj(namespace, "q-c")
     assert (ended["status"]["phase"], ended["status"]["reason"]) == ("Failed", "JobDeleted")
     await tj_handlers.follow(event={"type": "MODIFIED"}, body=ended, namespace=namespace,
@@ -1036,8 +1048,6 @@ async def test_a_verification_step_reads_the_watch_and_a_stale_read_is_taken_aga
     write) left them, with no GET. One that decided on a body older than the API server's
     writes nothing over the newer one (409) and is taken again on a live read: one status,
     one event each, and the other controller's usedBy kept."""
-    monkeypatch.setattr(mv_handlers, "_versions", Latest())
-    monkeypatch.setattr(mv_handlers, "_jobs", Latest(status_and_identity))
     mv = await registered(namespace)
     name = str(mv.metadata.name)
     job = verify_job(mv)
@@ -1071,3 +1081,39 @@ async def test_a_verification_step_reads_the_watch_and_a_stale_read_is_taken_aga
     for reason in ("Verifying", "Verified"):
         told = [e for e in events_of(namespace, reason) if e["involvedObject"]["name"] == name]
         assert len(told) == 1, reason
+
+
+async def test_a_training_step_reads_the_trainingjob_and_its_job_from_the_watch(
+    namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TrainingJob and its Job as their watch events brought them: the step that
+    registers the version sends no GET; the finished TrainingJob is not kept."""
+    await create_tj(namespace)
+    await tj_handlers.follow(event={"type": "ADDED"}, body=kopf.Body(await get_tj(namespace)),
+                             namespace=namespace, name="iris-rf", logger=log)  # fmt: skip
+    job = await create_job(TrainingJob.model_validate(await get_tj(namespace)))
+    job = await write_job_status(job, complete())
+    await make_pod(job, None, "Succeeded", terminated(0, result()))
+    with counting(monkeypatch) as gets:
+        await tj_handlers.job_changed(event={"type": "MODIFIED"}, body=kopf.Body(job),
+                                      namespace=namespace, logger=log)  # fmt: skip
+    assert gets == []
+    status = (await get_tj(namespace))["status"]
+    assert (status["phase"], status["modelVersion"]) == ("Succeeded", "iris-v1")
+    assert tj_handlers._trainings.get((namespace, "iris-rf")) is None
+
+
+async def test_a_poll_reads_the_api_server_not_the_watch(namespace: str) -> None:
+    """A Job deleted while the watch was broken brings no DELETED event: the poll, the
+    safety net, reads it live and the TrainingJob fails at once (JobDeleted)."""
+    tj = await create_tj(namespace)
+    await tj_handlers.follow(event={"type": "ADDED"}, body=kopf.Body(await get_tj(namespace)),
+                             namespace=namespace, name="iris-rf", logger=log)  # fmt: skip
+    job = await create_job(tj)
+    await tj_handlers.job_changed(event={"type": "ADDED"}, body=kopf.Body(job),
+                                  namespace=namespace, logger=log)  # fmt: skip
+    assert (await get_tj(namespace))["status"]["reason"] == "JobCreated"
+    await kube.delete("batch/v1", "Job", job["metadata"]["name"], namespace, background=True)
+    await tj_handlers.poll((namespace, "iris-rf"), log)
+    status = (await get_tj(namespace))["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "JobDeleted")

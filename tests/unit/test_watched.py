@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchard.handlers.watched import Latest, status_and_identity
+from orchard.handlers.watched import Latest, job_without_template
 
 
 def job(resource_version: str, active: int) -> dict[str, Any]:
@@ -20,7 +20,10 @@ def job(resource_version: str, active: int) -> dict[str, Any]:
             "ownerReferences": [{"kind": "ModelVersion", "name": "iris-v1", "uid": "mv-1"}],
             "managedFields": [{"manager": "kube-controller-manager"}],
         },
-        "spec": {"template": {"spec": {"containers": [{"name": "verify", "image": "x"}]}}},
+        "spec": {
+            "completions": 1,
+            "template": {"spec": {"containers": [{"name": "verify", "image": "x"}]}},
+        },
         "status": {"active": active},
     }
 
@@ -51,8 +54,8 @@ def test_a_kept_body_is_a_copy() -> None:
     assert latest.get(("ml", "iris-v1-verify")) == job("1", 0)
 
 
-def test_a_job_is_kept_without_its_template() -> None:
-    kept = status_and_identity(job("7", 1))
+def test_a_job_is_kept_without_its_pod_template() -> None:
+    kept = job_without_template(job("7", 1))
     assert kept == {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -64,5 +67,6 @@ def test_a_job_is_kept_without_its_template() -> None:
             "labels": {"orchard.dev/modelversion": "iris-v1"},
             "ownerReferences": [{"kind": "ModelVersion", "name": "iris-v1", "uid": "mv-1"}],
         },
+        "spec": {"completions": 1},
         "status": {"active": 1},
     }

@@ -29,21 +29,21 @@ class ChildConflict(Exception):
 
 async def ensure_child(
     owner_kind: str, owner_name: str, owner_uid: str | None, obj: dict[str, Any], conflict: str
-) -> None:
+) -> dict[str, Any]:
     """Create `obj` unless one of ours exists; replace a stale namesake; ChildConflict
     (with reason `conflict`) for anyone else's. A stale one still there after its
-    deletion is a plain KubeError: the caller's bounded retry comes back to it."""
+    deletion is a plain KubeError: the caller's bounded retry comes back to it. Returns
+    the child as created or found."""
     kind, name = obj["kind"], obj["metadata"]["name"]
     namespace = obj["metadata"]["namespace"]
     for _attempt in range(ATTEMPTS):
         try:
-            await kube.create(obj)
-            return
+            return await kube.create(obj)
         except kube.Conflict:
             found = await kube.get(obj["apiVersion"], kind, name, namespace)
         verdict = ownership(found, owner_kind, owner_name, owner_uid)
-        if verdict == "ours":
-            return
+        if verdict == "ours" and found is not None:
+            return found
         if verdict == "foreign":
             raise ChildConflict(
                 conflict,

@@ -43,7 +43,7 @@ from orchard.decisions.modelversion import (
 from orchard.handlers import children, policy
 from orchard.handlers.loops import Loops
 from orchard.handlers.serial import Serial
-from orchard.handlers.watched import Latest, status_and_identity
+from orchard.handlers.watched import Latest, job_without_template
 
 RBAC_RULES: list[dict[str, Any]] = [
     # patch: the guard's finalizer taken off when the operator stops (release_guards).
@@ -73,7 +73,7 @@ _guarded: set[tuple[str, str]] = set()  # versions seen holding the guard's fina
 # What a step reads, as the watch brought it: the versions under verification, and the
 # verification Jobs (their status; `handlers.watched`).
 _versions = Latest()
-_jobs = Latest(status_and_identity)
+_jobs = Latest(job_without_template)
 
 
 def unverified(status: Mapping[str, Any], **_: Any) -> bool:
@@ -133,11 +133,12 @@ async def make_job(mv: ModelVersion) -> Verification | None:
         return Verification("Failed", pol.REASON, pol.summary(violations))
     job = verify_job(mv, TrainerSettings.from_env(), ServerSettings.from_env())
     try:
-        await children.ensure_child("ModelVersion", name, mv.metadata.uid, job, JOB_CONFLICT)
+        made = await children.ensure_child("ModelVersion", name, mv.metadata.uid, job, JOB_CONFLICT)
     except children.ChildConflict as err:
         return Verification("Failed", err.reason, str(err))
     except kube.Invalid as err:
         return Verification("Failed", INVALID_JOB, f"the API server refused the Job: {err}")
+    _jobs.see("ADDED", made)  # the step that follows reads it before its ADDED event comes
     return None
 
 
@@ -221,18 +222,22 @@ async def release(namespace: str, name: str) -> None:
 
 async def poll(key: tuple[str, str], logger: kopf.Logger, tick: int = 0) -> float:
     """Sync; the next poll waits longer the longer no event came (`retries.QUIET_POLL`)."""
-    await sync(key[0], key[1], logger, coalesce=True)
+    await sync(key[0], key[1], logger, coalesce=True, live=True)
     return retries.QUIET_POLL.delay(tick) or retries.MAX_DELAY
 
 
-async def sync(namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool = False) -> None:
+async def sync(
+    namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool = False, live: bool = False
+) -> None:
     """Read the ModelVersion and its verification Job and pods; write status; tell. A
     watch event's sync (`coalesce`) is left to one that waits already (`handlers.serial`).
-    The first read of the version and its Job is the watch's (`handlers.watched`); after a
-    conflicting status write, the step is taken again on a live read."""
+    The first read of the version and its Job is the watch's (`handlers.watched`), but a
+    poll's (`live`): the safety net reads the API server, for what a watch that broke and
+    was opened again never told. After a conflicting status write, the step is taken again
+    on a live read."""
     reads = itertools.count()
     await _serial.step(
-        (namespace, name), lambda: _step(namespace, name, logger, live=next(reads) > 0),
+        (namespace, name), lambda: _step(namespace, name, logger, live=live or next(reads) > 0),
         f"ModelVersion {name}", coalesce=coalesce,
     )  # fmt: skip
 

@@ -66,6 +66,7 @@ from orchard.decisions.training import (
 from orchard.handlers import children, policy
 from orchard.handlers.loops import Loops
 from orchard.handlers.serial import Serial, until_written
+from orchard.handlers.watched import Latest, job_without_template
 
 RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [GROUP], "resources": ["trainingjobs"], "verbs": ["get", "list", "watch"]},
@@ -101,6 +102,10 @@ _polls = Loops("TrainingJob poll", retry_after=POLL_SECONDS)
 _queue = TrainingQueue()
 _queued_written: dict[tuple[str, str], int | None] = {}  # the place each status shows
 _starting: set[asyncio.Task[None]] = set()
+# What a step reads, as the watch brought it (`handlers.watched`): the unfinished
+# TrainingJobs, and the training Jobs without their pod template.
+_trainings = Latest()
+_jobs = Latest(job_without_template)
 
 
 def unfinished(status: Mapping[str, Any], **_: Any) -> bool:
@@ -121,9 +126,9 @@ def _parse(body: kopf.Body | dict[str, Any]) -> TrainingJob:
         ) from exc
 
 
-async def ensure_child(tj: TrainingJob, obj: dict[str, Any], conflict: str) -> None:
+async def ensure_child(tj: TrainingJob, obj: dict[str, Any], conflict: str) -> dict[str, Any]:
     """Create a child of the TrainingJob once, claimed by owner (`handlers.children`)."""
-    await children.ensure_child("TrainingJob", str(tj.metadata.name), tj.metadata.uid, obj,
+    return await children.ensure_child("TrainingJob", str(tj.metadata.name), tj.metadata.uid, obj,
                                 conflict)  # fmt: skip
 
 
@@ -204,7 +209,7 @@ async def begin(tj: TrainingJob, logger: kopf.Logger, retry: int) -> None:
         return
     try:
         await ensure_child(tj, config_map(tj), SPEC_CONFLICT)
-        await ensure_child(tj, training_job(tj, store, settings), JOB_CONFLICT)
+        made = await ensure_child(tj, training_job(tj, store, settings), JOB_CONFLICT)
     except children.ChildConflict as err:
         await _fail(namespace, name, err.reason, str(err))
         return
@@ -223,6 +228,7 @@ async def begin(tj: TrainingJob, logger: kopf.Logger, retry: int) -> None:
         raise kopf.TemporaryError(
             f"cannot start the training (try {retry + 1} of {tries}): {err}", delay=delay
         ) from err
+    _jobs.see("ADDED", made)  # the sync below reads it before its ADDED event comes
     try:
         await sync(namespace, name, logger)
     except Exception as err:  # started; the poll syncs again
@@ -319,9 +325,11 @@ async def _fail(namespace: str, name: str, reason: str, message: str) -> None:
 
 @kopf.on.event("batch", "v1", "jobs", labels={TRAININGJOB_LABEL: kopf.PRESENT})
 async def job_changed(
-    body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any
-) -> None:
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, logger: kopf.Logger,
+    **_: Any,
+) -> None:  # fmt: skip
     """A training Job changed: mirror it into its TrainingJob."""
+    _jobs.see(event.get("type"), body)
     owner = body.get("metadata", {}).get("labels", {}).get(TRAININGJOB_LABEL)
     if owner:
         await sync(str(namespace), owner, logger, coalesce=True)
@@ -344,12 +352,14 @@ async def follow(
     logger: kopf.Logger, **_: Any,
 ) -> None:  # fmt: skip
     """Poll only while unfinished: what does not change the Job (image pulls) still
-    shows. A loop, not a Kopf timer, so that no finalizer holds the TrainingJob."""
+    shows. A loop, not a Kopf timer, so that no finalizer holds the TrainingJob. The body
+    is kept for the steps (`_trainings`) until it is finished."""
     key = (str(namespace), name)
     status = body.get("status") or {}
     deleting = bool(body.get("metadata", {}).get("deletionTimestamp"))
     gone = event.get("type") == "DELETED" or deleting
     wanted = not gone and unfinished(status)
+    _trainings.see(event.get("type"), body, wanted=wanted)
     if (gone or not wanted or status.get("phase") == "Succeeded") and _queue.forget(key):
         _start_next(logger)  # it no longer trains: the next in turn may
     ticks = itertools.count()  # each event starts the poll's backoff again
@@ -369,25 +379,33 @@ async def poll(key: tuple[str, str], logger: kopf.Logger, tick: int = 0) -> floa
         place = _queue.place(key)
         if place is not None and not _queue.place_worth_writing(place, _queued_written.get(key)):
             return POLL_SECONDS
-    await sync(key[0], key[1], logger, coalesce=True)
+    await sync(key[0], key[1], logger, coalesce=True, live=True)
     return retries.QUIET_POLL.delay(tick) or retries.MAX_DELAY
 
 
-async def sync(namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool = False) -> None:
+async def sync(
+    namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool = False, live: bool = False
+) -> None:
     """Read the TrainingJob, its Job and pods; decide; register; write status; tell.
 
+    The first read of the TrainingJob and its Job is the watch's (`handlers.watched`),
+    but a poll's (`live`): the safety net reads the API server, for what a watch that
+    broke and was opened again never told (a Job deleted meanwhile has no DELETED event).
     The status is written only over the object as read (its resourceVersion): when it
-    changed meanwhile the step is taken again on the newer one. A watch event's sync
+    changed meanwhile the step is taken again on a live read. A watch event's sync
     (`coalesce`) is left to one that waits already (`handlers.serial`)."""
+    reads = itertools.count()
     await _serial.step(
-        (namespace, name), lambda: _step(namespace, name, logger), f"TrainingJob {name}",
-        coalesce=coalesce,
+        (namespace, name), lambda: _step(namespace, name, logger, live=live or next(reads) > 0),
+        f"TrainingJob {name}", coalesce=coalesce,
     )  # fmt: skip
 
 
-async def _step(namespace: str, name: str, logger: kopf.Logger) -> None:
+async def _step(namespace: str, name: str, logger: kopf.Logger, *, live: bool) -> None:
     """One read → decide → register → write status of a TrainingJob (under its lock)."""
-    body = await kube.get(API_VERSION, "TrainingJob", name, namespace)
+    body = None if live else _trainings.get((namespace, name))
+    if body is None:
+        body = await kube.get(API_VERSION, "TrainingJob", name, namespace)
     if body is None:
         return
     tj = _parse(body)
@@ -402,7 +420,7 @@ async def _step(namespace: str, name: str, logger: kopf.Logger) -> None:
         else:  # the status says as much as it must: leave it
             place, outcome = shown, Outcome("Pending", QUEUED, tj.status.message or "")
     else:
-        outcome = await _observe(tj)
+        outcome = await _observe(tj, live=live)
     if outcome.stop_job:
         # The run is over (its pod can never start): stop the Job's pods, keep the Job.
         await _suspend(job_name(tj), namespace)
@@ -434,10 +452,12 @@ async def _step(namespace: str, name: str, logger: kopf.Logger) -> None:
         _queued_written[key] = place
     if new_status == old_status:
         return
-    await kube.patch_status(
+    written = await kube.patch_status(
         "TrainingJob", name, namespace, status_patch(old_status, new_status),
         resource_version=body["metadata"]["resourceVersion"],
     )  # fmt: skip
+    # The newest there is (written over the resourceVersion read): the next step's read.
+    _trainings.see("MODIFIED", written, wanted=unfinished(written.get("status") or {}))
     await _tell(body, tj, new.phase, new.reason or "", new.message or "", registered, logger)
 
 
@@ -446,9 +466,11 @@ async def _suspend(job: str, namespace: str) -> None:
         await kube.merge_patch("batch/v1", "Job", job, namespace, {"spec": {"suspend": True}})
 
 
-async def _observe(tj: TrainingJob) -> Outcome:
+async def _observe(tj: TrainingJob, *, live: bool) -> Outcome:
     namespace = str(tj.metadata.namespace)
-    job = await kube.get("batch/v1", "Job", job_name(tj), namespace)
+    job = None if live else _jobs.get((namespace, job_name(tj)))
+    if job is None:
+        job = await kube.get("batch/v1", "Job", job_name(tj), namespace)
     if job is None:
         return missing_job(tj.status, job_name(tj))
     if not owned_by(job, tj.metadata.uid):
