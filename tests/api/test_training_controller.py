@@ -33,6 +33,7 @@ from orchard.builders.training import config_map, job_name, training_job
 from orchard.decisions.queue import TrainingQueue
 from orchard.handlers import modelversion as mv_handlers
 from orchard.handlers import trainingjob as tj_handlers
+from orchard.handlers import watched
 from orchard.handlers.watched import Latest, job_without_template
 
 pytestmark = pytest.mark.api
@@ -1103,9 +1104,14 @@ async def test_a_training_step_reads_the_trainingjob_and_its_job_from_the_watch(
     assert tj_handlers._trainings.get((namespace, "iris-rf")) is None
 
 
-async def test_a_poll_reads_the_api_server_not_the_watch(namespace: str) -> None:
-    """A Job deleted while the watch was broken brings no DELETED event: the poll, the
-    safety net, reads it live and the TrainingJob fails at once (JobDeleted)."""
+async def test_a_job_no_event_confirmed_for_a_while_is_read_live(
+    namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Job deleted between two watch streams brings no DELETED event: once no event
+    has brought it for `watched.MAX_AGE`, the poll reads it live and the TrainingJob
+    fails (JobDeleted); before that, the poll reads memory."""
+    now = [0.0]
+    monkeypatch.setattr(tj_handlers, "_jobs", Latest(job_without_template, clock=lambda: now[0]))
     tj = await create_tj(namespace)
     await tj_handlers.follow(event={"type": "ADDED"}, body=kopf.Body(await get_tj(namespace)),
                              namespace=namespace, name="iris-rf", logger=log)  # fmt: skip
@@ -1114,6 +1120,10 @@ async def test_a_poll_reads_the_api_server_not_the_watch(namespace: str) -> None
                                   namespace=namespace, logger=log)  # fmt: skip
     assert (await get_tj(namespace))["status"]["reason"] == "JobCreated"
     await kube.delete("batch/v1", "Job", job["metadata"]["name"], namespace, background=True)
+    now[0] += watched.MAX_AGE - 1
+    await tj_handlers.poll((namespace, "iris-rf"), log)
+    assert (await get_tj(namespace))["status"]["reason"] == "JobCreated"
+    now[0] += 2
     await tj_handlers.poll((namespace, "iris-rf"), log)
     status = (await get_tj(namespace))["status"]
     assert (status["phase"], status["reason"]) == ("Failed", "JobDeleted")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchard.handlers.watched import Latest, job_without_template
+from orchard.handlers.watched import MAX_AGE, Latest, job_without_template
 
 
 def job(resource_version: str, active: int) -> dict[str, Any]:
@@ -37,6 +37,19 @@ def test_each_event_replaces_the_body_and_deleted_drops_it() -> None:
     assert latest.get(key) == job("2", 1)
     latest.see("DELETED", job("3", 0))
     assert latest.get(key) is None and len(latest) == 0
+
+
+def test_a_body_no_event_brought_for_max_age_is_read_live() -> None:
+    now = [100.0]
+    latest = Latest(clock=lambda: now[0])
+    key = ("ml", "iris-v1-verify")
+    latest.see("ADDED", job("1", 0))
+    now[0] += MAX_AGE
+    assert latest.get(key) == job("1", 0)
+    now[0] += 1
+    assert latest.get(key) is None  # perhaps deleted between two watch streams
+    latest.see(None, job("1", 0))  # Kopf's listing when a stream opens again
+    assert latest.get(key) == job("1", 0)
 
 
 def test_a_body_no_longer_wanted_is_dropped() -> None:

@@ -222,22 +222,18 @@ async def release(namespace: str, name: str) -> None:
 
 async def poll(key: tuple[str, str], logger: kopf.Logger, tick: int = 0) -> float:
     """Sync; the next poll waits longer the longer no event came (`retries.QUIET_POLL`)."""
-    await sync(key[0], key[1], logger, coalesce=True, live=True)
+    await sync(key[0], key[1], logger, coalesce=True)
     return retries.QUIET_POLL.delay(tick) or retries.MAX_DELAY
 
 
-async def sync(
-    namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool = False, live: bool = False
-) -> None:
+async def sync(namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool = False) -> None:
     """Read the ModelVersion and its verification Job and pods; write status; tell. A
     watch event's sync (`coalesce`) is left to one that waits already (`handlers.serial`).
-    The first read of the version and its Job is the watch's (`handlers.watched`), but a
-    poll's (`live`): the safety net reads the API server, for what a watch that broke and
-    was opened again never told. After a conflicting status write, the step is taken again
-    on a live read."""
+    The first read of the version and its Job is the watch's (`handlers.watched`); after a
+    conflicting status write, the step is taken again on a live read."""
     reads = itertools.count()
     await _serial.step(
-        (namespace, name), lambda: _step(namespace, name, logger, live=live or next(reads) > 0),
+        (namespace, name), lambda: _step(namespace, name, logger, live=next(reads) > 0),
         f"ModelVersion {name}", coalesce=coalesce,
     )  # fmt: skip
 

@@ -379,24 +379,20 @@ async def poll(key: tuple[str, str], logger: kopf.Logger, tick: int = 0) -> floa
         place = _queue.place(key)
         if place is not None and not _queue.place_worth_writing(place, _queued_written.get(key)):
             return POLL_SECONDS
-    await sync(key[0], key[1], logger, coalesce=True, live=True)
+    await sync(key[0], key[1], logger, coalesce=True)
     return retries.QUIET_POLL.delay(tick) or retries.MAX_DELAY
 
 
-async def sync(
-    namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool = False, live: bool = False
-) -> None:
+async def sync(namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool = False) -> None:
     """Read the TrainingJob, its Job and pods; decide; register; write status; tell.
 
-    The first read of the TrainingJob and its Job is the watch's (`handlers.watched`),
-    but a poll's (`live`): the safety net reads the API server, for what a watch that
-    broke and was opened again never told (a Job deleted meanwhile has no DELETED event).
+    The first read of the TrainingJob and its Job is the watch's (`handlers.watched`).
     The status is written only over the object as read (its resourceVersion): when it
     changed meanwhile the step is taken again on a live read. A watch event's sync
     (`coalesce`) is left to one that waits already (`handlers.serial`)."""
     reads = itertools.count()
     await _serial.step(
-        (namespace, name), lambda: _step(namespace, name, logger, live=live or next(reads) > 0),
+        (namespace, name), lambda: _step(namespace, name, logger, live=next(reads) > 0),
         f"TrainingJob {name}", coalesce=coalesce,
     )  # fmt: skip
 
