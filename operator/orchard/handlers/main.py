@@ -25,7 +25,7 @@ import yaml
 from .. import kube
 from ..api import FINALIZER, GROUP
 from ..builders.common import TrainerSettings
-from . import canary_metrics, controller_modules, loops, policy
+from . import canary_metrics, controller_modules, loops, policy, watched
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def configure(settings: kopf.OperatorSettings, options: Options) -> None:
     # Annotations only: the CRDs' structural schemas would prune a status.kopf field.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
+        prefix=GROUP, key=watched.DIFF_BASE_KEY
     )
     # Watches can go silent: bound every stream and reconnect when nothing arrives.
     settings.watching.server_timeout = 270
