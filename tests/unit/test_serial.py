@@ -8,7 +8,7 @@ import kopf
 import pytest
 
 from orchard import kube
-from orchard.handlers.serial import MAX_STATUS_ATTEMPTS, Serial, until_written
+from orchard.handlers.serial import MAX_STATUS_ATTEMPTS, Serial, live_after_first, until_written
 
 KEY = ("ml", "iris")
 
@@ -86,6 +86,18 @@ async def test_a_conflicting_write_takes_the_step_again_on_the_newer_object() ->
 
     await until_written(step, "TrainingJob iris")
     assert reads == [0, 1, 2]
+
+
+async def test_only_the_first_try_reads_the_watch_and_each_one_after_a_409_reads_live() -> None:
+    lives: list[bool] = []
+
+    async def step(live: bool) -> None:
+        lives.append(live)
+        if len(lives) < 3:
+            raise kube.Conflict(409, "the object has been modified")
+
+    await until_written(live_after_first(step), "ModelVersion iris-v1")
+    assert lives == [False, True, True]
 
 
 async def test_an_object_that_keeps_changing_is_left_to_kopf_s_retry() -> None:

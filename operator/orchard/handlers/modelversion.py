@@ -42,7 +42,7 @@ from orchard.decisions.modelversion import (
 )
 from orchard.handlers import children, policy
 from orchard.handlers.loops import Loops
-from orchard.handlers.serial import Serial
+from orchard.handlers.serial import Serial, live_after_first
 from orchard.handlers.watched import Latest, job_without_template
 
 RBAC_RULES: list[dict[str, Any]] = [
@@ -231,11 +231,8 @@ async def sync(namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool
     watch event's sync (`coalesce`) is left to one that waits already (`handlers.serial`).
     The first read of the version and its Job is the watch's (`handlers.watched`); after a
     conflicting status write, the step is taken again on a live read."""
-    reads = itertools.count()
-    await _serial.step(
-        (namespace, name), lambda: _step(namespace, name, logger, live=next(reads) > 0),
-        f"ModelVersion {name}", coalesce=coalesce,
-    )  # fmt: skip
+    step = live_after_first(lambda live: _step(namespace, name, logger, live=live))
+    await _serial.step((namespace, name), step, f"ModelVersion {name}", coalesce=coalesce)
 
 
 async def _step(namespace: str, name: str, logger: kopf.Logger, *, live: bool) -> None:

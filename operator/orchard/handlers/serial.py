@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -80,6 +81,13 @@ class Serial:
         self._waiting[key] -= 1
         if self._waiting[key] <= 0:
             del self._waiting[key]
+
+
+def live_after_first(step: Callable[[bool], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """A step whose first try may read what the watch brought (`handlers.watched`) and
+    whose every try after a conflict reads the API server: `step(live)`."""
+    tries = itertools.count()
+    return lambda: step(next(tries) > 0)
 
 
 async def until_written(step: Callable[[], Awaitable[None]], what: str) -> None:

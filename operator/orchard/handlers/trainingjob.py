@@ -65,7 +65,7 @@ from orchard.decisions.training import (
 )
 from orchard.handlers import children, policy
 from orchard.handlers.loops import Loops
-from orchard.handlers.serial import Serial, until_written
+from orchard.handlers.serial import Serial, live_after_first, until_written
 from orchard.handlers.watched import Latest, job_without_template
 
 RBAC_RULES: list[dict[str, Any]] = [
@@ -390,11 +390,8 @@ async def sync(namespace: str, name: str, logger: kopf.Logger, *, coalesce: bool
     The status is written only over the object as read (its resourceVersion): when it
     changed meanwhile the step is taken again on a live read. A watch event's sync
     (`coalesce`) is left to one that waits already (`handlers.serial`)."""
-    reads = itertools.count()
-    await _serial.step(
-        (namespace, name), lambda: _step(namespace, name, logger, live=next(reads) > 0),
-        f"TrainingJob {name}", coalesce=coalesce,
-    )  # fmt: skip
+    step = live_after_first(lambda live: _step(namespace, name, logger, live=live))
+    await _serial.step((namespace, name), step, f"TrainingJob {name}", coalesce=coalesce)
 
 
 async def _step(namespace: str, name: str, logger: kopf.Logger, *, live: bool) -> None:
