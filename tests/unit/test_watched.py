@@ -52,6 +52,17 @@ def test_a_body_no_event_brought_for_max_age_is_read_live() -> None:
     assert latest.get(key) == without_bookkeeping(job("1", 0))
 
 
+def test_bodies_none_can_read_any_more_are_dropped() -> None:
+    now = [0.0]
+    latest = Latest(clock=lambda: now[0])
+    latest.see("ADDED", job("1", 0))
+    now[0] += MAX_AGE + 1
+    other = job("2", 0)
+    other["metadata"]["name"] = "iris-v2-verify"
+    latest.see("ADDED", other)
+    assert len(latest) == 1 and latest.get(("ml", "iris-v2-verify")) is not None
+
+
 def test_a_body_no_longer_wanted_is_dropped() -> None:
     latest = Latest()
     latest.see("ADDED", job("1", 0))
