@@ -1107,9 +1107,9 @@ async def test_a_training_step_reads_the_trainingjob_and_its_job_from_the_watch(
 async def test_a_job_no_event_confirmed_for_a_while_is_read_live(
     namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A Job deleted between two watch streams brings no DELETED event: once no event
-    has brought it for `watched.MAX_AGE`, the poll reads it live and the TrainingJob
-    fails (JobDeleted); before that, the poll reads memory."""
+    """A Job deleted while a watch had to list again (after a 410) brings no DELETED
+    event: once no event has brought it for `watched.MAX_AGE`, the poll reads it live
+    and the TrainingJob fails (JobDeleted); before that, the poll reads memory."""
     now = [0.0]
     monkeypatch.setattr(tj_handlers, "_jobs", Latest(job_without_template, clock=lambda: now[0]))
     tj = await create_tj(namespace)
