@@ -298,6 +298,8 @@ async def _write_status(
     # Written over the resourceVersion the step read, the version as written is the
     # newest there is (a change in between would have been a 409): the next step reads
     # it, not the event before it, which may reach the operator after the Job's next one.
+    # (`start` names no resourceVersion: should its copy be behind, the next step's write
+    # is the 409 that reads live.)
     _versions.see("MODIFIED", written, wanted=unverified(written.get("status") or {}))
     if new.phase != mv.status.phase:
         logger.info("phase %s -> %s (%s)", mv.status.phase, new.phase, outcome.reason)
