@@ -46,6 +46,10 @@ ETCD_PEER = "http://127.0.0.1:12380"
 CONTAINERD_SOCK = RUN / "containerd" / "containerd.sock"
 KUBELET_ROOT = VAR / "kubelet"
 POD_LOGS = VAR / "pod-logs"
+# One cluster's, removed by `down` (containerd's image store under VAR is kept), and
+# OWNER says whose: `up` removes another cluster's first (lifecycle.claim_node_state).
+NODE_STATE = (VAR / "etcd", KUBELET_ROOT, POD_LOGS)
+OWNER = VAR / "owner"
 CNI_BIN = Path("/usr/lib/cni")
 CNI_NET = "orchard-pods"
 HOSTPATH_PV = Path("/tmp/hostpath_pv")  # fixed by the in-tree host-path provisioner

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -31,9 +33,12 @@ from .common import (
     LOGS,
     NODE_IP,
     NODE_NAME,
+    NODE_STATE,
     OUR_CHAIN_PREFIXES,
+    OWNER,
     PAUSE_IMAGE,
     PIDS,
+    PKI,
     POD_LOGS,
     RUN,
     STATE,
@@ -88,6 +93,7 @@ def up(level: str) -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     ensure_binaries()
     ensure_pki()
+    claimed = claim_node_state()
     write_kubeconfig(KUBECONFIG, "orchard-admin", "admin")
     ensure_network()
 
@@ -122,6 +128,10 @@ def up(level: str) -> None:
         spawn("containerd", ["containerd", "--config", str(CONFIG / "containerd.toml")])
         what, check = health_check("containerd")
         wait_for("containerd", check, 30, what)
+        if claimed:  # the earlier cluster's containers are in the store's metadata still
+            removed = stop_containers()
+            if removed:
+                say(f"containerd: removed {removed} containers of the earlier cluster")
     import_archive(PAUSE_IMAGE, pause_archive())
     import_built_images()
     if not running("kubelet"):
@@ -292,6 +302,20 @@ def down() -> None:
         proc = recorded(pidfile.stem)
         if proc:
             stop(proc.name)
+    scrub_node_state()
+    restore_sysctls()
+    (STATE / "level").unlink(missing_ok=True)
+    left = leftovers()
+    if left:
+        raise HarnessError("down left behind: " + "; ".join(left))
+    elapsed = time.monotonic() - start
+    say(f"down in {elapsed:.1f}s: no process, socket, mount, chain, bridge or veth left")
+
+
+def scrub_node_state() -> None:
+    """Remove what a stopped cluster leaves on the machine: mounts, iptables chains, the
+    bridge and its veths, pod cgroups, and its etcd data, pods and sockets (the image
+    store is kept, so images need no re-import)."""
     mounts = unmount_all()
     if mounts:
         say(f"mounts: removed {mounts}")
@@ -306,23 +330,81 @@ def down() -> None:
     if f": {BRIDGE}:" in links:
         run(["ip", "link", "delete", BRIDGE])
         say(f"network: bridge {BRIDGE} deleted")
-    restore_sysctls()
     remove_pod_cgroups()
-    # Fresh state next time; containerd's image store is kept so images need no re-import.
-    for path in (VAR / "etcd", KUBELET_ROOT, POD_LOGS, RUN, HOSTPATH_PV):
-        shutil.rmtree(path, ignore_errors=True)
+    for path in (*NODE_STATE, RUN, HOSTPATH_PV, OWNER):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     for link in Path("/var/log/containers").glob("*.log"):
         with contextlib.suppress(OSError):
             if str(POD_LOGS) in os.readlink(link):
                 link.unlink()
     for result in Path("/var/lib/cni/results").glob(f"{CNI_NET}-*"):
         result.unlink(missing_ok=True)
-    (STATE / "level").unlink(missing_ok=True)
-    left = leftovers()
-    if left:
-        raise HarnessError("down left behind: " + "; ".join(left))
-    elapsed = time.monotonic() - start
-    say(f"down in {elapsed:.1f}s: no process, socket, mount, chain, bridge or veth left")
+
+
+def this_cluster() -> str:
+    """What names this cluster in OWNER: its state directory and its CA (a new PKI in the
+    same directory, after `rm -rf .cluster`, is a new cluster too)."""
+    ca = hashlib.sha256((PKI / "ca.crt").read_bytes()).hexdigest()[:16]
+    return f"{STATE.resolve()} ca:{ca}\n"
+
+
+def claim_node_state() -> bool:
+    """Make the node state under /var/lib/orchard and /run/orchard this cluster's before
+    anything starts on it; True when another cluster's was removed first.
+
+    That state outlives its cluster when the machine restarts under it or a checkout is
+    removed with its cluster up: a new cluster that started on it would get the old etcd
+    data (namespaces, pods, node taints of tests long gone) and run the old pods next to
+    its own. A cluster that still runs from another checkout is left alone, with an error
+    saying where to stop it."""
+    ours = this_cluster()
+    owner = OWNER.read_text() if OWNER.exists() else None
+    if owner == ours:
+        return False
+    mine_running = any(running(name) for name in LEVELS["node"])
+    if owner is None and mine_running:  # started before OWNER was written
+        OWNER.write_text(ours)
+        return False
+    found = [str(path) for path in NODE_STATE if path.exists()] + leftovers()
+    if found:
+        whose = owner.split()[0] if owner else "an earlier cluster"
+        strays = stray_processes()
+        if strays and owner is not None and Path(whose).is_dir():
+            raise HarnessError(
+                f"another local cluster runs, from {whose} (pids {', '.join(map(str, strays))}): "
+                f"stop it there with `make cluster-down` first"
+            )
+        say(f"node state: {whose} left {'; '.join(found)}; removing it")
+        for pid in strays:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        scrub_node_state()
+    VAR.mkdir(parents=True, exist_ok=True)
+    OWNER.write_text(ours)
+    return bool(found)
+
+
+def stray_processes() -> list[int]:
+    """Processes of a local cluster that this state directory did not start: the
+    harness's built binaries, containerd on the node's socket directory and its shims."""
+    mine = {proc.pid for name in LEVELS["node"] if (proc := recorded(name)) and proc.alive()}
+    ours = str(CACHE / "bin") + "/"
+    strays = []
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(proc_dir.name)
+            exe = os.readlink(proc_dir / "exe")
+            cmdline = (proc_dir / "cmdline").read_bytes()
+            if pid not in mine and (
+                exe.startswith(ours)
+                or str(CONTAINERD_SOCK).encode() in cmdline
+                or (Path(exe).name == "containerd" and b"containerd.toml" in cmdline)
+            ):
+                strays.append(pid)
+    return strays
 
 
 def remove_pod_cgroups() -> None:
