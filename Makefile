@@ -99,7 +99,9 @@ test-api: venv ## api tests on etcd + kube-apiserver (or the cluster KUBECONFIG 
 test-e2e: venv ## e2e tests on the node level with every image built and loaded
 	$(HARNESS) up --level node --unless-external
 	$(BUILD_IMAGES) --unless-external
-	$(BIN)/pytest tests/e2e tests/api -q -m e2e
+	# ~15 min when all is well; past 40 the tests left are not started, so a broken run
+	# still ends in its report of what failed and why
+	$(BIN)/pytest tests/e2e tests/api -q -m e2e --session-timeout=2400
 
 # --- The two commands of the README -------------------------------------------
 

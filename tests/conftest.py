@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ import pytest
 from lightkube import ApiError, Client, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
+
+from tests.cluster.harness.common import BRIDGE
 
 REPO = Path(__file__).resolve().parents[1]
 # Both run as modules from the checkout: `python -m tests.cluster.harness`, `-m images.build`.
@@ -119,6 +121,61 @@ def _cannot_run(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+# tests/e2e/test_cluster_*.py check the node level itself: pods run, resolve, bind storage.
+CLUSTER_CHECKS = "test_cluster_"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The cluster's own checks run first (a stable sort keeps every other order)."""
+    items.sort(key=lambda item: not item.path.name.startswith(CLUSTER_CHECKS))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """An e2e failure carries what the cluster looked like then (nodes, pods that do not
+    run, warning events); when one of the cluster's own checks fails, nothing of Orchard
+    can pass, so the session stops rather than wait out every other test's timeout."""
+    report = yield
+    if report.failed and item.get_closest_marker("e2e"):
+        report.sections.append(("the cluster at this failure", cluster_state()))
+        if item.path.name.startswith(CLUSTER_CHECKS):
+            item.session.shouldstop = f"the cluster itself fails ({item.name}); see its state above"
+    return report
+
+
+def cluster_state() -> str:
+    """Nodes, pods not Running or Succeeded, and the last warning events, from kubectl."""
+    kubeconfig = external_kubeconfig()
+    if kubeconfig is None:
+        # The local API server's address is on the harness's bridge: with the bridge gone,
+        # a request to it would leave the machine.
+        if not Path("/sys/class/net", BRIDGE).exists():
+            return f"the local cluster is not up (no bridge {BRIDGE})"
+        kubeconfig = LOCAL_KUBECONFIG
+    parts = []
+    for args in (
+        ("get", "nodes", "-o", "wide"),
+        (
+            "get",
+            "pods",
+            "-A",
+            "-o",
+            "wide",
+            "--field-selector=status.phase!=Running,status.phase!=Succeeded",
+        ),
+        ("get", "events", "-A", "--field-selector=type=Warning", "--sort-by=.lastTimestamp"),
+    ):
+        try:
+            proc = kubectl(*args, kubeconfig=kubeconfig, check=False, timeout=20)
+            out = (proc.stdout + proc.stderr).strip().splitlines()
+        except subprocess.TimeoutExpired:
+            out = ["(no answer in 20 s)"]
+        parts.append(f"$ kubectl {' '.join(args)}\n" + "\n".join(out[:1] + out[1:][-15:]))
+    return "\n".join(parts)
 
 
 @pytest.fixture(scope="session")
