@@ -358,25 +358,28 @@ def claim_node_state() -> bool:
     That state outlives its cluster when the machine restarts under it or a checkout is
     removed with its cluster up: a new cluster that started on it would get the old etcd
     data (namespaces, pods, node taints of tests long gone) and run the old pods next to
-    its own. A cluster that still runs from another checkout is left alone, with an error
-    saying where to stop it."""
+    its own."""
     ours = this_cluster()
     owner = OWNER.read_text() if OWNER.exists() else None
     if owner == ours:
         return False
-    mine_running = any(running(name) for name in LEVELS["node"])
-    if owner is None and mine_running:  # started before OWNER was written
-        OWNER.write_text(ours)
-        return False
     found = [str(path) for path in NODE_STATE if path.exists()] + leftovers()
-    if found:
-        whose = owner.split()[0] if owner else "an earlier cluster"
-        strays = stray_processes()
-        if strays and owner is not None and Path(whose).is_dir():
-            raise HarnessError(
-                f"another local cluster runs, from {whose} (pids {', '.join(map(str, strays))}): "
-                f"stop it there with `make cluster-down` first"
-            )
+    strays = stray_processes() if found else []
+    whose = owner.split()[0] if owner else "an earlier cluster"
+    action = node_state_action(
+        owner,
+        ours,
+        mine_running=any(running(name) for name in LEVELS["node"]),
+        found=bool(found),
+        strays=bool(strays),
+        owner_checkout_exists=owner is not None and Path(whose).is_dir(),
+    )
+    if action == "refuse":
+        raise HarnessError(
+            f"another local cluster runs, from {whose} (pids {', '.join(map(str, strays))}): "
+            f"stop it there with `make cluster-down` first"
+        )
+    if action == "scrub":
         say(f"node state: {whose} left {'; '.join(found)}; removing it")
         for pid in strays:
             with contextlib.suppress(OSError):
@@ -384,7 +387,29 @@ def claim_node_state() -> bool:
         scrub_node_state()
     VAR.mkdir(parents=True, exist_ok=True)
     OWNER.write_text(ours)
-    return bool(found)
+    return action == "scrub"
+
+
+def node_state_action(
+    owner: str | None,
+    ours: str,
+    *,
+    mine_running: bool,
+    found: bool,
+    strays: bool,
+    owner_checkout_exists: bool,
+) -> str:
+    """What `up` does with the node state it finds: "keep" this cluster's; "claim" it when
+    there is none, or when this cluster runs on it from before OWNER was written; "scrub"
+    another cluster's; "refuse" while a cluster of another checkout still runs (it is left
+    alone: that checkout's `down` stops it). Processes whose checkout is gone are scrubbed."""
+    if owner == ours:
+        return "keep"
+    if (owner is None and mine_running) or not found:
+        return "claim"
+    if strays and owner is not None and owner_checkout_exists:
+        return "refuse"
+    return "scrub"
 
 
 def stray_processes() -> list[int]:
