@@ -24,6 +24,7 @@ from fake_pods import MetricsPods, serving_pods_fixture  # noqa: F401 (a fixture
 from orchard import kube
 from orchard.handlers import modeldeployment as h
 from orchard.handlers import usage
+from orchard.handlers.watched import Latest
 
 NS = "ml"
 log = logging.getLogger("test")
@@ -86,6 +87,8 @@ def cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeKube:
     fresh = usage.Usage()  # the index of who uses which version, empty for each test
     monkeypatch.setattr(usage, "usage", fresh)
     monkeypatch.setattr(h, "usage", fresh)
+    monkeypatch.setattr(h, "_replica_counts", {})  # no serving Deployment seen yet
+    monkeypatch.setattr(usage, "versions_seen", Latest())  # nor any ModelVersion
     fake = FakeKube().install(monkeypatch)
     fake.add(version("iris-v1", 1))
     return fake
@@ -296,6 +299,51 @@ async def test_a_spec_never_changed_is_not_asked_about_an_autoscaler(cluster: Fa
     ]
 
 
+async def test_a_deployment_never_reconciled_reads_no_serving_deployment(
+    cluster: FakeKube,
+) -> None:
+    """Before its first status (no observedGeneration) a deployment has no Deployments to
+    read (at 5,000 new ones, two 404s each), unless the watch brought one: made by a step
+    whose status write did not land. Once its status is written, every step reads them."""
+    served = [("Deployment", "iris-stable"), ("Deployment", "iris-canary")]
+    cluster.add(deployment())
+    await h.reconcile(NS, "iris", log)  # type: ignore[arg-type]
+    assert [r for r in cluster.reads if r[0] == "Deployment"] == []
+    stable = cluster.find("Deployment", "iris-stable")
+    assert stable is not None
+    await reconcile()
+    assert [r for r in cluster.reads if r[0] == "Deployment"] == served
+
+    cluster.reads.clear()
+    lost = cluster.find("ModelDeployment", "iris")
+    assert lost is not None
+    lost["status"] = {}  # as if the first status write had not landed
+    stable["status"] = {"readyReplicas": 1}
+    await h.deployment_changed(
+        event={"type": "ADDED", "object": stable}, body=stable, namespace=NS, logger=log
+    )
+    assert ("Deployment", "iris-stable") in cluster.reads
+
+
+async def test_a_step_reads_the_version_its_watch_brought(cluster: FakeKube) -> None:
+    """The version a deployment serves is read as its last event showed it, and the
+    usedBy update keeps what its write answered: neither sends a GET of it."""
+    served = cluster.find("ModelVersion", "iris-v1")
+    assert served is not None
+    await h.model_version_changed(
+        event={"type": "ADDED", "object": served}, body=served, namespace=NS, name="iris-v1",
+        spec=served["spec"], status=served["status"], logger=log,
+    )  # fmt: skip
+    cluster.add(deployment())
+    cluster.add(pod("iris-stable-a", "stable", "iris-v1"))
+    await reconcile()
+    status = await reconcile()
+    assert (status["phase"], status["stableVersion"]) == ("Stable", "iris-v1")
+    assert cluster.find("ModelVersion", "iris-v1")["status"]["usedBy"] == ["iris"]  # type: ignore[index]
+    assert usage.versions_seen.get((NS, "iris-v1"))["status"]["usedBy"] == ["iris"]  # type: ignore[index]
+    assert [r for r in cluster.reads if r[0] == "ModelVersion"] == []
+
+
 async def test_a_version_no_serving_pod_can_read_is_degraded_once(cluster: FakeKube) -> None:
     cluster.add(version("iris-gs", 3, uri="https://models.example/iris/3"))
     cluster.add(deployment("iris-gs"))
@@ -463,7 +511,7 @@ async def test_a_version_that_appears_or_changes_phase_moves_its_users(
 
     async def event(kind: str) -> None:
         await h.model_version_changed(
-            event={"type": kind, "object": added}, namespace=NS, name="iris-v2",
+            event={"type": kind, "object": added}, body=added, namespace=NS, name="iris-v2",
             spec=added["spec"], status=added["status"], logger=log,
         )  # fmt: skip
 

@@ -33,6 +33,7 @@ from orchard.decisions import observing as ob
 from orchard.decisions import rollout as ro
 
 from .traffic_routes import set_route_weight
+from .usage import read_version
 
 HPA_API_VERSION = "autoscaling/v2"
 
@@ -45,7 +46,7 @@ async def _versions(
     for name in {n for n in wanted if n}:
         body = reads.versions.get(name)
         if name not in reads.versions:
-            body = await kube.get(API_VERSION, "ModelVersion", name, namespace)
+            body = await read_version(namespace, name)
         mv, _ = ob.version_info(name, body)
         if mv is not None:
             found[name] = mv

@@ -27,6 +27,7 @@ from orchard.api.common import API_VERSION
 from orchard.decisions.modelversion import versions_used
 
 from .serial import Serial
+from .watched import Latest
 
 Key = tuple[str, str]  # namespace, name
 
@@ -97,6 +98,24 @@ def _discard(index: defaultdict[Key, set[str]], key: Key, name: str) -> None:
 
 usage = Usage()
 _versions = Serial()
+# The ModelVersions as their watch events last showed them (`modeldeployment.
+# model_version_changed` hands each over): what the deployments' steps and the usedBy
+# updates read instead of a GET each; one no event has brought (or none for
+# `watched.MAX_AGE`) is read live.
+versions_seen = Latest()
+
+
+def see_version(event_type: str | None, body: Mapping[str, Any]) -> None:
+    """A ModelVersion's watch event: its body, kept for the next read (`read_version`)."""
+    versions_seen.see(event_type, body)
+
+
+async def read_version(namespace: str, name: str) -> dict[str, Any] | None:
+    """A ModelVersion as the watch last brought it, else as the API server has it."""
+    seen = versions_seen.get((namespace, name))
+    if seen is not None:
+        return seen
+    return await kube.get(API_VERSION, "ModelVersion", name, namespace)
 
 
 async def sync_used_by(namespace: str, version: str) -> None:
@@ -105,10 +124,13 @@ async def sync_used_by(namespace: str, version: str) -> None:
     key = (namespace, version)
     try:
         async with _versions.lock(key):
-            body = await kube.get(API_VERSION, "ModelVersion", version, namespace)
+            body = await read_version(namespace, version)
             users = usage.users(namespace, version)
             if body is not None and sorted(_used_by(body)) != users:
-                await kube.patch_status("ModelVersion", version, namespace, {"usedBy": users})
+                written = await kube.patch_status(
+                    "ModelVersion", version, namespace, {"usedBy": users}
+                )
+                versions_seen.see("MODIFIED", written)
     finally:
         _versions.forget(key)  # the lock goes unless another update waits for it
 
