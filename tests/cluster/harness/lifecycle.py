@@ -414,7 +414,8 @@ def node_state_action(
 
 def stray_processes() -> list[int]:
     """Processes of a local cluster that this state directory did not start: the
-    harness's built binaries, containerd on the node's socket directory and its shims."""
+    harness's built binaries, the shims of containerd's socket here, and a containerd
+    with its store open under /var/lib/orchard (not the machine's own containerd)."""
     mine = {proc.pid for name in LEVELS["node"] if (proc := recorded(name)) and proc.alive()}
     ours = str(CACHE / "bin") + "/"
     strays = []
@@ -422,14 +423,25 @@ def stray_processes() -> list[int]:
         with contextlib.suppress(OSError, ValueError):
             pid = int(proc_dir.name)
             exe = os.readlink(proc_dir / "exe")
-            cmdline = (proc_dir / "cmdline").read_bytes()
-            if pid not in mine and (
+            if pid in mine:
+                continue
+            if (
                 exe.startswith(ours)
-                or str(CONTAINERD_SOCK).encode() in cmdline
-                or (Path(exe).name == "containerd" and b"containerd.toml" in cmdline)
+                or str(CONTAINERD_SOCK).encode() in (proc_dir / "cmdline").read_bytes()
+                or (Path(exe).name == "containerd" and holds_open_under(proc_dir, VAR))
             ):
                 strays.append(pid)
     return strays
+
+
+def holds_open_under(proc_dir: Path, root: Path) -> bool:
+    """Whether the process has a file open under `root`."""
+    prefix = str(root) + "/"
+    for fd in (proc_dir / "fd").iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd).startswith(prefix):
+                return True
+    return False
 
 
 def remove_pod_cgroups() -> None:
