@@ -130,7 +130,7 @@ async def sync_used_by(namespace: str, version: str) -> None:
                 written = await kube.patch_status(
                     "ModelVersion", version, namespace, {"usedBy": users}
                 )
-                versions_seen.see("MODIFIED", written)
+                see_version("MODIFIED", written)
     finally:
         _versions.forget(key)  # the lock goes unless another update waits for it
 

@@ -364,7 +364,7 @@ def claim_node_state() -> bool:
     if owner == ours:
         return False
     found = [str(path) for path in NODE_STATE if path.exists()] + leftovers()
-    strays = stray_processes() if found else []
+    strays = stray_processes() if found else {}
     whose = owner.split()[0] if owner else "an earlier cluster"
     action = node_state_action(
         owner,
@@ -412,13 +412,14 @@ def node_state_action(
     return "scrub"
 
 
-def stray_processes() -> list[int]:
-    """Processes of a local cluster that this state directory did not start: the
-    harness's built binaries, the shims of containerd's socket here, and a containerd
-    with its store open under /var/lib/orchard (not the machine's own containerd)."""
+def stray_processes() -> dict[int, str]:
+    """Processes of a local cluster that this state directory did not start, by PID with
+    their binary's name: the harness's built binaries, the shims of containerd's socket
+    here, and a containerd with its store open under /var/lib/orchard (not the machine's
+    own containerd)."""
     mine = {proc.pid for name in LEVELS["node"] if (proc := recorded(name)) and proc.alive()}
     ours = str(CACHE / "bin") + "/"
-    strays = []
+    strays = {}
     for proc_dir in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError, ValueError):
             pid = int(proc_dir.name)
@@ -430,7 +431,7 @@ def stray_processes() -> list[int]:
                 or str(CONTAINERD_SOCK).encode() in (proc_dir / "cmdline").read_bytes()
                 or (Path(exe).name == "containerd" and holds_open_under(proc_dir, VAR))
             ):
-                strays.append(pid)
+                strays[pid] = Path(exe.split(" (deleted)")[0]).name
     return strays
 
 
@@ -460,20 +461,10 @@ def leftovers() -> list[str]:
     found: list[str] = []
     procs = [p.stem for p in PIDS.glob("*.json")] if PIDS.exists() else []
     procs = [n for n in procs if running(n)]
-    sock = str(CONTAINERD_SOCK).encode()
-    for proc_dir in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError):
-            if sock in (proc_dir / "cmdline").read_bytes():  # shims of our containerd
-                procs.append(f"pid {proc_dir.name}")
-    # Any process of a binary the harness built, recorded or not (a pidfile lost to a
-    # crash, a component started by hand: one local cluster runs at a time, so it is a
+    # And any process of the cluster not recorded (a pidfile lost to a crash, a component
+    # started by hand, another checkout's: one local cluster runs at a time, so it is a
     # leftover), and any server socket still bound to the node's address.
-    ours = str(CACHE / "bin") + "/"
-    for proc_dir in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError):
-            exe = os.readlink(proc_dir / "exe")
-            if exe.startswith(ours):
-                procs.append(f"pid {proc_dir.name} ({Path(exe.split(' (deleted)')[0]).name})")
+    procs += [f"pid {pid} ({name})" for pid, name in stray_processes().items()]
     if procs:
         found.append("processes " + ", ".join(procs))
     sockets = bound_to(NODE_IP)
